@@ -1,0 +1,34 @@
+# ptq-eval: common flows. Every target creates/uses .venv and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LADDER := tasks/ladders/demo
+
+.PHONY: install test demo ladder lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check ptq_eval tests
+
+demo: $(STAMP)
+	$(BIN)/ptq-eval run tasks/demo.yaml --report-dir reports/demo
+
+# Retrain the committed demo ladder from scratch (deterministic for its seed; ~15 min on 2 cores).
+ladder: $(STAMP)
+	rm -rf $(LADDER)
+	$(BIN)/ptq-eval ladder train --preset demo --out $(LADDER) --threads 2
+
+clean:
+	rm -rf $(VENV) runs reports

@@ -1,0 +1,152 @@
+"""Command line: `ptq-eval run | results | ladder`. The only module that prints or exits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_STORE_DIR = Path("runs")
+
+
+def _store_path(args, study) -> Path:
+    return Path(args.store) if args.store else DEFAULT_STORE_DIR / f"{study.name}.sqlite"
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def cmd_run(args) -> int:
+    from tqdm import tqdm
+
+    from ptq_eval.results import markdown_table, render, study_results, summary_table
+    from ptq_eval.runner import run_study
+    from ptq_eval.spec import load_study
+    from ptq_eval.store import Store
+
+    _quiet_transformers()
+    study = load_study(args.study)
+    with Store(_store_path(args, study)) as store:
+        bar = tqdm(desc=study.name, unit="job", file=sys.stderr, disable=None)
+
+        def progress(message: str, advance: int) -> None:
+            if advance == 0:
+                print(message, file=sys.stderr)
+            bar.set_postfix_str(message)
+            bar.update(advance)
+
+        summary = run_study(study, store, progress)
+        bar.close()
+        results = study_results(study, store)
+    table = summary_table(results)
+    print(markdown_table(table), end="")
+    print(f"\n{summary.ran} jobs run, {summary.already_done} already in {store.path}, {summary.seconds:.1f}s", file=sys.stderr)
+    for job in summary.nonfinite_jobs:
+        print(f"warning: non-finite losses in {job} (stored as NaN, never averaged)", file=sys.stderr)
+    if args.report_dir:
+        out = Path(args.report_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.csv").write_text(render(results, "csv"))
+        (out / "results.md").write_text(render(results, "md"))
+        (out / "summary.md").write_text(f"# {study.name}\n\nδ = quantized − full-precision validation loss (nats/token), paired over the same tokens; 95% bootstrap CI over windows.\n\n" + markdown_table(table))
+        print(f"wrote {out}/results.csv, results.md, summary.md", file=sys.stderr)
+    return 0
+
+
+def cmd_results(args) -> int:
+    from ptq_eval.results import render, study_results
+    from ptq_eval.spec import load_study
+    from ptq_eval.store import Store
+
+    study = load_study(args.study)
+    path = _store_path(args, study)
+    if not path.is_file():
+        raise ValueError(f"no store at {path}: run `ptq-eval run {args.study}` first, or pass --store")
+    with Store(path) as store:
+        print(render(study_results(study, store), args.format), end="")
+    return 0
+
+
+def cmd_ladder_train(args) -> int:
+    import torch
+
+    from ptq_eval.ladder import PRESETS, train_ladder
+
+    _quiet_transformers()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = PRESETS[args.preset]
+    saved = train_ladder(config, Path(args.out), args.sizes, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"{len(saved)} checkpoints under {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_ladder_show(args) -> int:
+    import pandas as pd
+
+    from ptq_eval.checkpoints import METADATA_FILE
+    from ptq_eval.results import markdown_table
+
+    rows = []
+    for path in sorted(Path(args.directory).rglob(METADATA_FILE)):
+        facts = json.loads(path.read_text())
+        rows.append({
+            "checkpoint": str(path.parent), "params": facts["params"], "nonembedding_params": facts["nonembedding_params"],
+            "tokens": facts["tokens"], "tokens_per_param": round(facts["tokens_per_param"], 1),
+            "schedule": facts.get("schedule", {}).get("kind", ""), "train_loss": round(facts.get("train_loss_end", float("nan")), 3),
+        })
+    if not rows:
+        raise ValueError(f"no checkpoints (no {METADATA_FILE}) under {args.directory}")
+    frame = pd.DataFrame(rows).sort_values(["nonembedding_params", "tokens"])
+    print(markdown_table(frame), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ptq_eval.ladder import PRESETS
+    from ptq_eval.results import FORMATS
+
+    parser = argparse.ArgumentParser(prog="ptq-eval", description="Post-training quantization degradation vs tokens per parameter.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run every job of a study not already in its store")
+    run.add_argument("study", help="study YAML file")
+    run.add_argument("--store", help="SQLite store (default: runs/<study name>.sqlite)")
+    run.add_argument("--report-dir", help="also write results.csv, results.md and summary.md here")
+    run.set_defaults(func=cmd_run)
+
+    results = commands.add_parser("results", help="print a study's results, one row per checkpoint × config × metric")
+    results.add_argument("study", help="study YAML file")
+    results.add_argument("--store", help="SQLite store (default: runs/<study name>.sqlite)")
+    results.add_argument("--format", choices=FORMATS, default="md")
+    results.set_defaults(func=cmd_results)
+
+    ladder = commands.add_parser("ladder", help="train or list a reference ladder").add_subparsers(dest="action", required=True)
+    train = ladder.add_parser("train", help="train a reference ladder of small GPT-NeoX models")
+    train.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    train.add_argument("--out", required=True, help="directory to write the ladder to")
+    train.add_argument("--sizes", nargs="*", help="train only these sizes (names from the preset)")
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.set_defaults(func=cmd_ladder_train)
+    show = ladder.add_parser("show", help="list a ladder's checkpoints with N, D and D/N")
+    show.add_argument("directory")
+    show.set_defaults(func=cmd_ladder_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"ptq-eval: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluations that pair full-precision and quantized runs on exactly the same tokens."""

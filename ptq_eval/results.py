@@ -1,0 +1,73 @@
+"""A study's results as one tidy table, and the formats scripts and people read it in."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ptq_eval.quant import QuantConfig
+from ptq_eval.spec import Study, expand_jobs
+from ptq_eval.store import Store
+
+COLUMNS = [
+    "checkpoint", "params", "nonembedding_params", "tokens", "tokens_per_param",
+    "method", "bits", "group_size", "symmetric", "eval", "metric",
+    "fp_value", "quant_value", "delta", "delta_ci_low", "delta_ci_high", "n",
+]
+FORMATS = ("csv", "json", "md")
+
+
+def study_results(study: Study, store: Store) -> pd.DataFrame:
+    """One row per (checkpoint, quant config, eval, metric) finished so far, in the columns above."""
+    frame = store.frame(job.key for job in expand_jobs(study))
+    if frame.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    frame = frame.rename(columns={"value": "quant_value"})
+    frame["granularity"] = [
+        QuantConfig(m, int(b), int(g), bool(s)).granularity
+        for m, b, g, s in zip(frame.method, frame.bits, frame.group_size, frame.symmetric)
+    ]
+    frame = frame.sort_values(["nonembedding_params", "tokens", "method", "bits", "group_size", "eval", "metric"])
+    return frame[COLUMNS + ["granularity", "seconds"]].reset_index(drop=True)
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A plain Markdown table of a DataFrame (no extra dependency)."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def summary_table(results: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
+    """The compact view: one row per checkpoint × quant config, δ with its 95% CI."""
+    rows = results[results.metric == metric]
+    return pd.DataFrame({
+        "checkpoint": rows.checkpoint,
+        "N": rows.nonembedding_params,
+        "D": rows.tokens,
+        "D/N": rows.tokens_per_param.map(lambda v: f"{v:.1f}"),
+        "method": rows.method,
+        "bits": rows.bits.astype(int),
+        "granularity": rows.granularity,
+        f"fp {metric}": rows.fp_value.map(_fmt),
+        f"quant {metric}": rows.quant_value.map(_fmt),
+        "δ [95% CI]": [
+            f"{_fmt(d)} [{_fmt(lo)}, {_fmt(hi)}]" for d, lo, hi in zip(rows.delta, rows.delta_ci_low, rows.delta_ci_high)
+        ],
+    })
+
+
+def render(results: pd.DataFrame, fmt: str) -> str:
+    if fmt == "csv":
+        return results[COLUMNS].to_csv(index=False)
+    if fmt == "json":
+        return results[COLUMNS].to_json(orient="records", indent=2) + "\n"
+    if fmt == "md":
+        return markdown_table(results[COLUMNS])
+    raise ValueError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}")

@@ -1,0 +1,156 @@
+"""Run a study: each checkpoint loaded once, its baseline scored once, pristine weights
+restored between quant configs, every finished job committed to the store at once."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import transformers
+
+from ptq_eval import __version__
+from ptq_eval.checkpoints import LoadedCheckpoint, load_checkpoint
+from ptq_eval.corpus import load_corpus, token_stream
+from ptq_eval.evaluate.paired import paired_loss_metrics
+from ptq_eval.evaluate.perplexity import WindowLosses, make_windows, window_losses
+from ptq_eval.quant import QuantConfig, quantizable_linears, quantize
+from ptq_eval.spec import Job, PerplexityEval, Study, expand_jobs
+from ptq_eval.store import MetricRow, Store
+
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class RunSummary:
+    jobs: int = 0
+    already_done: int = 0
+    ran: int = 0
+    seconds: float = 0.0
+    nonfinite_jobs: list[str] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def provenance(study: Study, device: str, corpus_facts: dict) -> dict:
+    """What produced a number: versions, device, dtype, seed, evaluation corpus."""
+    return {
+        "ptq_eval": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({platform.machine()})",
+        "dtype": study.dtype,
+        "seed": study.seed,
+        "eval_corpus": corpus_facts,
+    }
+
+
+def _facts(loaded: LoadedCheckpoint) -> dict:
+    facts = asdict(loaded.facts)
+    facts.pop("name")
+    facts["tokens_per_param"] = loaded.facts.tokens_per_param
+    return facts
+
+
+class _CheckpointRun:
+    """Everything done with one loaded checkpoint."""
+
+    def __init__(self, study: Study, store: Store, loaded: LoadedCheckpoint, device: str):
+        self.study, self.store, self.loaded, self.device = study, store, loaded, device
+        self.linears = quantizable_linears(loaded.model, study.exclude)
+        self.pristine = {name: linear.weight.detach().clone() for name, linear in self.linears.items()}
+        self._windows: dict[PerplexityEval, tuple[torch.Tensor, dict]] = {}
+
+    def windows(self, evaluation: PerplexityEval) -> tuple[torch.Tensor, dict]:
+        if evaluation not in self._windows:
+            context = getattr(self.loaded.model.config, "max_position_embeddings", None)
+            if context is not None and evaluation.seq_len > context:
+                raise ValueError(
+                    f"eval {evaluation.name}: seq_len={evaluation.seq_len} exceeds the context of "
+                    f"{self.loaded.facts.name} ({context}); use seq_len <= {context}"
+                )
+            corpus = load_corpus(evaluation.corpus, evaluation.split)
+            stream = token_stream(self.loaded.tokenizer, corpus)
+            self._windows[evaluation] = (make_windows(stream, evaluation.seq_len, evaluation.tokens), corpus.describe())
+        return self._windows[evaluation]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for name, linear in self.linears.items():
+                linear.weight.copy_(self.pristine[name])
+
+    def score(self, evaluation: PerplexityEval) -> tuple[WindowLosses, dict, float]:
+        windows, corpus_facts = self.windows(evaluation)
+        started = time.perf_counter()
+        losses = window_losses(self.loaded.model, windows, evaluation.batch_size)
+        return losses, corpus_facts, time.perf_counter() - started
+
+    def baseline(self, job: Job, done: set[str]) -> WindowLosses:
+        """The full-precision window losses: from the store, or scored now and stored."""
+        if job.key in done:
+            return WindowLosses(self.store.array(job.key, "window_sums"), self.store.array(job.key, "window_counts").astype(np.int64))
+        self.restore()
+        losses, corpus_facts, seconds = self.score(job.eval)
+        rows = [
+            MetricRow("loss", losses.mean_loss, losses.tokens),
+            MetricRow("perplexity", float(np.exp(losses.mean_loss)), losses.tokens),
+        ]
+        self.store.save(
+            job.key, job.describe(), _facts(self.loaded), provenance(self.study, self.device, corpus_facts),
+            seconds, rows, {"window_sums": losses.sums, "window_counts": losses.counts},
+        )
+        done.add(job.key)
+        return losses
+
+    def quantized(self, config: QuantConfig, jobs: list[Job], baselines: dict[str, WindowLosses], summary: RunSummary, progress: Progress) -> None:
+        self.restore()
+        report = quantize(self.loaded.model, config, self.study.exclude)
+        report_facts = {"seconds": report.seconds, "layers": [asdict(layer) for layer in report.layers]}
+        for job in jobs:
+            losses, corpus_facts, seconds = self.score(job.eval)
+            paired = paired_loss_metrics(baselines[job.baseline().key], losses, seed=self.study.seed)
+            rows = [MetricRow(m.metric, m.quant_value, m.n, m.fp_value, m.delta, m.ci_low, m.ci_high) for m in paired]
+            if losses.nonfinite:
+                rows.append(MetricRow("nonfinite_tokens", float(losses.nonfinite), losses.tokens))
+                summary.nonfinite_jobs.append(f"{self.loaded.facts.name} {config.method} {config.bits}-bit {config.granularity}")
+            details = provenance(self.study, self.device, corpus_facts) | {"quant_report": report_facts}
+            self.store.save(job.key, job.describe(), _facts(self.loaded), details, seconds + report.seconds, rows)
+            summary.ran += 1
+            progress(f"{self.loaded.facts.name} {config.method} {config.bits}b {config.granularity}", 1)
+
+
+def run_study(study: Study, store: Store, progress: Progress = lambda message, advance: None) -> RunSummary:
+    """Run every job of the study not already in the store; returns what was done."""
+    started = time.perf_counter()
+    jobs = expand_jobs(study)
+    done = store.finished([job.key for job in jobs] + [job.baseline().key for job in jobs])
+    summary = RunSummary(jobs=len(jobs), already_done=sum(job.key in done for job in jobs))
+    progress(f"{summary.already_done}/{summary.jobs} jobs already in the store", 0)
+    device = resolve_device(study.device)
+    by_checkpoint: dict = {}
+    for job in jobs:
+        if job.key not in done:
+            by_checkpoint.setdefault(job.checkpoint, []).append(job)
+    for checkpoint, pending in by_checkpoint.items():
+        loaded = load_checkpoint(
+            checkpoint.reference, checkpoint.tokens, study.allow_pickle, study.trust_remote_code, study.dtype, device
+        )
+        run = _CheckpointRun(study, store, loaded, device)
+        baseline_jobs = {job.baseline().key: job.baseline() for job in pending}
+        baselines = {key: run.baseline(job, done) for key, job in baseline_jobs.items()}
+        by_config: dict[QuantConfig, list[Job]] = {}
+        for job in pending:
+            by_config.setdefault(job.quant, []).append(job)
+        for config, config_jobs in by_config.items():
+            run.quantized(config, config_jobs, baselines, summary, progress)
+        del run, loaded
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,256 @@
+"""Study specs: a YAML file validated with pydantic and expanded into jobs with stable keys.
+
+An error names the file, the key path and what is accepted, e.g.
+`study.yaml: quant[1].bits[0]: 1 is not in 2..16`.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+
+from ptq_eval.corpus import STDLIB
+from ptq_eval.quant import DEFAULT_EXCLUDE, METHODS, QuantConfig
+from ptq_eval.quant.grid import MAX_BITS, MIN_BITS
+
+
+class StudyError(ValueError):
+    """The study file is missing, not YAML, or not a valid study."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LadderEntry(Strict):
+    """A checkpoint with facts the loader cannot find by itself (e.g. tokens seen)."""
+
+    checkpoint: str
+    tokens: int | None = Field(default=None, gt=0)
+
+
+class FamilyLadder(Strict):
+    """Shorthand for a hub training ladder, e.g. Pythia sizes × steps."""
+
+    family: Literal["pythia"]
+    sizes: list[str] = Field(min_length=1)
+    steps: list[int] = Field(min_length=1)
+    deduped: bool = False
+
+    def references(self) -> list[str]:
+        suffix = "-deduped" if self.deduped else ""
+        return [f"EleutherAI/pythia-{size}{suffix}@step{step}" for size in self.sizes for step in self.steps]
+
+
+def _as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+class QuantGrid(Strict):
+    """Methods × bits × group sizes × symmetry; scalars or lists."""
+
+    method: str
+    bits: int | list[int]
+    group_size: int | list[int] = -1
+    symmetric: bool | list[bool] = True
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        if method not in METHODS:
+            raise ValueError(f"{method!r} is not a method; accepted: {', '.join(METHODS)}")
+        return method
+
+    @field_validator("bits")
+    @classmethod
+    def _bits_in_range(cls, bits):
+        for value in _as_list(bits):
+            if not MIN_BITS <= value <= MAX_BITS:
+                raise ValueError(f"{value} is not in {MIN_BITS}..{MAX_BITS}")
+        return bits
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size_valid(cls, group_size):
+        for value in _as_list(group_size):
+            if value < -1:
+                raise ValueError(f"{value} is not accepted; use -1 (per channel), 0 (per tensor) or a positive group size")
+        return group_size
+
+    def configs(self) -> list[QuantConfig]:
+        combos = itertools.product(_as_list(self.bits), _as_list(self.group_size), _as_list(self.symmetric))
+        return [QuantConfig(self.method, bits, group, symmetric) for bits, group, symmetric in combos]
+
+
+class Calibration(Strict):
+    """Calibration text for methods that need it (never the evaluation split)."""
+
+    corpus: str = STDLIB
+    split: str = "train"
+    samples: int = Field(default=32, gt=0)
+    seq_len: int = Field(default=256, gt=0)
+    seed: int = 0
+
+
+class PerplexityEval(Strict):
+    """Validation loss / perplexity over fixed windows of a corpus split."""
+
+    kind: Literal["perplexity"]
+    corpus: str = STDLIB
+    split: str = "validation"
+    tokens: int | None = Field(default=65536, gt=0)
+    seq_len: int = Field(default=256, gt=1)
+    batch_size: int = Field(default=16, gt=0)
+
+    @property
+    def name(self) -> str:
+        return f"ppl:{self.corpus}:{self.split}"
+
+
+EvalSpec = Annotated[PerplexityEval, Field(discriminator="kind")]
+
+
+def _ladder_kind(entry: object) -> str:
+    if isinstance(entry, str):
+        return "path"
+    return "family" if isinstance(entry, dict) and "family" in entry else "entry"
+
+
+LadderItem = Annotated[
+    Annotated[str, Tag("path")] | Annotated[LadderEntry, Tag("entry")] | Annotated[FamilyLadder, Tag("family")],
+    Discriminator(_ladder_kind),
+]
+
+
+class Study(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    ladder: list[LadderItem] = Field(min_length=1)
+    quant: list[QuantGrid] = Field(min_length=1)
+    evals: list[EvalSpec] = Field(min_length=1)
+    calibration: Calibration | None = None
+    seed: int = 0
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    reference: str
+    tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (checkpoint, quant config or full precision, evaluation) unit of work."""
+
+    checkpoint: CheckpointSpec
+    quant: QuantConfig | None
+    eval: PerplexityEval
+    dtype: str
+    seed: int
+    exclude: tuple[str, ...]
+
+    def describe(self) -> dict:
+        """What the job is, as stored with its results; the key is a hash of this."""
+        quant = self.quant.as_dict() if self.quant else {"method": "none", "bits": None, "group_size": None, "symmetric": None}
+        description = {
+            "checkpoint": self.checkpoint.reference,
+            "tokens_override": self.checkpoint.tokens,
+            **quant,
+            "eval": self.eval.name,
+            "eval_config": self.eval.model_dump(),
+            "dtype": self.dtype,
+            "seed": self.seed,
+        }
+        if self.quant:
+            description["exclude"] = list(self.exclude)
+        return description
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:24]
+
+    def baseline(self) -> Job:
+        """The full-precision job this quantized job is paired with."""
+        return Job(self.checkpoint, None, self.eval, self.dtype, self.seed, self.exclude)
+
+
+def _expand_ladder_entry(entry: str | LadderEntry | FamilyLadder) -> list[CheckpointSpec]:
+    if isinstance(entry, FamilyLadder):
+        return [CheckpointSpec(reference) for reference in entry.references()]
+    reference, tokens = (entry, None) if isinstance(entry, str) else (entry.checkpoint, entry.tokens)
+    if any(char in reference for char in "*?["):
+        matches = sorted(p for p in glob.glob(reference) if (Path(p) / "config.json").is_file())
+        if not matches:
+            raise StudyError(f"ladder entry {reference!r} matches no checkpoint directory (none with a config.json)")
+        return [CheckpointSpec(match, tokens) for match in matches]
+    return [CheckpointSpec(reference, tokens)]
+
+
+def checkpoints(study: Study) -> list[CheckpointSpec]:
+    """The study's checkpoints in order, globs and family shorthands expanded."""
+    expanded = [spec for entry in study.ladder for spec in _expand_ladder_entry(entry)]
+    return list(dict.fromkeys(expanded))
+
+
+def expand_jobs(study: Study) -> list[Job]:
+    """Every quantized job of the study (each implies its full-precision baseline)."""
+    configs = list(dict.fromkeys(config for grid in study.quant for config in grid.configs()))
+    return [
+        Job(checkpoint, config, evaluation, study.dtype, study.seed, study.exclude)
+        for checkpoint in checkpoints(study)
+        for config in configs
+        for evaluation in study.evals
+    ]
+
+
+def _location(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in ("path", "entry", "family", "perplexity", "list[int]", "int", "bool", "list[bool]"):
+            continue  # pydantic's name for a union branch, not a key the user wrote
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _describe(error: dict) -> str:
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    return message
+
+
+def parse_study(data: object, source: str = "<study>") -> Study:
+    """Validate a parsed YAML document; errors list every problem with its key path."""
+    try:
+        return Study.model_validate(data)
+    except ValidationError as error:
+        problems = sorted({f"{source}: {_location(e['loc'])}: {_describe(e)}" for e in error.errors()})
+        raise StudyError("\n".join(problems)) from None
+
+
+def load_study(path: str | Path) -> Study:
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"{path}: no such study file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise StudyError(f"{path}: not valid YAML: {error}") from None
+    return parse_study(data, str(path))

@@ -1,0 +1,145 @@
+"""SQLite result store: one transaction per finished job, so a crash loses at most the job in flight.
+
+Tables:
+- `jobs`: one row per finished job (its key, its description, the checkpoint's facts,
+  provenance, seconds);
+- `metrics`: one row per (job, metric): value, and for quantized jobs the paired
+  full-precision value, delta and its CI;
+- `arrays`: float64 arrays a later job needs (a baseline's per-window losses), so a
+  resumed study never recomputes a finished baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_key TEXT PRIMARY KEY,
+    job TEXT NOT NULL,
+    facts TEXT NOT NULL,
+    provenance TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    finished_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    job_key TEXT NOT NULL REFERENCES jobs(job_key),
+    metric TEXT NOT NULL,
+    value REAL,
+    fp_value REAL,
+    delta REAL,
+    ci_low REAL,
+    ci_high REAL,
+    n INTEGER,
+    PRIMARY KEY (job_key, metric)
+);
+CREATE TABLE IF NOT EXISTS arrays (
+    job_key TEXT NOT NULL REFERENCES jobs(job_key),
+    name TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_key, name)
+);
+"""
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    metric: str
+    value: float
+    n: int
+    fp_value: float | None = None
+    delta: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+class Store:
+    """A study's results on disk; several runs may share one file (WAL mode)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def finished(self, job_keys: Iterable[str]) -> set[str]:
+        """Which of these jobs already have results."""
+        keys = list(job_keys)
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(row[0] for row in self._db.execute(f"SELECT job_key FROM jobs WHERE job_key IN ({marks})", chunk))
+        return found
+
+    def save(
+        self,
+        job_key: str,
+        job: dict,
+        facts: dict,
+        provenance: dict,
+        seconds: float,
+        metrics: list[MetricRow],
+        arrays: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """Write one finished job atomically (replacing an earlier result for the same key)."""
+        finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        with self._db:
+            self._db.execute("DELETE FROM metrics WHERE job_key = ?", (job_key,))
+            self._db.execute("DELETE FROM arrays WHERE job_key = ?", (job_key,))
+            self._db.execute(
+                "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?)",
+                (job_key, json.dumps(job, sort_keys=True), json.dumps(facts, sort_keys=True),
+                 json.dumps(provenance, sort_keys=True), seconds, finished_at),
+            )
+            self._db.executemany(
+                "INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(job_key, m.metric, m.value, m.fp_value, m.delta, m.ci_low, m.ci_high, m.n) for m in metrics],
+            )
+            self._db.executemany(
+                "INSERT INTO arrays VALUES (?, ?, ?)",
+                [(job_key, name, np.asarray(values, dtype=np.float64).tobytes()) for name, values in (arrays or {}).items()],
+            )
+
+    def array(self, job_key: str, name: str) -> np.ndarray:
+        row = self._db.execute("SELECT data FROM arrays WHERE job_key = ? AND name = ?", (job_key, name)).fetchone()
+        if row is None:
+            raise KeyError(f"no array {name!r} stored for job {job_key}")
+        return np.frombuffer(row[0], dtype=np.float64)
+
+    def frame(self, job_keys: Iterable[str] | None = None) -> pd.DataFrame:
+        """Tidy table: one row per (job, metric), with the job description and facts as columns."""
+        query = (
+            "SELECT j.job_key, j.job, j.facts, j.provenance, j.seconds, m.metric, m.value, m.fp_value, "
+            "m.delta, m.ci_low, m.ci_high, m.n FROM jobs j JOIN metrics m USING (job_key)"
+        )
+        rows = self._db.execute(query).fetchall()
+        wanted = None if job_keys is None else set(job_keys)
+        records = []
+        for key, job, facts, provenance, seconds, metric, value, fp_value, delta, low, high, n in rows:
+            if wanted is not None and key not in wanted:
+                continue
+            record = {"job_key": key, **json.loads(job), **json.loads(facts)}
+            record.update(metric=metric, value=value, fp_value=fp_value, delta=delta,
+                          delta_ci_low=low, delta_ci_high=high, n=n, seconds=seconds,
+                          provenance=provenance)
+            records.append(record)
+        return pd.DataFrame.from_records(records)
