@@ -155,11 +155,13 @@ def load_checkpoint(
     kwargs = load_kwargs(ref, allow_pickle, trust_remote_code, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.repo, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(
-            ref.repo, revision=ref.revision, trust_remote_code=trust_remote_code
-        )
+        tokenizer = AutoTokenizer.from_pretrained(ref.repo, revision=ref.revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
-        where = "local directory" if ref.is_local else "Hugging Face hub (is the machine offline? HF_HUB_OFFLINE=1 uses the cache only)"
+        where = (
+            "local directory"
+            if ref.is_local
+            else "Hugging Face hub (is the machine offline? HF_HUB_OFFLINE=1 uses the cache only)"
+        )
         hint = "" if allow_pickle else "; weights are loaded from safetensors only unless allow_pickle: true"
         raise CheckpointError(f"cannot load checkpoint {ref} from the {where}: {error}{hint}") from error
     model.to(device).eval()

@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 DEFAULT_STORE_DIR = Path("runs")
+SUMMARY_NOTE = (
+    "δ = quantized − full-precision validation loss (nats/token), paired over the same tokens; "
+    "95% bootstrap CI over windows."
+)
 
 
 def _store_path(args, study) -> Path:
@@ -45,7 +49,10 @@ def cmd_run(args) -> int:
         results = study_results(study, store)
     table = summary_table(results)
     print(markdown_table(table), end="")
-    print(f"\n{summary.ran} jobs run, {summary.already_done} already in {store.path}, {summary.seconds:.1f}s", file=sys.stderr)
+    print(
+        f"\n{summary.ran} jobs run, {summary.already_done} already in {store.path}, {summary.seconds:.1f}s",
+        file=sys.stderr,
+    )
     for job in summary.nonfinite_jobs:
         print(f"warning: non-finite losses in {job} (stored as NaN, never averaged)", file=sys.stderr)
     if args.report_dir:
@@ -53,7 +60,7 @@ def cmd_run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.csv").write_text(render(results, "csv"))
         (out / "results.md").write_text(render(results, "md"))
-        (out / "summary.md").write_text(f"# {study.name}\n\nδ = quantized − full-precision validation loss (nats/token), paired over the same tokens; 95% bootstrap CI over windows.\n\n" + markdown_table(table))
+        (out / "summary.md").write_text(f"# {study.name}\n\n{SUMMARY_NOTE}\n\n" + markdown_table(table))
         print(f"wrote {out}/results.csv, results.md, summary.md", file=sys.stderr)
     return 0
 
@@ -95,11 +102,17 @@ def cmd_ladder_show(args) -> int:
     rows = []
     for path in sorted(Path(args.directory).rglob(METADATA_FILE)):
         facts = json.loads(path.read_text())
-        rows.append({
-            "checkpoint": str(path.parent), "params": facts["params"], "nonembedding_params": facts["nonembedding_params"],
-            "tokens": facts["tokens"], "tokens_per_param": round(facts["tokens_per_param"], 1),
-            "schedule": facts.get("schedule", {}).get("kind", ""), "train_loss": round(facts.get("train_loss_end", float("nan")), 3),
-        })
+        rows.append(
+            {
+                "checkpoint": str(path.parent),
+                "params": facts["params"],
+                "nonembedding_params": facts["nonembedding_params"],
+                "tokens": facts["tokens"],
+                "tokens_per_param": round(facts["tokens_per_param"], 1),
+                "schedule": facts.get("schedule", {}).get("kind", ""),
+                "train_loss": round(facts.get("train_loss_end", float("nan")), 3),
+            }
+        )
     if not rows:
         raise ValueError(f"no checkpoints (no {METADATA_FILE}) under {args.directory}")
     frame = pd.DataFrame(rows).sort_values(["nonembedding_params", "tokens"])
@@ -111,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ptq_eval.ladder import PRESETS
     from ptq_eval.results import FORMATS
 
-    parser = argparse.ArgumentParser(prog="ptq-eval", description="Post-training quantization degradation vs tokens per parameter.")
+    parser = argparse.ArgumentParser(
+        prog="ptq-eval", description="Post-training quantization degradation vs tokens per parameter."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run every job of a study not already in its store")
@@ -126,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--format", choices=FORMATS, default="md")
     results.set_defaults(func=cmd_results)
 
-    ladder = commands.add_parser("ladder", help="train or list a reference ladder").add_subparsers(dest="action", required=True)
+    ladder = commands.add_parser("ladder", help="train or list a reference ladder").add_subparsers(
+        dest="action", required=True
+    )
     train = ladder.add_parser("train", help="train a reference ladder of small GPT-NeoX models")
     train.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     train.add_argument("--out", required=True, help="directory to write the ladder to")

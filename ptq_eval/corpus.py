@@ -19,13 +19,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 STDLIB = "stdlib-python"
 PACKAGE_PREFIX = "python-package:"
 STDLIB_SPLITS = ("train", "validation")
 VALIDATION_PERCENT = 5
-EXCLUDED_DIRS = frozenset(
-    {"site-packages", "dist-packages", "test", "tests", "idle_test", "idlelib", "__pycache__"}
-)
+EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "idlelib", "__pycache__"})
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,6 @@ def load_corpus(name: str, split: str = "validation") -> Corpus:
 
 def token_stream(tokenizer, corpus: Corpus, batch_files: int = 256) -> torch.Tensor:
     """Tokenize every file and join them into one 1-D stream, an EOS token between files."""
-    import torch
-
     eos = tokenizer.eos_token_id
     pieces: list[int] = []
     texts = list(corpus.texts())

@@ -190,9 +190,7 @@ def train_size(
     model = GPTNeoXForCausalLM(model_config(size, cfg, tokenizer.eos_token_id))
     model.train()
     params, nonembedding = count_params(model)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     targets = plan_targets(nonembedding, cfg)
     saved = []
     started = time.perf_counter()
@@ -227,7 +225,11 @@ def train_size(
             "train_loss_end": final_loss,
             "epochs": sampler.epochs(target.end_step),
             "train_corpus": corpus_facts,
-            "trained_with": {"ptq_eval": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+            "trained_with": {
+                "ptq_eval": __version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            },
         }
         (directory / METADATA_FILE).write_text(json.dumps(facts, indent=2) + "\n")
         saved.append(directory)
@@ -275,4 +277,3 @@ def train_ladder(
     }
     (out_dir / "ladder.json").write_text(json.dumps(summary, indent=2) + "\n")
     return saved
-

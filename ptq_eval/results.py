@@ -11,9 +11,23 @@ from ptq_eval.spec import Study, expand_jobs
 from ptq_eval.store import Store
 
 COLUMNS = [
-    "checkpoint", "params", "nonembedding_params", "tokens", "tokens_per_param",
-    "method", "bits", "group_size", "symmetric", "eval", "metric",
-    "fp_value", "quant_value", "delta", "delta_ci_low", "delta_ci_high", "n",
+    "checkpoint",
+    "params",
+    "nonembedding_params",
+    "tokens",
+    "tokens_per_param",
+    "method",
+    "bits",
+    "group_size",
+    "symmetric",
+    "eval",
+    "metric",
+    "fp_value",
+    "quant_value",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+    "n",
 ]
 FORMATS = ("csv", "json", "md")
 
@@ -26,7 +40,7 @@ def study_results(study: Study, store: Store) -> pd.DataFrame:
     frame = frame.rename(columns={"value": "quant_value"})
     frame["granularity"] = [
         QuantConfig(m, int(b), int(g), bool(s)).granularity
-        for m, b, g, s in zip(frame.method, frame.bits, frame.group_size, frame.symmetric)
+        for m, b, g, s in zip(frame.method, frame.bits, frame.group_size, frame.symmetric, strict=True)
     ]
     frame = frame.sort_values(["nonembedding_params", "tokens", "method", "bits", "group_size", "eval", "metric"])
     return frame[COLUMNS + ["granularity", "seconds"]].reset_index(drop=True)
@@ -47,20 +61,23 @@ def markdown_table(frame: pd.DataFrame) -> str:
 def summary_table(results: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
     """The compact view: one row per checkpoint × quant config, δ with its 95% CI."""
     rows = results[results.metric == metric]
-    return pd.DataFrame({
-        "checkpoint": rows.checkpoint,
-        "N": rows.nonembedding_params,
-        "D": rows.tokens,
-        "D/N": rows.tokens_per_param.map(lambda v: f"{v:.1f}"),
-        "method": rows.method,
-        "bits": rows.bits.astype(int),
-        "granularity": rows.granularity,
-        f"fp {metric}": rows.fp_value.map(_fmt),
-        f"quant {metric}": rows.quant_value.map(_fmt),
-        "δ [95% CI]": [
-            f"{_fmt(d)} [{_fmt(lo)}, {_fmt(hi)}]" for d, lo, hi in zip(rows.delta, rows.delta_ci_low, rows.delta_ci_high)
-        ],
-    })
+    return pd.DataFrame(
+        {
+            "checkpoint": rows.checkpoint,
+            "N": rows.nonembedding_params,
+            "D": rows.tokens,
+            "D/N": rows.tokens_per_param.map(lambda v: f"{v:.1f}"),
+            "method": rows.method,
+            "bits": rows.bits.astype(int),
+            "granularity": rows.granularity,
+            f"fp {metric}": rows.fp_value.map(_fmt),
+            f"quant {metric}": rows.quant_value.map(_fmt),
+            "δ [95% CI]": [
+                f"{_fmt(d)} [{_fmt(lo)}, {_fmt(hi)}]"
+                for d, lo, hi in zip(rows.delta, rows.delta_ci_low, rows.delta_ci_high, strict=True)
+            ],
+        }
+    )
 
 
 def render(results: pd.DataFrame, fmt: str) -> str:

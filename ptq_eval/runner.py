@@ -96,7 +96,9 @@ class _CheckpointRun:
     def baseline(self, job: Job, done: set[str]) -> WindowLosses:
         """The full-precision window losses: from the store, or scored now and stored."""
         if job.key in done:
-            return WindowLosses(self.store.array(job.key, "window_sums"), self.store.array(job.key, "window_counts").astype(np.int64))
+            return WindowLosses(
+                self.store.array(job.key, "window_sums"), self.store.array(job.key, "window_counts").astype(np.int64)
+            )
         self.restore()
         losses, corpus_facts, seconds = self.score(job.eval)
         rows = [
@@ -104,13 +106,25 @@ class _CheckpointRun:
             MetricRow("perplexity", float(np.exp(losses.mean_loss)), losses.tokens),
         ]
         self.store.save(
-            job.key, job.describe(), _facts(self.loaded), provenance(self.study, self.device, corpus_facts),
-            seconds, rows, {"window_sums": losses.sums, "window_counts": losses.counts},
+            job.key,
+            job.describe(),
+            _facts(self.loaded),
+            provenance(self.study, self.device, corpus_facts),
+            seconds,
+            rows,
+            {"window_sums": losses.sums, "window_counts": losses.counts},
         )
         done.add(job.key)
         return losses
 
-    def quantized(self, config: QuantConfig, jobs: list[Job], baselines: dict[str, WindowLosses], summary: RunSummary, progress: Progress) -> None:
+    def quantized(
+        self,
+        config: QuantConfig,
+        jobs: list[Job],
+        baselines: dict[str, WindowLosses],
+        summary: RunSummary,
+        progress: Progress,
+    ) -> None:
         self.restore()
         report = quantize(self.loaded.model, config, self.study.exclude)
         report_facts = {"seconds": report.seconds, "layers": [asdict(layer) for layer in report.layers]}
@@ -120,7 +134,9 @@ class _CheckpointRun:
             rows = [MetricRow(m.metric, m.quant_value, m.n, m.fp_value, m.delta, m.ci_low, m.ci_high) for m in paired]
             if losses.nonfinite:
                 rows.append(MetricRow("nonfinite_tokens", float(losses.nonfinite), losses.tokens))
-                summary.nonfinite_jobs.append(f"{self.loaded.facts.name} {config.method} {config.bits}-bit {config.granularity}")
+                summary.nonfinite_jobs.append(
+                    f"{self.loaded.facts.name} {config.method} {config.bits}-bit {config.granularity}"
+                )
             details = provenance(self.study, self.device, corpus_facts) | {"quant_report": report_facts}
             self.store.save(job.key, job.describe(), _facts(self.loaded), details, seconds + report.seconds, rows)
             summary.ran += 1

@@ -82,7 +82,9 @@ class QuantGrid(Strict):
     def _group_size_valid(cls, group_size):
         for value in _as_list(group_size):
             if value < -1:
-                raise ValueError(f"{value} is not accepted; use -1 (per channel), 0 (per tensor) or a positive group size")
+                raise ValueError(
+                    f"{value} is not accepted; use -1 (per channel), 0 (per tensor) or a positive group size"
+                )
         return group_size
 
     def configs(self) -> list[QuantConfig]:
@@ -163,7 +165,11 @@ class Job:
 
     def describe(self) -> dict:
         """What the job is, as stored with its results; the key is a hash of this."""
-        quant = self.quant.as_dict() if self.quant else {"method": "none", "bits": None, "group_size": None, "symmetric": None}
+        quant = (
+            self.quant.as_dict()
+            if self.quant
+            else {"method": "none", "bits": None, "group_size": None, "symmetric": None}
+        )
         description = {
             "checkpoint": self.checkpoint.reference,
             "tokens_override": self.checkpoint.tokens,

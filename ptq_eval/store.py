@@ -87,7 +87,9 @@ class Store:
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            found.update(row[0] for row in self._db.execute(f"SELECT job_key FROM jobs WHERE job_key IN ({marks})", chunk))
+            found.update(
+                row[0] for row in self._db.execute(f"SELECT job_key FROM jobs WHERE job_key IN ({marks})", chunk)
+            )
         return found
 
     def save(
@@ -107,8 +109,14 @@ class Store:
             self._db.execute("DELETE FROM arrays WHERE job_key = ?", (job_key,))
             self._db.execute(
                 "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?)",
-                (job_key, json.dumps(job, sort_keys=True), json.dumps(facts, sort_keys=True),
-                 json.dumps(provenance, sort_keys=True), seconds, finished_at),
+                (
+                    job_key,
+                    json.dumps(job, sort_keys=True),
+                    json.dumps(facts, sort_keys=True),
+                    json.dumps(provenance, sort_keys=True),
+                    seconds,
+                    finished_at,
+                ),
             )
             self._db.executemany(
                 "INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -116,7 +124,10 @@ class Store:
             )
             self._db.executemany(
                 "INSERT INTO arrays VALUES (?, ?, ?)",
-                [(job_key, name, np.asarray(values, dtype=np.float64).tobytes()) for name, values in (arrays or {}).items()],
+                [
+                    (job_key, name, np.asarray(values, dtype=np.float64).tobytes())
+                    for name, values in (arrays or {}).items()
+                ],
             )
 
     def array(self, job_key: str, name: str) -> np.ndarray:
@@ -138,8 +149,16 @@ class Store:
             if wanted is not None and key not in wanted:
                 continue
             record = {"job_key": key, **json.loads(job), **json.loads(facts)}
-            record.update(metric=metric, value=value, fp_value=fp_value, delta=delta,
-                          delta_ci_low=low, delta_ci_high=high, n=n, seconds=seconds,
-                          provenance=provenance)
+            record.update(
+                metric=metric,
+                value=value,
+                fp_value=fp_value,
+                delta=delta,
+                delta_ci_low=low,
+                delta_ci_high=high,
+                n=n,
+                seconds=seconds,
+                provenance=provenance,
+            )
             records.append(record)
         return pd.DataFrame.from_records(records)

@@ -27,9 +27,7 @@ class PairedMetric:
 
 def _check_paired(fp: WindowLosses, quant: WindowLosses) -> None:
     if len(fp.counts) != len(quant.counts) or not np.array_equal(fp.counts, quant.counts):
-        raise ValueError(
-            f"runs are not paired: {len(fp.counts)} fp windows vs {len(quant.counts)} quantized windows"
-        )
+        raise ValueError(f"runs are not paired: {len(fp.counts)} fp windows vs {len(quant.counts)} quantized windows")
 
 
 def paired_loss_metrics(

@@ -51,9 +51,7 @@ def window_losses(model: torch.nn.Module, windows: torch.Tensor, batch_size: int
     for start in range(0, len(windows), batch_size):
         batch = windows[start : start + batch_size].to(device)
         logits = model(input_ids=batch[:, :-1]).logits
-        losses = torch.nn.functional.cross_entropy(
-            logits.float().transpose(1, 2), batch[:, 1:], reduction="none"
-        )
+        losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:], reduction="none")
         nonfinite += int((~torch.isfinite(losses)).sum())
         sums.append(losses.double().sum(dim=1).cpu())
     counts = np.full(len(windows), windows.shape[1] - 1, dtype=np.int64)

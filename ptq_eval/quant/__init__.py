@@ -54,14 +54,18 @@ class QuantReport:
         return sum(layer.relative_error for layer in self.layers) / max(1, len(self.layers))
 
 
-def quantizable_linears(model: torch.nn.Module, exclude: tuple[str, ...] = DEFAULT_EXCLUDE) -> dict[str, torch.nn.Linear]:
+def quantizable_linears(
+    model: torch.nn.Module, exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+) -> dict[str, torch.nn.Linear]:
     """Every Linear except the output head and names matching an exclude pattern (fnmatch)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     chosen = {}
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or module is head:
             continue
-        if any(fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(name.rsplit(".", 1)[-1], pattern) for pattern in exclude):
+        if any(
+            fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(name.rsplit(".", 1)[-1], pattern) for pattern in exclude
+        ):
             continue
         chosen[name] = module
     return chosen

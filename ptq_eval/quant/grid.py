@@ -80,7 +80,9 @@ def fit_grid(x: torch.Tensor, bits: int, symmetric: bool) -> Grid:
     return Grid(scale, zero, maxq)
 
 
-def quantize_tensor(weight: torch.Tensor, bits: int, group_size: int = PER_CHANNEL, symmetric: bool = True) -> torch.Tensor:
+def quantize_tensor(
+    weight: torch.Tensor, bits: int, group_size: int = PER_CHANNEL, symmetric: bool = True
+) -> torch.Tensor:
     """Round-to-nearest on the grid; returns de-quantized weights in weight's dtype and shape."""
     rows, columns = weight.shape
     check_group_size(group_size, columns)
