@@ -122,12 +122,14 @@ EvalSpec = Annotated[PerplexityEval, Field(discriminator="kind")]
 
 def _ladder_kind(entry: object) -> str:
     if isinstance(entry, str):
-        return "path"
-    return "family" if isinstance(entry, dict) and "family" in entry else "entry"
+        return "ladder-path"
+    return "ladder-family" if isinstance(entry, dict) and "family" in entry else "ladder-entry"
 
 
 LadderItem = Annotated[
-    Annotated[str, Tag("path")] | Annotated[LadderEntry, Tag("entry")] | Annotated[FamilyLadder, Tag("family")],
+    Annotated[str, Tag("ladder-path")]
+    | Annotated[LadderEntry, Tag("ladder-entry")]
+    | Annotated[FamilyLadder, Tag("ladder-family")],
     Discriminator(_ladder_kind),
 ]
 
@@ -226,7 +228,16 @@ def _location(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("path", "entry", "family", "perplexity", "list[int]", "int", "bool", "list[bool]"):
+        elif part in (
+            "ladder-path",
+            "ladder-entry",
+            "ladder-family",
+            "perplexity",
+            "list[int]",
+            "int",
+            "bool",
+            "list[bool]",
+        ):
             continue  # pydantic's name for a union branch, not a key the user wrote
         else:
             text += f".{part}" if text else str(part)

@@ -1,0 +1,89 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ptq_eval.checkpoints import (
+    CheckpointError,
+    CheckpointRef,
+    load_checkpoint,
+    load_kwargs,
+    resolve_tokens,
+    tokens_from_schedule,
+)
+
+
+def test_pythia_steps_give_tokens_and_schedule_phase():
+    tokens, source, schedule = tokens_from_schedule(CheckpointRef.parse("EleutherAI/pythia-160m@step143000"))
+    assert tokens == 143000 * 2_097_152 and source == "pythia schedule"
+    assert schedule["decay_done"] == 1.0
+    tokens, _, schedule = tokens_from_schedule(CheckpointRef.parse("EleutherAI/pythia-70m-deduped@step1000"))
+    assert tokens == 1000 * 2_097_152 and schedule["decay_done"] == pytest.approx(1000 / 143000)
+
+
+def test_olmo_revisions_carry_tokens():
+    tokens, _, schedule = tokens_from_schedule(CheckpointRef.parse("allenai/OLMo-2-1124-7B@stage1-step10000-tokens42B"))
+    assert tokens == 42 * 10**9 and schedule == {"stage": "stage1"}
+    tokens, _, _ = tokens_from_schedule(CheckpointRef.parse("allenai/OLMo-1B@step20000-tokens84B"))
+    assert tokens == 84 * 10**9
+
+
+def test_unknown_tokens_is_a_clear_error():
+    with pytest.raises(CheckpointError, match=r"tokens seen \(D\) unknown for checkpoint gpt2@main"):
+        resolve_tokens(CheckpointRef.parse("gpt2@main"), {}, None)
+    assert resolve_tokens(CheckpointRef.parse("gpt2@main"), {}, 1000)[:2] == (1000, "spec")
+
+
+def test_hub_kwargs_are_safe_by_default():
+    kwargs = load_kwargs(CheckpointRef.parse("EleutherAI/pythia-160m@step1000"), False, False, "float32")
+    assert kwargs == {
+        "use_safetensors": True,
+        "trust_remote_code": False,
+        "dtype": torch.float32,
+        "revision": "step1000",
+    }
+    kwargs = load_kwargs(CheckpointRef.parse("org/model"), True, True, "auto")
+    assert kwargs == {"use_safetensors": False, "trust_remote_code": True, "dtype": "auto"}
+
+
+def test_offline_hub_load_is_a_clear_error(tmp_path):
+    """Offline mode is read when huggingface_hub is imported, so the load runs in a fresh process."""
+    code = (
+        "from ptq_eval.checkpoints import CheckpointError, load_checkpoint\n"
+        "try:\n    load_checkpoint('EleutherAI/pythia-70m@step1000')\n"
+        "except CheckpointError as error:\n    print(error)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "cannot load checkpoint EleutherAI/pythia-70m@step1000 from the Hugging Face hub" in result.stdout
+
+
+def test_local_checkpoint_facts(micro_checkpoint):
+    loaded = load_checkpoint(str(micro_checkpoint))
+    metadata = json.loads((micro_checkpoint / "ptq_eval.json").read_text())
+    facts = loaded.facts
+    assert facts.tokens == metadata["tokens"] and facts.tokens_source == "ptq_eval.json"
+    assert facts.nonembedding_params == metadata["nonembedding_params"] < facts.params
+    assert facts.tokens_per_param == pytest.approx(160, rel=0.02)
+    assert not loaded.model.training
+
+
+def test_pickle_weights_are_refused_unless_allowed(micro_checkpoint, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(micro_checkpoint)
+    pickled = tmp_path / "pickled"
+    model.save_pretrained(pickled, safe_serialization=False) if _supports_pickle_save() else pytest.skip("no .bin save")
+    with pytest.raises(CheckpointError, match="safetensors only unless allow_pickle: true"):
+        load_checkpoint(str(pickled), tokens=10)
+
+
+def _supports_pickle_save() -> bool:
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    return "safe_serialization" in inspect.signature(PreTrainedModel.save_pretrained).parameters

@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from ptq_eval.quant.grid import fit_grid, quantize_tensor
+
+
+def weights(rows=8, columns=64, seed=0, dtype=torch.float32):
+    return torch.randn(rows, columns, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_16_bits_round_trips_within_dtype_precision(symmetric, dtype):
+    w = weights(dtype=dtype)
+    q = quantize_tensor(w, 16, -1, symmetric)
+    assert q.dtype == dtype
+    scale = w.float().abs().amax(dim=1, keepdim=True)
+    assert torch.all((q.float() - w.float()).abs() <= scale * (2 * torch.finfo(dtype).eps + 2 / 65535))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("group_size", [-1, 0, 16])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_levels_per_group_at_most_two_to_the_bits(bits, group_size, symmetric):
+    w = weights()
+    q = quantize_tensor(w, bits, group_size, symmetric)
+    if group_size == 0:
+        groups = [q.flatten()]
+    elif group_size == -1:
+        groups = list(q)
+    else:
+        groups = list(q.reshape(-1, group_size))
+    assert max(len(torch.unique(g)) for g in groups) <= 2**bits
+    assert not torch.equal(q, w)
+
+
+@pytest.mark.parametrize("group_size", [-1, 16])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_error_falls_as_bits_rise(group_size, symmetric):
+    w = weights(rows=32, columns=128)
+    errors = [(quantize_tensor(w, bits, group_size, symmetric) - w).pow(2).sum().item() for bits in range(2, 9)]
+    assert all(later < earlier for earlier, later in zip(errors, errors[1:], strict=False))
+
+
+def test_groups_beat_channels_beat_tensor():
+    w = weights(rows=32, columns=128) * torch.linspace(0.1, 3, 32)[:, None]
+    error = {g: (quantize_tensor(w, 3, g) - w).pow(2).sum().item() for g in (0, -1, 16)}
+    assert error[16] < error[-1] < error[0]
+
+
+def test_group_size_must_divide_input_dimension():
+    with pytest.raises(ValueError, match=r"group_size=48 does not divide the input dimension 64"):
+        quantize_tensor(weights(), 4, 48)
+
+
+@pytest.mark.parametrize("bits", [1, 17])
+def test_bits_out_of_range_is_an_error(bits):
+    with pytest.raises(ValueError, match=rf"bits={bits} is not in 2..16"):
+        quantize_tensor(weights(), bits)
+
+
+def test_asymmetric_grid_represents_zero_and_range_exactly():
+    w = torch.tensor([[0.0, 1.0, 3.0, 7.5]])
+    grid = fit_grid(w, 4, symmetric=False)
+    assert grid.fake_quantize(w).tolist() == [[0.0, 1.0, 3.0, 7.5]]
+
+
+def test_all_zero_rows_stay_zero():
+    w = torch.zeros(3, 8)
+    for symmetric in (True, False):
+        assert torch.equal(quantize_tensor(w, 3, -1, symmetric), w)

@@ -1,0 +1,51 @@
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from ptq_eval.quant import QuantConfig, quantizable_linears, quantize
+from ptq_eval.quant.grid import quantize_tensor
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        tie_word_embeddings=False,
+    )
+    return GPTNeoXForCausalLM(config)
+
+
+def test_head_and_embeddings_are_not_quantized_by_default():
+    model = tiny_model()
+    names = set(quantizable_linears(model))
+    assert names and not any("lm_head" in n or "embed" in n for n in names)
+    assert len(names) == 2 * 4  # qkv, dense, h_to_4h, 4h_to_h per layer
+
+
+def test_exclude_patterns_skip_layers():
+    names = set(quantizable_linears(tiny_model(), ("lm_head", "*mlp*")))
+    assert names and not any("mlp" in n for n in names)
+
+
+def test_rtn_rounds_every_chosen_weight_and_reports_errors():
+    model = tiny_model()
+    head = model.get_output_embeddings().weight.detach().clone()
+    before = {n: m.weight.detach().clone() for n, m in quantizable_linears(model).items()}
+    report = quantize(model, QuantConfig("rtn", 3, 16, symmetric=False))
+    after = quantizable_linears(model)
+    for name, weight in before.items():
+        assert torch.equal(after[name].weight, quantize_tensor(weight, 3, 16, False))
+    assert torch.equal(model.get_output_embeddings().weight, head)
+    assert len(report.layers) == len(before)
+    assert all(0 < layer.relative_error < 1 for layer in report.layers)
+
+
+def test_unknown_method_is_a_clear_error():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"unknown quantization method 'awq'; accepted: rtn"):
+        quantize(tiny_model(), QuantConfig("awq", 4))

@@ -1,0 +1,46 @@
+import numpy as np
+
+from ptq_eval.store import MetricRow, Store
+
+
+def test_save_finished_frame_and_arrays(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        store.save(
+            "k1",
+            {"checkpoint": "a", "bits": 4},
+            {"tokens": 10},
+            {"torch": "x"},
+            1.5,
+            [MetricRow("loss", 3.2, 100, 3.0, 0.2, 0.1, 0.3)],
+            {"window_sums": np.array([1.0, 2.5])},
+        )
+        assert store.finished(["k1", "k2"]) == {"k1"}
+        frame = store.frame()
+        assert frame.loc[0, "checkpoint"] == "a" and frame.loc[0, "delta"] == 0.2 and frame.loc[0, "tokens"] == 10
+        assert store.array("k1", "window_sums").tolist() == [1.0, 2.5]
+
+
+def test_resaving_a_job_replaces_its_rows(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        for value in (1.0, 2.0):
+            store.save("k", {"checkpoint": "a"}, {}, {}, 0.0, [MetricRow("loss", value, 1)])
+        frame = store.frame()
+        assert len(frame) == 1 and frame.loc[0, "value"] == 2.0
+
+
+def test_a_failed_job_leaves_nothing_behind(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    try:
+        store.save("k", {}, {}, {}, 0.0, [MetricRow("loss", 1.0, 1), MetricRow("loss", 2.0, 1)])
+    except Exception:
+        pass
+    assert store.finished(["k"]) == set()
+    store.close()
+
+
+def test_two_handles_share_one_store(tmp_path):
+    first, second = Store(tmp_path / "s.sqlite"), Store(tmp_path / "s.sqlite")
+    first.save("k", {}, {}, {}, 0.0, [MetricRow("loss", 1.0, 1)])
+    assert second.finished(["k"]) == {"k"}
+    first.close()
+    second.close()
