@@ -3,6 +3,7 @@ restored between quant configs, every finished job committed to the store at onc
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import time
 from collections.abc import Callable
@@ -60,27 +61,36 @@ def _facts(loaded: LoadedCheckpoint) -> dict:
     return facts
 
 
+def tokenizer_identity(tokenizer) -> str:
+    """Same string for tokenizers that split text identically (fast tokenizers: their full definition)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else tokenizer.name_or_path
+    return hashlib.sha256(definition.encode()).hexdigest()
+
+
 class _CheckpointRun:
     """Everything done with one loaded checkpoint."""
 
-    def __init__(self, study: Study, store: Store, loaded: LoadedCheckpoint, device: str):
+    def __init__(self, study: Study, store: Store, loaded: LoadedCheckpoint, device: str, window_cache: dict):
         self.study, self.store, self.loaded, self.device = study, store, loaded, device
         self.linears = quantizable_linears(loaded.model, study.exclude)
         self.pristine = {name: linear.weight.detach().clone() for name, linear in self.linears.items()}
-        self._windows: dict[PerplexityEval, tuple[torch.Tensor, dict]] = {}
+        self.window_cache = window_cache
 
     def windows(self, evaluation: PerplexityEval) -> tuple[torch.Tensor, dict]:
-        if evaluation not in self._windows:
-            context = getattr(self.loaded.model.config, "max_position_embeddings", None)
-            if context is not None and evaluation.seq_len > context:
-                raise ValueError(
-                    f"eval {evaluation.name}: seq_len={evaluation.seq_len} exceeds the context of "
-                    f"{self.loaded.facts.name} ({context}); use seq_len <= {context}"
-                )
+        """The eval's token windows; tokenized once per distinct tokenizer across the study."""
+        context = getattr(self.loaded.model.config, "max_position_embeddings", None)
+        if context is not None and evaluation.seq_len > context:
+            raise ValueError(
+                f"eval {evaluation.name}: seq_len={evaluation.seq_len} exceeds the context of "
+                f"{self.loaded.facts.name} ({context}); use seq_len <= {context}"
+            )
+        key = (tokenizer_identity(self.loaded.tokenizer), evaluation)
+        if key not in self.window_cache:
             corpus = load_corpus(evaluation.corpus, evaluation.split)
             stream = token_stream(self.loaded.tokenizer, corpus)
-            self._windows[evaluation] = (make_windows(stream, evaluation.seq_len, evaluation.tokens), corpus.describe())
-        return self._windows[evaluation]
+            self.window_cache[key] = (make_windows(stream, evaluation.seq_len, evaluation.tokens), corpus.describe())
+        return self.window_cache[key]
 
     def restore(self) -> None:
         with torch.no_grad():
@@ -151,6 +161,7 @@ def run_study(study: Study, store: Store, progress: Progress = lambda message, a
     summary = RunSummary(jobs=len(jobs), already_done=sum(job.key in done for job in jobs))
     progress(f"{summary.already_done}/{summary.jobs} jobs already in the store", 0)
     device = resolve_device(study.device)
+    window_cache: dict = {}
     by_checkpoint: dict = {}
     for job in jobs:
         if job.key not in done:
@@ -159,7 +170,7 @@ def run_study(study: Study, store: Store, progress: Progress = lambda message, a
         loaded = load_checkpoint(
             checkpoint.reference, checkpoint.tokens, study.allow_pickle, study.trust_remote_code, study.dtype, device
         )
-        run = _CheckpointRun(study, store, loaded, device)
+        run = _CheckpointRun(study, store, loaded, device, window_cache)
         baseline_jobs = {job.baseline().key: job.baseline() for job in pending}
         baselines = {key: run.baseline(job, done) for key, job in baseline_jobs.items()}
         by_config: dict[QuantConfig, list[Job]] = {}

@@ -48,9 +48,17 @@ def test_groups_beat_channels_beat_tensor():
     assert error[16] < error[-1] < error[0]
 
 
-def test_group_size_must_divide_input_dimension():
-    with pytest.raises(ValueError, match=r"group_size=48 does not divide the input dimension 64"):
-        quantize_tensor(weights(), 4, 48)
+def test_a_group_size_that_does_not_divide_leaves_a_shorter_last_group():
+    w = weights(columns=48)
+    q = quantize_tensor(w, 3, 32)
+    assert torch.equal(q[:, :32], quantize_tensor(w[:, :32], 3, 32))
+    assert torch.equal(q[:, 32:], quantize_tensor(w[:, 32:], 3, -1))
+    assert max(len(torch.unique(row)) for row in q[:, 32:]) <= 8
+
+
+def test_negative_group_sizes_other_than_minus_one_are_errors():
+    with pytest.raises(ValueError, match=r"group_size=-2 is not accepted"):
+        quantize_tensor(weights(), 4, -2)
 
 
 @pytest.mark.parametrize("bits", [1, 17])

@@ -46,17 +46,10 @@ def check_bits(bits: int) -> None:
         raise ValueError(f"bits={bits} is not in {MIN_BITS}..{MAX_BITS}")
 
 
-def check_group_size(group_size: int, columns: int) -> None:
-    """A group size is -1, 0, or a positive divisor of the input dimension."""
-    if group_size in (PER_CHANNEL, PER_TENSOR):
-        return
-    if group_size < 0:
+def check_group_size(group_size: int) -> None:
+    """A group size is -1 (per channel), 0 (per tensor) or positive."""
+    if group_size < PER_CHANNEL:
         raise ValueError(f"group_size={group_size} is not accepted; use -1 (per channel), 0 (per tensor) or g > 0")
-    if columns % group_size:
-        raise ValueError(
-            f"group_size={group_size} does not divide the input dimension {columns}; "
-            f"use a divisor of {columns}, -1 (per channel) or 0 (per tensor)"
-        )
 
 
 def fit_grid(x: torch.Tensor, bits: int, symmetric: bool) -> Grid:
@@ -80,17 +73,21 @@ def fit_grid(x: torch.Tensor, bits: int, symmetric: bool) -> Grid:
     return Grid(scale, zero, maxq)
 
 
+def _round_rows(x: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
+    return fit_grid(x, bits, symmetric).fake_quantize(x)
+
+
 def quantize_tensor(
     weight: torch.Tensor, bits: int, group_size: int = PER_CHANNEL, symmetric: bool = True
 ) -> torch.Tensor:
     """Round-to-nearest on the grid; returns de-quantized weights in weight's dtype and shape."""
-    rows, columns = weight.shape
-    check_group_size(group_size, columns)
+    check_group_size(group_size)
     if group_size == PER_TENSOR:
-        grouped = weight.reshape(1, -1)
-    elif group_size == PER_CHANNEL:
-        grouped = weight
-    else:
-        grouped = weight.reshape(rows * (columns // group_size), group_size)
-    grid = fit_grid(grouped, bits, symmetric)
-    return grid.fake_quantize(grouped).reshape(rows, columns).to(weight.dtype)
+        return _round_rows(weight.reshape(1, -1), bits, symmetric).reshape(weight.shape).to(weight.dtype)
+    rows, columns = weight.shape
+    group = columns if group_size == PER_CHANNEL else min(group_size, columns)
+    full = columns - columns % group
+    parts = [_round_rows(weight[:, :full].reshape(-1, group), bits, symmetric).reshape(rows, full)]
+    if full < columns:
+        parts.append(_round_rows(weight[:, full:], bits, symmetric))
+    return torch.cat(parts, dim=1).to(weight.dtype)
