@@ -19,6 +19,7 @@ from ptq_eval.corpus import load_corpus, token_stream
 from ptq_eval.evaluate.paired import paired_loss_metrics
 from ptq_eval.evaluate.perplexity import WindowLosses, make_windows, window_losses
 from ptq_eval.quant import QuantConfig, quantizable_linears, quantize
+from ptq_eval.quant.calibration import calibration_tokens
 from ptq_eval.spec import Job, PerplexityEval, Study, expand_jobs
 from ptq_eval.store import MetricRow, Store
 
@@ -92,6 +93,18 @@ class _CheckpointRun:
             self.window_cache[key] = (make_windows(stream, evaluation.seq_len, evaluation.tokens), corpus.describe())
         return self.window_cache[key]
 
+    def calibration(self) -> torch.Tensor:
+        """The study's calibration windows for this tokenizer, clamped to the model's context."""
+        spec = self.study.calibration
+        context = getattr(self.loaded.model.config, "max_position_embeddings", None) or spec.seq_len
+        seq_len = min(spec.seq_len, context)
+        key = (tokenizer_identity(self.loaded.tokenizer), "calibration", seq_len)
+        if key not in self.window_cache:
+            self.window_cache[key] = calibration_tokens(
+                self.loaded.tokenizer, spec.corpus, spec.split, spec.samples, seq_len, spec.seed
+            )
+        return self.window_cache[key]
+
     def restore(self) -> None:
         with torch.no_grad():
             for name, linear in self.linears.items():
@@ -136,7 +149,8 @@ class _CheckpointRun:
         progress: Progress,
     ) -> None:
         self.restore()
-        report = quantize(self.loaded.model, config, self.study.exclude)
+        calibration = self.calibration() if config.needs_calibration else None
+        report = quantize(self.loaded.model, config, self.study.exclude, calibration)
         report_facts = {"seconds": report.seconds, "layers": [asdict(layer) for layer in report.layers]}
         for job in jobs:
             losses, corpus_facts, seconds = self.score(job.eval)

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from ptq_eval.corpus import STDLIB
-from ptq_eval.quant import DEFAULT_EXCLUDE, METHODS, QuantConfig
+from ptq_eval.quant import DEFAULT_EXCLUDE, GPTQ_OPTIONS, METHODS, QuantConfig
 from ptq_eval.quant.grid import MAX_BITS, MIN_BITS
 
 
@@ -61,6 +61,10 @@ class QuantGrid(Strict):
     bits: int | list[int]
     group_size: int | list[int] = -1
     symmetric: bool | list[bool] = True
+    act_order: bool | None = None
+    static_groups: bool | None = None
+    damp: float | None = Field(default=None, gt=0, lt=1)
+    block_size: int | None = Field(default=None, gt=0)
 
     @field_validator("method")
     @classmethod
@@ -87,9 +91,18 @@ class QuantGrid(Strict):
                 )
         return group_size
 
+    @model_validator(mode="after")
+    def _options_belong_to_gptq(self):
+        if self.method != "gptq":
+            for option in GPTQ_OPTIONS:
+                if getattr(self, option) is not None:
+                    raise ValueError(f"{option} applies to method gptq only, not {self.method}")
+        return self
+
     def configs(self) -> list[QuantConfig]:
+        options = {option: getattr(self, option) for option in GPTQ_OPTIONS if getattr(self, option) is not None}
         combos = itertools.product(_as_list(self.bits), _as_list(self.group_size), _as_list(self.symmetric))
-        return [QuantConfig(self.method, bits, group, symmetric) for bits, group, symmetric in combos]
+        return [QuantConfig(self.method, bits, group, symmetric, **options) for bits, group, symmetric in combos]
 
 
 class Calibration(Strict):
@@ -97,8 +110,8 @@ class Calibration(Strict):
 
     corpus: str = STDLIB
     split: str = "train"
-    samples: int = Field(default=32, gt=0)
-    seq_len: int = Field(default=256, gt=0)
+    samples: int = Field(default=128, gt=0)
+    seq_len: int = Field(default=2048, gt=1)
     seed: int = 0
 
 
@@ -139,13 +152,23 @@ class Study(Strict):
     ladder: list[LadderItem] = Field(min_length=1)
     quant: list[QuantGrid] = Field(min_length=1)
     evals: list[EvalSpec] = Field(min_length=1)
-    calibration: Calibration | None = None
+    calibration: Calibration = Calibration()
     seed: int = 0
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "auto"
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     allow_pickle: bool = False
     trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _calibration_is_not_evaluation(self):
+        for evaluation in self.evals:
+            if (evaluation.corpus, evaluation.split) == (self.calibration.corpus, self.calibration.split):
+                raise ValueError(
+                    f"calibration uses {evaluation.corpus!r} split {evaluation.split!r}, which an eval scores; "
+                    "calibrate on another split (e.g. train)"
+                )
+        return self
 
 
 @dataclass(frozen=True)
@@ -164,6 +187,7 @@ class Job:
     dtype: str
     seed: int
     exclude: tuple[str, ...]
+    calibration: Calibration | None = None
 
     def describe(self) -> dict:
         """What the job is, as stored with its results; the key is a hash of this."""
@@ -183,6 +207,8 @@ class Job:
         }
         if self.quant:
             description["exclude"] = list(self.exclude)
+        if self.quant and self.quant.needs_calibration:
+            description["calibration"] = self.calibration.model_dump()
         return description
 
     @property
@@ -216,7 +242,7 @@ def expand_jobs(study: Study) -> list[Job]:
     """Every quantized job of the study (each implies its full-precision baseline)."""
     configs = list(dict.fromkeys(config for grid in study.quant for config in grid.configs()))
     return [
-        Job(checkpoint, config, evaluation, study.dtype, study.seed, study.exclude)
+        Job(checkpoint, config, evaluation, study.dtype, study.seed, study.exclude, study.calibration)
         for checkpoint in checkpoints(study)
         for config in configs
         for evaluation in study.evals

@@ -9,7 +9,8 @@ import torch
 
 from ptq_eval.quant.grid import PER_CHANNEL, PER_TENSOR
 
-METHODS = ("rtn",)
+METHODS = ("rtn", "gptq")
+GPTQ_OPTIONS = ("act_order", "static_groups", "damp", "block_size")
 DEFAULT_EXCLUDE = ("lm_head", "embed_out")
 
 
@@ -21,6 +22,10 @@ class QuantConfig:
     bits: int
     group_size: int = PER_CHANNEL
     symmetric: bool = True
+    act_order: bool = False
+    static_groups: bool = False
+    damp: float = 0.01
+    block_size: int = 128
 
     @property
     def granularity(self) -> str:
@@ -30,15 +35,27 @@ class QuantConfig:
             return "tensor"
         return f"group{self.group_size}"
 
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method == "gptq"
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The config's fields; GPTQ's options only for GPTQ (so RTN job keys do not depend on them)."""
+        fields = asdict(self)
+        if self.method != "gptq":
+            for option in GPTQ_OPTIONS:
+                fields.pop(option)
+        return fields
 
 
 @dataclass(frozen=True)
 class LayerReport:
+    """Weight error ‖W − Ŵ‖² / ‖W‖², and for GPTQ the output error ‖WX − ŴX‖² / ‖WX‖² on calibration."""
+
     name: str
     shape: tuple[int, int]
     relative_error: float
+    output_error: float | None = None
 
 
 @dataclass
@@ -71,10 +88,19 @@ def quantizable_linears(
     return chosen
 
 
-def quantize(model: torch.nn.Module, config: QuantConfig, exclude: tuple[str, ...] = DEFAULT_EXCLUDE) -> QuantReport:
+def quantize(
+    model: torch.nn.Module,
+    config: QuantConfig,
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
+    calibration: torch.Tensor | None = None,
+) -> QuantReport:
     """Quantize the model's weights in place with the configured method."""
     if config.method == "rtn":
         from ptq_eval.quant.rtn import quantize_rtn
 
         return quantize_rtn(model, config, exclude)
+    if config.method == "gptq":
+        from ptq_eval.quant.gptq import quantize_gptq
+
+        return quantize_gptq(model, config, exclude, calibration)
     raise ValueError(f"unknown quantization method {config.method!r}; accepted: {', '.join(METHODS)}")

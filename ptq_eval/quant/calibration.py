@@ -1,0 +1,30 @@
+"""Calibration tokens: seeded random windows from a corpus split that is never the evaluation split."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from ptq_eval.corpus import Corpus, load_corpus, token_stream
+
+CHARACTERS_PER_TOKEN_BOUND = 8  # read this many characters per wanted token, so any BPE yields enough text
+
+
+def calibration_tokens(tokenizer, corpus: str, split: str, samples: int, seq_len: int, seed: int) -> torch.Tensor:
+    """[samples, seq_len] token windows drawn (seeded) from randomly chosen files of the split."""
+    source = load_corpus(corpus, split)
+    files = list(source.files)
+    random.Random(seed).shuffle(files)
+    wanted, chosen = samples * seq_len * CHARACTERS_PER_TOKEN_BOUND, []
+    for name in files:
+        chosen.append(name)
+        wanted -= (source.root / name).stat().st_size
+        if wanted <= 0:
+            break
+    stream = token_stream(tokenizer, Corpus(source.name, source.split, source.root, tuple(chosen)))
+    if len(stream) < seq_len + 1:
+        raise ValueError(f"calibration corpus {corpus!r} split {split!r} has {len(stream)} tokens, fewer than seq_len")
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(stream) - seq_len, (samples,), generator=generator)
+    return torch.stack([stream[start : start + seq_len] for start in starts.tolist()]).long()
