@@ -78,7 +78,8 @@ def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig
             if static is not None:
                 grid = static[int(order[column]) // group]
             elif group and column % group == 0:
-                grid = fit_grid(torch.cat([W1[:, i:], W[:, end:]], dim=1)[:, :group], config.bits, config.symmetric)
+                # As the reference GPTQ does: fitted on the weights as they stood before this block's updates.
+                grid = fit_grid(W[:, column : column + group], config.bits, config.symmetric)
             q = grid.fake_quantize(W1[:, i : i + 1]).flatten()
             Q[:, column] = q
             error = (W1[:, i] - q) / Hinv1[i, i]
