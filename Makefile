@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LADDER := tasks/ladders/demo
 
-.PHONY: install test demo ladder lint clean
+.PHONY: install test demo ladder lint clean bench-gptq
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ demo: $(STAMP)
 ladder: $(STAMP)
 	rm -rf $(LADDER)
 	$(BIN)/ptq-eval ladder train --preset demo --out $(LADDER) --threads 2
+
+# Our GPTQ beside GPTQModel 7.6.0 (a throwaway venv; never a project dependency) -> reports/bench/gptq.md
+BENCH_GPTQ_VENV := .venv-bench-gptq
+bench-gptq:
+	$(PYTHON) -m venv $(BENCH_GPTQ_VENV)
+	$(BENCH_GPTQ_VENV)/bin/pip install --quiet torch==2.13.0
+	$(BENCH_GPTQ_VENV)/bin/pip install --quiet gptqmodel==7.6.0 -e .
+	GPTQMODEL_CPU_WORKERS=2 $(BENCH_GPTQ_VENV)/bin/python tests/bench/gptq_peers.py --out reports/bench/gptq.md
 
 clean:
 	rm -rf $(VENV) runs reports
