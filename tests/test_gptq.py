@@ -33,7 +33,7 @@ def test_hessian_is_two_x_xt_over_n():
 def test_gptq_output_error_at_most_rtn_on_the_same_grid(bits, group_size, act_order):
     weight, x, hessian = correlated_problem()
     config = QuantConfig("gptq", bits, group_size, act_order=act_order)
-    gptq = gptq_weight(weight, hessian, config)
+    gptq = gptq_weight(weight, hessian, config).weight
     rtn = quantize_tensor(weight, bits, group_size)
     assert out_err(weight, gptq, x) <= out_err(weight, rtn, x)
     assert output_error(weight, gptq, hessian) == pytest.approx(out_err(weight, gptq, x), rel=1e-3)
@@ -41,7 +41,7 @@ def test_gptq_output_error_at_most_rtn_on_the_same_grid(bits, group_size, act_or
 
 def test_16_bits_reproduces_the_weights():
     weight, _, hessian = correlated_problem()
-    quantized = gptq_weight(weight, hessian, QuantConfig("gptq", 16, -1))
+    quantized = gptq_weight(weight, hessian, QuantConfig("gptq", 16, -1)).weight
     assert torch.allclose(quantized, weight, atol=1e-3 * weight.abs().max().item())
 
 
@@ -49,7 +49,9 @@ def test_16_bits_reproduces_the_weights():
 def test_act_order_groups_stay_on_the_grid(static_groups):
     """Static groups are contiguous columns; otherwise groups run along the act-order permutation."""
     weight, _, hessian = correlated_problem()
-    quantized = gptq_weight(weight, hessian, QuantConfig("gptq", 3, 32, act_order=True, static_groups=static_groups))
+    quantized = gptq_weight(
+        weight, hessian, QuantConfig("gptq", 3, 32, act_order=True, static_groups=static_groups)
+    ).weight
     columns = torch.arange(128) if static_groups else torch.argsort(torch.diag(hessian), descending=True)
     permuted = quantized[:, columns]
     for start in range(0, 128, 32):
@@ -61,14 +63,14 @@ def test_dead_columns_are_zeroed_and_ragged_groups_work():
     x[:, 5] = 0
     hessian = Hessian(48, torch.device("cpu"))
     hessian.add(x)
-    quantized = gptq_weight(weight, hessian.matrix, QuantConfig("gptq", 4, 32))
+    quantized = gptq_weight(weight, hessian.matrix, QuantConfig("gptq", 4, 32)).weight
     assert torch.all(quantized[:, 5] == 0) and torch.isfinite(quantized).all()
 
 
 def test_deterministic():
     weight, _, hessian = correlated_problem()
     config = QuantConfig("gptq", 3, 32, act_order=True)
-    assert torch.equal(gptq_weight(weight, hessian, config), gptq_weight(weight, hessian, config))
+    assert torch.equal(gptq_weight(weight, hessian, config).weight, gptq_weight(weight, hessian, config).weight)
 
 
 def test_gptq_beats_rtn_on_the_micro_ladder(micro_checkpoint, tmp_path):
@@ -92,3 +94,18 @@ def test_gptq_beats_rtn_on_the_micro_ladder(micro_checkpoint, tmp_path):
     for bits in (3, 4):
         assert loss[("gptq", bits)] <= loss[("rtn", bits)]
     assert loss[("rtn", 3)] > 0.01
+
+
+@pytest.mark.parametrize(
+    ("group_size", "act_order", "static"), [(-1, True, False), (32, False, False), (32, True, False), (32, True, True)]
+)
+def test_returned_grids_reproduce_the_weights_from_integer_codes(group_size, act_order, static):
+    weight, _, hessian = correlated_problem()
+    result = gptq_weight(weight, hessian, QuantConfig("gptq", 4, group_size, act_order=act_order, static_groups=static))
+    scale = result.scales[result.group_index.long()].T
+    zero = result.zeros[result.group_index.long()].T
+    codes = torch.round(result.weight / scale + zero)
+    assert codes.min() >= 0 and codes.max() <= 15
+    assert torch.allclose(scale * (codes - zero), result.weight, atol=1e-6)
+    if group_size > 0 and (static or not act_order):
+        assert torch.equal(result.group_index, torch.arange(128, dtype=torch.int32) // 32)

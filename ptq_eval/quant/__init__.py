@@ -65,6 +65,7 @@ class QuantReport:
     config: QuantConfig
     layers: list[LayerReport] = field(default_factory=list)
     seconds: float = 0.0
+    grids: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def mean_relative_error(self) -> float:

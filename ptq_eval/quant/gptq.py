@@ -12,6 +12,7 @@ that block sees *after* the blocks before it were quantized.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -36,6 +37,19 @@ class Hessian:
         self.samples = total
 
 
+@dataclass(frozen=True)
+class GPTQResult:
+    """De-quantized weights, plus the grids that produced them (what a packed export needs).
+
+    `scales` and `zeros` are [groups, rows]; column j used group `group_index[j]`.
+    """
+
+    weight: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    group_index: torch.Tensor
+
+
 def _grid_for(weight: torch.Tensor, config: QuantConfig) -> Grid:
     if config.group_size == PER_TENSOR:
         return fit_grid(weight.reshape(1, -1), config.bits, config.symmetric)
@@ -43,8 +57,8 @@ def _grid_for(weight: torch.Tensor, config: QuantConfig) -> Grid:
 
 
 @torch.no_grad()
-def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig) -> torch.Tensor:
-    """De-quantized GPTQ weights (float32) for one Linear, given its input Hessian."""
+def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig) -> GPTQResult:
+    """GPTQ for one Linear, given its input Hessian: de-quantized weights (float32) and their grids."""
     check_group_size(config.group_size)
     W = weight.float().clone()
     H = hessian.clone()
@@ -68,6 +82,8 @@ def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
 
     grid = None if group else _grid_for(W, config)
+    grids = [] if group and static is None else (static or [grid])
+    group_of_position = torch.zeros(columns, dtype=torch.int32)
     Q = torch.zeros_like(W)
     for start in range(0, columns, config.block_size):
         end = min(start + config.block_size, columns)
@@ -76,17 +92,24 @@ def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig
         for i in range(end - start):
             column = start + i
             if static is not None:
-                grid = static[int(order[column]) // group]
-            elif group and column % group == 0:
-                # As the reference GPTQ does: fitted on the weights as they stood before this block's updates.
-                grid = fit_grid(W[:, column : column + group], config.bits, config.symmetric)
+                group_of_position[column] = int(order[column]) // group
+                grid = static[group_of_position[column]]
+            elif group:
+                if column % group == 0:
+                    # As the reference GPTQ does: fitted on the weights as they stood before this block's updates.
+                    grid = fit_grid(W[:, column : column + group], config.bits, config.symmetric)
+                    grids.append(grid)
+                group_of_position[column] = len(grids) - 1
             q = grid.fake_quantize(W1[:, i : i + 1]).flatten()
             Q[:, column] = q
             error = (W1[:, i] - q) / Hinv1[i, i]
             W1[:, i:] -= error[:, None] @ Hinv1[i : i + 1, i:]
             errors[:, i] = error
         W[:, end:] -= errors @ Hinv[start:end, end:]
-    return Q[:, torch.argsort(order)]
+    inverse = torch.argsort(order)
+    scales = torch.cat([g.scale.expand(rows, 1) for g in grids], dim=1).T
+    zeros = torch.cat([g.zero.expand(rows, 1) for g in grids], dim=1).T
+    return GPTQResult(Q[:, inverse], scales, zeros, group_of_position[inverse.cpu()])
 
 
 def output_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.Tensor) -> float:
@@ -172,8 +195,10 @@ def quantize_gptq(
             handle.remove()
         for name, linear in linears.items():
             weight, hessian = linear.weight, hessians[name].matrix
-            quantized = gptq_weight(weight, hessian, config)
             layer_name = f"{names[id(block)]}.{name}"
+            result = gptq_weight(weight, hessian, config)
+            quantized = result.weight
+            report.grids[layer_name] = (result.scales, result.zeros, result.group_index)
             report.layers.append(
                 LayerReport(
                     layer_name,

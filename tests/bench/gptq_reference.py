@@ -55,7 +55,7 @@ def main(reference_dir: str) -> None:
                 if static and group < 0:
                     continue
                 config = QuantConfig("gptq", bits, group, True, act_order, static)
-                ours = gptq_weight(weight, hessian.matrix, config)
+                ours = gptq_weight(weight, hessian.matrix, config).weight
                 theirs = reference_weight(reference, quantizer_module, weight, inputs, config)
                 err = [
                     ((inputs @ (weight - q).T).pow(2).sum() / (inputs @ weight.T).pow(2).sum()).item()
