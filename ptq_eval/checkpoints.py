@@ -138,20 +138,17 @@ def load_kwargs(ref: CheckpointRef, allow_pickle: bool, trust_remote_code: bool,
     return kwargs
 
 
-def load_checkpoint(
+def load_model(
     reference: str,
-    tokens: int | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     dtype: str = "float32",
     device: str = "cpu",
-) -> LoadedCheckpoint:
-    """Load model + tokenizer and work out N and D; errors say how to fix the reference."""
+):
+    """Model (in eval mode, on device) and tokenizer; errors say how to fix the reference."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     ref = CheckpointRef.parse(reference)
-    metadata = read_local_facts(Path(ref.repo)) if ref.is_local else {}
-    resolved_tokens, source, schedule = resolve_tokens(ref, metadata, tokens)
     kwargs = load_kwargs(ref, allow_pickle, trust_remote_code, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.repo, **kwargs)
@@ -164,7 +161,22 @@ def load_checkpoint(
         )
         hint = "" if allow_pickle else "; weights are loaded from safetensors only unless allow_pickle: true"
         raise CheckpointError(f"cannot load checkpoint {ref} from the {where}: {error}{hint}") from error
-    model.to(device).eval()
+    return model.to(device).eval(), tokenizer
+
+
+def load_checkpoint(
+    reference: str,
+    tokens: int | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> LoadedCheckpoint:
+    """Load model + tokenizer and work out N and D (D first, so a missing D fails before any download)."""
+    ref = CheckpointRef.parse(reference)
+    metadata = read_local_facts(Path(ref.repo)) if ref.is_local else {}
+    resolved_tokens, source, schedule = resolve_tokens(ref, metadata, tokens)
+    model, tokenizer = load_model(reference, allow_pickle, trust_remote_code, dtype, device)
     params, nonembedding = count_params(model)
     facts = CheckpointFacts(str(ref), params, nonembedding, resolved_tokens, source, schedule)
     return LoadedCheckpoint(model, tokenizer, facts)

@@ -120,6 +120,21 @@ def cmd_ladder_show(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ptq_eval.export import export_gptq
+    from ptq_eval.quant import QuantConfig
+    from ptq_eval.spec import Calibration
+
+    _quiet_transformers()
+    config = QuantConfig(args.method, args.bits, args.group_size, True, args.act_order, args.static_groups, args.damp)
+    calibration = Calibration(
+        corpus=args.calibration_corpus, split=args.calibration_split, samples=args.samples, seq_len=args.seq_len
+    ).model_dump()
+    export_gptq(args.checkpoint, args.out, config, calibration, args.allow_pickle, args.trust_remote_code)
+    print(f"wrote packed {args.bits}-bit GPTQ checkpoint to {args.out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ptq_eval.ladder import PRESETS
     from ptq_eval.results import FORMATS
@@ -153,6 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
     show = ladder.add_parser("show", help="list a ladder's checkpoints with N, D and D/N")
     show.add_argument("directory")
     show.set_defaults(func=cmd_ladder_show)
+
+    export = commands.add_parser("export", help="quantize with our GPTQ and write a packed GPTQ checkpoint")
+    export.add_argument("checkpoint", help="local directory or hub-id@revision")
+    export.add_argument("--method", choices=["gptq"], default="gptq")
+    export.add_argument("--bits", type=int, default=4, help="2, 4 or 8 (the widths the packed format holds)")
+    export.add_argument("--group-size", type=int, default=128)
+    export.add_argument("--act-order", action="store_true")
+    export.add_argument("--static-groups", action="store_true")
+    export.add_argument("--damp", type=float, default=0.01)
+    export.add_argument("--calibration-corpus", default="stdlib-python")
+    export.add_argument("--calibration-split", default="train")
+    export.add_argument("--samples", type=int, default=128)
+    export.add_argument("--seq-len", type=int, default=2048, help="clamped to the model's context")
+    export.add_argument("--allow-pickle", action="store_true")
+    export.add_argument("--trust-remote-code", action="store_true")
+    export.add_argument("--out", required=True)
+    export.set_defaults(func=cmd_export)
     return parser
 
 

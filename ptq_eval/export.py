@@ -1,0 +1,107 @@
+"""Export a checkpoint quantized by our GPTQ as a real packed GPTQ checkpoint.
+
+The layout is the common GPTQ one (`checkpoint_format: gptq`): per quantized Linear,
+`qweight` (int32, 32/bits codes per word along the input dimension), `qzeros` (zero
+point − 1, packed along the output dimension), fp16 `scales` [groups, out] and `g_idx`
+(the group of each input column). `transformers.AutoModelForCausalLM.from_pretrained`
+loads it when `gptqmodel` and `optimum` are installed (`pip install .[gptq]`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ptq_eval.checkpoints import load_model
+from ptq_eval.quant import QuantConfig, quantizable_linears
+from ptq_eval.quant.calibration import calibration_tokens
+from ptq_eval.quant.gptq import quantize_gptq
+
+PACKABLE_BITS = (2, 4, 8)
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack non-negative integer codes along dim 0, 32/bits to an int32 word, low bits first."""
+    per_word = 32 // bits
+    if codes.shape[0] % per_word:
+        raise ValueError(f"dimension {codes.shape[0]} is not a multiple of {per_word} ({bits}-bit packing)")
+    grouped = codes.to(torch.int64).reshape(codes.shape[0] // per_word, per_word, *codes.shape[1:])
+    shifts = (torch.arange(per_word, dtype=torch.int64) * bits).reshape(1, per_word, *[1] * (codes.dim() - 1))
+    words = (grouped << shifts).sum(dim=1)
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def packed_tensors(linear: torch.nn.Linear, scales, zeros, group_index, bits: int) -> dict[str, torch.Tensor]:
+    """qweight, qzeros, scales, g_idx (and bias) for one Linear whose weight lies on the grids."""
+    index = group_index.long()
+    weight = linear.weight.detach().float()
+    codes = torch.round(weight / scales[index].T + zeros[index].T).clamp(0, 2**bits - 1)
+    tensors = {
+        "qweight": pack(codes.T.contiguous(), bits),
+        "qzeros": pack((zeros - 1).T.contiguous(), bits).T.contiguous(),
+        "scales": scales.to(torch.float16).contiguous(),
+        "g_idx": group_index.to(torch.int32).contiguous(),
+    }
+    if linear.bias is not None:
+        tensors["bias"] = linear.bias.detach().to(torch.float16).contiguous()
+    return tensors
+
+
+def export_gptq(
+    reference: str,
+    out_dir: str | Path,
+    config: QuantConfig,
+    calibration: dict,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Quantize with our GPTQ and write a packed checkpoint; returns its quantization_config."""
+    if config.method != "gptq":
+        raise ValueError(f"export supports method gptq only, not {config.method!r}")
+    if config.bits not in PACKABLE_BITS:
+        raise ValueError(f"bits={config.bits} cannot be packed in the GPTQ format; accepted: {PACKABLE_BITS}")
+    if config.group_size == 0:
+        raise ValueError("group_size=0 (per tensor) has no GPTQ packed form; use -1 (per channel) or g > 0")
+    if not config.symmetric:
+        raise ValueError(
+            "export writes symmetric grids only (checkpoint_format gptq stores zero − 1, which underflows)"
+        )
+    model, tokenizer = load_model(reference, allow_pickle, trust_remote_code, "float32", "cpu")
+    context = getattr(model.config, "max_position_embeddings", None) or calibration["seq_len"]
+    seq_len = min(calibration["seq_len"], context)
+    tokens = calibration_tokens(
+        tokenizer, calibration["corpus"], calibration["split"], calibration["samples"], seq_len, calibration["seed"]
+    )
+    report = quantize_gptq(model, config, ("lm_head",), tokens)
+    linears = quantizable_linears(model, ("lm_head",))
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    for name, (scales, zeros, group_index) in report.grids.items():
+        del state[f"{name}.weight"]
+        state.pop(f"{name}.bias", None)
+        for key, tensor in packed_tensors(linears[name], scales, zeros, group_index, config.bits).items():
+            state[f"{name}.{key}"] = tensor
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    quantization_config = {
+        "quant_method": "gptq",
+        "checkpoint_format": "gptq",
+        "bits": config.bits,
+        "group_size": config.group_size,
+        "desc_act": config.act_order and not config.static_groups,
+        "sym": config.symmetric,
+        "damp_percent": config.damp,
+        "static_groups": config.static_groups,
+        "true_sequential": False,
+        "lm_head": False,
+        "quantizer": ["ptq-eval"],
+        "calibration": calibration,
+    }
+    model.config.quantization_config = quantization_config
+    model.config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    (out / "quantize_config.json").write_text(json.dumps(quantization_config, indent=2) + "\n")
+    return quantization_config
