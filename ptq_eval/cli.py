@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="quantize with our GPTQ and write a packed GPTQ checkpoint")
     export.add_argument("checkpoint", help="local directory or hub-id@revision")
     export.add_argument("--method", choices=["gptq"], default="gptq")
-    export.add_argument("--bits", type=int, default=4, help="2, 4 or 8 (the widths the packed format holds)")
+    export.add_argument("--bits", type=int, default=4, help="2, 3, 4 or 8 (the widths the packed format holds)")
     export.add_argument("--group-size", type=int, default=128)
     export.add_argument("--act-order", action="store_true")
     export.add_argument("--static-groups", action="store_true")

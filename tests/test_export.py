@@ -4,26 +4,26 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ptq_eval.export import export_gptq, pack
+from ptq_eval.export import dequantize_packed, export_gptq, pack, unpack
 from ptq_eval.quant import QuantConfig
 
 CALIBRATION = {"corpus": "stdlib-python", "split": "train", "samples": 16, "seq_len": 32, "seed": 0}
 
 
-def unpack(words: torch.Tensor, bits: int) -> torch.Tensor:
-    per_word = 32 // bits
-    values = words.to(torch.int64) & 0xFFFFFFFF
-    parts = [(values >> (bits * i)) & (2**bits - 1) for i in range(per_word)]
-    return torch.stack(parts, dim=1).reshape(words.shape[0] * per_word, *words.shape[1:])
-
-
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_pack_round_trips_including_the_sign_bit(bits):
     codes = torch.randint(0, 2**bits, (64, 5), generator=torch.Generator().manual_seed(bits))
     codes[-1] = 2**bits - 1
     words = pack(codes, bits)
     assert words.dtype == torch.int32 and words.shape == (64 * bits // 32, 5)
     assert torch.equal(unpack(words, bits), codes)
+
+
+def test_three_bit_codes_straddle_words_as_one_bit_string():
+    codes = torch.zeros(32, 1, dtype=torch.int64)
+    codes[10] = 0b111  # bits 30..32: two in word 0, one in word 1
+    words = pack(codes, 3)
+    assert (words[0, 0].item() & 0xFFFFFFFF) == 0b11 << 30 and words[1, 0].item() == 1 and words[2, 0].item() == 0
 
 
 def test_export_writes_packed_layers_that_decode_to_the_simulated_weights(micro_checkpoint, tmp_path):
@@ -35,11 +35,8 @@ def test_export_writes_packed_layers_that_decode_to_the_simulated_weights(micro_
     tensors = load_file(tmp_path / "out" / "model.safetensors")
     prefix = "gpt_neox.layers.0.mlp.dense_h_to_4h"
     assert f"{prefix}.weight" not in tensors and "lm_head.weight" in tensors
-    codes = unpack(tensors[f"{prefix}.qweight"], 4).T
-    zeros = unpack(tensors[f"{prefix}.qzeros"].T, 4).T + 1
-    index = tensors[f"{prefix}.g_idx"].long()
-    weight = tensors[f"{prefix}.scales"].float()[index].T * (codes - zeros[index].T)
-    assert weight.shape == (64, 16) and len(torch.unique(index)) == 2
+    weight = dequantize_packed(tensors, prefix, 4)
+    assert weight.shape == (64, 16) and len(torch.unique(tensors[f"{prefix}.g_idx"])) == 2
     simulated = simulated_gptq(micro_checkpoint, config).gpt_neox.layers[0].mlp.dense_h_to_4h.weight
     assert torch.allclose(weight, simulated, rtol=2e-3, atol=1e-5)  # fp16 scales
 
@@ -59,7 +56,7 @@ def simulated_gptq(checkpoint, config):
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        (QuantConfig("gptq", 3, 8), "bits=3 cannot be packed"),
+        (QuantConfig("gptq", 5, 8), "bits=5 cannot be packed"),
         (QuantConfig("gptq", 4, 0), "group_size=0"),
         (QuantConfig("gptq", 4, 8, symmetric=False), "symmetric grids only"),
         (QuantConfig("rtn", 4, 8), "gptq only"),

@@ -2,7 +2,8 @@
 
 Same checkpoint, same calibration tokens, same grid (symmetric, act-order, damp 0.01), same
 evaluation windows; reports δ loss with its 95% CI and quantization wall time for each.
-GPTQModel is evaluated through its own packed CPU kernels (the real deployment path).
+GPTQModel quantizes in float32 like ours (its CPU default is bf16); its packed output is decoded
+into a float32 copy of the model for evaluation (its CPU kernels run only in fp16/bf16).
 Runs in the throwaway venv that `make bench-gptq` builds; GPTQModel is never a project dependency.
 """
 
@@ -17,12 +18,14 @@ from pathlib import Path
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 
 import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from ptq_eval.corpus import load_corpus, token_stream  # noqa: E402
 from ptq_eval.evaluate.paired import paired_loss_metrics  # noqa: E402
 from ptq_eval.evaluate.perplexity import make_windows, window_losses  # noqa: E402
-from ptq_eval.quant import QuantConfig  # noqa: E402
+from ptq_eval.export import dequantize_packed  # noqa: E402
+from ptq_eval.quant import QuantConfig, quantizable_linears  # noqa: E402
 from ptq_eval.quant.calibration import calibration_tokens  # noqa: E402
 from ptq_eval.quant.gptq import quantize_gptq  # noqa: E402
 
@@ -49,14 +52,21 @@ def gptqmodel(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, 
         act_group_aware=False,
         offload_to_disk=False,
     )
-    model = GPTQModel.load(str(checkpoint), settings)
+    model = GPTQModel.load(str(checkpoint), settings, dtype=torch.float32)  # its CPU default is bf16
     rows = [{"input_ids": row.tolist(), "attention_mask": [1] * len(row)} for row in calibration]
     started = time.perf_counter()
     model.quantize(rows, batch_size=8)
     seconds = time.perf_counter() - started
     out = Path(workdir) / f"{checkpoint.parent.name}-{checkpoint.name}-{config.bits}-{config.group_size}"
     model.save(str(out))
-    return GPTQModel.load(str(out), device="cpu").model.eval(), seconds
+    # Its packed CPU kernels run only in fp16/bf16, so decode its packed layers into an fp32 copy:
+    # the comparison is then GPTQ against GPTQ, differing only by its fp16 scales.
+    tensors = load_file(out / "model.safetensors")
+    decoded = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        for name, linear in quantizable_linears(decoded, ("lm_head",)).items():
+            linear.weight.copy_(dequantize_packed(tensors, name, config.bits))
+    return decoded, seconds
 
 
 def main() -> None:
