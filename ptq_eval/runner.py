@@ -77,6 +77,7 @@ class _CheckpointRun:
         self.linears = quantizable_linears(loaded.model, study.exclude)
         self.pristine = {name: linear.weight.detach().clone() for name, linear in self.linears.items()}
         self.window_cache = window_cache
+        self.tokenizer_key = tokenizer_identity(loaded.tokenizer)
 
     def windows(self, evaluation: PerplexityEval) -> tuple[torch.Tensor, dict]:
         """The eval's token windows; tokenized once per distinct tokenizer across the study."""
@@ -86,7 +87,7 @@ class _CheckpointRun:
                 f"eval {evaluation.name}: seq_len={evaluation.seq_len} exceeds the context of "
                 f"{self.loaded.facts.name} ({context}); use seq_len <= {context}"
             )
-        key = (tokenizer_identity(self.loaded.tokenizer), evaluation)
+        key = (self.tokenizer_key, evaluation)
         if key not in self.window_cache:
             corpus = load_corpus(evaluation.corpus, evaluation.split)
             stream = token_stream(self.loaded.tokenizer, corpus)
@@ -98,7 +99,7 @@ class _CheckpointRun:
         spec = self.study.calibration
         context = getattr(self.loaded.model.config, "max_position_embeddings", None) or spec.seq_len
         seq_len = min(spec.seq_len, context)
-        key = (tokenizer_identity(self.loaded.tokenizer), "calibration", seq_len)
+        key = (self.tokenizer_key, "calibration", seq_len)
         if key not in self.window_cache:
             self.window_cache[key] = calibration_tokens(
                 self.loaded.tokenizer, spec.corpus, spec.split, spec.samples, seq_len, spec.seed
