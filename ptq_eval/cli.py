@@ -1,4 +1,4 @@
-"""Command line: `ptq-eval run | results | ladder`. The only module that prints or exits."""
+"""Command line: `ptq-eval run | results | fit | ladder | export`. The only module that prints or exits."""
 
 from __future__ import annotations
 
@@ -79,6 +79,88 @@ def cmd_results(args) -> int:
     return 0
 
 
+def _parse_point(text: str) -> dict[str, float]:
+    """`N=1e5,D=3e7,P=4` -> {"N": 1e5, "D": 3e7, "P": 4.0}."""
+    try:
+        point = {key.strip(): float(value) for key, value in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        point = {}
+    if set(point) != {"N", "D", "P"}:
+        raise ValueError(f"--predict {text!r}: expected N=...,D=...,P=... (e.g. N=1e5,D=3e7,P=4)")
+    return point
+
+
+def _fit_input(args):
+    """(results, study name, store path or None) from a study and its store, or from a results CSV."""
+    import pandas as pd
+
+    from ptq_eval.results import study_results
+    from ptq_eval.spec import load_study
+    from ptq_eval.store import Store
+
+    if args.results:
+        return pd.read_csv(args.results), Path(args.results).stem, args.store
+    if not args.study:
+        raise ValueError("give a study YAML file or --results CSV")
+    study = load_study(args.study)
+    path = _store_path(args, study)
+    if not path.is_file():
+        raise ValueError(f"no store at {path}: run `ptq-eval run {args.study}` first, or pass --store")
+    with Store(path) as store:
+        return study_results(study, store), study.name, path
+
+
+def _rounded(frame):
+    """Floats to 4 significant digits, missing values blank (for Markdown)."""
+    import pandas as pd
+
+    return frame.map(lambda v: "" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else v)
+
+
+def cmd_fit(args) -> int:
+    import pandas as pd
+
+    from ptq_eval.fit import FitOptions, fit_study, forecast_table
+    from ptq_eval.results import markdown_table
+    from ptq_eval.store import Store
+
+    results, name, store_path = _fit_input(args)
+    fitted = fit_study(results, args.method, args.group_size, FitOptions(args.resamples, args.seed))
+    asked = {"predict": [_parse_point(p) for p in args.predict], "budget": args.budget, "params": args.params}
+    asked |= {"bits": args.bits, "tokens_per_param": args.tokens_per_param}
+    forecasts = [forecast_table(fit, fitted.base, **asked) for fit in fitted.fits if fit.law.name == args.law]
+    forecasts = pd.concat(forecasts, ignore_index=True) if forecasts else pd.DataFrame()
+    if store_path:
+        with Store(store_path) as store:
+            for fit in fitted.all():
+                record = fit.record()
+                store.save_fit(f"{name}/{record['law']}/{record['method']}/{record['group_size']}", name, **record)
+    for law, message in fitted.failures.items():
+        print(f"note: {law} not fitted: {message}", file=sys.stderr)
+    for fit in fitted.all():
+        if len(fit.excluded):
+            label = " ".join(str(v) for v in (fit.law.name, fit.method, fit.group_size) if v is not None)
+            reasons = ", ".join(f"{n} with {reason}" for reason, n in fit.excluded.reason.value_counts().items())
+            print(f"note: {label}: {len(fit.excluded)} points excluded: {reasons}", file=sys.stderr)
+    tables = {"parameters": fitted.table(), "goodness": fitted.goodness(), "forecasts": forecasts}
+    if args.format == "json":
+        tables["excluded"] = fitted.excluded()
+        infinite = {float("inf"): "inf", float("-inf"): "-inf"}  # a forecast beyond its search range, not null
+        records = {key: json.loads(frame.replace(infinite).to_json(orient="records")) for key, frame in tables.items()}
+        print(json.dumps(records | {"failures": fitted.failures}, indent=2))
+        return 0
+    print(f"## Parameters ({args.resamples} bootstrap resamples over checkpoints, 95% CI)\n")
+    print(markdown_table(_rounded(tables["parameters"])))
+    print("## Goodness of fit (RMSE of log δ, or of log L for the base law)\n")
+    print(markdown_table(_rounded(tables["goodness"])), end="")
+    if not forecasts.empty:
+        print(f"\n## Forecasts ({args.law} law)\n")
+        print(markdown_table(_rounded(forecasts)), end="")
+    if store_path:
+        print(f"saved {len(fitted.all())} fits to {store_path}", file=sys.stderr)
+    return 0
+
+
 def cmd_ladder_train(args) -> int:
     import torch
 
@@ -155,6 +237,25 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--store", help="SQLite store (default: runs/<study name>.sqlite)")
     results.add_argument("--format", choices=FORMATS, default="md")
     results.set_defaults(func=cmd_results)
+
+    fit = commands.add_parser("fit", help="fit scaling laws of δ(N, D, P) to a study's results, with forecasts")
+    fit.add_argument("study", nargs="?", help="study YAML file (or give --results)")
+    fit.add_argument(
+        "--store", help="SQLite store: the study's results (default: runs/<study name>.sqlite); fits are saved there"
+    )
+    fit.add_argument("--results", help="a results CSV (`ptq-eval results --format csv`) instead of a study")
+    fit.add_argument("--method", help="fit only this method (default: each method present)")
+    fit.add_argument("--group-size", type=int, help="fit only this group size (default: each present)")
+    fit.add_argument("--resamples", type=int, default=200, help="bootstrap resamples over checkpoints")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--law", choices=["kumar", "rival", "per_bit"], default="kumar", help="law for the forecasts")
+    fit.add_argument("--predict", action="append", default=[], metavar="N=..,D=..,P=..", help="forecast δ here")
+    fit.add_argument("--budget", type=float, help="δ budget (nats/token) for the D/N and bits forecasts")
+    fit.add_argument("--params", type=float, help="N (non-embedding parameters) for the budget forecasts")
+    fit.add_argument("--bits", type=int, help="P: with --budget, the largest D/N; with a base fit, the critical D")
+    fit.add_argument("--tokens-per-param", type=float, help="D/N: with --budget, the smallest bit width")
+    fit.add_argument("--format", choices=["md", "json"], default="md")
+    fit.set_defaults(func=cmd_fit)
 
     ladder = commands.add_parser("ladder", help="train or list a reference ladder").add_subparsers(
         dest="action", required=True

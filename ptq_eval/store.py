@@ -6,12 +6,15 @@ Tables:
 - `metrics`: one row per (job, metric): value, and for quantized jobs the paired
   full-precision value, delta and its CI;
 - `arrays`: float64 arrays a later job needs (a baseline's per-window losses), so a
-  resumed study never recomputes a finished baseline.
+  resumed study never recomputes a finished baseline;
+- `fits`: one row per fitted scaling law (study, law, method, group size): parameters with
+  CIs, goodness of fit and provenance as JSON text (non-finite numbers stored as null).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -47,7 +50,30 @@ CREATE TABLE IF NOT EXISTS arrays (
     data BLOB NOT NULL,
     PRIMARY KEY (job_key, name)
 );
+CREATE TABLE IF NOT EXISTS fits (
+    fit_key TEXT PRIMARY KEY,
+    study TEXT NOT NULL,
+    law TEXT NOT NULL,
+    method TEXT,
+    group_size INTEGER,
+    params TEXT NOT NULL,
+    goodness TEXT NOT NULL,
+    provenance TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
 """
+FIT_JSON = ("params", "goodness", "provenance")
+
+
+def _json(value) -> str:
+    """JSON text with NaN and infinities as null (strict JSON, readable by SQLite's json functions)."""
+
+    def finite(v):
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    return json.dumps(finite(value), sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -162,3 +188,33 @@ class Store:
             )
             records.append(record)
         return pd.DataFrame.from_records(records)
+
+    def save_fit(
+        self,
+        fit_key: str,
+        study: str,
+        law: str,
+        method: str | None,
+        group_size: int | None,
+        params: dict,
+        goodness: dict,
+        provenance: dict,
+    ) -> None:
+        """Write one fitted law (replacing an earlier fit with the same key)."""
+        created_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        row = (fit_key, study, law, method, None if group_size is None else int(group_size))
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO fits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row, _json(params), _json(goodness), _json(provenance), created_at),
+            )
+
+    def fits(self, study: str | None = None) -> pd.DataFrame:
+        """Stored fits, one row each, with the JSON columns decoded."""
+        query, args = "SELECT * FROM fits", ()
+        if study is not None:
+            query, args = query + " WHERE study = ?", (study,)
+        frame = pd.read_sql_query(query + " ORDER BY fit_key", self._db, params=args)
+        for column in FIT_JSON:
+            frame[column] = frame[column].map(json.loads)
+        return frame.astype({"group_size": "Int64"})

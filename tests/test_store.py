@@ -44,3 +44,16 @@ def test_two_handles_share_one_store(tmp_path):
     assert second.finished(["k"]) == {"k"}
     first.close()
     second.close()
+
+
+def test_fits_are_saved_replaced_and_read_back(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        for value in (1.0, 2.0):
+            params = {"gamma_D": {"value": value, "ci_low": float("nan"), "ci_high": float("inf")}}
+            store.save_fit("demo/kumar/rtn/-1", "demo", "kumar", "rtn", -1, params, {"r2": 0.9}, {"seed": 0})
+        store.save_fit("demo/base/None/None", "demo", "base", None, None, {}, {}, {})
+        store.save_fit("other/kumar/rtn/-1", "other", "kumar", "rtn", -1, {}, {}, {})
+        fits = store.fits("demo").set_index("law")
+        assert list(fits.index) == ["base", "kumar"] and len(store.fits()) == 3
+        assert fits.params["kumar"] == {"gamma_D": {"value": 2.0, "ci_low": None, "ci_high": None}}
+        assert fits.group_size["kumar"] == -1 and fits.group_size.isna()["base"]
