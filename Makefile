@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LADDER := tasks/ladders/demo
 
-.PHONY: install test demo ladder lint clean bench-gptq
+.PHONY: install test demo ladder lint clean bench-gptq fit
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ptq-eval run tasks/demo.yaml --report-dir reports/demo
+
+# Scaling-law fits of a study's stored results (run the study first): make fit STUDY=tasks/demo.yaml
+STUDY ?= tasks/demo.yaml
+fit: $(STAMP)
+	$(BIN)/ptq-eval fit $(STUDY) --budget 0.05 --params 1e5 --bits 4
 
 # Retrain the committed demo ladder from scratch (deterministic for its seed; ~15 min on 2 cores).
 ladder: $(STAMP)
