@@ -290,6 +290,15 @@ class LawFit:
         """Point prediction in natural units (δ, or L for the base law)."""
         return np.exp(self.law.model(self.theta, query(params, tokens, bits))[0])
 
+    def band(self, params, tokens, bits=0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Point prediction and its 95% bootstrap band at many points (natural units)."""
+        x = query(params, tokens, bits)
+        draws = np.array([np.exp(self.law.model(row, x)[0]) for row in self.boot if np.isfinite(row).all()])
+        if not len(draws):
+            return self.predict(params, tokens, bits), np.full(len(x), np.nan), np.full(len(x), np.nan)
+        low, high = np.percentile(draws, [2.5, 97.5], axis=0, method="inverted_cdf")
+        return self.predict(params, tokens, bits), low, high
+
     def table(self) -> pd.DataFrame:
         values, draws = self.law.values(self.theta), self.law.values(self.boot)
         low, high = np.array([_ci(draws[:, j]) for j in range(len(values))]).T

@@ -1,0 +1,1 @@
+"""Reports: a study's Markdown + self-contained HTML report, and comparisons of two studies or checkpoints."""

@@ -1,0 +1,201 @@
+"""The report's figures, drawn with matplotlib's object API (no pyplot state, no display needed)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure as MplFigure
+
+from ptq_eval.fit import LawFit
+from ptq_eval.report.document import Figure
+
+CONFIG = ["method", "group_size", "symmetric"]
+DPI = 100
+
+
+def config_label(method: str, granularity: str, symmetric: bool = True) -> str:
+    return f"{method} {granularity}" + ("" if symmetric else " asym")
+
+
+def size_label(params: float) -> str:
+    return f"N={params / 1e3:.0f}k" if params < 1e6 else f"N={params / 1e6:.3g}M"
+
+
+def _png(figure: MplFigure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _bit_colors(bits) -> dict[int, tuple]:
+    values = sorted({int(b) for b in bits})
+    cmap = colormaps["viridis"]
+    return {b: cmap(i / max(1, len(values) - 1) * 0.9) for i, b in enumerate(values)}
+
+
+def _configs(loss: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+    return [(key, rows) for key, rows in loss.groupby(CONFIG, sort=True)]
+
+
+def _config_title(rows: pd.DataFrame) -> str:
+    first = rows.iloc[0]
+    return config_label(first.method, first.granularity, bool(first.symmetric))
+
+
+def delta_vs_tokens_per_param(loss: pd.DataFrame, fits: dict[tuple[str, int], LawFit]) -> Figure:
+    """δ against D/N (log–log) per bit width: one row of panels per config, one column per model size;
+    measured points with their 95% CIs, and the fitted law with its 95% bootstrap band where there is one."""
+    configs, sizes = _configs(loss), sorted(loss.nonembedding_params.unique())
+    colors = _bit_colors(loss.bits)
+    figure = MplFigure(figsize=(4.2 * len(sizes), 3.3 * len(configs)), layout="constrained")
+    axes = figure.subplots(len(configs), len(sizes), squeeze=False, sharex=True)
+    hidden = 0
+    for row, ((method, group_size, _), rows) in enumerate(configs):
+        fit = fits.get((method, int(group_size)))
+        for col, params in enumerate(sizes):
+            ax = axes[row][col]
+            for bits, points in rows[rows.nonembedding_params == params].groupby("bits"):
+                points = points.sort_values("tokens_per_param")
+                shown = points[points.delta > 0]
+                hidden += len(points) - len(shown)
+                color = colors[int(bits)]
+                for significant, own in shown.groupby(shown.delta_ci_low > 0):
+                    low = (own.delta - own.delta_ci_low.clip(lower=own.delta / 10)).clip(lower=0)
+                    high = (own.delta_ci_high - own.delta).clip(lower=0)
+                    ax.errorbar(own.tokens_per_param, own.delta, yerr=[low, high], fmt="o", ms=4, capsize=2,
+                                color=color, mfc=color if significant else "white",
+                                label=f"{int(bits)}-bit" if significant else None)  # fmt: skip
+                if fit is not None:
+                    ratios = np.geomspace(points.tokens_per_param.min() / 1.5, points.tokens_per_param.max() * 1.5, 60)
+                    value, lo, hi = fit.band(params, params * ratios, bits)
+                    ax.plot(ratios, value, color=color, lw=1.2)
+                    ax.fill_between(ratios, lo, hi, color=color, alpha=0.15, lw=0)
+            ax.set(xscale="log", yscale="log", title=f"{_config_title(rows)}, {size_label(params)}")
+            if row == len(configs) - 1:
+                ax.set_xlabel("tokens per parameter D/N")
+            if col == 0:
+                ax.set_ylabel("δ loss (nats/token)")
+        axes[row][-1].legend(fontsize=8, loc="lower right")
+    caption = (
+        "Loss increase δ from quantization against tokens per parameter, log–log, with 95% CIs (hollow: the CI "
+        "reaches zero, so the point is left out of the fit; lower bars cut at δ/10); lines: the fitted "
+        "Kumar et al. law with its 95% bootstrap band."
+    )
+    if hidden:
+        caption += f" {hidden} points with δ ≤ 0 cannot be drawn on a log axis and are not shown."
+    return Figure("delta_vs_tokens_per_param", _png(figure), caption)
+
+
+def loss_through_training(loss: pd.DataFrame) -> Figure:
+    """Full-precision and quantized loss against training tokens, one panel per model size and config."""
+    configs, sizes = _configs(loss), sorted(loss.nonembedding_params.unique())
+    colors = _bit_colors(loss.bits)
+    figure = MplFigure(figsize=(4.2 * len(sizes), 3.1 * len(configs)), layout="constrained")
+    axes = figure.subplots(len(configs), len(sizes), squeeze=False, sharex="col")
+    for row, (_, rows) in enumerate(configs):
+        for col, params in enumerate(sizes):
+            ax, own = axes[row][col], rows[rows.nonembedding_params == params].sort_values("tokens")
+            fp = own.drop_duplicates("checkpoint")
+            ax.plot(fp.tokens, fp.fp_value, "k-o", ms=3, lw=1.6, label="full precision")
+            for bits, points in own.groupby("bits"):
+                ax.plot(
+                    points.tokens, points.quant_value, "-o", ms=3, lw=1, color=colors[int(bits)], label=f"{bits}-bit"
+                )
+            ax.set(xscale="log", title=f"{_config_title(rows)}, {size_label(params)}")
+            if row == len(configs) - 1:
+                ax.set_xlabel("training tokens D")
+            if col == 0:
+                ax.set_ylabel("validation loss (nats/token)")
+        axes[row][-1].legend(fontsize=8)
+    caption = (
+        "Validation loss through training, full precision (black) and quantized: where a quantized curve "
+        "turns upward, more pre-training made the quantized model worse."
+    )
+    return Figure("loss_through_training", _png(figure), caption)
+
+
+def short_names(names) -> dict[str, str]:
+    """Checkpoint names without the directory prefix they all share."""
+    names = list(names)
+    prefix = os.path.commonpath(names) if len(names) > 1 and all("/" in n for n in names) else ""
+    return {n: n[len(prefix) :].lstrip("/") or n for n in names}
+
+
+def delta_heatmap(loss: pd.DataFrame) -> Figure:
+    """δ over (checkpoint × bits), one panel per config (two per row); cells annotated with δ."""
+    configs = _configs(loss)
+    checkpoints = loss.sort_values(["nonembedding_params", "tokens"]).checkpoint.unique()
+    labels = short_names(checkpoints)
+    positive = loss.delta[loss.delta > 0]
+    norm = LogNorm(positive.min(), positive.max()) if len(positive) else None
+    columns = min(2, len(configs))
+    rows_of_panels = -(-len(configs) // columns)
+    width = 2.0 + 0.9 * loss.bits.nunique() * columns
+    figure = MplFigure(figsize=(width, rows_of_panels * (1.0 + 0.26 * len(checkpoints))), layout="constrained")
+    axes = figure.subplots(rows_of_panels, columns, squeeze=False).ravel()
+    image = None
+    for ax, (_, rows) in zip(axes, configs, strict=False):
+        bits = sorted(rows.bits.unique())
+        grid = rows.pivot_table(index="checkpoint", columns="bits", values="delta").reindex(checkpoints)[bits]
+        values = grid.to_numpy(dtype=float)
+        image = ax.imshow(np.where(values > 0, values, np.nan), aspect="auto", cmap="magma_r", norm=norm)
+        for (i, j), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.2g}", ha="center", va="center", fontsize=7,
+                        color="white" if norm is not None and value > 0 and norm(value) > 0.6 else "black")  # fmt: skip
+        ax.set_xticks(range(len(bits)), [str(int(b)) for b in bits])
+        ax.set(xlabel="bits", title=_config_title(rows))
+        ax.set_yticks(range(len(checkpoints)), [labels[c] for c in checkpoints], fontsize=7)
+    for ax in axes[len(configs) :]:
+        ax.set_visible(False)
+    if image is not None and norm is not None:
+        figure.colorbar(image, ax=list(axes), label="δ loss (nats/token)", shrink=0.6)
+    caption = "δ for every checkpoint (rows, by N then D) and bit width; blank cells: δ ≤ 0 (no measured damage)."
+    return Figure("delta_heatmap", _png(figure), caption)
+
+
+def layer_errors(layers: dict[str, list[dict]], checkpoint: str) -> Figure:
+    """Per-layer GPTQ output error ‖WX − ŴX‖² / ‖WX‖² on the calibration data, one bar group per layer."""
+    names = list(dict.fromkeys(layer["name"] for entries in layers.values() for layer in entries))
+    figure = MplFigure(
+        figsize=(max(6.0, 0.45 * len(names) * max(1, len(layers)) ** 0.5 + 2), 4.2), layout="constrained"
+    )
+    ax = figure.subplots()
+    width = 0.8 / max(1, len(layers))
+    cmap = colormaps["tab10"]
+    for i, (label, entries) in enumerate(layers.items()):
+        errors = {layer["name"]: layer.get("output_error") for layer in entries}
+        heights = [errors.get(name) or np.nan for name in names]
+        ax.bar(np.arange(len(names)) + (i - (len(layers) - 1) / 2) * width, heights, width, label=label, color=cmap(i))
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set(yscale="log", ylabel="relative output error", title=f"GPTQ per-layer error, {checkpoint}")
+    ax.legend(fontsize=8)
+    caption = f"GPTQ reconstruction error ‖WX − ŴX‖² / ‖WX‖² per layer on the calibration tokens, {checkpoint}."
+    return Figure("gptq_layer_errors", _png(figure), caption)
+
+
+def delta_overlay(table: pd.DataFrame, labels: tuple[str, str]) -> Figure:
+    """δ against bits for the two sides of a comparison, one panel per config (and eval metric)."""
+    groups = list(table.groupby(["eval", "metric", "method", "granularity"], sort=True))
+    figure = MplFigure(figsize=(4.2 * len(groups), 3.4), layout="constrained")
+    axes = figure.subplots(1, len(groups), squeeze=False)[0]
+    for ax, ((_, metric, method, granularity), rows) in zip(axes, groups, strict=True):
+        ax.set_yscale("symlog", linthresh=1e-4)  # δ spans decades and may be negative
+        for side, label, color, shift in (("a", labels[0], "tab:blue", -0.08), ("b", labels[1], "tab:orange", 0.08)):
+            for checkpoint, own in rows.groupby("checkpoint", sort=True):
+                own = own.sort_values("bits")
+                delta = own[f"delta_{side}"]
+                err = [(delta - own[f"ci_low_{side}"]).clip(lower=0), (own[f"ci_high_{side}"] - delta).clip(lower=0)]
+                name = label if checkpoint == "" else f"{label}: {checkpoint}"
+                ax.errorbar(own.bits + shift, delta, yerr=err, fmt="-o", ms=4, capsize=2, color=color, label=name)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(sorted(int(b) for b in rows.bits.unique()))
+        ax.set(xlabel="bits", ylabel=f"δ {metric} (symlog)", title=f"{method} {granularity}")
+    axes[-1].legend(fontsize=7)
+    caption = f"δ with 95% CIs against bits: {labels[0]} (blue) and {labels[1]} (orange)."
+    return Figure("compare_overlay", _png(figure), caption)

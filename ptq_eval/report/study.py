@@ -1,0 +1,155 @@
+"""The report of one study: its stored results, the scaling-law fits, forecasts and provenance."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ptq_eval.fit import FitError, FitOptions, fit_study, forecast_table
+from ptq_eval.quant import QuantConfig
+from ptq_eval.report import plots
+from ptq_eval.report.document import Document, Section, Table
+from ptq_eval.results import study_results, summary_table
+from ptq_eval.spec import Study, expand_jobs
+from ptq_eval.store import Store
+
+PROVENANCE = ("ptq_eval", "torch", "transformers", "python", "device", "dtype", "seed")
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    resamples: int = 100  # bootstrap resamples of each fit
+    seed: int = 0
+    budget: float = 0.05  # δ budget (nats/token) for the forecasts
+    bits: int = 4  # precision P of the forecasts
+    layers_checkpoint: str | None = None  # GPTQ per-layer errors of this checkpoint (default: most over-trained)
+
+
+def _loss_rows(results: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """The loss rows of the first eval that has a loss metric (the one the figures and fits use)."""
+    loss = results[results.metric == "loss"]
+    if loss.empty:
+        return loss, None
+    name = loss["eval"].iloc[0]
+    return loss[loss["eval"] == name], name
+
+
+def _overview(study: Study, results: pd.DataFrame, jobs: int, finished: int, loss_eval: str | None) -> Section:
+    ratios = results.tokens_per_param
+    sizes = ", ".join(plots.size_label(n) for n in sorted(results.nonembedding_params.unique()))
+    configs = results.drop_duplicates(plots.CONFIG + ["bits"])
+    paragraphs = [
+        f"{results.checkpoint.nunique()} checkpoints ({sizes} non-embedding parameters; D/N "
+        f"{ratios.min():.3g} to {ratios.max():.3g}) × {len(configs)} quantization configs × "
+        f"{results['eval'].nunique()} evals: {finished} of {jobs} jobs finished.",
+        "δ is the quantized minus the full-precision value on exactly the same tokens (or documents), with a "
+        "95% paired bootstrap CI.",
+    ]
+    if loss_eval is not None:
+        paragraphs.append(f"Figures and fits use the loss of eval {loss_eval}.")
+    if finished < jobs:
+        paragraphs.append(f"{jobs - finished} jobs are not in the store yet: run `ptq-eval run` on the study.")
+    return Section(f"Study {study.name}", paragraphs)
+
+
+def _fits_sections(loss: pd.DataFrame, options: ReportOptions) -> tuple[list[Section], dict]:
+    try:
+        fitted = fit_study(loss, options=FitOptions(options.resamples, options.seed))
+    except FitError as error:
+        return [Section("Scaling-law fits", [f"No law could be fitted: {error}"])], {}
+    kumar = {(fit.method, fit.group_size): fit for fit in fitted.fits if fit.law.name == "kumar"}
+    notes = [
+        f"Huber loss on log δ, {options.resamples} bootstrap resamples over checkpoints, 95% intervals. Points "
+        "enter a δ fit only if δ > 0 and their CI excludes zero (`excluded` counts the others); held-out "
+        "errors: leave-one-checkpoint-out and leave-largest-D-out RMSE of log δ."
+    ]
+    notes += [f"{law} not fitted: {message}" for law, message in fitted.failures.items()]
+    fits = Section(
+        "Scaling-law fits",
+        notes,
+        [Table("Parameters", fitted.table()), Table("Goodness of fit and held-out error", fitted.goodness())],
+    )
+    params = float(loss.nonembedding_params.max())
+    ratio = float(loss.tokens_per_param.max())
+    asked = {"budget": options.budget, "params": params, "bits": options.bits, "tokens_per_param": ratio}
+    frames = [forecast_table(fit, fitted.base, **asked) for fit in kumar.values()]
+    forecasts = Section(
+        "Forecasts",
+        [
+            f"From the Kumar et al. fits at N = {params:.0f} (the largest size measured): the largest D/N that keeps "
+            f"δ ≤ {options.budget:g} at {options.bits} bits, the smallest bit width within that budget at "
+            f"D/N = {ratio:.3g}, and the critical data size where full-precision loss + δ stops falling with "
+            "more tokens (0: already rising at D/N = 1; inf: still falling at D/N = 1e6)."
+        ],
+        [Table("Forecasts with 95% bootstrap intervals", pd.concat(frames, ignore_index=True))] if frames else [],
+    )
+    return [fits, forecasts], kumar
+
+
+def _layer_section(frame: pd.DataFrame, loss: pd.DataFrame, options: ReportOptions) -> Section | None:
+    gptq = frame[(frame.method == "gptq") & (frame.metric == "loss")]
+    if gptq.empty:
+        return None
+    checkpoint = options.layers_checkpoint
+    if checkpoint is None:
+        ordered = loss[loss.method == "gptq"].sort_values(["nonembedding_params", "tokens"])
+        checkpoint = ordered.checkpoint.iloc[-1] if len(ordered) else gptq.checkpoint.iloc[0]
+    chosen = gptq[gptq.checkpoint == checkpoint].drop_duplicates("job_key")
+    if chosen.empty:
+        known = ", ".join(sorted(gptq.checkpoint.unique()))
+        raise ValueError(f"no GPTQ results for checkpoint {checkpoint!r}; GPTQ was run on: {known}")
+    layers = {}
+    for row in chosen.sort_values(["bits", "group_size"]).itertuples():
+        granularity = QuantConfig(row.method, int(row.bits), int(row.group_size)).granularity
+        label = f"{int(row.bits)}-bit " + plots.config_label(row.method, granularity, bool(row.symmetric))
+        layers[label] = json.loads(row.provenance).get("quant_report", {}).get("layers", [])
+    return Section("GPTQ per-layer error", figures=[plots.layer_errors(layers, checkpoint)])
+
+
+def _provenance(frame: pd.DataFrame) -> Table:
+    records = []
+    for text, job in zip(frame.provenance, frame.job_key, strict=True):
+        details = json.loads(text)
+        corpus = details.get("eval_corpus", {})
+        record = {key: details.get(key) for key in PROVENANCE}
+        record["eval corpus"] = f"{corpus.get('corpus', '')}:{corpus.get('split', '')}"
+        record["corpus sha256"] = str(corpus.get("sha256", ""))[:16]
+        records.append(record | {"job": job})
+    table = pd.DataFrame(records)
+    columns = [c for c in table.columns if c != "job"]
+    counted = table.groupby(columns, dropna=False).job.nunique().rename("jobs").reset_index()
+    return Table("What produced the numbers (one row per distinct setting)", counted)
+
+
+def _results_tables(results: pd.DataFrame) -> list[Table]:
+    tables = []
+    for (name, metric), rows in results.groupby(["eval", "metric"], sort=False):
+        tables.append(Table(f"{name}: {metric} (δ with 95% CI)", summary_table(rows, metric)))
+    return tables
+
+
+def study_report(study: Study, store: Store, options: ReportOptions = ReportOptions()) -> Document:
+    """Every section of a study's report, from what the store holds now."""
+    jobs = expand_jobs(study)
+    results = study_results(study, store)
+    if results.empty:
+        raise ValueError(f"the store {store.path} has no results for study {study.name!r}: run the study first")
+    frame = store.frame(job.key for job in jobs)
+    loss, loss_eval = _loss_rows(results)
+    sections = [_overview(study, results, len(jobs), len(store.finished(job.key for job in jobs)), loss_eval)]
+    if not loss.empty:
+        fit_sections, kumar = _fits_sections(loss, options)
+        sections.append(
+            Section(
+                "Degradation against tokens per parameter",
+                figures=[plots.delta_vs_tokens_per_param(loss, kumar), plots.delta_heatmap(loss)],
+            )
+        )
+        sections.append(Section("Loss through training", figures=[plots.loss_through_training(loss)]))
+        layer_section = _layer_section(frame, loss, options)
+        sections += ([layer_section] if layer_section else []) + fit_sections
+    sections.append(Section("Results", tables=_results_tables(results)))
+    sections.append(Section("Provenance", tables=[_provenance(frame)]))
+    return Document(f"ptq-eval report: {study.name}", sections)

@@ -1,0 +1,133 @@
+"""Reports and comparisons on constructed store contents: sections, figures, escaping, significance."""
+
+import html
+import re
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+from constructed import constructed_store
+
+from ptq_eval.cli import main
+from ptq_eval.report.browser import chromium, render, shows_all
+from ptq_eval.report.compare import compare_results, difference_ci
+from ptq_eval.report.document import Document, to_html, write
+from ptq_eval.report.study import ReportOptions, study_report
+from ptq_eval.results import study_results
+from ptq_eval.store import Store
+
+EVIL = "ladder/<script>alert(1)</script>/tpp80"
+CHECKPOINTS = {
+    f"ladder/n{n // 1000}k/tpp{r}": (float(n), float(n * r)) for n in (20_000, 50_000, 100_000) for r in (10, 40)
+} | {EVIL: (100_000.0, 8e6)}
+QUANT = [
+    {"method": "rtn", "bits": [3, 4, 6], "group_size": [-1, 16]},
+    {"method": "gptq", "bits": [3, 4], "group_size": [-1]},
+]
+
+
+@pytest.fixture(scope="module")
+def study_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("report") / "constructed.sqlite"
+    return constructed_store(path, CHECKPOINTS, QUANT), path
+
+
+@pytest.fixture(scope="module")
+def written(study_store, tmp_path_factory):
+    study, path = study_store
+    with Store(path) as store:
+        document = study_report(study, store, ReportOptions(resamples=8))
+    out = tmp_path_factory.mktemp("out")
+    return document, write(document, out), out
+
+
+def test_report_has_every_section_and_figure(written):
+    document, files, out = written
+    titles = [section.title for section in document.sections]
+    assert titles == [
+        "Study constructed",
+        "Degradation against tokens per parameter",
+        "Loss through training",
+        "GPTQ per-layer error",
+        "Scaling-law fits",
+        "Forecasts",
+        "Results",
+        "Provenance",
+    ]
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert figures == {
+        "delta_vs_tokens_per_param.png",
+        "delta_heatmap.png",
+        "loss_through_training.png",
+        "gptq_layer_errors.png",
+    }
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in (out / "figures").iterdir())
+    markdown = (out / "report.md").read_text()
+    assert all(f"(figures/{name})" in markdown for name in figures)
+    page = (out / "report.html").read_text()
+    assert page.count("<img src='data:image/png;base64,") == 4 and "http" not in page.replace("http-equiv", "")
+    # 7 checkpoints x (3 bits x 2 groups RTN + 2 GPTQ) = 56 rows in each of the loss and perplexity tables
+    results = next(s for s in document.sections if s.title == "Results")
+    assert [len(t.frame) for t in results.tables] == [56, 56]
+    fits = next(s for s in document.sections if s.title == "Scaling-law fits")
+    parameters = fits.tables[0].frame.set_index(["law", "method", "group_size", "parameter"])
+    assert parameters.value[("kumar", "rtn", -1, "gamma_D")] == pytest.approx(0.6, abs=0.1)
+
+
+def test_html_escapes_names_it_did_not_write(written):
+    _, _, out = written
+    page = (out / "report.html").read_text()
+    assert "<script>" not in page and "alert(1)" in page
+    assert html.escape("<script>alert(1)</script>") in page
+    assert re.findall(r"<(\w+)", page).count("script") == 0
+
+
+def test_difference_ci_combines_half_widths_in_quadrature():
+    a = pd.DataFrame({"delta": [0.10, 0.10], "delta_ci_low": [0.09, 0.09], "delta_ci_high": [0.11, 0.11]})
+    b = pd.DataFrame({"delta": [0.13, 0.11], "delta_ci_low": [0.12, 0.10], "delta_ci_high": [0.14, 0.12]})
+    difference, low, high = difference_ci(a, b)
+    assert list(difference) == pytest.approx([0.03, 0.01])
+    assert list(low) == pytest.approx([0.03 - 0.01 * 2**0.5, 0.01 - 0.01 * 2**0.5])
+    assert list(high) == pytest.approx([0.03 + 0.01 * 2**0.5, 0.01 + 0.01 * 2**0.5])
+
+
+def test_compare_marks_only_separated_deltas_significant(study_store):
+    study, path = study_store
+    with Store(path) as store:
+        results = study_results(study, store)
+    loss = results[results.metric == "loss"]
+    low, high = (loss[loss.checkpoint == f"ladder/n100k/tpp{r}"] for r in (10, 40))
+    table = compare_results(low, high)
+    assert len(table) == 8 and (table.checkpoint == "").all()
+    assert table.significant.all() and (table.difference > 0).all()  # 4x the tokens: δ up by 4^0.6 = 2.3x
+    same = compare_results(high, high.assign(delta=high.delta * 1.05))
+    assert not same.significant.any()  # ±10% CIs on each side: a 5% change is not significant
+
+
+def test_cli_report_and_compare(study_store, tmp_path, capsys):
+    study, path = study_store
+    yaml_file = str(path.with_suffix(".yaml"))
+    assert main(["report", yaml_file, "--store", str(path), "--out", str(tmp_path / "r"), "--resamples", "4"]) == 0
+    assert (tmp_path / "r" / "report.html").is_file()
+    args = ["compare", yaml_file, "--store-a", str(path), "--out", str(tmp_path / "c")]
+    assert main(args + ["--checkpoints", "n20k/tpp10", "n20k/tpp40"]) == 0
+    out = capsys.readouterr().out
+    assert "| method | bits | group_size | eval | metric | delta_a |" in out and out.count("| yes |") == 8
+    assert (tmp_path / "c" / "compare.html").is_file()
+    assert main(args + ["--checkpoints", "n20k", "n20k/tpp40"]) == 2
+    assert "checkpoint 'n20k' matches 2 checkpoints" in capsys.readouterr().err
+    assert main(["report", yaml_file, "--store", str(tmp_path / "missing.sqlite")]) == 2
+    assert "no store at" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(chromium() is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(written, tmp_path):
+    document, _, out = written
+    rendering = render(out / "report.html", tmp_path / "shot.png", height=3000)
+    rows = sum(len(t.frame) for s in document.sections for t in s.tables)
+    assert shows_all(rendering, figures=4, table_rows=rows) == []
+    assert rendering.tables == sum(len(s.tables) for s in document.sections)
+    plotless = Document(document.title, [replace(s, figures=[]) for s in document.sections])
+    (tmp_path / "plotless.html").write_text(to_html(plotless))
+    problems = shows_all(render(tmp_path / "plotless.html", tmp_path / "p.png", height=3000), 4, rows)
+    assert problems == ["0 images (0 embedded), expected 4", "only 0.00% coloured pixels: the plots did not draw"]
