@@ -1,38 +1,22 @@
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from ptq_eval.quant import QuantConfig, quantizable_linears, quantize
 from ptq_eval.quant.grid import quantize_tensor
 
 
-def tiny_model():
-    torch.manual_seed(0)
-    config = GPTNeoXConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=16,
-        tie_word_embeddings=False,
-    )
-    return GPTNeoXForCausalLM(config)
-
-
-def test_head_and_embeddings_are_not_quantized_by_default():
-    model = tiny_model()
-    names = set(quantizable_linears(model))
+def test_head_and_embeddings_are_not_quantized_by_default(tiny_model):
+    names = set(quantizable_linears(tiny_model))
     assert names and not any("lm_head" in n or "embed" in n for n in names)
     assert len(names) == 2 * 4  # qkv, dense, h_to_4h, 4h_to_h per layer
 
 
-def test_exclude_patterns_skip_layers():
-    names = set(quantizable_linears(tiny_model(), ("lm_head", "*mlp*")))
+def test_exclude_patterns_skip_layers(tiny_model):
+    names = set(quantizable_linears(tiny_model, ("lm_head", "*mlp*")))
     assert names and not any("mlp" in n for n in names)
 
 
-def test_rtn_rounds_every_chosen_weight_and_reports_errors():
-    model = tiny_model()
+def test_rtn_rounds_every_chosen_weight_and_reports_errors(tiny_model):
+    model = tiny_model
     head = model.get_output_embeddings().weight.detach().clone()
     before = {n: m.weight.detach().clone() for n, m in quantizable_linears(model).items()}
     report = quantize(model, QuantConfig("rtn", 3, 16, symmetric=False))
@@ -44,8 +28,8 @@ def test_rtn_rounds_every_chosen_weight_and_reports_errors():
     assert all(0 < layer.relative_error < 1 for layer in report.layers)
 
 
-def test_unknown_method_is_a_clear_error():
+def test_unknown_method_is_a_clear_error(tiny_model):
     import pytest
 
     with pytest.raises(ValueError, match=r"unknown quantization method 'awq'; accepted: rtn"):
-        quantize(tiny_model(), QuantConfig("awq", 4))
+        quantize(tiny_model, QuantConfig("awq", 4))

@@ -94,8 +94,13 @@ def quantize(
     config: QuantConfig,
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
     calibration: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
 ) -> QuantReport:
-    """Quantize the model's weights in place with the configured method."""
+    """Quantize the model's weights in place with the configured method.
+
+    `device` (GPTQ only; not part of the config, so job keys do not depend on it): where each
+    transformer block is quantized while the rest of the model stays where it is.
+    """
     if config.method == "rtn":
         from ptq_eval.quant.rtn import quantize_rtn
 
@@ -103,5 +108,5 @@ def quantize(
     if config.method == "gptq":
         from ptq_eval.quant.gptq import quantize_gptq
 
-        return quantize_gptq(model, config, exclude, calibration)
+        return quantize_gptq(model, config, exclude, calibration, device=device)
     raise ValueError(f"unknown quantization method {config.method!r}; accepted: {', '.join(METHODS)}")

@@ -6,7 +6,9 @@ rounding error over the columns not yet quantized (lazy updates in blocks).
 
 Over a model: calibration activations are captured at the first transformer block and
 pushed through one block at a time; each block's Linears are quantized from the inputs
-that block sees *after* the blocks before it were quantized.
+that block sees *after* the blocks before it were quantized. With `device`, the model
+stays where it is (e.g. CPU) and only the block being quantized, the activations and its
+Hessians live on `device` (e.g. CUDA): peak accelerator memory is one block + activations.
 """
 
 from __future__ import annotations
@@ -160,6 +162,17 @@ def _first_block_inputs(model, blocks, calibration: torch.Tensor, batch_size: in
     return captured
 
 
+def _to(value, device: torch.device):
+    """`value` with every tensor in it (through lists, tuples and dicts) moved to `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list | tuple):
+        return type(value)(_to(item, device) for item in value)
+    if isinstance(value, dict):
+        return {key: _to(item, device) for key, item in value.items()}
+    return value
+
+
 def _run_block(block, args: list, kwargs: dict) -> torch.Tensor:
     output = block(*args, **kwargs)
     return output[0] if isinstance(output, tuple) else output
@@ -172,17 +185,25 @@ def quantize_gptq(
     exclude: tuple[str, ...],
     calibration: torch.Tensor,
     batch_size: int = 8,
+    device: str | torch.device | None = None,
 ) -> QuantReport:
-    """Quantize the model in place, block by block, with GPTQ."""
+    """Quantize the model in place, block by block, with GPTQ.
+
+    `device`: where each block is quantized (default: where the model is); the model stays where it is,
+    each block moving to `device` for its turn and back after it, while the activations stay on `device`.
+    """
     if calibration is None or len(calibration) == 0:
         raise ValueError("GPTQ needs calibration data (the study's calibration: section)")
     started = time.perf_counter()
     report = QuantReport(config)
     chosen = {id(module) for module in quantizable_linears(model, exclude).values()}
     blocks = transformer_blocks(model)
-    inputs = _first_block_inputs(model, blocks, calibration, batch_size)
+    home = next(model.parameters()).device
+    device = home if device is None else torch.device(device)
+    inputs = _to(_first_block_inputs(model, blocks, calibration, batch_size), device)
     names = {id(module): name for name, module in model.named_modules()}
     for block in blocks:
+        block.to(device)
         linears = {name: m for name, m in block.named_modules() if id(m) in chosen}
         hessians = {name: Hessian(m.in_features, m.weight.device) for name, m in linears.items()}
         handles = [
@@ -198,7 +219,7 @@ def quantize_gptq(
             layer_name = f"{names[id(block)]}.{name}"
             result = gptq_weight(weight, hessian, config)
             quantized = result.weight
-            report.grids[layer_name] = (result.scales, result.zeros, result.group_index)
+            report.grids[layer_name] = (result.scales.to(home), result.zeros.to(home), result.group_index)
             report.layers.append(
                 LayerReport(
                     layer_name,
@@ -210,5 +231,6 @@ def quantize_gptq(
             weight.copy_(quantized.to(weight.dtype))
         for args, kwargs in inputs:
             args[0] = _run_block(block, args, kwargs)
+        block.to(home)
     report.seconds = time.perf_counter() - started
     return report

@@ -1,10 +1,21 @@
-"""Benchmark: our GPTQ beside GPTQModel on demo-ladder checkpoints (`make bench-gptq`).
+"""Benchmark: our GPTQ beside a maintained peer on demo-ladder checkpoints (`make bench-gptq`,
+`make bench-gptq-llmcompressor`).
 
-Same checkpoint, same calibration tokens, same grid (symmetric, act-order, damp 0.01), same
-evaluation windows; reports δ loss with its 95% CI and quantization wall time for each.
-GPTQModel quantizes in float32 like ours (its CPU default is bf16); its packed output is decoded
-into a float32 copy of the model for evaluation (its CPU kernels run only in fp16/bf16).
-Runs in the throwaway venv that `make bench-gptq` builds; GPTQModel is never a project dependency.
+Same checkpoint, same calibration tokens, same grid (symmetric, act-order, damp 0.01, block 128),
+same evaluation windows, float32; reports δ loss with its 95% CI and quantization wall time for each,
+and the largest difference between their quantized weights.
+
+- GPTQModel quantizes in float32 like ours (its CPU default is bf16); its packed output is decoded
+  into a float32 copy of the model for evaluation (its CPU kernels run only in fp16/bf16). Its
+  `desc_act` is our `act_order` with groups taken along the act-order permutation.
+- llm-compressor's `GPTQModifier` runs with explicit `QuantizationArgs` (its preset schemes use
+  group 128) in its sequential pipeline (each block calibrated on the quantized blocks' outputs, as
+  ours). Its `actorder="weight"` (alias "static") orders columns by the Hessian diagonal but keeps
+  groups contiguous, with every grid fitted before GPTQ starts: our `act_order` + `static_groups`.
+  Its "group" ordering (groups along the permutation) is rejected for GPTQ, so the group-32 rows
+  compare static groups. Its de-quantized weights are copied into a float32 copy of the model.
+
+Each peer runs in a throwaway venv that its make target builds; neither is a project dependency.
 """
 
 from __future__ import annotations
@@ -13,6 +24,8 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
@@ -22,8 +35,9 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from ptq_eval.corpus import load_corpus, token_stream  # noqa: E402
-from ptq_eval.evaluate.paired import paired_loss_metrics  # noqa: E402
-from ptq_eval.evaluate.perplexity import make_windows, window_losses  # noqa: E402
+from ptq_eval.evaluate.paired import paired_metrics  # noqa: E402
+from ptq_eval.evaluate.perplexity import loss_metrics, window_losses  # noqa: E402
+from ptq_eval.evaluate.windows import make_windows  # noqa: E402
 from ptq_eval.export import dequantize_packed  # noqa: E402
 from ptq_eval.quant import QuantConfig, quantizable_linears  # noqa: E402
 from ptq_eval.quant.calibration import calibration_tokens  # noqa: E402
@@ -31,16 +45,19 @@ from ptq_eval.quant.gptq import quantize_gptq  # noqa: E402
 
 LADDER = Path("tasks/ladders/demo")
 CHECKPOINTS = ["n25k/tpp320", "n100k/tpp40", "n100k/tpp320"]
+EXCLUDE = ("lm_head",)
 
 
 def ours(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, workdir: str):
+    """Our GPTQ: the quantized model and the seconds it took."""
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     started = time.perf_counter()
-    quantize_gptq(model, config, ("lm_head",), calibration)
+    quantize_gptq(model, config, EXCLUDE, calibration)
     return model, time.perf_counter() - started
 
 
 def gptqmodel(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, workdir: str):
+    """GPTQModel's GPTQ, decoded from its packed checkpoint: the quantized model and the seconds it took."""
     from gptqmodel import GPTQModel, QuantizeConfig
 
     settings = QuantizeConfig(
@@ -62,21 +79,101 @@ def gptqmodel(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, 
     # Its packed CPU kernels run only in fp16/bf16, so decode its packed layers into an fp32 copy:
     # the comparison is then GPTQ against GPTQ, differing only by its fp16 scales.
     tensors = load_file(out / "model.safetensors")
-    decoded = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    return _fp32_copy(checkpoint, lambda name: dequantize_packed(tensors, name, config.bits)), seconds
+
+
+def llmcompressor(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, workdir: str):
+    """llm-compressor's GPTQModifier (sequential pipeline): the quantized model and the seconds `oneshot` took."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.gptq import GPTQModifier
+    from torch.utils.data import DataLoader
+
+    grouped = config.group_size > 0
+    if config.act_order and grouped and not config.static_groups:
+        raise ValueError("llm-compressor's GPTQ orders columns only with static groups (actorder='weight')")
+    weights = QuantizationArgs(
+        num_bits=config.bits,
+        type="int",
+        symmetric=config.symmetric,
+        strategy="group" if grouped else "channel",
+        group_size=config.group_size if grouped else None,
+    )
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    linears = quantizable_linears(model, EXCLUDE)
+    recipe = GPTQModifier(  # targets: exactly the Linears ours quantizes
+        config_groups={"weights": QuantizationScheme(targets=list(linears), weights=weights)},
+        actorder="weight" if config.act_order else None,  # its default is "static", even when not asked
+        dampening_frac=config.damp,
+        block_size=config.block_size,
+    )
+    batches = DataLoader([{"input_ids": row, "attention_mask": torch.ones_like(row)} for row in calibration], 8)
+    started = time.perf_counter()
+    oneshot(
+        model=model, dataset=batches, recipe=recipe, pipeline="sequential", num_calibration_samples=len(calibration)
+    )
+    seconds = time.perf_counter() - started
+    return _fp32_copy(checkpoint, lambda name: linears[name].weight), seconds
+
+
+def _fp32_copy(checkpoint: Path, weight_of: Callable[[str], torch.Tensor]) -> torch.nn.Module:
+    """A fresh float32 copy of the checkpoint with each quantized Linear's weight from `weight_of(name)`."""
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     with torch.no_grad():
-        for name, linear in quantizable_linears(decoded, ("lm_head",)).items():
-            linear.weight.copy_(dequantize_packed(tensors, name, config.bits))
-    return decoded, seconds
+        for name, linear in quantizable_linears(model, EXCLUDE).items():
+            linear.weight.copy_(weight_of(name))
+    return model
+
+
+def max_weight_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """The largest |Δw| between the two models' quantized Linears."""
+    theirs = quantizable_linears(b, EXCLUDE)
+    return max(
+        (mine.weight - theirs[name].weight).abs().max().item() for name, mine in quantizable_linears(a, EXCLUDE).items()
+    )
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A maintained GPTQ, the grid options on which it matches ours, and where its table goes."""
+
+    label: str
+    quantize: Callable
+    static_groups: bool
+    out: str
+
+
+PEERS = {
+    "gptqmodel": Peer("GPTQModel", gptqmodel, static_groups=False, out="reports/bench/gptq.md"),
+    "llmcompressor": Peer(
+        "llm-compressor", llmcompressor, static_groups=True, out="reports/bench/gptq_llmcompressor.md"
+    ),
+}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peer", choices=PEERS, default="gptqmodel")
     parser.add_argument("--checkpoints", nargs="*", default=CHECKPOINTS)
-    parser.add_argument("--out", default="reports/bench/gptq.md")
+    parser.add_argument("--out", help="Markdown table (default: the peer's file under reports/bench/)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; 1 keeps wall times steady when other processes share the cores",
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    peer = PEERS[args.peer]
     lines = [
-        "| checkpoint | bits | group | ours δ [95% CI] | ours s | GPTQModel δ [95% CI] | GPTQModel s |",
-        "|---|---|---|---|---|---|---|",
+        f"act_order=True, static_groups={peer.static_groups}, symmetric, damp 0.01, block 128, float32, "
+        f"{args.threads} torch thread(s); "
+        "δ = mean paired loss difference (nats/token) with its 95% bootstrap CI over windows; s = quantization "
+        "wall time; max abs Δw = the largest difference between the two quantized weights.",
+        "",
+        "| checkpoint | bits | group | ours δ [95% CI] | ours s | "
+        f"{peer.label} δ [95% CI] | {peer.label} s | max abs Δw |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.checkpoints:
@@ -84,19 +181,22 @@ def main() -> None:
             tokenizer = AutoTokenizer.from_pretrained(checkpoint)
             windows = make_windows(token_stream(tokenizer, load_corpus("stdlib-python", "validation")), 128, 65536)
             calibration = calibration_tokens(tokenizer, "stdlib-python", "train", 128, 128, 0)
-            fp = window_losses(AutoModelForCausalLM.from_pretrained(checkpoint).eval(), windows)
+            fp = loss_metrics(window_losses(AutoModelForCausalLM.from_pretrained(checkpoint).eval(), windows))
             for bits in (3, 4):
                 for group in (-1, 32):
-                    config = QuantConfig("gptq", bits, group, act_order=True)
-                    cells = []
-                    for run in (ours, gptqmodel):
+                    config = QuantConfig("gptq", bits, group, act_order=True, static_groups=peer.static_groups)
+                    cells, models = [], []
+                    for run in (ours, peer.quantize):
                         model, seconds = run(checkpoint, config, calibration, workdir)
-                        loss = paired_loss_metrics(fp, window_losses(model, windows))[0]
-                        cells += [f"{loss.delta:.4f} [{loss.ci_low:.4f}, {loss.ci_high:.4f}]", f"{seconds:.1f}"]
+                        loss = paired_metrics(fp, loss_metrics(window_losses(model, windows)))[0]
+                        cells += [f"{loss.delta:.4f} [{loss.ci_low:.4f}, {loss.ci_high:.4f}]", f"{seconds:.2f}"]
+                        models.append(model)
+                    cells.append(f"{max_weight_difference(*models):.1e}")
                     lines.append(f"| {name} | {bits} | {group} | " + " | ".join(cells) + " |")
                     print(lines[-1], flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    out = Path(args.out or peer.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
