@@ -105,15 +105,16 @@ def load_corpus(name: str, split: str = "validation") -> Corpus:
     )
 
 
+def token_documents(tokenizer, texts: list[str], batch_files: int = 256) -> list[list[int]]:
+    """Each text's token ids (no special tokens added), tokenized in batches."""
+    ids: list[list[int]] = []
+    for start in range(0, len(texts), batch_files):
+        ids.extend(tokenizer(texts[start : start + batch_files], add_special_tokens=False)["input_ids"])
+    return ids
+
+
 def token_stream(tokenizer, corpus: Corpus, batch_files: int = 256) -> torch.Tensor:
     """Tokenize every file and join them into one 1-D stream, an EOS token between files."""
-    eos = tokenizer.eos_token_id
-    pieces: list[int] = []
-    texts = list(corpus.texts())
-    for start in range(0, len(texts), batch_files):
-        encoded = tokenizer(texts[start : start + batch_files], add_special_tokens=False)["input_ids"]
-        for ids in encoded:
-            pieces.extend(ids)
-            if eos is not None:
-                pieces.append(eos)
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    pieces = [token for ids in token_documents(tokenizer, list(corpus.texts()), batch_files) for token in ids + eos]
     return torch.tensor(pieces, dtype=torch.int32)

@@ -80,6 +80,16 @@ def summary_table(results: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
     )
 
 
+def summary_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The compact views of a study, titled `eval: metric`: the loss of each perplexity eval, and
+    every metric of each lm-eval task (acc, acc_norm, word_perplexity, ...)."""
+    tables = []
+    for name, rows in results[~results.metric.str.startswith("nonfinite_")].groupby("eval", sort=False):
+        metrics = ["loss"] if (rows.metric == "loss").any() else list(dict.fromkeys(rows.metric))
+        tables += [(f"{name}: {metric}", summary_table(rows, metric)) for metric in metrics]
+    return tables
+
+
 def render(results: pd.DataFrame, fmt: str) -> str:
     if fmt == "csv":
         return results[COLUMNS].to_csv(index=False)

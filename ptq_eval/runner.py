@@ -4,23 +4,25 @@ restored between quant configs, every finished job committed to the store at onc
 from __future__ import annotations
 
 import hashlib
+import itertools
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 import transformers
 
 from ptq_eval import __version__
 from ptq_eval.checkpoints import LoadedCheckpoint, load_checkpoint
 from ptq_eval.corpus import load_corpus, token_stream
-from ptq_eval.evaluate.paired import paired_loss_metrics
-from ptq_eval.evaluate.perplexity import WindowLosses, make_windows, window_losses
+from ptq_eval.evaluate.evaluators import HarnessEvaluator, PerplexityEvaluator, Scored
+from ptq_eval.evaluate.harness import load_tasks
+from ptq_eval.evaluate.paired import paired_metrics
+from ptq_eval.evaluate.windows import Windows, make_windows, rolling_windows
 from ptq_eval.quant import QuantConfig, quantizable_linears, quantize
 from ptq_eval.quant.calibration import calibration_tokens
-from ptq_eval.spec import Job, PerplexityEval, Study, expand_jobs
+from ptq_eval.spec import Job, LmEvalEval, PerplexityEval, Study, expand_jobs
 from ptq_eval.store import MetricRow, Store
 
 Progress = Callable[[str, int], None]
@@ -41,8 +43,8 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def provenance(study: Study, device: str, corpus_facts: dict) -> dict:
-    """What produced a number: versions, device, dtype, seed, evaluation corpus."""
+def provenance(study: Study, device: str) -> dict:
+    """What produced a number: versions, device, dtype, seed (the evaluator adds what it scored)."""
     return {
         "ptq_eval": __version__,
         "torch": torch.__version__,
@@ -51,7 +53,6 @@ def provenance(study: Study, device: str, corpus_facts: dict) -> dict:
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({platform.machine()})",
         "dtype": study.dtype,
         "seed": study.seed,
-        "eval_corpus": corpus_facts,
     }
 
 
@@ -72,14 +73,14 @@ def tokenizer_identity(tokenizer) -> str:
 class _CheckpointRun:
     """Everything done with one loaded checkpoint."""
 
-    def __init__(self, study: Study, store: Store, loaded: LoadedCheckpoint, device: str, window_cache: dict):
+    def __init__(self, study: Study, store: Store, loaded: LoadedCheckpoint, device: str, cache: dict):
         self.study, self.store, self.loaded, self.device = study, store, loaded, device
         self.linears = quantizable_linears(loaded.model, study.exclude)
         self.pristine = {name: linear.weight.detach().clone() for name, linear in self.linears.items()}
-        self.window_cache = window_cache
+        self.cache = cache
         self.tokenizer_key = tokenizer_identity(loaded.tokenizer)
 
-    def windows(self, evaluation: PerplexityEval) -> tuple[torch.Tensor, dict]:
+    def windows(self, evaluation: PerplexityEval) -> tuple[Windows, dict]:
         """The eval's token windows; tokenized once per distinct tokenizer across the study."""
         context = getattr(self.loaded.model.config, "max_position_embeddings", None)
         if context is not None and evaluation.seq_len > context:
@@ -88,11 +89,21 @@ class _CheckpointRun:
                 f"{self.loaded.facts.name} ({context}); use seq_len <= {context}"
             )
         key = (self.tokenizer_key, evaluation)
-        if key not in self.window_cache:
+        if key not in self.cache:
             corpus = load_corpus(evaluation.corpus, evaluation.split)
-            stream = token_stream(self.loaded.tokenizer, corpus)
-            self.window_cache[key] = (make_windows(stream, evaluation.seq_len, evaluation.tokens), corpus.describe())
-        return self.window_cache[key]
+            if evaluation.windows == "rolling":
+                texts = list(itertools.islice(corpus.texts(), evaluation.documents))
+                windows = rolling_windows(self.loaded.tokenizer, texts, evaluation.seq_len, evaluation.stride)
+            else:
+                stream = token_stream(self.loaded.tokenizer, corpus)
+                windows = make_windows(stream, evaluation.seq_len, evaluation.tokens)
+            self.cache[key] = (windows, corpus.describe())
+        return self.cache[key]
+
+    def evaluator(self, evaluation: PerplexityEval | LmEvalEval) -> PerplexityEvaluator | HarnessEvaluator:
+        if isinstance(evaluation, LmEvalEval):
+            return HarnessEvaluator(evaluation, self.cache[evaluation], self.loaded.tokenizer, self.study.seed)
+        return PerplexityEvaluator(evaluation, *self.windows(evaluation))
 
     def calibration(self) -> torch.Tensor:
         """The study's calibration windows for this tokenizer, clamped to the model's context."""
@@ -100,52 +111,40 @@ class _CheckpointRun:
         context = getattr(self.loaded.model.config, "max_position_embeddings", None) or spec.seq_len
         seq_len = min(spec.seq_len, context)
         key = (self.tokenizer_key, "calibration", seq_len)
-        if key not in self.window_cache:
-            self.window_cache[key] = calibration_tokens(
+        if key not in self.cache:
+            self.cache[key] = calibration_tokens(
                 self.loaded.tokenizer, spec.corpus, spec.split, spec.samples, seq_len, spec.seed
             )
-        return self.window_cache[key]
+        return self.cache[key]
 
     def restore(self) -> None:
         with torch.no_grad():
             for name, linear in self.linears.items():
                 linear.weight.copy_(self.pristine[name])
 
-    def score(self, evaluation: PerplexityEval) -> tuple[WindowLosses, dict, float]:
-        windows, corpus_facts = self.windows(evaluation)
+    def score(self, evaluation: PerplexityEval | LmEvalEval) -> tuple[Scored, float]:
+        evaluator = self.evaluator(evaluation)
         started = time.perf_counter()
-        losses = window_losses(self.loaded.model, windows, evaluation.batch_size)
-        return losses, corpus_facts, time.perf_counter() - started
+        scored = evaluator.score(self.loaded.model)
+        return scored, time.perf_counter() - started
 
-    def baseline(self, job: Job, done: set[str]) -> WindowLosses:
-        """The full-precision window losses: from the store, or scored now and stored."""
+    def baseline(self, job: Job, done: set[str]) -> Scored:
+        """The full-precision scores: from the store, or scored now and stored."""
         if job.key in done:
-            return WindowLosses(
-                self.store.array(job.key, "window_sums"), self.store.array(job.key, "window_counts").astype(np.int64)
-            )
+            return self.evaluator(job.eval).restore(self.store.arrays(job.key))
         self.restore()
-        losses, corpus_facts, seconds = self.score(job.eval)
-        rows = [
-            MetricRow("loss", losses.mean_loss, losses.tokens),
-            MetricRow("perplexity", float(np.exp(losses.mean_loss)), losses.tokens),
-        ]
-        self.store.save(
-            job.key,
-            job.describe(),
-            _facts(self.loaded),
-            provenance(self.study, self.device, corpus_facts),
-            seconds,
-            rows,
-            {"window_sums": losses.sums, "window_counts": losses.counts},
-        )
+        scored, seconds = self.score(job.eval)
+        rows = [MetricRow(metric.name, metric.value, metric.n) for metric in scored.metrics]
+        details = provenance(self.study, self.device) | scored.details
+        self.store.save(job.key, job.describe(), _facts(self.loaded), details, seconds, rows, scored.arrays)
         done.add(job.key)
-        return losses
+        return scored
 
     def quantized(
         self,
         config: QuantConfig,
         jobs: list[Job],
-        baselines: dict[str, WindowLosses],
+        baselines: dict[str, Scored],
         summary: RunSummary,
         progress: Progress,
     ) -> None:
@@ -154,15 +153,15 @@ class _CheckpointRun:
         report = quantize(self.loaded.model, config, self.study.exclude, calibration)
         report_facts = {"seconds": report.seconds, "layers": [asdict(layer) for layer in report.layers]}
         for job in jobs:
-            losses, corpus_facts, seconds = self.score(job.eval)
-            paired = paired_loss_metrics(baselines[job.baseline().key], losses, seed=self.study.seed)
+            scored, seconds = self.score(job.eval)
+            paired = paired_metrics(baselines[job.baseline().key].metrics, scored.metrics, seed=self.study.seed)
             rows = [MetricRow(m.metric, m.quant_value, m.n, m.fp_value, m.delta, m.ci_low, m.ci_high) for m in paired]
-            if losses.nonfinite:
-                rows.append(MetricRow("nonfinite_tokens", float(losses.nonfinite), losses.tokens))
+            if scored.nonfinite:
+                rows.append(MetricRow(scored.nonfinite_metric, float(scored.nonfinite), paired[0].n))
                 summary.nonfinite_jobs.append(
-                    f"{self.loaded.facts.name} {config.method} {config.bits}-bit {config.granularity}"
+                    f"{self.loaded.facts.name} {config.method} {config.bits}-bit {config.granularity} {job.eval.name}"
                 )
-            details = provenance(self.study, self.device, corpus_facts) | {"quant_report": report_facts}
+            details = provenance(self.study, self.device) | scored.details | {"quant_report": report_facts}
             self.store.save(job.key, job.describe(), _facts(self.loaded), details, seconds + report.seconds, rows)
             summary.ran += 1
             progress(f"{self.loaded.facts.name} {config.method} {config.bits}b {config.granularity}", 1)
@@ -176,7 +175,10 @@ def run_study(study: Study, store: Store, progress: Progress = lambda message, a
     summary = RunSummary(jobs=len(jobs), already_done=sum(job.key in done for job in jobs))
     progress(f"{summary.already_done}/{summary.jobs} jobs already in the store", 0)
     device = resolve_device(study.device)
-    window_cache: dict = {}
+    cache: dict = {}
+    for evaluation in dict.fromkeys(job.eval for job in jobs if job.key not in done):
+        if isinstance(evaluation, LmEvalEval):
+            cache[evaluation] = load_tasks(evaluation)  # before any checkpoint: a bad task fails fast
     by_checkpoint: dict = {}
     for job in jobs:
         if job.key not in done:
@@ -185,7 +187,7 @@ def run_study(study: Study, store: Store, progress: Progress = lambda message, a
         loaded = load_checkpoint(
             checkpoint.reference, checkpoint.tokens, study.allow_pickle, study.trust_remote_code, study.dtype, device
         )
-        run = _CheckpointRun(study, store, loaded, device, window_cache)
+        run = _CheckpointRun(study, store, loaded, device, cache)
         baseline_jobs = {job.baseline().key: job.baseline() for job in pending}
         baselines = {key: run.baseline(job, done) for key, job in baseline_jobs.items()}
         by_config: dict[QuantConfig, list[Job]] = {}

@@ -12,12 +12,13 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from ptq_eval.corpus import STDLIB
+from ptq_eval.evaluate.harness import is_task_file, task_file_name
 from ptq_eval.quant import DEFAULT_EXCLUDE, GPTQ_OPTIONS, METHODS, QuantConfig
 from ptq_eval.quant.grid import MAX_BITS, MIN_BITS
 
@@ -116,7 +117,13 @@ class Calibration(Strict):
 
 
 class PerplexityEval(Strict):
-    """Validation loss / perplexity over fixed windows of a corpus split."""
+    """Validation loss / perplexity over token windows of a corpus split.
+
+    `windows: spread` (default): evenly spaced windows over the joined split, ≈ `tokens`
+    predictions. `windows: rolling`: lm-eval's loglikelihood_rolling rule per document (file),
+    the first `documents` of them, adding lm-eval's word/byte perplexity and bits per byte;
+    `stride` < `seq_len` overlaps the windows. `autocast: bfloat16` trades exactness for speed.
+    """
 
     kind: Literal["perplexity"]
     corpus: str = STDLIB
@@ -124,13 +131,69 @@ class PerplexityEval(Strict):
     tokens: int | None = Field(default=65536, gt=0)
     seq_len: int = Field(default=256, gt=1)
     batch_size: int = Field(default=16, gt=0)
+    windows: Literal["spread", "rolling"] = "spread"
+    stride: int | None = Field(default=None, gt=0)
+    documents: int | None = Field(default=None, gt=0)
+    autocast: Literal["bfloat16"] | None = None
+
+    # Options added after the first studies: they enter job keys only when set off their
+    # defaults, so every earlier study keeps its keys (and its stored results).
+    LATER_OPTIONS: ClassVar[tuple[str, ...]] = ("windows", "stride", "documents", "autocast")
+
+    @model_validator(mode="after")
+    def _options_fit_the_windows(self):
+        if self.windows == "spread" and (self.stride is not None or self.documents is not None):
+            raise ValueError("stride and documents apply to windows: rolling only")
+        if self.windows == "rolling" and "tokens" in self.model_fields_set:
+            raise ValueError("tokens applies to windows: spread; rolling scores whole documents (limit: documents)")
+        if self.stride is not None and self.stride > self.seq_len:
+            raise ValueError(f"stride {self.stride} exceeds seq_len {self.seq_len}; use 1..{self.seq_len}")
+        return self
 
     @property
     def name(self) -> str:
-        return f"ppl:{self.corpus}:{self.split}"
+        rule = ":rolling" if self.windows == "rolling" else ""
+        return f"ppl:{self.corpus}:{self.split}{rule}"
+
+    def key_config(self) -> dict:
+        """The options as they enter the job key."""
+        config = self.model_dump()
+        for option in self.LATER_OPTIONS:
+            if config[option] == type(self).model_fields[option].default:
+                del config[option]
+        return config
 
 
-EvalSpec = Annotated[PerplexityEval, Field(discriminator="kind")]
+class LmEvalEval(Strict):
+    """Any lm-eval task on the model in memory: a name lm-eval knows (hub data) or a local task YAML.
+
+    `data_dir` is handed to the task's dataset loader (the shipped YAMLs under tasks/lm_eval
+    read their files relative to it); `limit`, `num_fewshot`, `batch_size` as in lm-eval.
+    """
+
+    kind: Literal["lm_eval"]
+    task: str = Field(min_length=1)
+    limit: int | None = Field(default=None, gt=0)
+    num_fewshot: int | None = Field(default=None, ge=0)
+    batch_size: int = Field(default=16, gt=0)
+    data_dir: str | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _task_file_exists(cls, task: str) -> str:
+        if is_task_file(task) and not Path(task).is_file():
+            raise ValueError(f"{task!r}: no such task YAML file; give a file path or an lm-eval task name")
+        return task
+
+    @property
+    def name(self) -> str:
+        return task_file_name(self.task) if is_task_file(self.task) else self.task
+
+    def key_config(self) -> dict:
+        return self.model_dump()
+
+
+EvalSpec = Annotated[PerplexityEval | LmEvalEval, Field(discriminator="kind")]
 
 
 def _ladder_kind(entry: object) -> str:
@@ -163,6 +226,8 @@ class Study(Strict):
     @model_validator(mode="after")
     def _calibration_is_not_evaluation(self):
         for evaluation in self.evals:
+            if not isinstance(evaluation, PerplexityEval):
+                continue
             if (evaluation.corpus, evaluation.split) == (self.calibration.corpus, self.calibration.split):
                 raise ValueError(
                     f"calibration uses {evaluation.corpus!r} split {evaluation.split!r}, which an eval scores; "
@@ -183,7 +248,7 @@ class Job:
 
     checkpoint: CheckpointSpec
     quant: QuantConfig | None
-    eval: PerplexityEval
+    eval: PerplexityEval | LmEvalEval
     dtype: str
     seed: int
     exclude: tuple[str, ...]
@@ -201,7 +266,7 @@ class Job:
             "tokens_override": self.checkpoint.tokens,
             **quant,
             "eval": self.eval.name,
-            "eval_config": self.eval.model_dump(),
+            "eval_config": self.eval.key_config(),
             "dtype": self.dtype,
             "seed": self.seed,
         }
@@ -259,6 +324,7 @@ def _location(loc: tuple) -> str:
             "ladder-entry",
             "ladder-family",
             "perplexity",
+            "lm_eval",
             "list[int]",
             "int",
             "bool",
@@ -279,21 +345,28 @@ def _describe(error: dict) -> str:
     return message
 
 
+def validation_problems(error: ValidationError, source: str) -> str:
+    """Every problem of a failed validation, one per line: `source: key.path: message`."""
+    return "\n".join(sorted({f"{source}: {_location(e['loc'])}: {_describe(e)}" for e in error.errors()}))
+
+
 def parse_study(data: object, source: str = "<study>") -> Study:
     """Validate a parsed YAML document; errors list every problem with its key path."""
     try:
         return Study.model_validate(data)
     except ValidationError as error:
-        problems = sorted({f"{source}: {_location(e['loc'])}: {_describe(e)}" for e in error.errors()})
-        raise StudyError("\n".join(problems)) from None
+        raise StudyError(validation_problems(error, source)) from None
+
+
+def read_yaml(path: Path, what: str = "study", error: type[StudyError] = StudyError) -> object:
+    """A YAML file's document; `error` names the file when it is missing or not YAML."""
+    if not path.is_file():
+        raise error(f"{path}: no such {what} file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as problem:
+        raise error(f"{path}: not valid YAML: {problem}") from None
 
 
 def load_study(path: str | Path) -> Study:
-    path = Path(path)
-    if not path.is_file():
-        raise StudyError(f"{path}: no such study file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise StudyError(f"{path}: not valid YAML: {error}") from None
-    return parse_study(data, str(path))
+    return parse_study(read_yaml(Path(path)), str(path))

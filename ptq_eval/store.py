@@ -5,8 +5,8 @@ Tables:
   provenance, seconds);
 - `metrics`: one row per (job, metric): value, and for quantized jobs the paired
   full-precision value, delta and its CI;
-- `arrays`: float64 arrays a later job needs (a baseline's per-window losses), so a
-  resumed study never recomputes a finished baseline;
+- `arrays`: float64 arrays a later job needs (a baseline's per-window losses, or its per-document
+  lm-eval results), so a resumed study never recomputes a finished baseline;
 - `fits`: one row per fitted scaling law (study, law, method, group size): parameters with
   CIs, goodness of fit and provenance as JSON text (non-finite numbers stored as null).
 """
@@ -156,11 +156,10 @@ class Store:
                 ],
             )
 
-    def array(self, job_key: str, name: str) -> np.ndarray:
-        row = self._db.execute("SELECT data FROM arrays WHERE job_key = ? AND name = ?", (job_key, name)).fetchone()
-        if row is None:
-            raise KeyError(f"no array {name!r} stored for job {job_key}")
-        return np.frombuffer(row[0], dtype=np.float64)
+    def arrays(self, job_key: str) -> dict[str, np.ndarray]:
+        """Every array stored for a job, by name."""
+        rows = self._db.execute("SELECT name, data FROM arrays WHERE job_key = ?", (job_key,)).fetchall()
+        return {name: np.frombuffer(data, dtype=np.float64) for name, data in rows}
 
     def frame(self, job_keys: Iterable[str] | None = None) -> pd.DataFrame:
         """Tidy table: one row per (job, metric), with the job description and facts as columns."""

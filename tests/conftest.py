@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
-import torch
-import transformers
+# Tests never reach the network: hub models and datasets come from the cache or fail clearly.
+# Set before transformers / datasets are imported: they read these once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
 
 transformers.utils.logging.disable_progress_bar()
+
+
+@pytest.fixture
+def tiny_model() -> transformers.GPTNeoXForCausalLM:
+    """A randomly initialized (seeded) two-block GPT-NeoX, built in milliseconds."""
+    torch.manual_seed(0)
+    config = transformers.GPTNeoXConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        tie_word_embeddings=False,
+    )
+    return transformers.GPTNeoXForCausalLM(config)
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,8 @@ def test_a_good_study_expands_into_jobs_with_stable_keys(tmp_path):
         ({"evals": [{"kind": "perplexity", "tokens": -1}]}, "evals[0].tokens: Input should be greater than 0"),
         (
             {"evals": [{"kind": "bleu"}]},
-            "evals[0]: Input tag 'bleu' found using 'kind' does not match any of the expected tags: 'perplexity'",
+            "evals[0]: Input tag 'bleu' found using 'kind' does not match any of the expected tags: "
+            "'perplexity', 'lm_eval'",
         ),
         ({"ladder": [{"family": "gpt9", "sizes": ["1"], "steps": [1]}]}, "ladder[0].family: Input should be 'pythia'"),
         ({"ladder": [{"checkpoint": "x", "tokens": 0}]}, "ladder[0].tokens: Input should be greater than 0"),
@@ -86,3 +87,48 @@ def test_a_glob_that_matches_nothing_is_an_error(tmp_path):
     study = parse_study(with_changes(ladder=[str(tmp_path / "none" / "*")]))
     with pytest.raises(StudyError, match="matches no checkpoint directory"):
         checkpoints(study)
+
+
+def test_perplexity_evals_written_before_the_rolling_options_keep_their_job_keys():
+    study = parse_study(with_changes(ladder=["a/b@step1000"], quant=[{"method": "rtn", "bits": 4}]))
+    (job,) = expand_jobs(study)
+    assert job.key == "26275f652f32b75f59fcc49c"  # the key this job had before `windows`, `stride`, ... existed
+    rolling = parse_study(with_changes(evals=[{"kind": "perplexity", "windows": "rolling", "seq_len": 64}]))
+    assert expand_jobs(rolling)[0].eval.name == "ppl:stdlib-python:validation:rolling"
+    assert expand_jobs(rolling)[0].describe()["eval_config"]["windows"] == "rolling"
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "message"),
+    [
+        ({"kind": "perplexity", "stride": 8}, "evals[0]: stride and documents apply to windows: rolling only"),
+        ({"kind": "perplexity", "windows": "rolling", "tokens": 10}, "evals[0]: tokens applies to windows: spread"),
+        ({"kind": "perplexity", "windows": "rolling", "seq_len": 8, "stride": 9}, "stride 9 exceeds seq_len 8"),
+        ({"kind": "perplexity", "autocast": "float16"}, "evals[0].autocast: Input should be 'bfloat16'"),
+        ({"kind": "lm_eval"}, "evals[0].task: required key is missing"),
+        ({"kind": "lm_eval", "task": "nope/missing.yaml"}, "'nope/missing.yaml': no such task YAML file"),
+        ({"kind": "lm_eval", "task": "arc_easy", "limit": 0}, "evals[0].limit: Input should be greater than 0"),
+    ],
+)
+def test_bad_eval_options_are_named(tmp_path, evaluation, message):
+    assert message in error_of(tmp_path, with_changes(evals=[evaluation]))
+
+
+def test_lm_eval_evals_are_named_by_their_task():
+    study = parse_study(
+        with_changes(
+            evals=[
+                {"kind": "lm_eval", "task": "hellaswag", "limit": 100, "num_fewshot": 0},
+                {"kind": "lm_eval", "task": "tasks/lm_eval/stdlib_python.yaml"},
+            ]
+        )
+    )
+    assert [evaluation.name for evaluation in study.evals] == ["hellaswag", "stdlib_python"]
+    assert study.evals[0].key_config() == {
+        "kind": "lm_eval",
+        "task": "hellaswag",
+        "limit": 100,
+        "num_fewshot": 0,
+        "batch_size": 16,
+        "data_dir": None,
+    }

@@ -17,7 +17,7 @@ def test_save_finished_frame_and_arrays(tmp_path):
         assert store.finished(["k1", "k2"]) == {"k1"}
         frame = store.frame()
         assert frame.loc[0, "checkpoint"] == "a" and frame.loc[0, "delta"] == 0.2 and frame.loc[0, "tokens"] == 10
-        assert store.array("k1", "window_sums").tolist() == [1.0, 2.5]
+        assert {name: a.tolist() for name, a in store.arrays("k1").items()} == {"window_sums": [1.0, 2.5]}
 
 
 def test_resaving_a_job_replaces_its_rows(tmp_path):

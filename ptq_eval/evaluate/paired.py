@@ -1,15 +1,49 @@
-"""Paired degradation: quantized minus full precision on the same windows, with bootstrap CIs."""
+"""Paired degradation: quantized minus full precision on the same units, with bootstrap CIs.
+
+Every metric here is a ratio of sums over units (windows, or documents) passed through a
+transform: loss is Σ nats / Σ tokens, perplexity its exp, accuracy Σ correct / Σ 1, lm-eval's
+word perplexity exp(−Σ log-likelihood / Σ words). The CI of δ resamples units in pairs, so
+whatever the two runs share (a hard document is hard for both) cancels: it is the CI of the
+paired difference, never one built from two independent standard errors.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ptq_eval.evaluate.perplexity import WindowLosses
-
 RESAMPLES = 2000
+DRAWS_PER_CHUNK = 2**22  # bootstrap indices drawn at once (32 MiB), however many units there are
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class UnitMetric:
+    """transform(Σ values / Σ weights) over units; `n` is what the metric counts (tokens, documents)."""
+
+    name: str
+    values: np.ndarray
+    weights: np.ndarray
+    transform: Transform | None
+    n: int
+    ids: np.ndarray | None = None  # the units' identities (e.g. lm-eval doc ids), checked when pairing
+
+    def of(self, values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        ratio = values / weights
+        return ratio if self.transform is None else self.transform(ratio)
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.isfinite(self.values).all())
+
+    @property
+    def value(self) -> float:
+        """The metric; NaN when any unit is not finite (never averaged away)."""
+        return float(self.of(self.values.sum(), self.weights.sum())) if self.finite else math.nan
 
 
 @dataclass(frozen=True)
@@ -25,29 +59,44 @@ class PairedMetric:
     n: int
 
 
-def _check_paired(fp: WindowLosses, quant: WindowLosses) -> None:
-    if len(fp.counts) != len(quant.counts) or not np.array_equal(fp.counts, quant.counts):
-        raise ValueError(f"runs are not paired: {len(fp.counts)} fp windows vs {len(quant.counts)} quantized windows")
+def _check_paired(fp: UnitMetric, quant: UnitMetric) -> None:
+    if fp.name != quant.name or len(fp.values) != len(quant.values):
+        raise ValueError(
+            f"runs are not paired: fp {fp.name} over {len(fp.values)} units vs "
+            f"quantized {quant.name} over {len(quant.values)} units"
+        )
+    same_ids = fp.ids is None or quant.ids is None or np.array_equal(fp.ids, quant.ids)
+    if not same_ids or not np.array_equal(fp.weights, quant.weights):
+        raise ValueError(f"runs are not paired: {fp.name} was scored on different units (ids or weights differ)")
 
 
-def paired_loss_metrics(
-    fp: WindowLosses, quant: WindowLosses, level: float = 0.95, resamples: int = RESAMPLES, seed: int = 0
-) -> list[PairedMetric]:
-    """Loss (nats/token) and perplexity deltas; CIs from a bootstrap over windows, resampled in pairs."""
-    _check_paired(fp, quant)
-    n = quant.tokens
-    if fp.nonfinite or quant.nonfinite:
-        nan = math.nan
-        return [PairedMetric(m, fp.mean_loss, quant.mean_loss, nan, nan, nan, n) for m in ("loss", "perplexity")]
+def _bootstrap_deltas(fp: UnitMetric, quant: UnitMetric, resamples: int, seed: int) -> np.ndarray:
+    """δ of each bootstrap resample of the units (the same resample for both runs)."""
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(fp.counts), size=(resamples, len(fp.counts)))
-    tokens = fp.counts[picks].sum(axis=1)
-    fp_means = fp.sums[picks].sum(axis=1) / tokens
-    quant_means = quant.sums[picks].sum(axis=1) / tokens
+    units = len(fp.values)
+    chunk = max(1, DRAWS_PER_CHUNK // units)
+    deltas = []
+    for start in range(0, resamples, chunk):
+        picks = rng.integers(0, units, size=(min(chunk, resamples - start), units))
+        weights = fp.weights[picks].sum(axis=1)
+        deltas.append(quant.of(quant.values[picks].sum(axis=1), weights) - fp.of(fp.values[picks].sum(axis=1), weights))
+    return np.concatenate(deltas)
+
+
+def paired_metrics(
+    fp: list[UnitMetric], quant: list[UnitMetric], level: float = 0.95, resamples: int = RESAMPLES, seed: int = 0
+) -> list[PairedMetric]:
+    """Each metric's δ = quantized − fp, CI from a paired bootstrap over its units (percentile)."""
+    if [m.name for m in fp] != [m.name for m in quant]:
+        raise ValueError(f"runs are not paired: fp metrics {[m.name for m in fp]} vs {[m.name for m in quant]}")
     tail = (1 - level) / 2 * 100
-    metrics = []
-    for name, transform in (("loss", lambda x: x), ("perplexity", np.exp)):
-        fp_value, quant_value = float(transform(fp.mean_loss)), float(transform(quant.mean_loss))
-        low, high = np.percentile(transform(quant_means) - transform(fp_means), [tail, 100 - tail])
-        metrics.append(PairedMetric(name, fp_value, quant_value, quant_value - fp_value, float(low), float(high), n))
-    return metrics
+    paired = []
+    for f, q in zip(fp, quant, strict=True):
+        _check_paired(f, q)
+        if not (f.finite and q.finite):
+            nan = math.nan
+            paired.append(PairedMetric(f.name, f.value, q.value, nan, nan, nan, q.n))
+            continue
+        low, high = np.percentile(_bootstrap_deltas(f, q, resamples, seed), [tail, 100 - tail])
+        paired.append(PairedMetric(f.name, f.value, q.value, q.value - f.value, float(low), float(high), q.n))
+    return paired

@@ -1,18 +1,34 @@
-"""Per-token validation losses over fixed windows of a corpus, batched.
+"""Per-token validation losses over token windows, batched, and the perplexity metrics built on them.
 
 The same windows are scored for the full-precision and the quantized model, so their
-losses pair token by token. Windows are spread evenly over the whole split (not just
-its first files) and each predicts `seq_len` tokens from the tokens before it inside
-the window.
+losses pair token by token. Where the time and memory go, and what is done about it:
+
+- windows are sorted by length and batched, right-padded (causal attention never looks
+  right, so padding changes no scored position; no attention mask is needed);
+- only the scored positions go through the output head, in chunks, so the
+  [batch, length, vocabulary] logits never exist at once: peak memory is the model's
+  activations plus one chunk of logits;
+- `torch.inference_mode`, no KV cache, and one pass of tensor indexing per batch (no
+  Python work per window);
+- optional bfloat16 autocast; the default keeps the model's dtype (exact, and what the
+  paired deltas are computed in).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ptq_eval.evaluate.paired import UnitMetric
+from ptq_eval.evaluate.windows import Windows
+
+LOGITS_PER_CHUNK = 2**24  # logits (positions × vocabulary) computed at once: 64 MiB in float32
+AUTOCAST = ("bfloat16",)
 
 
 @dataclass(frozen=True)
@@ -27,32 +43,91 @@ class WindowLosses:
     def tokens(self) -> int:
         return int(self.counts.sum())
 
-    @property
-    def mean_loss(self) -> float:
-        """Mean loss per token; NaN when any token's loss was not finite (never averaged away)."""
-        return math.nan if self.nonfinite else float(self.sums.sum() / self.counts.sum())
+
+def _hidden_and_head(model: torch.nn.Module, device: torch.device) -> tuple[Callable, Callable]:
+    """The model up to its last hidden state, and its output head, when logits are exactly
+    head(hidden) (checked on a probe); otherwise the full model and the identity."""
+
+    def full(ids: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=ids, use_cache=False).logits
+
+    body, head = getattr(model, "base_model", model), model.get_output_embeddings()
+    if body is model or head is None:
+        return full, torch.nn.Identity()
+
+    def hidden(ids: torch.Tensor) -> torch.Tensor:
+        return body(input_ids=ids, use_cache=False).last_hidden_state
+
+    probe = (torch.arange(8, device=device) % head.weight.shape[0])[None]
+    return (hidden, head) if torch.equal(head(hidden(probe)), full(probe)) else (full, torch.nn.Identity())
 
 
-def make_windows(stream: torch.Tensor, seq_len: int, tokens: int | None = None) -> torch.Tensor:
-    """[n, seq_len + 1] token windows, evenly spaced, together predicting ≈ `tokens` tokens."""
-    available = (len(stream) - 1) // seq_len
-    if available < 1:
-        raise ValueError(f"the evaluation text has {len(stream)} tokens, fewer than one window of seq_len={seq_len}")
-    count = available if tokens is None else max(1, min(available, math.ceil(tokens / seq_len)))
-    starts = (torch.arange(count) * available // count) * seq_len
-    return torch.stack([stream[start : start + seq_len + 1] for start in starts.tolist()]).long()
+def _token_losses(head: Callable, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Cross-entropy (float32) of each position, computing the logits `chunk` positions at a time."""
+    losses = [
+        torch.nn.functional.cross_entropy(
+            head(hidden[start : start + chunk]).float(), targets[start : start + chunk], reduction="none"
+        )
+        for start in range(0, len(targets), chunk)
+    ]
+    return torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)
 
 
 @torch.inference_mode()
-def window_losses(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 16) -> WindowLosses:
-    """Score every window; returns its summed token loss (float64) and token count."""
+def window_losses(
+    model: torch.nn.Module, windows: Windows, batch_size: int = 16, autocast: str | None = None
+) -> WindowLosses:
+    """Score every window's counted predictions; returns its summed token loss (float64) and count."""
+    if autocast is not None and autocast not in AUTOCAST:
+        raise ValueError(f"autocast={autocast!r} is not accepted; use one of {AUTOCAST} or none")
     device = next(model.parameters()).device
-    sums, nonfinite = [], 0
-    for start in range(0, len(windows), batch_size):
-        batch = windows[start : start + batch_size].to(device)
-        logits = model(input_ids=batch[:, :-1]).logits
-        losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:], reduction="none")
-        nonfinite += int((~torch.isfinite(losses)).sum())
-        sums.append(losses.double().sum(dim=1).cpu())
-    counts = np.full(len(windows), windows.shape[1] - 1, dtype=np.int64)
-    return WindowLosses(torch.cat(sums).numpy(), counts, nonfinite)
+    hidden_of, head = _hidden_and_head(model, device)
+    output = model.get_output_embeddings()
+    chunk = max(1, LOGITS_PER_CHUNK // (output.weight.shape[0] if output is not None else model.config.vocab_size))
+    cast = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext()
+    tokens = windows.tokens.to(device)
+    sums = torch.zeros(len(windows), dtype=torch.float64, device=device)
+    nonfinite = torch.zeros((), dtype=torch.long, device=device)
+    order = torch.argsort(windows.lengths, descending=True, stable=True)
+    for batch in order.split(batch_size):
+        lengths, scored = windows.lengths[batch], windows.scored[batch]
+        positions = torch.arange(int(lengths.max()))
+        inside = positions < lengths[:, None]
+        index = torch.where(inside, windows.starts[batch, None] + positions, 0).to(device)
+        counted = (inside & (positions >= (lengths - scored)[:, None])).to(device)
+        with cast:
+            hidden = hidden_of(tokens[index])
+            losses = _token_losses(head, hidden[counted], tokens[index + 1][counted], chunk)
+        nonfinite += (~torch.isfinite(losses)).sum()
+        rows = counted.nonzero()[:, 0]
+        sums.index_add_(0, batch.to(device)[rows], losses.double())
+    return WindowLosses(sums.cpu().numpy(), windows.scored.numpy().astype(np.int64), int(nonfinite))
+
+
+def _bits(x: np.ndarray) -> np.ndarray:
+    return x / math.log(2)
+
+
+def loss_metrics(losses: WindowLosses) -> list[UnitMetric]:
+    """Loss (nats/token) and perplexity, windows as the units resampled for CIs."""
+    tokens = losses.tokens
+    return [
+        UnitMetric("loss", losses.sums, losses.counts, None, tokens),
+        UnitMetric("perplexity", losses.sums, losses.counts, np.exp, tokens),
+    ]
+
+
+def document_metrics(losses: WindowLosses, windows: Windows) -> list[UnitMetric]:
+    """Rolling windows' metrics with documents as the units: loss, perplexity, and lm-eval's
+    word perplexity, byte perplexity and bits per byte (exp or /ln 2 of nats per word or byte)."""
+    documents = len(windows.words)
+    sums = np.bincount(windows.documents.numpy(), weights=losses.sums, minlength=documents)
+    counts = np.bincount(windows.documents.numpy(), weights=losses.counts, minlength=documents).astype(np.int64)
+    words, sizes = windows.words, windows.bytes
+    return [
+        UnitMetric("loss", sums, counts, None, int(counts.sum())),
+        UnitMetric("perplexity", sums, counts, np.exp, int(counts.sum())),
+        UnitMetric("word_perplexity", sums, words, np.exp, int(words.sum())),
+        UnitMetric("byte_perplexity", sums, sizes, np.exp, int(sizes.sum())),
+        UnitMetric("bits_per_byte", sums, sizes, _bits, int(sizes.sum())),
+    ]

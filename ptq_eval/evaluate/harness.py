@@ -1,0 +1,267 @@
+"""lm-eval bridge: any lm-eval task, by name or local YAML, scored on the model in memory.
+
+The model is wrapped in lm-eval's `HFLM` as it is (quantized weights and all, never saved
+and reloaded) and run through `simple_evaluate` with per-document logging. Each metric
+comes back as per-document (value, weight) pairs, so the full-precision and quantized runs
+pair document by document (see `paired.py`): accuracies are means of 0/1 per document,
+lm-eval's perplexities and bits per byte ratios of summed log-likelihoods to words, bytes
+or documents. Metrics aggregated over the whole corpus at once (f1, mcc, bleu) have no
+per-document form; they are left out and named in the job's details.
+
+Offline (`HF_HUB_OFFLINE=1`, `HF_DATASETS_OFFLINE=1`) a hub task whose data is not cached
+fails with an error naming the task and how to provide it locally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import hashlib
+import importlib.metadata
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import yaml
+
+from ptq_eval.evaluate.paired import Transform, UnitMetric
+
+if TYPE_CHECKING:
+    from ptq_eval.spec import LmEvalEval
+
+TASK_FILE_SUFFIXES = (".yaml", ".yml")
+LM_EVAL_BOOTSTRAP = 1000  # lm-eval's own stderr resamples (its stderrs are recorded, ours are paired)
+LOCAL_HINT = (
+    "provide the data locally: a task YAML with `dataset_path: json` and `dataset_kwargs: {data_files: ...}` "
+    "(see tasks/lm_eval/), or run once online so the datasets cache holds it"
+)
+
+
+class HarnessError(ValueError):
+    """An lm-eval task cannot be found, loaded or paired; the message says what to do."""
+
+
+def _neg_exp(x: np.ndarray) -> np.ndarray:
+    return np.exp(-x)
+
+
+def _neg_bits(x: np.ndarray) -> np.ndarray:
+    return -x / math.log(2)
+
+
+# lm-eval aggregations that are a transform of Σ value / Σ weight over documents.
+PAIRABLE: dict[str, Transform | None] = {
+    "mean": None,
+    "perplexity": _neg_exp,
+    "weighted_perplexity": _neg_exp,
+    "bits_per_byte": _neg_bits,
+}
+
+
+def is_task_file(task: str) -> bool:
+    return task.endswith(TASK_FILE_SUFFIXES)
+
+
+class _TagTolerantLoader(yaml.SafeLoader):
+    """Reads lm-eval YAML without running it: `!function` and other tags load as None."""
+
+
+_TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def task_file_name(path: str) -> str:
+    """The task (or group) name a task YAML declares; its file name when it declares none."""
+    with open(path, encoding="utf-8") as handle:
+        config = yaml.load(handle, Loader=_TagTolerantLoader)
+    names = [config.get(key) for key in ("task", "group")] if isinstance(config, dict) else []
+    return next((name for name in names if isinstance(name, str)), Path(path).stem)
+
+
+@functools.cache
+def _task_manager(include_path: str | None, data_dir: str | None):
+    """lm-eval's task index: the built-in tasks (indexing them takes seconds, so once per process)
+    for a task name, only the YAML's own directory for a task file."""
+    from lm_eval.tasks import TaskManager
+
+    metadata = {"data_dir": data_dir} if data_dir else None
+    return TaskManager(include_path=include_path, include_defaults=include_path is None, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class LoadedTasks:
+    """The leaf lm-eval tasks an eval names, datasets loaded, ready to run again and again."""
+
+    manager: object
+    tasks: dict
+
+    def aggregations(self, task: str) -> dict[str, str]:
+        """Each metric of a leaf task and the name of lm-eval's aggregation for it."""
+        return {metric: function.__name__ for metric, function in self.tasks[task].aggregation().items()}
+
+
+def _manager_for(evaluation: LmEvalEval):
+    data_dir = str(Path(evaluation.data_dir).resolve()) if evaluation.data_dir else None
+    if is_task_file(evaluation.task):
+        return _task_manager(str(Path(evaluation.task).resolve().parent), data_dir)
+    return _task_manager(None, data_dir)
+
+
+def load_tasks(evaluation: LmEvalEval) -> LoadedTasks:
+    """Build the eval's lm-eval task(s); clear errors for unknown names and unreachable data."""
+    task = evaluation.task
+    spec = str(Path(task).resolve()) if is_task_file(task) else task
+    manager = _manager_for(evaluation)
+    try:
+        loaded = manager.load([spec])
+    except KeyError:
+        close = difflib.get_close_matches(task, manager.all_tasks, n=5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise HarnessError(f"{task!r} is neither an lm-eval task name nor a task YAML file{hint}") from None
+    except OSError as error:
+        if is_task_file(task):
+            raise HarnessError(f"lm-eval task file {task}: its data could not be loaded: {error}") from error
+        entry = manager.task_index.get(task)
+        dataset = (entry.cfg or {}).get("dataset_path") if entry is not None else None
+        source = f"its dataset {dataset!r}" if dataset else "its data"
+        raise HarnessError(
+            f"lm-eval task {task!r}: {source} is not available from the Hugging Face hub here "
+            f"(offline, or HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set): {error}; {LOCAL_HINT}"
+        ) from error
+    tasks = LoadedTasks(manager, loaded["tasks"])
+    for name in tasks.tasks:
+        aggregations = tasks.aggregations(name)
+        if not set(aggregations.values()) & set(PAIRABLE):
+            raise HarnessError(
+                f"lm-eval task {name}: no metric can be paired per document ({aggregations}); "
+                f"accepted aggregations: {', '.join(PAIRABLE)}"
+            )
+    return tasks
+
+
+@dataclass(frozen=True)
+class TaskScores:
+    """One lm-eval run: per-document metrics, each under its key `task/metric[,filter]`, and lm-eval's summary."""
+
+    metrics: list[UnitMetric]
+    keys: list[str]
+    details: dict
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What a later run needs to pair with this one, as named float64 arrays."""
+        arrays = {}
+        for key, metric in zip(self.keys, self.metrics, strict=True):
+            arrays |= {f"{key}:values": metric.values, f"{key}:weights": metric.weights, f"{key}:ids": metric.ids}
+        return arrays
+
+
+def _display_names(loaded: LoadedTasks, keys: list[str]) -> dict[str, str]:
+    """Row names: `metric[,filter]` for a single task, `task/metric[,filter]` for several."""
+    return {key: key.split("/", 1)[1] if len(loaded.tasks) == 1 else key for key in keys}
+
+
+def _unit_metric(loaded: LoadedTasks, key: str, name: str, values, weights, ids) -> UnitMetric:
+    task, metric = key.split("/", 1)
+    transform = PAIRABLE[loaded.aggregations(task)[metric.split(",")[0]]]
+    return UnitMetric(name, np.asarray(values, float), np.asarray(weights, float), transform, len(ids), np.asarray(ids))
+
+
+def restore_scores(loaded: LoadedTasks, arrays: dict[str, np.ndarray]) -> TaskScores:
+    """A stored run's per-document metrics, as `TaskScores.arrays` wrote them."""
+    keys = sorted(name.removesuffix(":values") for name in arrays if name.endswith(":values"))
+    names = _display_names(loaded, keys)
+    metrics = [
+        _unit_metric(loaded, key, names[key], arrays[f"{key}:values"], arrays[f"{key}:weights"], arrays[f"{key}:ids"])
+        for key in keys
+    ]
+    return TaskScores(metrics, keys, {})
+
+
+def _units(item, aggregation: str) -> tuple[float, float]:
+    """A document's (value, weight) for an aggregation: (x, 1) for means, (log-likelihood, words) etc."""
+    if aggregation in ("weighted_perplexity", "bits_per_byte"):
+        return float(item[0]), float(item[1])
+    return float(item), 1.0
+
+
+def _collect(loaded: LoadedTasks, samples: dict) -> tuple[dict[str, tuple[list, list, list]], set[str]]:
+    """Per metric key, the documents' values, weights and ids (sorted by id); and the unpairable keys."""
+    columns: dict[str, tuple[list, list, list]] = {}
+    unpaired: set[str] = set()
+    for task, rows in samples.items():
+        aggregations = loaded.aggregations(task)
+        for row in sorted(rows, key=lambda r: (r["filter"], r["doc_id"])):
+            for metric in row["metrics"]:
+                key = f"{task}/{metric}" + ("" if row["filter"] == "none" else f",{row['filter']}")
+                if aggregations.get(metric) not in PAIRABLE:
+                    unpaired.add(key)
+                    continue
+                value, weight = _units(row[metric], aggregations[metric])
+                values, weights, ids = columns.setdefault(key, ([], [], []))
+                values.append(value)
+                weights.append(weight)
+                ids.append(row["doc_id"])
+    return columns, unpaired
+
+
+def _summary(out: dict, unpaired: set[str], samples: dict) -> dict:
+    """lm-eval's own numbers (value and stderr per metric), versions and the documents' identity."""
+    digest = hashlib.sha256()
+    for task in sorted(samples):
+        for row in sorted(samples[task], key=lambda r: (r["filter"], r["doc_id"])):
+            digest.update(f"{task}:{row['doc_id']}:{row['doc_hash']}\n".encode())
+    results = {task: {k: v for k, v in out["results"][task].items() if "," in k} for task in samples}
+    return {
+        "lm_eval": {
+            "version": importlib.metadata.version("lm_eval"),
+            "results": results,
+            "n_samples": {task: out["n-samples"][task] for task in samples},
+            "n_shot": {task: out["n-shot"].get(task) for task in samples},
+            "task_versions": {task: out["versions"].get(task) for task in samples},
+            "unpaired_metrics": sorted(unpaired),
+        },
+        "eval_corpus": {"corpus": ",".join(sorted(samples)), "split": "lm-eval", "sha256": digest.hexdigest()},
+    }
+
+
+@contextlib.contextmanager
+def _silenced():
+    """lm-eval prints progress bars and notes; the library never prints, so they stay out of the terminal."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def evaluate_task(model, tokenizer, loaded: LoadedTasks, evaluation: LmEvalEval, seed: int = 0) -> TaskScores:
+    """Run the eval's tasks on `model` as it is in memory; per-document results for pairing."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=evaluation.batch_size)
+    try:
+        with _silenced():
+            out = simple_evaluate(
+                lm,
+                tasks=list(loaded.tasks.values()),
+                task_manager=loaded.manager,
+                limit=evaluation.limit,
+                num_fewshot=evaluation.num_fewshot,
+                log_samples=True,
+                bootstrap_iters=LM_EVAL_BOOTSTRAP,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+            )
+    except AssertionError as error:  # lm-eval checks request sizes with bare asserts
+        raise HarnessError(
+            f"lm-eval stopped on an internal check while scoring {evaluation.name}; most often an answer longer "
+            f"than the model's context ({lm.max_length} tokens), which lm-eval cannot score"
+        ) from error
+    columns, unpaired = _collect(loaded, out["samples"])
+    keys = sorted(columns)
+    names = _display_names(loaded, keys)
+    metrics = [_unit_metric(loaded, key, names[key], *columns[key]) for key in keys]
+    return TaskScores(metrics, keys, _summary(out, unpaired, out["samples"]))
