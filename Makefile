@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LADDER := tasks/ladders/demo
 
-.PHONY: install test demo ladder lint clean bench-gptq fit
+.PHONY: install test demo ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
+	demo-lm-eval bench-eval
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +25,46 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ptq-eval run tasks/demo.yaml --report-dir reports/demo
+	$(BIN)/ptq-eval report tasks/demo.yaml --out reports/demo
+
+# Perplexity beside lm-eval tasks (a local rolling-perplexity task, ARC-Easy from ../shared/data) on the demo
+# ladder, RTN at 3/4/8 bits: δ with paired CIs for every metric -> reports/demo-lm-eval/
+demo-lm-eval: $(STAMP)
+	test -f ../shared/data/eval/arc_easy.jsonl || (echo "tasks/demo-lm-eval.yaml reads ../shared/data/eval" && false)
+	$(BIN)/ptq-eval run tasks/demo-lm-eval.yaml --report-dir reports/demo-lm-eval
 
 # Scaling-law fits of a study's stored results (run the study first): make fit STUDY=tasks/demo.yaml
 STUDY ?= tasks/demo.yaml
 fit: $(STAMP)
 	$(BIN)/ptq-eval fit $(STUDY) --budget 0.05 --params 1e5 --bits 4
+
+# Markdown + self-contained HTML report of a study's stored results: make report STUDY=tasks/demo.yaml
+report: $(STAMP)
+	$(BIN)/ptq-eval report $(STUDY)
+
+# The report as a reader sees it: headless Chromium (Debian's package, installed if missing) renders it to
+# reports/<study>/report.png and the check fails if a figure or table row is missing.
+report-check: $(STAMP)
+	command -v chromium > /dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	$(BIN)/ptq-eval report $(STUDY) --screenshot
+
+# Two studies side by side (make compare A=a.yaml B=b.yaml), or two checkpoints of one
+# (make compare A=tasks/demo.yaml CHECKPOINTS="n100k/tpp10 n100k/tpp320")
+compare: $(STAMP)
+	$(BIN)/ptq-eval compare $(A) $(B) $(if $(CHECKPOINTS),--checkpoints $(CHECKPOINTS))
+
+# Release gate against tasks/release-policy.yaml. `make gate` gates a lightly trained demo checkpoint (must pass,
+# exit 0) and an over-trained one (must fail, exit 1), after making sure the demo study's results (which the
+# policy's forecast fits on) are stored; `make gate CHECKPOINT=DIR [POLICY=FILE]` gates one (fails unless it passes).
+POLICY ?= tasks/release-policy.yaml
+gate: $(STAMP)
+ifdef CHECKPOINT
+	$(BIN)/ptq-eval gate $(CHECKPOINT) --policy $(POLICY)
+else
+	$(BIN)/ptq-eval run tasks/demo.yaml > /dev/null
+	$(BIN)/ptq-eval gate $(LADDER)/n100k/tpp10 --policy $(POLICY); test $$? -eq 0
+	$(BIN)/ptq-eval gate $(LADDER)/n100k/tpp320 --policy $(POLICY); test $$? -eq 1
+endif
 
 # Retrain the committed demo ladder from scratch (deterministic for its seed; ~15 min on 2 cores).
 ladder: $(STAMP)
@@ -42,6 +78,24 @@ bench-gptq:
 	$(BENCH_GPTQ_VENV)/bin/pip install --quiet torch==2.13.0
 	$(BENCH_GPTQ_VENV)/bin/pip install --quiet gptqmodel==7.6.0 -e .
 	GPTQMODEL_CPU_WORKERS=2 $(BENCH_GPTQ_VENV)/bin/python tests/bench/gptq_peers.py --out reports/bench/gptq.md
+
+# Our GPTQ beside llm-compressor 0.14.0.1 (a throwaway venv: it pins transformers <= 5.17, so it is never a
+# project dependency) -> reports/bench/gptq_llmcompressor.md
+BENCH_LLMC_VENV := .venv-bench-llmc
+bench-gptq-llmcompressor:
+	$(PYTHON) -m venv $(BENCH_LLMC_VENV)
+	$(BENCH_LLMC_VENV)/bin/pip install --quiet torch==2.13.0
+	$(BENCH_LLMC_VENV)/bin/pip install --quiet torch==2.13.0 llmcompressor==0.14.0.1 -e .
+	$(BENCH_LLMC_VENV)/bin/python tests/bench/gptq_peers.py --peer llmcompressor --out reports/bench/gptq_llmcompressor.md
+
+# Our rolling-window perplexity beside lm-eval's loglikelihood_rolling (tokens/s, peak memory, agreement) on a demo
+# checkpoint, 100k+ tokens of the reference corpus and of WikiText-2 when DATA_DIR holds it -> reports/bench/eval.md;
+# then on a 50k-vocabulary model, where logits dominate memory -> reports/bench/eval_wide.md
+DATA_DIR ?= ../shared/data
+bench-eval: $(STAMP)
+	nice -n 10 $(BIN)/python tests/bench/eval_speed.py --data-dir $(DATA_DIR) --out reports/bench/eval.md
+	nice -n 10 $(BIN)/python tests/bench/eval_speed.py --wide-vocabulary --tokens 30000 --batch-size 8 \
+		--out reports/bench/eval_wide.md
 
 clean:
 	rm -rf $(VENV) runs reports

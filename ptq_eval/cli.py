@@ -1,21 +1,35 @@
-"""Command line: `ptq-eval run | results | fit | ladder | export`. The only module that prints or exits."""
+"""Command line: `ptq-eval run | results | fit | report | compare | gate | ladder | export`.
+
+The only module that prints or exits."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
 DEFAULT_STORE_DIR = Path("runs")
+GATE_EXIT_CODES = {"pass": 0, "fail": 1, "undecided": 2}
 SUMMARY_NOTE = (
-    "δ = quantized − full-precision validation loss (nats/token), paired over the same tokens; "
-    "95% bootstrap CI over windows."
+    "δ = quantized − full-precision value, paired: validation loss (nats/token) over the same tokens with a "
+    "95% bootstrap CI over windows; lm-eval task metrics over the same documents with a 95% paired bootstrap "
+    "CI over documents."
 )
 
 
-def _store_path(args, study) -> Path:
-    return Path(args.store) if args.store else DEFAULT_STORE_DIR / f"{study.name}.sqlite"
+def _store_path(store: str | None, study) -> Path:
+    return Path(store) if store else DEFAULT_STORE_DIR / f"{study.name}.sqlite"
+
+
+def _existing_store(study_file: str, store: str | None, study) -> Path:
+    """The study's store, which must exist: reading commands never create an empty one."""
+    path = _store_path(store, study)
+    if not path.is_file():
+        raise ValueError(f"no store at {path}: run `ptq-eval run {study_file}` first, or pass --store")
+    return path
 
 
 def _quiet_transformers() -> None:
@@ -23,32 +37,44 @@ def _quiet_transformers() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its notes on in-memory models are expected here
+
+
+def _run_missing(study, store):
+    """Run the study's jobs not yet in the store, with progress on stderr; returns the run summary."""
+    from tqdm import tqdm
+
+    from ptq_eval.runner import run_study
+
+    bar = tqdm(desc=study.name, unit="job", file=sys.stderr, disable=None)
+
+    def progress(message: str, advance: int) -> None:
+        if advance == 0:
+            print(message, file=sys.stderr)
+        bar.set_postfix_str(message)
+        bar.update(advance)
+
+    summary = run_study(study, store, progress)
+    bar.close()
+    return summary
 
 
 def cmd_run(args) -> int:
-    from tqdm import tqdm
-
-    from ptq_eval.results import markdown_table, render, study_results, summary_table
-    from ptq_eval.runner import run_study
+    from ptq_eval.results import markdown_table, render, study_results, summary_tables
     from ptq_eval.spec import load_study
     from ptq_eval.store import Store
 
     _quiet_transformers()
     study = load_study(args.study)
-    with Store(_store_path(args, study)) as store:
-        bar = tqdm(desc=study.name, unit="job", file=sys.stderr, disable=None)
-
-        def progress(message: str, advance: int) -> None:
-            if advance == 0:
-                print(message, file=sys.stderr)
-            bar.set_postfix_str(message)
-            bar.update(advance)
-
-        summary = run_study(study, store, progress)
-        bar.close()
+    with Store(_store_path(args.store, study)) as store:
+        summary = _run_missing(study, store)
         results = study_results(study, store)
-    table = summary_table(results)
-    print(markdown_table(table), end="")
+    tables = summary_tables(results)
+    text = "\n".join(
+        markdown_table(table) if len(tables) == 1 else f"## {title}\n\n{markdown_table(table)}"
+        for title, table in tables
+    )
+    print(text, end="")
     print(
         f"\n{summary.ran} jobs run, {summary.already_done} already in {store.path}, {summary.seconds:.1f}s",
         file=sys.stderr,
@@ -60,7 +86,7 @@ def cmd_run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.csv").write_text(render(results, "csv"))
         (out / "results.md").write_text(render(results, "md"))
-        (out / "summary.md").write_text(f"# {study.name}\n\n{SUMMARY_NOTE}\n\n" + markdown_table(table))
+        (out / "summary.md").write_text(f"# {study.name}\n\n{SUMMARY_NOTE}\n\n" + text)
         print(f"wrote {out}/results.csv, results.md, summary.md", file=sys.stderr)
     return 0
 
@@ -71,10 +97,7 @@ def cmd_results(args) -> int:
     from ptq_eval.store import Store
 
     study = load_study(args.study)
-    path = _store_path(args, study)
-    if not path.is_file():
-        raise ValueError(f"no store at {path}: run `ptq-eval run {args.study}` first, or pass --store")
-    with Store(path) as store:
+    with Store(_existing_store(args.study, args.store, study)) as store:
         print(render(study_results(study, store), args.format), end="")
     return 0
 
@@ -103,9 +126,7 @@ def _fit_input(args):
     if not args.study:
         raise ValueError("give a study YAML file or --results CSV")
     study = load_study(args.study)
-    path = _store_path(args, study)
-    if not path.is_file():
-        raise ValueError(f"no store at {path}: run `ptq-eval run {args.study}` first, or pass --store")
+    path = _existing_store(args.study, args.store, study)
     with Store(path) as store:
         return study_results(study, store), study.name, path
 
@@ -159,6 +180,111 @@ def cmd_fit(args) -> int:
     if store_path:
         print(f"saved {len(fitted.all())} fits to {store_path}", file=sys.stderr)
     return 0
+
+
+def cmd_report(args) -> int:
+    from ptq_eval.report.document import write
+    from ptq_eval.report.study import ReportOptions, study_report
+    from ptq_eval.spec import load_study
+    from ptq_eval.store import Store
+
+    study = load_study(args.study)
+    options = ReportOptions(args.resamples, args.seed, args.budget, args.bits, args.checkpoint)
+    with Store(_existing_store(args.study, args.store, study)) as store:
+        document = study_report(study, store, options)
+    out = Path(args.out or Path("reports") / study.name)
+    written = write(document, out)
+    print(f"wrote {out}/report.md and {out}/report.html ({len(written) - 2} figures)", file=sys.stderr)
+    return _check_rendering(document, out / "report.html") if args.screenshot else 0
+
+
+def _check_rendering(document, page: Path) -> int:
+    """Render the page in headless Chromium, save the screenshot, and say what a reader would miss."""
+    from ptq_eval.report.browser import render, shows_all
+
+    rendering = render(page, page.with_suffix(".png"))
+    figures = sum(len(section.figures) for section in document.sections)
+    rows = sum(len(table.frame) for section in document.sections for table in section.tables)
+    problems = shows_all(rendering, figures, rows)
+    print(
+        f"chromium: {rendering.images} images, {rendering.tables} tables with {rendering.table_rows} rows, "
+        f"{rendering.colored_fraction:.1%} coloured pixels; screenshot {rendering.screenshot}",
+        file=sys.stderr,
+    )
+    for problem in problems:
+        print(f"rendering problem: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _results_of(study_file: str, store: str | None):
+    from ptq_eval.results import study_results
+    from ptq_eval.spec import load_study
+    from ptq_eval.store import Store
+
+    study = load_study(study_file)
+    with Store(_existing_store(study_file, store, study)) as opened:
+        return study_results(study, opened), study.name
+
+
+def cmd_compare(args) -> int:
+    from ptq_eval.report.compare import compare_document, compare_results, select_checkpoint
+    from ptq_eval.report.document import to_markdown, write
+
+    a, a_name = _results_of(args.a, args.store_a)
+    b, b_name = _results_of(args.b, args.store_b) if args.b else (a, a_name)
+    labels = (a_name, b_name)
+    if args.checkpoints:
+        first, second = args.checkpoints
+        a, b = select_checkpoint(a, first), select_checkpoint(b, second)
+        labels = (f"{a_name}:{a.checkpoint.iloc[0]}", f"{b_name}:{b.checkpoint.iloc[0]}")
+    elif not args.b:
+        raise ValueError("give two studies (A B), or one study with --checkpoints X Y")
+    document = compare_document(compare_results(a, b), labels)
+    slug = "-vs-".join(label.replace("/", "_").replace(":", "_") for label in labels)
+    out = Path(args.out or Path("reports") / "compare" / slug)
+    write(document, out, stem="compare")
+    print(to_markdown(document), end="")
+    print(f"wrote {out}/compare.md and {out}/compare.html", file=sys.stderr)
+    return 0
+
+
+def cmd_gate(args) -> int:
+    from ptq_eval.gate import decide, fit_forecasts, gate_study, load_policy
+    from ptq_eval.results import study_results
+    from ptq_eval.store import Store
+
+    _quiet_transformers()
+    policy = load_policy(args.policy)
+    study = gate_study(policy, args.checkpoint)
+    path = _store_path(args.store or policy.store, study)
+    if args.no_run and not path.is_file():
+        raise ValueError(f"no store at {path}: drop --no-run to run the missing jobs, or pass --store")
+    with Store(path) as store:
+        if not args.no_run:
+            summary = _run_missing(study, store)
+            print(f"{summary.ran} jobs run, {summary.already_done} already in {path}", file=sys.stderr)
+        results = study_results(study, store)
+    return _publish_verdict(decide(policy, args.checkpoint, results, fit_forecasts(policy, path)), args, path)
+
+
+def _publish_verdict(verdict, args, store_path: Path) -> int:
+    """Markdown to stdout and the step summaries, JSON to --out; returns the gate's exit code."""
+    import ptq_eval
+    from ptq_eval.gate import verdict_markdown
+
+    markdown = verdict_markdown(verdict)
+    print(markdown, end="")
+    code = GATE_EXIT_CODES[verdict.decision]
+    stem = verdict.checkpoint.replace("/", "_").replace(":", "_")
+    out = Path(args.out or Path("reports") / "gate" / f"{stem}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = verdict.as_dict() | {"exit_code": code, "policy_file": args.policy, "store": str(store_path)}
+    out.write_text(json.dumps(record | {"ptq_eval": ptq_eval.__version__}, indent=2, ensure_ascii=False) + "\n")
+    for summary_file in dict.fromkeys(filter(None, [args.summary, os.environ.get("GITHUB_STEP_SUMMARY")])):
+        with open(summary_file, "a", encoding="utf-8") as handle:
+            handle.write(markdown + "\n")
+    print(f"wrote {out}; verdict {verdict.decision} (exit {code})", file=sys.stderr)
+    return code
 
 
 def cmd_ladder_train(args) -> int:
@@ -256,6 +382,40 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--tokens-per-param", type=float, help="D/N: with --budget, the smallest bit width")
     fit.add_argument("--format", choices=["md", "json"], default="md")
     fit.set_defaults(func=cmd_fit)
+
+    report = commands.add_parser("report", help="write a study's Markdown and self-contained HTML report")
+    report.add_argument("study", help="study YAML file")
+    report.add_argument("--store", help="SQLite store (default: runs/<study name>.sqlite)")
+    report.add_argument("--out", help="output directory (default: reports/<study name>)")
+    report.add_argument("--resamples", type=int, default=100, help="bootstrap resamples of each fit")
+    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--budget", type=float, default=0.05, help="δ budget (nats/token) for the forecasts")
+    report.add_argument("--bits", type=int, default=4, help="precision of the forecasts")
+    report.add_argument("--checkpoint", help="checkpoint whose GPTQ per-layer errors are shown")
+    report.add_argument(
+        "--screenshot", action="store_true", help="render the HTML in headless Chromium, save report.png, check it"
+    )
+    report.set_defaults(func=cmd_report)
+
+    compare = commands.add_parser("compare", help="δ of two studies, or two checkpoints of one, side by side")
+    compare.add_argument("a", help="study YAML file (A)")
+    compare.add_argument("b", nargs="?", help="study YAML file (B; default: A, with --checkpoints)")
+    compare.add_argument("--checkpoints", nargs=2, metavar=("X", "Y"), help="compare checkpoint X of A with Y of B")
+    compare.add_argument("--store-a", help="A's store (default: runs/<study name>.sqlite)")
+    compare.add_argument("--store-b", help="B's store (default: runs/<study name>.sqlite)")
+    compare.add_argument("--out", help="output directory (default: reports/compare/<A>-vs-<B>)")
+    compare.set_defaults(func=cmd_compare)
+
+    gate = commands.add_parser(
+        "gate", help="check a checkpoint against a release policy's budgets (exit 0 pass, 1 fail, 2 undecided)"
+    )
+    gate.add_argument("checkpoint", help="local directory or hub-id@revision")
+    gate.add_argument("--policy", required=True, help="release policy YAML (e.g. tasks/release-policy.yaml)")
+    gate.add_argument("--store", help="SQLite store (default: the policy's store, else runs/<policy name>.sqlite)")
+    gate.add_argument("--out", help="JSON verdict (default: reports/gate/<checkpoint>.json)")
+    gate.add_argument("--summary", help="also append the Markdown verdict here ($GITHUB_STEP_SUMMARY always is)")
+    gate.add_argument("--no-run", action="store_true", help="use stored results only; a missing one is undecided")
+    gate.set_defaults(func=cmd_gate)
 
     ladder = commands.add_parser("ladder", help="train or list a reference ladder").add_subparsers(
         dest="action", required=True

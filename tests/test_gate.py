@@ -1,0 +1,296 @@
+"""The release gate: decisions on constructed results and store contents, the policy's validation, the CLI's
+exit codes, JSON verdict and Markdown summary, and one end-to-end run on the micro ladder."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ptq_eval import cli
+from ptq_eval.fit import KUMAR, Estimate, query, simulate_results
+from ptq_eval.gate import (
+    PolicyError,
+    decide,
+    fit_forecasts,
+    gate_study,
+    judge,
+    load_policy,
+    parse_policy,
+    verdict_markdown,
+)
+from ptq_eval.results import COLUMNS
+from ptq_eval.spec import expand_jobs
+from ptq_eval.store import MetricRow, Store
+
+EVAL = "ppl:stdlib-python:validation"
+FACTS = {"params": 200_000, "nonembedding_params": 100_000, "tokens": 10_000_000, "tokens_per_param": 100.0}
+KUMAR_TRUE = {"C_T": 0.02, "gamma_D": 0.6, "gamma_N": 0.4, "gamma_post": 1.2}
+POLICY = """
+name: release
+quant:
+  - {method: rtn, bits: 4, group_size: -1}
+evals:
+  - {kind: perplexity, tokens: 4096, seq_len: 32}
+budgets:
+  - {kind: absolute, max: 0.01}
+"""
+
+
+def policy(*budgets: dict, uncertainty: str = "ci"):
+    data = {
+        "name": "release",
+        "quant": [{"method": "rtn", "bits": 4, "group_size": -1}],
+        "evals": [{"kind": "perplexity", "tokens": 4096, "seq_len": 32}],
+        "budgets": list(budgets),
+        "uncertainty": uncertainty,
+    }
+    return parse_policy(data)
+
+
+def row(checkpoint: str, delta: float, low: float, high: float, metric: str = "loss", fp: float = 3.0) -> dict:
+    return FACTS | {
+        "checkpoint": checkpoint, "method": "rtn", "bits": 4, "group_size": -1, "symmetric": True, "eval": EVAL,
+        "metric": metric, "fp_value": fp, "quant_value": fp + delta, "delta": delta, "delta_ci_low": low,
+        "delta_ci_high": high, "n": 4096,
+    }  # fmt: skip
+
+
+def results(*rows: dict) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=COLUMNS)
+
+
+def decisions(verdict) -> list[str]:
+    return [check.decision for check in verdict.checks]
+
+
+@pytest.mark.parametrize(
+    ("uncertainty", "measured", "expected"),
+    [
+        ("ci", (0.004, 0.002, 0.006), "pass"),
+        ("ci", (0.05, 0.04, 0.06), "fail"),
+        ("ci", (0.009, 0.006, 0.012), "undecided"),
+        ("strict", (0.009, 0.006, 0.012), "fail"),
+        ("point", (0.009, 0.006, 0.012), "pass"),
+        ("point", (0.011, 0.009, 0.013), "fail"),
+        ("ci", (math.nan, math.nan, math.nan), "undecided"),
+    ],
+)
+def test_absolute_budget_under_each_uncertainty_rule(uncertainty, measured, expected):
+    verdict = decide(
+        policy({"kind": "absolute", "max": 0.01}, uncertainty=uncertainty), "m", results(row("m", *measured))
+    )
+    assert decisions(verdict) == [expected] and verdict.decision == expected
+
+
+def test_judge_explains_the_decision():
+    assert judge(Estimate(0.009, 0.006, 0.012), 0.01, "ci") == ("undecided", "CI [0.006, 0.012] straddles 0.01")
+    assert judge(Estimate(0.02, 0.015, 0.025), 0.01, "ci") == ("fail", "CI lower 0.015 > 0.01")
+    assert judge(Estimate(0.005, math.nan, math.nan), 0.01, "ci")[0] == "undecided"
+    assert judge(Estimate(0.005, math.nan, math.nan), 0.01, "point")[0] == "pass"
+
+
+def test_a_result_not_stored_is_undecided():
+    verdict = decide(policy({"kind": "absolute", "max": 0.01}), "missing", results(row("other", 0.001, 0, 0.002)))
+    assert decisions(verdict) == ["undecided"] and "no stored loss result for missing" in verdict.checks[0].reason
+
+
+def test_relative_budget_is_a_percentage_of_the_full_precision_value():
+    rules = policy({"kind": "relative", "max": 1.0})
+    passed = decide(rules, "m", results(row("m", 0.02, 0.015, 0.025, fp=4.0)))  # 0.5% [0.375, 0.625]
+    failed = decide(rules, "m", results(row("m", 0.08, 0.06, 0.1, fp=4.0)))  # 2% [1.5, 2.5]
+    assert decisions(passed) == ["pass"] and decisions(failed) == ["fail"]
+    assert (passed.checks[0].value, passed.checks[0].ci_high) == pytest.approx((0.5, 0.625))
+    assert passed.checks[0].quantity == "δ/fp (%)"
+
+
+def test_baseline_budget_combines_the_two_half_widths_in_quadrature():
+    rules = policy({"kind": "baseline", "checkpoint": "./old/", "max": 0.01})
+    table = results(row("old", 0.010, 0.007, 0.014), row("new", 0.012, 0.008, 0.015))
+    check = decide(rules, "new", table).checks[0]
+    assert check.value == pytest.approx(0.002)
+    assert check.ci_low == pytest.approx(0.002 - math.hypot(0.004, 0.004))
+    assert check.ci_high == pytest.approx(0.002 + math.hypot(0.003, 0.003))
+    assert check.decision == "pass" and check.quantity == "δ − δ(old)"
+    worse = table.assign(delta=[0.0, 0.05], delta_ci_low=[0.0, 0.045], delta_ci_high=[0.0, 0.055])
+    assert decisions(decide(rules, "new", worse)) == ["fail"]
+    assert decisions(decide(rules, "new", table[table.checkpoint == "new"])) == ["undecided"]
+
+
+def test_higher_is_better_metrics_count_a_drop_as_damage():
+    rules = policy({"kind": "absolute", "metric": "acc", "higher_is_better": True, "max": 0.02})
+    dropped = decide(rules, "m", results(row("m", -0.05, -0.06, -0.04, metric="acc", fp=0.6)))
+    improved = decide(rules, "m", results(row("m", 0.01, 0.0, 0.02, metric="acc", fp=0.6)))
+    assert decisions(dropped) == ["fail"] and dropped.checks[0].ci_low == pytest.approx(0.04)
+    assert decisions(improved) == ["pass"]
+
+
+def test_one_failure_fails_the_verdict_even_when_others_are_undecided():
+    rules = policy({"kind": "absolute", "max": 0.01}, {"kind": "absolute", "metric": "perplexity", "max": 0.5})
+    table = results(row("m", 0.05, 0.04, 0.06), row("m", 0.4, 0.3, 0.6, metric="perplexity"))
+    verdict = decide(rules, "m", table)
+    assert decisions(verdict) == ["fail", "undecided"] and verdict.decision == "fail"
+    table = results(row("m", 0.005, 0.004, 0.006), row("m", 0.4, 0.3, 0.6, metric="perplexity"))
+    assert decide(rules, "m", table).decision == "undecided"
+
+
+def kumar_delta(params: float, tokens_per_param: float, bits: int) -> float:
+    return float(np.exp(KUMAR.model(KUMAR.theta(KUMAR_TRUE), query(params, params * tokens_per_param, bits))[0][0]))
+
+
+@pytest.fixture
+def ladder_csv(tmp_path):
+    simulated = simulate_results(KUMAR, KUMAR_TRUE, (3e4, 1e5, 3e5), (10, 40, 160), (3, 4, 6), noise=0.02)
+    path = tmp_path / "ladder.csv"
+    simulated.assign(method="rtn", eval=EVAL)[COLUMNS].to_csv(path, index=False)
+    return path
+
+
+def test_forecast_budget_fits_the_law_and_decides_on_its_bootstrap_interval(ladder_csv, tmp_path):
+    truth = kumar_delta(FACTS["nonembedding_params"], 640, 4)
+    budgets = [
+        {"kind": "forecast", "tokens_per_param": 640, "fit": str(ladder_csv), "max": 2 * truth, "resamples": 30},
+        {"kind": "forecast", "tokens_per_param": 640, "fit": str(ladder_csv), "max": truth / 2, "resamples": 30},
+        {"kind": "forecast", "tokens_per_param": 640, "fit": str(tmp_path / "none.csv"), "max": 1.0},
+    ]
+    rules = policy(*budgets)
+    fits = fit_forecasts(rules, tmp_path / "unused.sqlite")
+    verdict = decide(rules, "m", results(row("m", 0.001, 0, 0.002)), fits)  # N: the checkpoint's
+    assert decisions(verdict) == ["pass", "fail", "undecided"]
+    assert verdict.checks[0].value == pytest.approx(truth, rel=0.1)
+    assert verdict.checks[0].ci_low <= verdict.checks[0].value <= verdict.checks[0].ci_high
+    assert "No such file" in verdict.checks[2].reason
+    unknown_n = decide(rules, "not-measured", results(), fits).checks[0]
+    assert unknown_n.decision == "undecided" and unknown_n.reason.startswith("N unknown")
+
+
+def test_forecast_of_a_study_without_a_stored_store_is_undecided(tmp_path):
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\nladder: [a@b]\nquant: [{method: rtn, bits: 4}]\nevals: [{kind: perplexity}]\n")
+    rules = policy({"kind": "forecast", "tokens_per_param": 80, "params": 1e5, "fit": str(study), "max": 0.05})
+    check = decide(rules, "m", results(), fit_forecasts(rules, tmp_path / "absent.sqlite")).checks[0]
+    assert check.decision == "undecided" and "no store at" in check.reason
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        (
+            {"kind": "typo", "max": 1},
+            "budgets[0].kind: Input should be 'absolute', 'relative', 'baseline' or 'forecast'",
+        ),
+        ({"kind": "baseline", "max": 1}, "budgets[0]: kind baseline needs checkpoint"),
+        ({"kind": "absolute", "max": 1, "fit": "x.csv"}, "budgets[0]: fit applies to kind forecast only, not absolute"),
+        ({"kind": "absolute", "max": 1, "metric": "acc"}, "budgets[0]: metric 'acc' needs higher_is_better"),
+        ({"kind": "absolute", "max": -1}, "budgets[0].max: Input should be greater than or equal to 0"),
+        (
+            {"kind": "absolute", "max": 1, "eval": "ppl:x"},
+            "budgets: eval 'ppl:x' (budgets[0]) is not an eval of the policy; accepted: " + EVAL,
+        ),
+        ({"kind": "forecast", "max": 1, "fit": "x.csv"}, "budgets[0]: kind forecast needs tokens_per_param"),
+    ],
+)
+def test_a_bad_policy_names_the_file_the_key_and_what_is_accepted(tmp_path, budget, message):
+    path = tmp_path / "policy.yaml"
+    path.write_text(json.dumps({"name": "p", "quant": [{"method": "rtn", "bits": 4}], "evals": [{"kind": "perplexity"}],
+                                "budgets": [budget]}))  # fmt: skip
+    with pytest.raises(PolicyError) as error:
+        load_policy(path)
+    assert f"{path}: " in str(error.value) and message in str(error.value)
+
+
+def test_a_policy_has_no_ladder_and_a_missing_file_is_named(tmp_path):
+    with pytest.raises(PolicyError, match="ladder: a policy has no ladder"):
+        parse_policy({**policy({"kind": "absolute", "max": 1}).model_dump(), "ladder": ["x"]})
+    with pytest.raises(PolicyError, match="absent.yaml: no such policy file"):
+        load_policy(tmp_path / "absent.yaml")
+
+
+def test_release_configs_must_be_told_apart_by_their_results():
+    grids = [{"method": "gptq", "bits": 4}, {"method": "gptq", "bits": 4, "damp": 0.1}]
+    with pytest.raises(PolicyError, match="quant: two configs differ only in GPTQ options"):
+        parse_policy(policy({"kind": "absolute", "max": 1}).model_dump() | {"quant": grids})
+
+
+def test_gate_study_runs_the_checkpoint_and_its_baselines():
+    rules = policy({"kind": "baseline", "checkpoint": "old@v1", "max": 0.01}, {"kind": "absolute", "max": 0.01})
+    study = gate_study(rules, "./new/")
+    assert study.ladder == ["new", "old@v1"] and study.name == "release"
+    assert {job.checkpoint.reference for job in expand_jobs(study)} == {"new", "old@v1"}
+
+
+def test_markdown_verdict_has_a_heading_the_rule_and_one_row_per_check():
+    verdict = decide(policy({"kind": "absolute", "max": 0.01}), "m", results(row("m", 0.05, 0.04, 0.06)))
+    text = verdict_markdown(verdict)
+    assert text.startswith("## Release gate: ❌ FAIL — `m`")
+    assert "| rtn | 4 | channel | " + EVAL + " | loss | δ ≤ 0.01 | 0.05 [0.04, 0.06] | ❌ fail |" in text
+
+
+def store_contents(path, policy_file, deltas: dict[str, tuple[float, float, float]]):
+    """Store results for these checkpoints as the runner would, without running a model."""
+    with Store(path) as store:
+        for checkpoint, (delta, low, high) in deltas.items():
+            for job in expand_jobs(gate_study(load_policy(policy_file), checkpoint)):
+                metric = MetricRow("loss", 3.0 + delta, 4096, 3.0, delta, low, high)
+                store.save(job.key, job.describe(), FACTS, {}, 0.0, [metric])
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "code", "decision"),
+    [
+        ("org/good@v1", 0, "pass"),
+        ("org/bad@v1", 1, "fail"),
+        ("org/close@v1", 2, "undecided"),
+        ("org/none@v1", 2, "undecided"),
+    ],
+)
+def test_cli_exit_codes_json_and_step_summary_on_stored_results(
+    tmp_path, monkeypatch, capsys, checkpoint, code, decision
+):
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(POLICY)
+    store = tmp_path / "store.sqlite"
+    deltas = {
+        "org/good@v1": (0.004, 0.002, 0.006),
+        "org/bad@v1": (0.05, 0.04, 0.06),
+        "org/close@v1": (0.009, 0.006, 0.012),
+    }
+    store_contents(store, policy_file, deltas)
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    out = tmp_path / "verdict.json"
+    argv = ["gate", checkpoint, "--policy", str(policy_file), "--store", str(store), "--no-run", "--out", str(out)]
+    assert cli.main(argv) == code
+    record = json.loads(out.read_text())
+    assert record["decision"] == decision and record["exit_code"] == code and record["checkpoint"] == checkpoint
+    assert record["checks"][0]["budget_kind"] == "absolute" and record["counts"][decision] == 1
+    printed = capsys.readouterr().out
+    assert printed.startswith("## Release gate:") and summary.read_text() == printed + "\n"
+
+
+def test_cli_bad_policy_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(POLICY.replace("kind: absolute", "kind: absolut"))
+    assert cli.main(["gate", "m", "--policy", str(bad), "--no-run"]) == 2
+    assert f"{bad}: budgets[0].kind: Input should be" in capsys.readouterr().err
+
+
+def test_gate_runs_missing_jobs_end_to_end(micro_ladder, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    policy_file = tmp_path / "policy.yaml"
+    baseline = micro_ladder / "n7k" / "tpp10"
+    policy_file.write_text(POLICY + f"  - {{kind: baseline, checkpoint: {baseline}, max: 1.0}}\n")
+    store, out = tmp_path / "store.sqlite", tmp_path / "verdict.json"
+    candidate = f"{micro_ladder}/n7k/tpp40/"
+    argv = ["gate", candidate, "--policy", str(policy_file), "--store", str(store), "--out", str(out)]
+    code = cli.main([*argv, "--summary", str(tmp_path / "summary.md")])
+    assert (tmp_path / "summary.md").read_text().startswith("## Release gate:")
+    record = json.loads(out.read_text())
+    assert code == {"pass": 0, "fail": 1, "undecided": 2}[record["decision"]]
+    assert [c["budget_kind"] for c in record["checks"]] == ["absolute", "baseline"]
+    assert record["checks"][1]["decision"] == "pass" and record["checkpoint"] == candidate.rstrip("/")
+    with Store(store) as opened:
+        assert len(opened.frame()) == 4 * 2  # fp + rtn for two checkpoints, loss and perplexity each
+    assert cli.main(argv) == code
+    assert "0 jobs run, 2 already in" in capsys.readouterr().err
