@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LADDER := tasks/ladders/demo
 
 .PHONY: install test demo ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
-	demo-lm-eval bench-eval
+	demo-lm-eval bench-eval bench-fit bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,14 @@ bench-eval: $(STAMP)
 	nice -n 10 $(BIN)/python tests/bench/eval_speed.py --data-dir $(DATA_DIR) --out reports/bench/eval.md
 	nice -n 10 $(BIN)/python tests/bench/eval_speed.py --wide-vocabulary --tokens 30000 --batch-size 8 \
 		--out reports/bench/eval_wide.md
+
+# How often the fitter's 95% intervals cover the true parameters on synthetic data -> reports/bench/fit_recovery.md
+bench-fit: $(STAMP)
+	mkdir -p reports/bench
+	nice -n 10 $(BIN)/python tests/bench/fit_recovery.py --seeds 100 --resamples 200 | tee reports/bench/fit_recovery.md
+
+# Every benchmark (peers in throwaway venvs): speed and agreement tables under reports/bench/
+bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-fit
 
 clean:
 	rm -rf $(VENV) runs reports
