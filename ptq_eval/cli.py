@@ -32,6 +32,11 @@ def _existing_store(study_file: str, store: str | None, study) -> Path:
     return path
 
 
+def _slug(name: str) -> str:
+    """A checkpoint or study label as one file name."""
+    return name.replace("/", "_").replace(":", "_")
+
+
 def _quiet_transformers() -> None:
     import transformers
 
@@ -91,14 +96,22 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_results(args) -> int:
-    from ptq_eval.results import render, study_results
+def _results_of(study_file: str, store: str | None):
+    """(results, study name, store path) of a study whose store exists."""
+    from ptq_eval.results import study_results
     from ptq_eval.spec import load_study
     from ptq_eval.store import Store
 
-    study = load_study(args.study)
-    with Store(_existing_store(args.study, args.store, study)) as store:
-        print(render(study_results(study, store), args.format), end="")
+    study = load_study(study_file)
+    path = _existing_store(study_file, store, study)
+    with Store(path) as opened:
+        return study_results(study, opened), study.name, path
+
+
+def cmd_results(args) -> int:
+    from ptq_eval.results import render
+
+    print(render(_results_of(args.study, args.store)[0], args.format), end="")
     return 0
 
 
@@ -117,31 +130,18 @@ def _fit_input(args):
     """(results, study name, store path or None) from a study and its store, or from a results CSV."""
     import pandas as pd
 
-    from ptq_eval.results import study_results
-    from ptq_eval.spec import load_study
-    from ptq_eval.store import Store
-
     if args.results:
         return pd.read_csv(args.results), Path(args.results).stem, args.store
     if not args.study:
         raise ValueError("give a study YAML file or --results CSV")
-    study = load_study(args.study)
-    path = _existing_store(args.study, args.store, study)
-    with Store(path) as store:
-        return study_results(study, store), study.name, path
-
-
-def _rounded(frame):
-    """Floats to 4 significant digits, missing values blank (for Markdown)."""
-    import pandas as pd
-
-    return frame.map(lambda v: "" if pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else v)
+    return _results_of(args.study, args.store)
 
 
 def cmd_fit(args) -> int:
     import pandas as pd
 
     from ptq_eval.fit import FitOptions, fit_study, forecast_table
+    from ptq_eval.report.document import cell
     from ptq_eval.results import markdown_table
     from ptq_eval.store import Store
 
@@ -171,12 +171,12 @@ def cmd_fit(args) -> int:
         print(json.dumps(records | {"failures": fitted.failures}, indent=2))
         return 0
     print(f"## Parameters ({args.resamples} bootstrap resamples over checkpoints, 95% CI)\n")
-    print(markdown_table(_rounded(tables["parameters"])))
+    print(markdown_table(tables["parameters"].map(cell)))
     print("## Goodness of fit (RMSE of log δ, or of log L for the base law)\n")
-    print(markdown_table(_rounded(tables["goodness"])), end="")
+    print(markdown_table(tables["goodness"].map(cell)), end="")
     if not forecasts.empty:
         print(f"\n## Forecasts ({args.law} law)\n")
-        print(markdown_table(_rounded(forecasts)), end="")
+        print(markdown_table(forecasts.map(cell)), end="")
     if store_path:
         print(f"saved {len(fitted.all())} fits to {store_path}", file=sys.stderr)
     return 0
@@ -216,22 +216,12 @@ def _check_rendering(document, page: Path) -> int:
     return 1 if problems else 0
 
 
-def _results_of(study_file: str, store: str | None):
-    from ptq_eval.results import study_results
-    from ptq_eval.spec import load_study
-    from ptq_eval.store import Store
-
-    study = load_study(study_file)
-    with Store(_existing_store(study_file, store, study)) as opened:
-        return study_results(study, opened), study.name
-
-
 def cmd_compare(args) -> int:
     from ptq_eval.report.compare import compare_document, compare_results, select_checkpoint
     from ptq_eval.report.document import to_markdown, write
 
-    a, a_name = _results_of(args.a, args.store_a)
-    b, b_name = _results_of(args.b, args.store_b) if args.b else (a, a_name)
+    a, a_name, _ = _results_of(args.a, args.store_a)
+    b, b_name, _ = _results_of(args.b, args.store_b) if args.b else (a, a_name, None)
     labels = (a_name, b_name)
     if args.checkpoints:
         first, second = args.checkpoints
@@ -240,7 +230,7 @@ def cmd_compare(args) -> int:
     elif not args.b:
         raise ValueError("give two studies (A B), or one study with --checkpoints X Y")
     document = compare_document(compare_results(a, b), labels)
-    slug = "-vs-".join(label.replace("/", "_").replace(":", "_") for label in labels)
+    slug = "-vs-".join(_slug(label) for label in labels)
     out = Path(args.out or Path("reports") / "compare" / slug)
     write(document, out, stem="compare")
     print(to_markdown(document), end="")
@@ -275,7 +265,7 @@ def _publish_verdict(verdict, args, store_path: Path) -> int:
     markdown = verdict_markdown(verdict)
     print(markdown, end="")
     code = GATE_EXIT_CODES[verdict.decision]
-    stem = verdict.checkpoint.replace("/", "_").replace(":", "_")
+    stem = _slug(verdict.checkpoint)
     out = Path(args.out or Path("reports") / "gate" / f"{stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     record = verdict.as_dict() | {"exit_code": code, "policy_file": args.policy, "store": str(store_path)}

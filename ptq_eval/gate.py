@@ -36,7 +36,7 @@ from ptq_eval.report.compare import difference_ci
 from ptq_eval.report.document import cell
 from ptq_eval.results import markdown_table, study_results
 from ptq_eval.spec import LadderItem, QuantGrid, Strict, Study, StudyError, load_study, read_yaml, validation_problems
-from ptq_eval.store import Store
+from ptq_eval.store import Store, json_ready
 
 UNCERTAINTY = {
     "ci": "pass if the 95% CI lies within the budget, fail if it lies beyond it, undecided if it straddles it",
@@ -241,13 +241,9 @@ class Verdict:
 
     def as_dict(self) -> dict:
         """JSON-ready, non-finite numbers as None."""
-        checks = [{key: _finite(value) for key, value in asdict(check).items()} for check in self.checks]
+        checks = [json_ready(asdict(check)) for check in self.checks]
         head = {"checkpoint": self.checkpoint, "policy": self.policy, "uncertainty": self.uncertainty}
         return head | {"decision": self.decision, "counts": self.counts(), "checks": checks}
-
-
-def _finite(value):
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def judge(estimate: Estimate, limit: float, uncertainty: str) -> tuple[str, str]:

@@ -65,15 +65,18 @@ CREATE TABLE IF NOT EXISTS fits (
 FIT_JSON = ("params", "goodness", "provenance")
 
 
+def json_ready(value):
+    """The value with NaN and infinities (at any depth of dicts and lists) as None: strict JSON."""
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def _json(value) -> str:
-    """JSON text with NaN and infinities as null (strict JSON, readable by SQLite's json functions)."""
-
-    def finite(v):
-        if isinstance(v, dict):
-            return {k: finite(x) for k, x in v.items()}
-        return None if isinstance(v, float) and not math.isfinite(v) else v
-
-    return json.dumps(finite(value), sort_keys=True)
+    """JSON text with non-finite numbers as null (readable by SQLite's json functions)."""
+    return json.dumps(json_ready(value), sort_keys=True)
 
 
 @dataclass(frozen=True)
