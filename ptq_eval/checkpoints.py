@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ptq_eval.quant import embedding_weights
+
 METADATA_FILE = "ptq_eval.json"
 PYTHIA_TOKENS_PER_STEP = 2_097_152
 PYTHIA_TOTAL_STEPS = 143_000
@@ -71,14 +73,11 @@ class LoadedCheckpoint:
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
-    """(total, non-embedding) parameter counts; the input and output embeddings are excluded."""
+    """(total, non-embedding) parameter counts; token and position embeddings and the output head are
+    excluded from the second (Kaplan et al.'s N), tied weights counted once."""
+    embeddings = embedding_weights(model)
     total = sum(p.numel() for p in model.parameters())
-    embeddings = {id(model.get_input_embeddings().weight)}
-    output = model.get_output_embeddings()
-    if output is not None:
-        embeddings.add(id(output.weight))
-    embedding = sum(p.numel() for p in model.parameters() if id(p) in embeddings)
-    return total, total - embedding
+    return total, total - sum(p.numel() for p in model.parameters() if id(p) in embeddings)
 
 
 def tokens_from_schedule(ref: CheckpointRef) -> tuple[int, str, dict] | None:

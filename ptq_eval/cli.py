@@ -86,6 +86,13 @@ def cmd_run(args) -> int:
     )
     for job in summary.nonfinite_jobs:
         print(f"warning: non-finite losses in {job} (stored as NaN, never averaged)", file=sys.stderr)
+    for job, left_out in summary.left_out.items():
+        names = ", ".join(f"{name} ({why})" for name, why in list(left_out.items())[:3])
+        print(
+            f"warning: {job} left {len(left_out)} weights in full precision that no exclude pattern names: {names}; "
+            "the gate will not pass it (exclude them explicitly if that is intended)",
+            file=sys.stderr,
+        )
     if args.report_dir:
         out = Path(args.report_dir)
         out.mkdir(parents=True, exist_ok=True)

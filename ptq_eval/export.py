@@ -5,6 +5,10 @@ The layout is the common GPTQ one (`checkpoint_format: gptq`): per quantized Lin
 point − 1, packed along the output dimension), fp16 `scales` [groups, out] and `g_idx`
 (the group of each input column). `transformers.AutoModelForCausalLM.from_pretrained`
 loads it when `gptqmodel` and `optimum` are installed (`pip install .[gptq]`).
+
+GPT-2's Conv1D layers are packed as the Linear they stand for ([out, in] codes, as GPTQ packers do).
+Fused mixture-of-experts tensors have no packed layout that plain transformers loads: such models are
+refused before any work. Tied input/output embeddings are written once (transformers re-ties them).
 """
 
 from __future__ import annotations
@@ -17,9 +21,8 @@ import torch
 from safetensors.torch import save_file
 
 from ptq_eval.checkpoints import load_model
-from ptq_eval.quant import QuantConfig, quantizable_linears
+from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, QuantError, quantizable_weights, quantize
 from ptq_eval.quant.calibration import calibration_tokens
-from ptq_eval.quant.gptq import quantize_gptq
 
 PACKABLE_BITS = (2, 3, 4, 8)
 
@@ -69,10 +72,12 @@ def dequantize_packed(tensors: dict[str, torch.Tensor], prefix: str, bits: int) 
     return tensors[f"{prefix}.scales"].float()[index].T * (codes - zeros[index].T)
 
 
-def packed_tensors(linear: torch.nn.Linear, scales, zeros, group_index, bits: int) -> dict[str, torch.Tensor]:
-    """qweight, qzeros, scales, g_idx (and bias) for one Linear whose weight lies on the grids."""
+def packed_tensors(
+    weight: torch.Tensor, bias: torch.Tensor | None, scales, zeros, group_index, bits: int
+) -> dict[str, torch.Tensor]:
+    """qweight, qzeros, scales, g_idx (and bias) for one [out, in] weight that lies on the grids."""
     index = group_index.long()
-    weight = linear.weight.detach().float()
+    weight = weight.detach().float()
     codes = torch.round(weight / scales[index].T + zeros[index].T).clamp(0, 2**bits - 1)
     tensors = {
         "qweight": pack(codes.T.contiguous(), bits),
@@ -80,9 +85,20 @@ def packed_tensors(linear: torch.nn.Linear, scales, zeros, group_index, bits: in
         "scales": scales.to(torch.float16).contiguous(),
         "g_idx": group_index.to(torch.int32).contiguous(),
     }
-    if linear.bias is not None:
-        tensors["bias"] = linear.bias.detach().to(torch.float16).contiguous()
+    if bias is not None:
+        tensors["bias"] = bias.detach().to(torch.float16).contiguous()
     return tensors
+
+
+def _unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict with each shared tensor (tied embeddings) kept once, under its first name."""
+    seen, unique = set(), {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            unique[name] = tensor.detach().contiguous()
+    return unique
 
 
 def export_gptq(
@@ -105,19 +121,29 @@ def export_gptq(
             "export writes symmetric grids only (checkpoint_format gptq stores zero − 1, which underflows)"
         )
     model, tokenizer = load_model(reference, allow_pickle, trust_remote_code, "float32", "cpu")
+    weights = quantizable_weights(model, DEFAULT_EXCLUDE)
+    experts = [weight.name for weight in weights if weight.kind == "expert"]
+    if experts:
+        raise QuantError(
+            f"cannot export {type(model).__name__}: its fused expert tensors (e.g. {experts[0]}) have no packed "
+            "GPTQ layout that transformers loads; evaluate it with `ptq-eval run` (simulated quantization) instead"
+        )
     context = getattr(model.config, "max_position_embeddings", None) or calibration["seq_len"]
     seq_len = min(calibration["seq_len"], context)
     tokens = calibration_tokens(
         tokenizer, calibration["corpus"], calibration["split"], calibration["samples"], seq_len, calibration["seed"]
     )
-    report = quantize_gptq(model, config, ("lm_head",), tokens)
-    linears = quantizable_linears(model, ("lm_head",))
-    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
-    for name, (scales, zeros, group_index) in report.grids.items():
-        del state[f"{name}.weight"]
-        state.pop(f"{name}.bias", None)
-        for key, tensor in packed_tensors(linears[name], scales, zeros, group_index, config.bits).items():
-            state[f"{name}.{key}"] = tensor
+    report = quantize(model, config, DEFAULT_EXCLUDE, tokens)
+    if report.coverage.left_out:
+        raise QuantError(f"cannot export: weights left in full precision: {', '.join(report.coverage.left_out)}")
+    state = _unique_tensors(model.state_dict())
+    for weight in weights:
+        scales, zeros, group_index = report.grids[weight.name]
+        bias = getattr(weight.module, "bias", None)
+        del state[f"{weight.name}.weight"]
+        state.pop(f"{weight.name}.bias", None)
+        for key, tensor in packed_tensors(weight.read(), bias, scales, zeros, group_index, config.bits).items():
+            state[f"{weight.name}.{key}"] = tensor
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     quantization_config = {

@@ -16,6 +16,10 @@ rule. Each budget makes one check per release config (and per eval in its scope)
 positive δ is always damage. `UNCERTAINTY` lists the rules that turn a value and its 95% CI into pass,
 fail or undecided. A check without data (a result not stored, a law that cannot be fitted) is undecided.
 The verdict fails if any check fails, else is undecided if any check is, else passes.
+
+Coverage: a measured check is undecided (never a pass) when its quantized job covered less of the model
+than the policy's `min_coverage` (a fraction of the non-embedding parameters), or, by default, when any
+weight was left in full precision without an exclude pattern naming it, or when no coverage was recorded.
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ class Policy(Study):
     budgets: list[Budget] = Field(min_length=1)
     uncertainty: Literal["ci", "strict", "point"] = "ci"
     store: str | None = None  # where results are read and written (default: runs/<name>.sqlite)
+    min_coverage: float | None = Field(default=None, gt=0, le=1)  # default: every weight not excluded
 
     @field_validator("ladder")
     @classmethod
@@ -264,8 +269,28 @@ def judge(estimate: Estimate, limit: float, uncertainty: str) -> tuple[str, str]
     return "undecided", f"CI [{low:.4g}, {high:.4g}] straddles {limit:g}"
 
 
+def coverage_shortfall(row: pd.Series, min_coverage: float | None) -> str | None:
+    """Why a result's coverage is too low to decide on (None when it is enough)."""
+    fraction, left_out = row.get("coverage", math.nan), row.get("left_out_params", math.nan)
+    if not math.isfinite(fraction):
+        return "no coverage recorded for this result (stored by an older ptq-eval): re-run it in a new store"
+    if min_coverage is not None and fraction < min_coverage:
+        return f"coverage {fraction:.1%} of N is below the policy's min_coverage {min_coverage:.1%}"
+    if min_coverage is None and left_out:
+        return (
+            f"{int(left_out)} parameters were left in full precision without an exclude pattern "
+            "(see the run's warning); exclude them or set min_coverage"
+        )
+    return None
+
+
 def _measured(
-    results: pd.DataFrame, checkpoint: str, config: QuantConfig, eval_name: str, budget: Budget
+    results: pd.DataFrame,
+    checkpoint: str,
+    config: QuantConfig,
+    eval_name: str,
+    budget: Budget,
+    min_coverage: float | None,
 ) -> pd.Series | str:
     """The checkpoint's δ (oriented so positive is damage) with its CI and fp value, or why there is none."""
     rows = results[
@@ -279,6 +304,9 @@ def _measured(
     ]
     if rows.empty:
         return f"no stored {budget.metric} result for {checkpoint}"
+    short = coverage_shortfall(rows.iloc[0], min_coverage)
+    if short:
+        return short
     row = rows.iloc[0][["delta", "delta_ci_low", "delta_ci_high", "fp_value"]].astype(float)
     if budget.higher_is_better:
         row = pd.Series([-row.delta, -row.delta_ci_high, -row.delta_ci_low, row.fp_value], index=row.index)
@@ -358,8 +386,8 @@ def _measured_checks(policy: Policy, budget: Budget, candidate: str, results: pd
     quantity, baseline = _quantity(budget, None), budget.checkpoint and reference(budget.checkpoint)
     for config in release_configs(policy.quant):
         for eval_name in (e.name for e in policy.evals if budget.eval in (None, e.name)):
-            mine = _measured(results, candidate, config, eval_name, budget)
-            theirs = baseline and _measured(results, baseline, config, eval_name, budget)
+            mine = _measured(results, candidate, config, eval_name, budget, policy.min_coverage)
+            theirs = baseline and _measured(results, baseline, config, eval_name, budget, policy.min_coverage)
             value = _compared(budget, mine, theirs)
             yield _check(budget, config, eval_name, candidate, quantity, value, policy.uncertainty)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -28,8 +29,27 @@ COLUMNS = [
     "delta_ci_low",
     "delta_ci_high",
     "n",
+    "quantized_matrices",
+    "quantized_params",
+    "coverage",
+    "left_out_params",
 ]
+# results column -> key of the coverage a quantized job records (quant/base.py: Coverage)
+COVERAGE = {
+    "quantized_matrices": "matrices",
+    "quantized_params": "params",
+    "coverage": "fraction",
+    "left_out_params": "left_out_params",
+}
 FORMATS = ("csv", "json", "md")
+
+
+def coverage_columns(provenance: str) -> dict:
+    """A quantized job's recorded coverage (NaN where none was recorded: baselines, older stores)."""
+    coverage = json.loads(provenance).get("quant_report", {}).get("coverage")
+    if coverage is None:
+        return dict.fromkeys(COVERAGE, math.nan)
+    return {column: coverage[key] for column, key in COVERAGE.items()}
 
 
 def study_results(study: Study, store: Store) -> pd.DataFrame:
@@ -38,6 +58,8 @@ def study_results(study: Study, store: Store) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=COLUMNS)
     frame = frame.rename(columns={"value": "quant_value"})
+    coverage = pd.DataFrame.from_records([coverage_columns(text) for text in frame.provenance], index=frame.index)
+    frame = pd.concat([frame, coverage], axis=1)
     frame["granularity"] = [
         QuantConfig(m, int(b), int(g), bool(s)).granularity
         for m, b, g, s in zip(frame.method, frame.bits, frame.group_size, frame.symmetric, strict=True)
@@ -76,8 +98,16 @@ def summary_table(results: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
                 f"{_fmt(d)} [{_fmt(lo)}, {_fmt(hi)}]"
                 for d, lo, hi in zip(rows.delta, rows.delta_ci_low, rows.delta_ci_high, strict=True)
             ],
+            "coverage": [coverage_label(f, left) for f, left in zip(rows.coverage, rows.left_out_params, strict=True)],
         }
     )
+
+
+def coverage_label(fraction: float, left_out_params: float) -> str:
+    """The share of N quantized, flagged when weights were left out without an exclude pattern."""
+    if fraction is None or math.isnan(fraction):
+        return "not recorded"
+    return f"{100 * fraction:.1f}%" + (f" ({int(left_out_params)} params left out!)" if left_out_params else "")
 
 
 def summary_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:

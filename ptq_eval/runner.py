@@ -20,7 +20,7 @@ from ptq_eval.evaluate.evaluators import HarnessEvaluator, PerplexityEvaluator, 
 from ptq_eval.evaluate.harness import load_tasks
 from ptq_eval.evaluate.paired import paired_metrics
 from ptq_eval.evaluate.windows import Windows, make_windows, rolling_windows
-from ptq_eval.quant import QuantConfig, quantizable_linears, quantize
+from ptq_eval.quant import QuantConfig, quantizable_weights, quantize
 from ptq_eval.quant.calibration import calibration_tokens
 from ptq_eval.spec import Job, LmEvalEval, PerplexityEval, Study, expand_jobs
 from ptq_eval.store import MetricRow, Store
@@ -35,6 +35,7 @@ class RunSummary:
     ran: int = 0
     seconds: float = 0.0
     nonfinite_jobs: list[str] = field(default_factory=list)
+    left_out: dict[str, dict[str, str]] = field(default_factory=dict)  # weights neither quantized nor excluded
 
 
 def resolve_device(device: str) -> str:
@@ -75,8 +76,8 @@ class _CheckpointRun:
 
     def __init__(self, study: Study, store: Store, loaded: LoadedCheckpoint, device: str, cache: dict):
         self.study, self.store, self.loaded, self.device = study, store, loaded, device
-        self.linears = quantizable_linears(loaded.model, study.exclude)
-        self.pristine = {name: linear.weight.detach().clone() for name, linear in self.linears.items()}
+        self.weights = quantizable_weights(loaded.model, study.exclude)
+        self.pristine = [weight.read().detach().clone() for weight in self.weights]
         self.cache = cache
         self.tokenizer_key = tokenizer_identity(loaded.tokenizer)
 
@@ -118,9 +119,8 @@ class _CheckpointRun:
         return self.cache[key]
 
     def restore(self) -> None:
-        with torch.no_grad():
-            for name, linear in self.linears.items():
-                linear.weight.copy_(self.pristine[name])
+        for weight, pristine in zip(self.weights, self.pristine, strict=True):
+            weight.write(pristine)
 
     def score(self, evaluation: PerplexityEval | LmEvalEval) -> tuple[Scored, float]:
         evaluator = self.evaluator(evaluation)
@@ -151,7 +151,13 @@ class _CheckpointRun:
         self.restore()
         calibration = self.calibration() if config.needs_calibration else None
         report = quantize(self.loaded.model, config, self.study.exclude, calibration)
-        report_facts = {"seconds": report.seconds, "layers": [asdict(layer) for layer in report.layers]}
+        report_facts = {
+            "seconds": report.seconds,
+            "layers": [asdict(layer) for layer in report.layers],
+            "coverage": report.coverage.as_dict(),
+        }
+        if report.coverage.left_out:
+            summary.left_out[f"{self.loaded.facts.name} {config.method}"] = report.coverage.left_out
         for job in jobs:
             scored, seconds = self.score(job.eval)
             paired = paired_metrics(baselines[job.baseline().key].metrics, scored.metrics, seed=self.study.seed)

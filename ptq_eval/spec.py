@@ -66,6 +66,7 @@ class QuantGrid(Strict):
     static_groups: bool | None = None
     damp: float | None = Field(default=None, gt=0, lt=1)
     block_size: int | None = Field(default=None, gt=0)
+    sequential: Literal["block", "layer"] | None = None
 
     @field_validator("method")
     @classmethod

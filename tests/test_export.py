@@ -44,12 +44,12 @@ def test_export_writes_packed_layers_that_decode_to_the_simulated_weights(micro_
 def simulated_gptq(checkpoint, config):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ptq_eval.quant import quantize
     from ptq_eval.quant.calibration import calibration_tokens
-    from ptq_eval.quant.gptq import quantize_gptq
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     tokens = calibration_tokens(AutoTokenizer.from_pretrained(checkpoint), **{**CALIBRATION, "seq_len": 32})
-    quantize_gptq(model, config, ("lm_head",), tokens)
+    quantize(model, config, ("lm_head",), tokens)
     return model
 
 

@@ -138,7 +138,7 @@ def test_no_significant_damage_is_an_error():
 
 def test_cli_fit_prints_tables_and_forecasts_and_saves_to_the_store(tmp_path, capsys):
     csv = tmp_path / "sim.csv"
-    kumar_results(sizes=(3e4, 1e5, 3e5), ratios=(10, 40, 160), bits=(3, 4, 6), base=BASE_TRUE)[COLUMNS].to_csv(
+    kumar_results(sizes=(3e4, 1e5, 3e5), ratios=(10, 40, 160), bits=(3, 4, 6), base=BASE_TRUE).reindex(columns=COLUMNS).to_csv(
         csv, index=False
     )
     store = tmp_path / "fits.sqlite"
@@ -164,6 +164,6 @@ def test_cli_fit_prints_tables_and_forecasts_and_saves_to_the_store(tmp_path, ca
 
 def test_cli_fit_without_significant_damage_exits_2(tmp_path, capsys):
     csv = tmp_path / "flat.csv"
-    kumar_results().assign(delta_ci_low=-1.0)[COLUMNS].to_csv(csv, index=False)
+    kumar_results().assign(delta_ci_low=-1.0).reindex(columns=COLUMNS).to_csv(csv, index=False)
     assert main(["fit", "--results", str(csv), "--resamples", "2"]) == 2
     assert "significantly above zero" in capsys.readouterr().err

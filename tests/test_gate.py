@@ -26,6 +26,7 @@ from ptq_eval.store import MetricRow, Store
 
 EVAL = "ppl:stdlib-python:validation"
 FACTS = {"params": 200_000, "nonembedding_params": 100_000, "tokens": 10_000_000, "tokens_per_param": 100.0}
+COVERED = {"matrices": 8, "params": 99_000, "fraction": 0.99, "left_out_params": 0}
 KUMAR_TRUE = {"C_T": 0.02, "gamma_D": 0.6, "gamma_N": 0.4, "gamma_post": 1.2}
 POLICY = """
 name: release
@@ -49,8 +50,13 @@ def policy(*budgets: dict, uncertainty: str = "ci"):
     return parse_policy(data)
 
 
-def row(checkpoint: str, delta: float, low: float, high: float, metric: str = "loss", fp: float = 3.0) -> dict:
+def row(
+    checkpoint: str, delta: float, low: float, high: float, metric: str = "loss", fp: float = 3.0, **coverage
+) -> dict:
+    coverage = COVERED | coverage
     return FACTS | {
+        "quantized_matrices": coverage["matrices"], "quantized_params": coverage["params"],
+        "coverage": coverage["fraction"], "left_out_params": coverage["left_out_params"],
         "checkpoint": checkpoint, "method": "rtn", "bits": 4, "group_size": -1, "symmetric": True, "eval": EVAL,
         "metric": metric, "fp_value": fp, "quant_value": fp + delta, "delta": delta, "delta_ci_low": low,
         "delta_ci_high": high, "n": 4096,
@@ -94,6 +100,23 @@ def test_judge_explains_the_decision():
 def test_a_result_not_stored_is_undecided():
     verdict = decide(policy({"kind": "absolute", "max": 0.01}), "missing", results(row("other", 0.001, 0, 0.002)))
     assert decisions(verdict) == ["undecided"] and "no stored loss result for missing" in verdict.checks[0].reason
+
+
+@pytest.mark.parametrize(
+    ("coverage", "min_coverage", "reason"),
+    [
+        ({"left_out_params": 4096}, None, "4096 parameters were left in full precision without an exclude pattern"),
+        ({"fraction": 0.5}, 0.9, "coverage 50.0% of N is below the policy's min_coverage 90.0%"),
+        ({"fraction": math.nan}, None, "no coverage recorded"),
+    ],
+)
+def test_a_result_that_covers_too_little_of_the_model_is_never_a_pass(coverage, min_coverage, reason):
+    checkpoint = "org/model@v1"
+    gate = policy({"kind": "absolute", "max": 0.01}).model_copy(update={"min_coverage": min_coverage})
+    verdict = decide(gate, checkpoint, results(row(checkpoint, 0.0, 0.0, 0.0, **coverage)))
+    assert decisions(verdict) == ["undecided"] and reason in verdict.checks[0].reason
+    allowed = gate.model_copy(update={"min_coverage": 0.4})
+    assert decisions(decide(allowed, checkpoint, results(row(checkpoint, 0.0, 0.0, 0.0, fraction=0.5)))) == ["pass"]
 
 
 def test_relative_budget_is_a_percentage_of_the_full_precision_value():
@@ -143,7 +166,7 @@ def kumar_delta(params: float, tokens_per_param: float, bits: int) -> float:
 def ladder_csv(tmp_path):
     simulated = simulate_results(KUMAR, KUMAR_TRUE, (3e4, 1e5, 3e5), (10, 40, 160), (3, 4, 6), noise=0.02)
     path = tmp_path / "ladder.csv"
-    simulated.assign(method="rtn", eval=EVAL)[COLUMNS].to_csv(path, index=False)
+    simulated.assign(method="rtn", eval=EVAL).reindex(columns=COLUMNS).to_csv(path, index=False)
     return path
 
 
@@ -233,7 +256,8 @@ def store_contents(path, policy_file, deltas: dict[str, tuple[float, float, floa
         for checkpoint, (delta, low, high) in deltas.items():
             for job in expand_jobs(gate_study(load_policy(policy_file), checkpoint)):
                 metric = MetricRow("loss", 3.0 + delta, 4096, 3.0, delta, low, high)
-                store.save(job.key, job.describe(), FACTS, {}, 0.0, [metric])
+                details = {"quant_report": {"coverage": COVERED}}
+                store.save(job.key, job.describe(), FACTS, details, 0.0, [metric])
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,10 @@ import copy
 import pytest
 import torch
 
-from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantizable_linears
-from ptq_eval.quant.gptq import Hessian, gptq_weight, output_error, quantize_gptq
+from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantizable_weights, quantize
+from ptq_eval.quant.gptq import gptq_weight, output_error
 from ptq_eval.quant.grid import quantize_tensor
+from ptq_eval.quant.hessians import Hessian
 
 
 def correlated_problem(rows=32, columns=128, samples=2048, seed=0):
@@ -14,7 +15,7 @@ def correlated_problem(rows=32, columns=128, samples=2048, seed=0):
     scales = torch.logspace(-1, 1, columns)[torch.randperm(columns, generator=generator)]
     x = (torch.randn(samples, columns, generator=generator) @ mixing) * scales
     weight = torch.randn(rows, columns, generator=generator)
-    hessian = Hessian(columns, torch.device("cpu"))
+    hessian = Hessian(columns)
     for chunk in x.split(256):
         hessian.add(chunk)
     return weight, x, hessian.matrix
@@ -63,7 +64,7 @@ def test_act_order_groups_stay_on_the_grid(static_groups):
 def test_dead_columns_are_zeroed_and_ragged_groups_work():
     weight, x, _ = correlated_problem(columns=48)
     x[:, 5] = 0
-    hessian = Hessian(48, torch.device("cpu"))
+    hessian = Hessian(48)
     hessian.add(x)
     quantized = gptq_weight(weight, hessian.matrix, QuantConfig("gptq", 4, 32)).weight
     assert torch.all(quantized[:, 5] == 0) and torch.isfinite(quantized).all()
@@ -121,15 +122,16 @@ def quantized_copy(model, bits, device=None, move_model_to="cpu"):
     model = copy.deepcopy(model).to(move_model_to)
     calibration = torch.randint(0, 64, (16, 16), generator=torch.Generator().manual_seed(0))
     config = QuantConfig("gptq", bits, 16, act_order=True)
-    return model, quantize_gptq(model, config, DEFAULT_EXCLUDE, calibration, batch_size=4, device=device)
+    return model, quantize(model, config, DEFAULT_EXCLUDE, calibration, device=device)
 
 
 def assert_close_to_cpu(model, reference):
     """Float noise between devices may flip a rounding decision, which GPTQ then compensates for in the
     columns after it: at 8 bits, 1e-7 relative noise in the weights moved no layer by 0.2% of its norm."""
-    theirs = quantizable_linears(reference)
-    for name, mine in quantizable_linears(model).items():
-        assert (mine.weight.cpu() - theirs[name].weight).norm() < 0.01 * theirs[name].weight.norm(), name
+    theirs = {weight.name: weight.read() for weight in quantizable_weights(reference)}
+    for weight in quantizable_weights(model):
+        mine = weight.read().cpu()
+        assert (mine - theirs[weight.name]).norm() < 0.01 * theirs[weight.name].norm(), weight.name
 
 
 def test_block_offload_to_the_models_own_device_is_bit_identical(tiny_model):

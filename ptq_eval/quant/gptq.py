@@ -4,39 +4,26 @@ Per Linear: accumulate H = 2·XXᵀ/n from calibration inputs, damp it, take the
 Cholesky factor of H⁻¹, then quantize column by column, spreading each column's
 rounding error over the columns not yet quantized (lazy updates in blocks).
 
-Over a model: calibration activations are captured at the first transformer block and
-pushed through one block at a time; each block's Linears are quantized from the inputs
-that block sees *after* the blocks before it were quantized. With `device`, the model
-stays where it is (e.g. CPU) and only the block being quantized, the activations and its
-Hessians live on `device` (e.g. CUDA): peak accelerator memory is one block + activations.
+Over a model (`quant/blocks.py`): block by block, each matrix quantized from the inputs it sees once
+the blocks before it (with `sequential="layer"`, also the layers before it in its block) are
+quantized. A matrix no calibration input reaches (an expert the router never chose) is rounded to
+nearest instead, and its report says so. With `device`, the model stays where it is (e.g. CPU) and
+only the block being quantized, the activations and its Hessians live on `device` (e.g. CUDA).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
-from ptq_eval.quant import LayerReport, QuantConfig, QuantReport, quantizable_linears
-from ptq_eval.quant.grid import PER_TENSOR, Grid, check_group_size, fit_grid
-from ptq_eval.quant.rtn import relative_error
+from ptq_eval.quant.base import LayerReport, QuantConfig, QuantReport, WeightMatrix, register
+from ptq_eval.quant.blocks import calibrate
+from ptq_eval.quant.grid import PER_TENSOR, Grid, check_group_size, fit_grid, quantize_tensor
+from ptq_eval.quant.hessians import Hessian
+from ptq_eval.quant.rtn import relative_error, rtn_matrix
 
-
-class Hessian:
-    """Running H = 2/n · Σ xxᵀ over the rows of every input batch a Linear sees."""
-
-    def __init__(self, columns: int, device: torch.device):
-        self.matrix = torch.zeros(columns, columns, device=device, dtype=torch.float32)
-        self.samples = 0
-
-    def add(self, inputs: torch.Tensor) -> None:
-        x = inputs.reshape(-1, inputs.shape[-1]).float()
-        total = self.samples + x.shape[0]
-        self.matrix *= self.samples / total
-        x = x * (2 / total) ** 0.5
-        self.matrix += x.T @ x
-        self.samples = total
+NO_INPUT = "rtn: no calibration input reached it (e.g. an expert the router never chose)"
 
 
 @dataclass(frozen=True)
@@ -122,115 +109,47 @@ def output_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.T
     return numerator / denominator if denominator else 0.0
 
 
-class _Captured(Exception):
-    """Raised by the hook that records the first block's inputs, to stop the forward pass."""
-
-
-def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The model's stack of transformer blocks: the longest ModuleList that holds Linears."""
-    candidates = [
-        module
-        for module in model.modules()
-        if isinstance(module, torch.nn.ModuleList) and any(isinstance(m, torch.nn.Linear) for m in module.modules())
-    ]
-    if not candidates:
-        raise ValueError(f"{type(model).__name__}: no transformer blocks (ModuleList of Linears) found for GPTQ")
-    return max(candidates, key=len)
-
-
 @torch.no_grad()
-def _first_block_inputs(model, blocks, calibration: torch.Tensor, batch_size: int) -> list[tuple[list, dict]]:
-    captured = []
-
-    def hook(module, args, kwargs):
-        args, kwargs = list(args), dict(kwargs)
-        if not args:
-            args = [kwargs.pop("hidden_states")]
-        captured.append((args, kwargs))
-        raise _Captured
-
-    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, len(calibration), batch_size):
-            try:
-                model(input_ids=calibration[start : start + batch_size].to(device), use_cache=False)
-            except _Captured:
-                pass
-    finally:
-        handle.remove()
-    return captured
-
-
-def _to(value, device: torch.device):
-    """`value` with every tensor in it (through lists, tuples and dicts) moved to `device`."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, list | tuple):
-        return type(value)(_to(item, device) for item in value)
-    if isinstance(value, dict):
-        return {key: _to(item, device) for key, item in value.items()}
-    return value
+def _gptq_matrix(weight: WeightMatrix, hessian: Hessian, config: QuantConfig, report: QuantReport, home) -> None:
+    """GPTQ one matrix in place (RTN when no input reached it), adding its layer report and grids."""
+    if hessian.samples == 0:
+        report.layers.append(rtn_matrix(weight, config, fallback=NO_INPUT))
+        return
+    original, matrix = weight.read().float(), hessian.matrix
+    result = gptq_weight(original, matrix, config)
+    rtn = quantize_tensor(original, config.bits, config.group_size, config.symmetric)
+    report.grids[weight.name] = (result.scales.to(home), result.zeros.to(home), result.group_index)
+    report.layers.append(
+        LayerReport(
+            weight.name,
+            weight.shape,
+            relative_error(original, result.weight),
+            output_error(original, result.weight, matrix),
+            output_error(original, rtn, matrix),
+            hessian.samples,
+        )
+    )
+    weight.write(result.weight)
 
 
-def _run_block(block, args: list, kwargs: dict) -> torch.Tensor:
-    output = block(*args, **kwargs)
-    return output[0] if isinstance(output, tuple) else output
-
-
-@torch.no_grad()
+@register("gptq")
 def quantize_gptq(
     model: torch.nn.Module,
+    weights: list[WeightMatrix],
     config: QuantConfig,
-    exclude: tuple[str, ...],
-    calibration: torch.Tensor,
-    batch_size: int = 8,
+    calibration: torch.Tensor | None = None,
     device: str | torch.device | None = None,
+    batch_size: int = 8,
 ) -> QuantReport:
-    """Quantize the model in place, block by block, with GPTQ.
-
-    `device`: where each block is quantized (default: where the model is); the model stays where it is,
-    each block moving to `device` for its turn and back after it, while the activations stay on `device`.
-    """
+    """Quantize these matrices of the model in place with GPTQ, block by block (see `quant/blocks.py`)."""
     if calibration is None or len(calibration) == 0:
         raise ValueError("GPTQ needs calibration data (the study's calibration: section)")
-    started = time.perf_counter()
     report = QuantReport(config)
-    chosen = {id(module) for module in quantizable_linears(model, exclude).values()}
-    blocks = transformer_blocks(model)
     home = next(model.parameters()).device
-    device = home if device is None else torch.device(device)
-    inputs = _to(_first_block_inputs(model, blocks, calibration, batch_size), device)
-    names = {id(module): name for name, module in model.named_modules()}
-    for block in blocks:
-        block.to(device)
-        linears = {name: m for name, m in block.named_modules() if id(m) in chosen}
-        hessians = {name: Hessian(m.in_features, m.weight.device) for name, m in linears.items()}
-        handles = [
-            m.register_forward_hook(lambda module, args, out, h=hessians[name]: h.add(args[0]))
-            for name, m in linears.items()
-        ]
-        for args, kwargs in inputs:
-            _run_block(block, args, kwargs)
-        for handle in handles:
-            handle.remove()
-        for name, linear in linears.items():
-            weight, hessian = linear.weight, hessians[name].matrix
-            layer_name = f"{names[id(block)]}.{name}"
-            result = gptq_weight(weight, hessian, config)
-            quantized = result.weight
-            report.grids[layer_name] = (result.scales.to(home), result.zeros.to(home), result.group_index)
-            report.layers.append(
-                LayerReport(
-                    layer_name,
-                    tuple(weight.shape),
-                    relative_error(weight, quantized),
-                    output_error(weight, quantized, hessian),
-                )
-            )
-            weight.copy_(quantized.to(weight.dtype))
-        for args, kwargs in inputs:
-            args[0] = _run_block(block, args, kwargs)
-        block.to(home)
-    report.seconds = time.perf_counter() - started
+
+    def process(group: list[WeightMatrix], hessians: dict[str, Hessian]) -> None:
+        for weight in group:
+            _gptq_matrix(weight, hessians[weight.name], config, report, home)
+
+    calibrate(model, weights, calibration, process, config.sequential, batch_size, device)
     return report

@@ -1,12 +1,10 @@
-"""Round-to-nearest: every chosen Linear's weight rounded to its grid independently."""
+"""Round-to-nearest: every selected matrix rounded to its grid independently."""
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from ptq_eval.quant import LayerReport, QuantConfig, QuantReport, quantizable_linears
+from ptq_eval.quant.base import LayerReport, QuantConfig, QuantReport, WeightMatrix, register
 from ptq_eval.quant.grid import quantize_tensor
 
 
@@ -18,13 +16,15 @@ def relative_error(original: torch.Tensor, quantized: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def quantize_rtn(model: torch.nn.Module, config: QuantConfig, exclude: tuple[str, ...]) -> QuantReport:
-    started = time.perf_counter()
-    report = QuantReport(config)
-    for name, linear in quantizable_linears(model, exclude).items():
-        weight = linear.weight
-        quantized = quantize_tensor(weight, config.bits, config.group_size, config.symmetric)
-        report.layers.append(LayerReport(name, tuple(weight.shape), relative_error(weight, quantized)))
-        weight.copy_(quantized)
-    report.seconds = time.perf_counter() - started
+def rtn_matrix(weight: WeightMatrix, config: QuantConfig, fallback: str | None = None) -> LayerReport:
+    """Round one matrix in place; its report."""
+    original = weight.read()
+    quantized = quantize_tensor(original, config.bits, config.group_size, config.symmetric)
+    report = LayerReport(weight.name, weight.shape, relative_error(original, quantized), fallback=fallback)
+    weight.write(quantized)
     return report
+
+
+@register("rtn")
+def quantize_rtn(model: torch.nn.Module, weights: list[WeightMatrix], config: QuantConfig, **_unused) -> QuantReport:
+    return QuantReport(config, [rtn_matrix(weight, config) for weight in weights])

@@ -1,0 +1,331 @@
+"""What every quantizer shares: the config, the reports, the one list of quantizable weights, coverage,
+and the registry of methods.
+
+A *quantizable weight* is one matrix, always seen as a Linear sees it ([out, in]):
+- an `nn.Linear` weight (subclasses included);
+- a GPT-2 `Conv1D` weight, stored transposed ([in, out]);
+- one expert of a fused mixture-of-experts tensor ([experts, out, in], or [experts, in, out] where
+  the experts module says `is_transposed`), each expert a matrix of its own.
+
+Kept in full precision by documented default: embeddings (every `nn.Embedding`, positions included),
+the output head, and MoE routers (the leaf modules beside a block's experts, e.g. `mlp.gate`,
+`mlp.shared_expert_gate`), as GPTQModel and llm-compressor do. Every other parameter with two or more
+dimensions that is neither quantized nor excluded by a pattern is *left out* and reported by name, so a
+layer type the suite does not understand can never pass silently.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers.pytorch_utils import Conv1D
+
+from ptq_eval.quant.grid import PER_CHANNEL, PER_TENSOR
+
+GPTQ_OPTIONS = ("act_order", "static_groups", "damp", "block_size", "sequential")
+SEQUENTIAL = ("block", "layer")
+DEFAULT_EXCLUDE = ("lm_head", "embed_out")
+ROUTER_REASON = "MoE router (kept in full precision by default)"
+# Options added after the first studies: in job keys only when set off their defaults, so earlier keys hold.
+LATER_OPTIONS = {"sequential": "block"}
+
+
+class QuantError(ValueError):
+    """A quant config cannot be applied to this model (e.g. it selects no weights)."""
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """One point of the quantization grid of a study."""
+
+    method: str
+    bits: int
+    group_size: int = PER_CHANNEL
+    symmetric: bool = True
+    act_order: bool = False
+    static_groups: bool = False
+    damp: float = 0.01
+    block_size: int = 128
+    sequential: str = "block"
+
+    @property
+    def granularity(self) -> str:
+        if self.group_size == PER_CHANNEL:
+            return "channel"
+        if self.group_size == PER_TENSOR:
+            return "tensor"
+        return f"group{self.group_size}"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method == "gptq"
+
+    def as_dict(self) -> dict:
+        """The config's fields; GPTQ's options only for GPTQ (so RTN job keys do not depend on them)."""
+        fields = asdict(self)
+        for option, default in LATER_OPTIONS.items():
+            if fields[option] == default:
+                fields.pop(option)
+        if self.method != "gptq":
+            for option in GPTQ_OPTIONS:
+                fields.pop(option, None)
+        return fields
+
+
+@dataclass(frozen=True)
+class WeightMatrix:
+    """One quantizable matrix: a Linear's or Conv1D's weight, or one expert of a fused expert tensor."""
+
+    name: str
+    module: torch.nn.Module
+    parameter: str = "weight"
+    kind: str = "linear"  # linear | conv1d | expert
+    expert: int | None = None
+    transposed: bool = False  # stored [in, out]
+
+    def read(self) -> torch.Tensor:
+        """The stored weight as a [out, in] view (writing into it writes the model)."""
+        tensor = getattr(self.module, self.parameter)
+        if self.expert is not None:
+            tensor = tensor[self.expert]
+        return tensor.T if self.transposed else tensor
+
+    @torch.no_grad()
+    def write(self, value: torch.Tensor) -> None:
+        view = self.read()
+        view.copy_(value.to(view.dtype))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        out_features, in_features = self.read().shape
+        return out_features, in_features
+
+    @property
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """Weight error ‖W − Ŵ‖² / ‖W‖²; for GPTQ the output errors ‖WX − ŴX‖² / ‖WX‖² of GPTQ and of RTN on the
+    same calibration inputs, the calibration rows the matrix saw, and why it fell back to RTN (if it did)."""
+
+    name: str
+    shape: tuple[int, int]
+    relative_error: float
+    output_error: float | None = None
+    rtn_output_error: float | None = None
+    samples: int | None = None
+    fallback: str | None = None
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the model a quant config touched.
+
+    `fraction` is the quantized parameters over the non-embedding parameters (N); `left_out` names every
+    weight (2-D or more) neither quantized, excluded by a pattern, nor kept by a documented default.
+    """
+
+    matrices: int
+    params: int
+    nonembedding_params: int
+    left_out: dict[str, str] = field(default_factory=dict)
+    left_out_params: int = 0
+    excluded: tuple[str, ...] = ()
+    defaults: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        return self.params / self.nonembedding_params if self.nonembedding_params else 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"fraction": self.fraction}
+
+
+@dataclass
+class QuantReport:
+    """Per-layer errors, coverage, the time quantization took, and (GPTQ) the grids behind the weights."""
+
+    config: QuantConfig
+    layers: list[LayerReport] = field(default_factory=list)
+    seconds: float = 0.0
+    grids: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    coverage: Coverage | None = None
+
+    @property
+    def mean_relative_error(self) -> float:
+        return sum(layer.relative_error for layer in self.layers) / max(1, len(self.layers))
+
+
+def embedding_weights(model: torch.nn.Module) -> dict[int, str]:
+    """id → role of the input/position embeddings and the output head (not counted in N, never quantized)."""
+    roles = {id(m.weight): "embedding" for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    if hasattr(model, "get_input_embeddings") and model.get_input_embeddings() is not None:
+        roles[id(model.get_input_embeddings().weight)] = "embedding"
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        roles.setdefault(id(head.weight), "output head")
+    return roles
+
+
+def _is_fused_experts(module: torch.nn.Module) -> bool:
+    return any(p.ndim == 3 for p in module.parameters(recurse=False))
+
+
+def _routers(model: torch.nn.Module) -> set[int]:
+    """ids of the leaf modules beside a block's experts (fused experts or a ModuleList named `experts`)."""
+    routers = set()
+    for module in model.modules():
+        children = dict(module.named_children())
+        has_experts = any(
+            _is_fused_experts(child) or (name == "experts" and isinstance(child, torch.nn.ModuleList))
+            for name, child in children.items()
+        )
+        if has_experts:
+            routers.update(
+                id(child)
+                for child in children.values()
+                if not any(True for _ in child.children()) and not _is_fused_experts(child)
+            )
+    return routers
+
+
+def _excluded(name: str, exclude: tuple[str, ...]) -> bool:
+    candidates = (name, name.split("[")[0], name.split("[")[0].rsplit(".", 1)[-1])
+    return any(fnmatch.fnmatch(text, pattern) for text in candidates for pattern in exclude)
+
+
+def _module_weights(name: str, module: torch.nn.Module) -> list[WeightMatrix] | str:
+    """The module's own quantizable matrices, or why its 2-D+ parameters cannot be read as such."""
+    if isinstance(module, torch.nn.Linear):
+        return [WeightMatrix(name, module)]
+    if isinstance(module, Conv1D):
+        return [WeightMatrix(name, module, kind="conv1d", transposed=True)]
+    if _is_fused_experts(module):
+        if not hasattr(module, "is_transposed"):
+            return f"3-D tensors of {type(module).__name__} without an is_transposed flag: layout unknown"
+        return [
+            WeightMatrix(f"{name}.{pname}[{expert}]", module, pname, "expert", expert, bool(module.is_transposed))
+            for pname, p in module.named_parameters(recurse=False)
+            if p.ndim == 3
+            for expert in range(p.shape[0])
+        ]
+    return f"not a Linear, Conv1D or fused expert tensor ({type(module).__name__})"
+
+
+@dataclass(frozen=True)
+class Survey:
+    """Every weight of a model sorted: quantizable (selected), excluded, kept by default, or left out."""
+
+    selected: list[WeightMatrix]
+    excluded: tuple[str, ...]
+    defaults: dict[str, str]
+    left_out: dict[str, str]
+    left_out_params: int
+    nonembedding_params: int
+
+
+def survey(model: torch.nn.Module, exclude: tuple[str, ...] = DEFAULT_EXCLUDE) -> Survey:
+    """Sort every parameter with two or more dimensions (tied weights once) by what quantization does to it."""
+    embeddings, routers = embedding_weights(model), _routers(model)
+    selected, excluded, defaults, left_out, left_out_params, seen = [], [], {}, {}, 0, set()
+    for name, module in model.named_modules():
+        weights = {pname: p for pname, p in module.named_parameters(recurse=False) if p.ndim >= 2}
+        if _is_fused_experts(module):  # per-expert biases [experts, out] are biases, not matrices
+            weights = {pname: p for pname, p in weights.items() if p.ndim == 3}
+        weights = {pname: p for pname, p in weights.items() if id(p) not in seen}
+        if not weights:
+            continue
+        seen.update(id(p) for p in weights.values())
+        full = {f"{name}.{pname}": p for pname, p in weights.items()}
+        roles = {key: embeddings[id(p)] for key, p in full.items() if id(p) in embeddings}
+        if id(module) in routers:
+            roles = dict.fromkeys(full, ROUTER_REASON)
+        if roles:
+            defaults.update(roles)
+            continue
+        found = _module_weights(name, module)
+        if isinstance(found, str):
+            for key, p in full.items():
+                if _excluded(key, exclude):
+                    excluded.append(key)
+                else:
+                    left_out[key], left_out_params = found, left_out_params + p.numel()
+            continue
+        for weight in found:
+            (excluded.append(weight.name) if _excluded(weight.name, exclude) else selected.append(weight))
+    nonembedding = sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+    return Survey(selected, tuple(excluded), defaults, left_out, left_out_params, nonembedding)
+
+
+def quantizable_weights(model: torch.nn.Module, exclude: tuple[str, ...] = DEFAULT_EXCLUDE) -> list[WeightMatrix]:
+    """The matrices a quant config with these exclude patterns rounds, in module order."""
+    return survey(model, exclude).selected
+
+
+Method = Callable[..., QuantReport]
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str) -> Callable[[Method], Method]:
+    """Make a method reachable as `quantize(..., QuantConfig(name, ...))`.
+
+    A method is called as `method(model, weights, config, calibration=..., device=...)`, quantizes every
+    given matrix in place and returns a QuantReport with one LayerReport per matrix.
+    """
+
+    def add(method: Method) -> Method:
+        METHODS[name] = method
+        return method
+
+    return add
+
+
+def check_selection(model: torch.nn.Module, found: Survey) -> None:
+    """A config that selects no weight is an error naming the model class and what was found."""
+    if found.selected:
+        return
+    seen = [f"{len(found.excluded)} excluded by pattern"] if found.excluded else []
+    seen += [f"{len(found.defaults)} kept by default ({', '.join(sorted(set(found.defaults.values())))})"]
+    seen += [f"{name}: {why}" for name, why in list(found.left_out.items())[:5]]
+    raise QuantError(f"{type(model).__name__}: the quant config selects no weight matrix; found {'; '.join(seen)}")
+
+
+def quantize(
+    model: torch.nn.Module,
+    config: QuantConfig,
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
+    calibration: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
+) -> QuantReport:
+    """Quantize the model's weights in place with the configured method; the report carries the coverage.
+
+    `device` (GPTQ only; not part of the config, so job keys do not depend on it): where each
+    transformer block is quantized while the rest of the model stays where it is.
+    """
+    if config.method not in METHODS:
+        raise QuantError(f"unknown quantization method {config.method!r}; accepted: {', '.join(METHODS)}")
+    found = survey(model, exclude)
+    check_selection(model, found)
+    started = time.perf_counter()
+    report = METHODS[config.method](model, found.selected, config, calibration=calibration, device=device)
+    report.seconds = time.perf_counter() - started
+    reported = {layer.name for layer in report.layers}
+    missing = [weight.name for weight in found.selected if weight.name not in reported]
+    if missing:
+        raise RuntimeError(f"{config.method} did not quantize {len(missing)} selected weights, e.g. {missing[:3]}")
+    report.coverage = Coverage(
+        len(found.selected),
+        sum(weight.numel for weight in found.selected),
+        found.nonembedding_params,
+        found.left_out,
+        found.left_out_params,
+        found.excluded,
+        found.defaults,
+    )
+    return report

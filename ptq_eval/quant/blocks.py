@@ -1,0 +1,209 @@
+"""Calibration block by block: each matrix's Hessian from the inputs it sees once the blocks before it
+(and, with `sequential="layer"`, the layers before it in its own block) are quantized.
+
+1. Matrices outside the block stack that run before the first block (e.g. OPT's `project_in`) are
+   processed first, from one forward pass stopped at the first block.
+2. One pass records what *every* block is called with (attention masks and rotary tables differ by layer
+   type: sliding-window vs full attention). Only block 0 runs; each later block echoes its input, so the
+   pass costs one block, not the model.
+3. Block by block: the block's matrices are processed from the propagated hidden states and the block's
+   own arguments, then the block's outputs become the next block's inputs.
+4. Matrices outside the stack that run after it (e.g. OPT's `project_out`) are processed from one
+   forward pass of the quantized model.
+
+`process(weights, hessians)` does the work (GPTQ quantizes; a test only records).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import torch
+
+from ptq_eval.quant.base import WeightMatrix
+from ptq_eval.quant.hessians import Hessian, eager_experts, hessians_of, watch_inputs
+
+Process = Callable[[list[WeightMatrix], dict[str, Hessian]], None]
+Call = tuple[list, dict]
+
+
+class _Stop(Exception):
+    """Raised to end a forward pass once what it was run for is recorded."""
+
+
+def transformer_blocks(model: torch.nn.Module, weights: list[WeightMatrix]) -> torch.nn.ModuleList | None:
+    """The model's stack of blocks: the longest ModuleList holding a selected matrix (None if there is none)."""
+    owners = {id(weight.module) for weight in weights}
+    candidates = [
+        module
+        for module in model.modules()
+        if isinstance(module, torch.nn.ModuleList) and any(id(m) in owners for m in module.modules())
+    ]
+    return max(candidates, key=len) if candidates else None
+
+
+def _to(value, device: torch.device, moved: dict):
+    """`value` with every tensor in it moved to `device`; a tensor shared by several calls is moved once."""
+    if isinstance(value, torch.Tensor):
+        if id(value) not in moved:
+            moved[id(value)] = (value, value.to(device))
+        return moved[id(value)][1]
+    if isinstance(value, list | tuple):
+        return type(value)(_to(item, device, moved) for item in value)
+    if isinstance(value, dict):
+        return {key: _to(item, device, moved) for key, item in value.items()}
+    return value
+
+
+def _run_block(block: torch.nn.Module, hidden: torch.Tensor, call: Call) -> torch.Tensor:
+    args, kwargs = call
+    output = block(hidden, *args[1:], **kwargs)
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _batches(calibration: torch.Tensor, batch_size: int, device: torch.device) -> list[torch.Tensor]:
+    return [calibration[start : start + batch_size].to(device) for start in range(0, len(calibration), batch_size)]
+
+
+@torch.no_grad()
+def _forward_until(model: torch.nn.Module, batches: list[torch.Tensor], stop_at: torch.nn.Module | None) -> None:
+    """Run the model on every batch, stopping each pass where `stop_at` would start (None: the whole model)."""
+
+    def stop(module, args, kwargs):
+        raise _Stop
+
+    handle = stop_at.register_forward_pre_hook(stop, with_kwargs=True) if stop_at is not None else None
+    try:
+        for batch in batches:
+            try:
+                model(input_ids=batch, use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+@torch.no_grad()
+def _block_calls(model: torch.nn.Module, blocks: torch.nn.ModuleList, batches: list[torch.Tensor]) -> list[list[Call]]:
+    """calls[i][b]: the (args, kwargs) block i receives on batch b; args[0] is real for block 0 only."""
+    calls: list[list[Call]] = [[] for _ in blocks]
+    tuple_tail: list = []
+
+    def recorder(index: int, forward):
+        def record(*args, **kwargs):
+            args = list(args) or [kwargs.pop("hidden_states")]
+            calls[index].append((args, kwargs))
+            if index == len(blocks) - 1:
+                raise _Stop
+            if index == 0:
+                output = forward(*args, **kwargs)
+                tuple_tail[:] = [list(output[1:])] if isinstance(output, tuple) else []
+                return output
+            return (args[0], *tuple_tail[0]) if tuple_tail else args[0]
+
+        return record
+
+    for index, block in enumerate(blocks):
+        block.forward = recorder(index, block.forward)
+    try:
+        _forward_until(model, batches, None)
+    finally:
+        for block in blocks:
+            del block.forward
+    return calls
+
+
+def _group_key(weight: WeightMatrix, first_input: torch.Tensor) -> object:
+    if weight.kind == "expert":
+        return id(weight.module), weight.parameter
+    if re.search(r"\.experts\.\d+\.", weight.name):
+        return re.sub(r"\.experts\.\d+\.", ".experts.*.", weight.name)
+    return id(first_input)
+
+
+def _sequential_groups(
+    block, weights: list[WeightMatrix], hidden: torch.Tensor, call: Call
+) -> list[list[WeightMatrix]]:
+    """The block's matrices in the order the block runs them, grouped by shared input (q, k, v; gate, up)."""
+    first: dict[str, torch.Tensor] = {}
+
+    def note(weight: WeightMatrix, rows: torch.Tensor) -> None:
+        first.setdefault(weight.name, rows)  # holding the rows keeps their id from being reused
+
+    with watch_inputs(weights, note):
+        _run_block(block, hidden, call)
+    groups: dict[object, list[WeightMatrix]] = {}
+    by_name = {weight.name: weight for weight in weights}
+    for name, rows in first.items():
+        groups.setdefault(_group_key(by_name[name], rows), []).append(by_name[name])
+    unseen = [weight for weight in weights if weight.name not in first]
+    return list(groups.values()) + ([unseen] if unseen else [])
+
+
+@torch.no_grad()
+def _process_block(
+    block, weights: list[WeightMatrix], hidden: list, calls: list[Call], process: Process, sequential: str
+) -> list:
+    groups = _sequential_groups(block, weights, hidden[0], calls[0]) if sequential == "layer" else [weights]
+    for group in groups:
+        with hessians_of(group) as hessians:
+            for states, call in zip(hidden, calls, strict=True):
+                _run_block(block, states, call)
+        process(group, hessians)
+    return [_run_block(block, states, call) for states, call in zip(hidden, calls, strict=True)]
+
+
+@torch.no_grad()
+def _process_outside(model, weights: list[WeightMatrix], batches, stop_at, process: Process) -> list[WeightMatrix]:
+    """Process the outside matrices that a forward pass (up to `stop_at`) reaches; returns the others."""
+    if not weights:
+        return []
+    with hessians_of(weights) as hessians:
+        _forward_until(model, batches, stop_at)
+    reached = [weight for weight in weights if hessians[weight.name].samples]
+    if stop_at is None:
+        reached = weights  # the last pass: what no input reached is processed too (GPTQ falls back to RTN)
+    if reached:
+        process(reached, {weight.name: hessians[weight.name] for weight in reached})
+    return [weight for weight in weights if weight not in reached]
+
+
+@torch.no_grad()
+def calibrate(
+    model: torch.nn.Module,
+    weights: list[WeightMatrix],
+    calibration: torch.Tensor,
+    process: Process,
+    sequential: str = "block",
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+) -> None:
+    """Hand every matrix, with its Hessian, to `process`, in the order described in the module docstring.
+
+    `device`: where each block runs (default: where the model is); the model stays where it is, each block
+    moving to `device` for its turn and back after it, while the activations stay on `device`.
+    """
+    home = next(model.parameters()).device
+    device = home if device is None else torch.device(device)
+    blocks = transformer_blocks(model, weights)
+    members = {id(m): index for index, block in enumerate(blocks or []) for m in block.modules()}
+    per_block: list[list[WeightMatrix]] = [[] for _ in blocks or []]
+    outside = []
+    for weight in weights:
+        (per_block[members[id(weight.module)]] if id(weight.module) in members else outside).append(weight)
+    batches = _batches(calibration, batch_size, home)
+    with eager_experts(model):
+        if blocks is not None:
+            outside = _process_outside(model, outside, batches, blocks[0], process)
+            calls = _to(_block_calls(model, blocks, batches), device, {})
+            hidden = [call[0][0] for call in calls[0]]
+            for block, block_weights, block_calls in zip(blocks, per_block, calls, strict=True):
+                block.to(device)
+                if block_weights:
+                    hidden = _process_block(block, block_weights, hidden, block_calls, process, sequential)
+                else:
+                    hidden = [_run_block(block, states, call) for states, call in zip(hidden, block_calls, strict=True)]
+                block.to(home)
+        _process_outside(model, outside, batches, None, process)

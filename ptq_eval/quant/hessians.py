@@ -1,0 +1,119 @@
+"""What each quantizable matrix sees: its inputs, gathered while the model (or one block) runs.
+
+Linears and Conv1Ds are hooked as modules. A fused expert tensor is one parameter holding every
+expert, so its inputs are found at the functional level: while active, a torch function mode
+notes each slice `param[e]` taken of a tracked expert tensor and, when that slice is the weight of a
+`linear` (layout [out, in]) or the right operand of a `matmul` (layout [in, out]), hands the rows to
+expert e. Only the tokens the router sends to an expert reach it. Experts are switched to their
+eager (per-expert loop) implementation while inputs are gathered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from ptq_eval.quant.base import WeightMatrix
+
+InputSink = Callable[[WeightMatrix, torch.Tensor], None]
+_LINEAR, _MATMUL = {"linear"}, {"matmul", "__matmul__", "mm"}
+
+
+class Hessian:
+    """Running H = 2/n · Σ xxᵀ over the rows of every input batch a matrix sees (created on the first input)."""
+
+    def __init__(self, columns: int):
+        self.columns = columns
+        self.matrix: torch.Tensor | None = None
+        self.samples = 0
+
+    def add(self, inputs: torch.Tensor) -> None:
+        x = inputs.reshape(-1, inputs.shape[-1]).float()
+        if self.matrix is None:
+            self.matrix = torch.zeros(self.columns, self.columns, device=x.device, dtype=torch.float32)
+        total = self.samples + x.shape[0]
+        if total == 0:
+            return
+        self.matrix *= self.samples / total
+        x = x * (2 / total) ** 0.5
+        self.matrix += x.T @ x
+        self.samples = total
+
+
+def _expert_index(index) -> int | None:
+    if isinstance(index, int):
+        return index
+    if isinstance(index, torch.Tensor) and index.ndim == 0 and not index.is_floating_point():
+        return int(index)
+    return None
+
+
+class _ExpertInputs(TorchFunctionMode):
+    """Routes the rows each expert slice multiplies to that expert's sink."""
+
+    def __init__(self, experts: dict[int, dict[int, WeightMatrix]], sink: InputSink):
+        super().__init__()
+        self.experts, self.sink = experts, sink
+        self.slices: dict[int, tuple[torch.Tensor, WeightMatrix]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name == "__getitem__" and id(args[0]) in self.experts:
+            weight = self.experts[id(args[0])].get(_expert_index(args[1]))
+            if weight is not None:
+                self.slices[id(result)] = (result, weight)  # the reference keeps the id from being reused
+        elif name in _LINEAR | _MATMUL and len(args) >= 2 and id(args[1]) in self.slices:
+            slice_, weight = self.slices[id(args[1])]
+            if slice_ is args[1]:
+                if weight.transposed != (name in _MATMUL):
+                    raise RuntimeError(f"{weight.name}: used as {name}, which contradicts its layout flag")
+                self.sink(weight, args[0])
+        return result
+
+
+@contextmanager
+def eager_experts(model: torch.nn.Module) -> Iterator[None]:
+    """Fused experts run their per-expert eager loop (what the input capture reads) inside the block."""
+    configs = {
+        id(m.config): m.config
+        for m in model.modules()
+        if any(p.ndim == 3 for p in m.parameters(recurse=False))
+        and hasattr(getattr(m, "config", None), "_experts_implementation")
+    }
+    saved = {key: config._experts_implementation for key, config in configs.items()}
+    for config in configs.values():
+        config._experts_implementation = "eager"
+    try:
+        yield
+    finally:
+        for key, config in configs.items():
+            config._experts_implementation = saved[key]
+
+
+@contextmanager
+def watch_inputs(weights: list[WeightMatrix], sink: InputSink) -> Iterator[None]:
+    """While active, every input row any of these matrices multiplies goes to `sink(weight, rows)`."""
+    experts: dict[int, dict[int, WeightMatrix]] = {}
+    with ExitStack() as stack:
+        for weight in weights:
+            if weight.kind == "expert":
+                experts.setdefault(id(getattr(weight.module, weight.parameter)), {})[weight.expert] = weight
+            else:
+                handle = weight.module.register_forward_hook(lambda m, args, out, w=weight: sink(w, args[0]))
+                stack.callback(handle.remove)
+        if experts:
+            stack.enter_context(_ExpertInputs(experts, sink))
+        yield
+
+
+@contextmanager
+def hessians_of(weights: list[WeightMatrix]) -> Iterator[dict[str, Hessian]]:
+    """The Hessians of these matrices, accumulated from every forward run while the context is open."""
+    hessians = {weight.name: Hessian(weight.shape[1]) for weight in weights}
+    with watch_inputs(weights, lambda weight, rows: hessians[weight.name].add(rows)):
+        yield hessians
