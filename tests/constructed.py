@@ -60,6 +60,7 @@ def constructed_store(
             ]
             facts = {"params": 2 * params, "nonembedding_params": params, "tokens": tokens}
             facts["tokens_per_param"] = tokens / params
-            details = PROVENANCE | {"quant_report": {"seconds": 0.1, "layers": layers}}
+            coverage = {"matrices": 8, "params": 97_000, "fraction": 0.97, "left_out_params": 0}
+            details = PROVENANCE | {"quant_report": {"seconds": 0.1, "layers": layers, "coverage": coverage}}
             store.save(job.key, job.describe(), facts, details, 0.1, rows)
     return study

@@ -65,3 +65,49 @@ def simulated_gptq(checkpoint, config):
 def test_unexportable_configs_are_clear_errors(micro_checkpoint, tmp_path, config, message):
     with pytest.raises(ValueError, match=message):
         export_gptq(str(micro_checkpoint), tmp_path, config, CALIBRATION)
+
+
+def local_checkpoint(tmp_path, micro_checkpoint, config) -> str:
+    """A tiny random model of another architecture, saved with the micro ladder's tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(micro_checkpoint)
+    config.vocab_size = len(tokenizer)
+    torch.manual_seed(0)
+    directory = tmp_path / type(config).__name__
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def test_tied_embeddings_are_written_once_and_conv1d_layers_packed_as_linears(micro_checkpoint, tmp_path):
+    from transformers import GPT2Config, LlamaConfig
+
+    config = QuantConfig("gptq", 4, 16)
+    llama = LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True)  # fmt: skip
+    export_gptq(local_checkpoint(tmp_path, micro_checkpoint, llama), tmp_path / "llama", config, CALIBRATION)
+    tensors = load_file(tmp_path / "llama" / "model.safetensors")
+    assert "model.embed_tokens.weight" in tensors and "lm_head.weight" not in tensors
+    assert "model.layers.1.mlp.down_proj.qweight" in tensors
+
+    gpt2 = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    reference = local_checkpoint(tmp_path, micro_checkpoint, gpt2)
+    export_gptq(reference, tmp_path / "gpt2", config, CALIBRATION)
+    tensors = load_file(tmp_path / "gpt2" / "model.safetensors")
+    prefix = "transformer.h.0.mlp.c_fc"  # Conv1D [in 32, out 128]
+    assert tensors[f"{prefix}.qweight"].shape == (32 * 4 // 32, 128) and tensors[f"{prefix}.scales"].shape == (2, 128)
+    simulated = simulated_gptq(reference, config).transformer.h[0].mlp.c_fc.weight.T
+    assert torch.allclose(dequantize_packed(tensors, prefix, 4), simulated, rtol=2e-3, atol=1e-5)
+
+
+def test_fused_experts_are_refused_before_any_work(micro_checkpoint, tmp_path):
+    from transformers import MixtralConfig
+
+    from ptq_eval.quant import QuantError
+
+    mixtral = MixtralConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                            num_key_value_heads=2, num_local_experts=4, max_position_embeddings=64)  # fmt: skip
+    reference = local_checkpoint(tmp_path, micro_checkpoint, mixtral)
+    with pytest.raises(QuantError, match=r"MixtralForCausalLM: its fused expert tensors .* have no packed"):
+        export_gptq(reference, tmp_path / "out", QuantConfig("gptq", 4, 16), {**CALIBRATION, "split": "nope"})

@@ -138,9 +138,9 @@ def test_no_significant_damage_is_an_error():
 
 def test_cli_fit_prints_tables_and_forecasts_and_saves_to_the_store(tmp_path, capsys):
     csv = tmp_path / "sim.csv"
-    kumar_results(sizes=(3e4, 1e5, 3e5), ratios=(10, 40, 160), bits=(3, 4, 6), base=BASE_TRUE).reindex(columns=COLUMNS).to_csv(
-        csv, index=False
-    )
+    kumar_results(sizes=(3e4, 1e5, 3e5), ratios=(10, 40, 160), bits=(3, 4, 6), base=BASE_TRUE).reindex(
+        columns=COLUMNS
+    ).to_csv(csv, index=False)
     store = tmp_path / "fits.sqlite"
     forecasts = ["--predict", "N=1e5,D=3e7,P=4", "--budget", "0.05", "--bits", "4", "--params", "1e5"]
     args = ["fit", "--results", str(csv), "--store", str(store), "--resamples", "8", *forecasts]

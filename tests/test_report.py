@@ -52,8 +52,11 @@ def test_report_has_every_section_and_figure(written):
         "Scaling-law fits",
         "Forecasts",
         "Results",
+        "Coverage",
         "Provenance",
     ]
+    coverage = document.sections[-2].tables[0].frame
+    assert set(coverage.coverage) == {"97.0%"} and set(coverage.matrices) == {8}
     figures = {p.name for p in (out / "figures").iterdir()}
     assert figures == {
         "delta_vs_tokens_per_param.png",

@@ -11,7 +11,7 @@ from ptq_eval.fit import FitError, FitOptions, fit_study, forecast_table
 from ptq_eval.quant import QuantConfig
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
-from ptq_eval.results import study_results, summary_table
+from ptq_eval.results import coverage_label, study_results, summary_table
 from ptq_eval.spec import Study, expand_jobs
 from ptq_eval.store import Store
 
@@ -108,6 +108,28 @@ def _layer_section(frame: pd.DataFrame, loss: pd.DataFrame, options: ReportOptio
     return Section("GPTQ per-layer error", figures=[plots.layer_errors(layers, checkpoint)])
 
 
+def _coverage_section(results: pd.DataFrame) -> Section:
+    """What each method quantized of each checkpoint (the same for every bit width and grid)."""
+    columns = ["checkpoint", "method", "quantized_matrices", "quantized_params", "nonembedding_params"]
+    rows = results.drop_duplicates([*columns, "coverage", "left_out_params"])
+    table = pd.DataFrame(
+        {
+            "checkpoint": rows.checkpoint,
+            "method": rows.method,
+            "matrices": rows.quantized_matrices,
+            "params quantized": rows.quantized_params,
+            "N": rows.nonembedding_params,
+            "coverage": [coverage_label(f, n) for f, n in zip(rows.coverage, rows.left_out_params, strict=True)],
+        }
+    )
+    note = (
+        "Quantized parameters as a share of N (the non-embedding parameters; norms and biases make up the rest). "
+        "Embeddings, the output head and MoE routers stay in full precision by default; weights left out "
+        "otherwise are flagged, and the release gate never passes them."
+    )
+    return Section("Coverage", [note], [Table("Weights quantized per checkpoint and method", table)])
+
+
 def _provenance(frame: pd.DataFrame) -> Table:
     records = []
     for text, job in zip(frame.provenance, frame.job_key, strict=True):
@@ -151,5 +173,6 @@ def study_report(study: Study, store: Store, options: ReportOptions = ReportOpti
         layer_section = _layer_section(frame, loss, options)
         sections += ([layer_section] if layer_section else []) + fit_sections
     sections.append(Section("Results", tables=_results_tables(results)))
+    sections.append(_coverage_section(results))
     sections.append(Section("Provenance", tables=[_provenance(frame)]))
     return Document(f"ptq-eval report: {study.name}", sections)
