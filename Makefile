@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LADDER := tasks/ladders/demo
 
 .PHONY: install test demo ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
-	demo-lm-eval bench-eval bench-fit bench
+	demo-lm-eval demo-sequential bench-eval bench-fit bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ demo: $(STAMP)
 demo-lm-eval: $(STAMP)
 	test -f ../shared/data/eval/arc_easy.jsonl || (echo "tasks/demo-lm-eval.yaml reads ../shared/data/eval" && false)
 	$(BIN)/ptq-eval run tasks/demo-lm-eval.yaml --report-dir reports/demo-lm-eval
+
+# GPTQ calibrated block by block (default) beside layer-sequential, 3 and 4 bits, on the demo ladder; the block jobs
+# are the demo's own (same keys, same store), so run make demo first to reuse them
+demo-sequential: $(STAMP)
+	$(BIN)/ptq-eval run tasks/demo-sequential.yaml --store runs/demo.sqlite --report-dir reports/demo-sequential
 
 # Scaling-law fits of a study's stored results (run the study first): make fit STUDY=tasks/demo.yaml
 STUDY ?= tasks/demo.yaml

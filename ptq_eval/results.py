@@ -56,7 +56,7 @@ def study_results(study: Study, store: Store) -> pd.DataFrame:
     """One row per (checkpoint, quant config, eval, metric) finished so far, in the columns above."""
     frame = store.frame(job.key for job in expand_jobs(study))
     if frame.empty:
-        return pd.DataFrame(columns=COLUMNS)
+        return pd.DataFrame(columns=COLUMNS + ["granularity", "sequential", "seconds"])
     frame = frame.rename(columns={"value": "quant_value"})
     coverage = pd.DataFrame.from_records([coverage_columns(text) for text in frame.provenance], index=frame.index)
     frame = pd.concat([frame, coverage], axis=1)
@@ -64,8 +64,11 @@ def study_results(study: Study, store: Store) -> pd.DataFrame:
         QuantConfig(m, int(b), int(g), bool(s)).granularity
         for m, b, g, s in zip(frame.method, frame.bits, frame.group_size, frame.symmetric, strict=True)
     ]
-    frame = frame.sort_values(["nonembedding_params", "tokens", "method", "bits", "group_size", "eval", "metric"])
-    return frame[COLUMNS + ["granularity", "seconds"]].reset_index(drop=True)
+    stored = frame["sequential"] if "sequential" in frame else pd.Series(None, index=frame.index, dtype=object)
+    frame["sequential"] = stored.where(stored.notna(), frame.method.map({"gptq": "block"})).fillna("")
+    order = ["nonembedding_params", "tokens", "method", "bits", "group_size", "sequential", "eval", "metric"]
+    frame = frame.sort_values(order)
+    return frame[COLUMNS + ["granularity", "sequential", "seconds"]].reset_index(drop=True)
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -92,6 +95,7 @@ def summary_table(results: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
             "method": rows.method,
             "bits": rows.bits.astype(int),
             "granularity": rows.granularity,
+            **({"sequential": rows.sequential} if rows.sequential.nunique() > 1 else {}),
             f"fp {metric}": rows.fp_value.map(_fmt),
             f"quant {metric}": rows.quant_value.map(_fmt),
             "δ [95% CI]": [

@@ -17,15 +17,15 @@ from ptq_eval.quant.base import ROUTER_REASON
 from ptq_eval.quant.blocks import calibrate
 from ptq_eval.quant.hessians import eager_experts, hessians_of
 
-VOCAB, SEQ_LEN, WINDOW = 96, 16, 4
+VOCAB, SEQ_LEN, WINDOW, LAYERS = 96, 16, 4, 3  # three blocks: the middle one is fed what the first hands on
 COMMON = dict(
-    vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
+    vocab_size=VOCAB, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=4, intermediate_size=40,
     max_position_embeddings=64,
 )  # fmt: skip
 ATTENTION = dict(COMMON, num_key_value_heads=2)
 MOE = dict(ATTENTION, num_experts_per_tok=2)
 CONFIGS = {
-    "gpt2": lambda: T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64),
+    "gpt2": lambda: T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=LAYERS, n_head=4, n_positions=64),
     "gpt_neox": lambda: T.GPTNeoXConfig(**COMMON),
     "llama": lambda: T.LlamaConfig(**ATTENTION),
     "llama_tied": lambda: T.LlamaConfig(**ATTENTION, tie_word_embeddings=True),
@@ -34,21 +34,31 @@ CONFIGS = {
     "olmo2": lambda: T.Olmo2Config(**ATTENTION),
     "gemma2": lambda: T.Gemma2Config(**ATTENTION, head_dim=8, sliding_window=WINDOW),
     "gemma3": lambda: T.Gemma3TextConfig(
-        **ATTENTION, head_dim=8, sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"]
+        **ATTENTION,
+        head_dim=8,
+        sliding_window=WINDOW,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
     ),
     "mistral": lambda: T.MistralConfig(**ATTENTION, sliding_window=WINDOW),
     "phi": lambda: T.PhiConfig(**COMMON),
     "phi3_fused_qkv": lambda: T.Phi3Config(**ATTENTION, pad_token_id=0),
-    "falcon": lambda: T.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4),
-    "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
-    "gptj": lambda: T.GPTJConfig(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64),
+    "falcon": lambda: T.FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=4),
+    "bloom": lambda: T.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=LAYERS, n_head=4),
+    "gptj": lambda: T.GPTJConfig(vocab_size=VOCAB, n_embd=32, n_layer=LAYERS, n_head=4, rotary_dim=4, n_positions=64),
     "mixtral": lambda: T.MixtralConfig(**MOE, num_local_experts=4),
     "olmoe": lambda: T.OlmoeConfig(**MOE, num_experts=4),
     "qwen2_moe": lambda: T.Qwen2MoeConfig(
         **MOE, num_experts=4, moe_intermediate_size=24, shared_expert_intermediate_size=40
     ),
+    "gpt_oss_transposed_experts": lambda: T.GptOssConfig(
+        **{**MOE, "num_attention_heads": 4},
+        num_local_experts=4,
+        head_dim=8,
+        sliding_window=WINDOW,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    ),
 }
-MOE_FAMILIES = {"mixtral", "olmoe", "qwen2_moe"}
+MOE_FAMILIES = {"mixtral", "olmoe", "qwen2_moe", "gpt_oss_transposed_experts"}
 DEFAULT_REASONS = {"embedding", "output head", ROUTER_REASON}
 
 
@@ -69,6 +79,8 @@ def weight_slices(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every matrix of the model, an expert of a 3-D tensor counted as a matrix of its own."""
     slices = {}
     for name, parameter in model.named_parameters():
+        if name.endswith("bias"):  # fused experts keep their biases as [experts, out]
+            continue
         if parameter.ndim == 2:
             slices[name] = parameter.detach().clone()
         elif parameter.ndim == 3:
@@ -127,7 +139,7 @@ def test_block_by_block_hessians_equal_one_full_forward(family):
         torch.testing.assert_close(hessian.matrix, direct[name].matrix, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("family", ["llama", "mixtral", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "mixtral", "gpt2", "opt"])
 def test_layer_sequential_gptq_quantizes_everything(family):
     model = build(family)
     before = weight_slices(model)
@@ -135,19 +147,38 @@ def test_layer_sequential_gptq_quantizes_everything(family):
     assert_every_weight_quantized(family, model, before, report)
 
 
-def test_an_expert_no_token_reaches_falls_back_to_rtn_and_says_so():
+@pytest.mark.parametrize("sequential", ["block", "layer"])
+def test_an_expert_no_token_reaches_falls_back_to_rtn_and_says_so(sequential):
     model = build("mixtral")
     for layer in model.model.layers:
         router = layer.mlp.gate
         original = router.forward
         router.forward = lambda states, original=original: (lambda out: (out[0], out[1], out[2] % 2))(original(states))
     before = weight_slices(model)
-    report = quantize(model, QuantConfig("gptq", 4, -1), calibration=calibration())
+    report = quantize(model, QuantConfig("gptq", 4, -1, sequential=sequential), calibration=calibration())
     assert_every_weight_quantized("mixtral", model, before, report)
     fallen = {layer.name for layer in report.layers if layer.fallback}
     experts = {layer.name for layer in report.layers if "experts" in layer.name}
     assert fallen == {name for name in experts if name.endswith(("[2]", "[3]"))}
-    assert all("no calibration input" in layer.fallback for layer in report.layers if layer.fallback)
+    assert all("sent it no calibration token" in layer.fallback for layer in report.layers if layer.fallback)
+
+
+def test_a_linear_gptq_cannot_see_the_inputs_of_is_an_error_not_a_rounding():
+    model = build("llama")
+    mlp = model.model.layers[1].mlp  # its down projection applied without calling the module (no hook sees it)
+    mlp.forward = lambda x: torch.nn.functional.linear(
+        mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x), mlp.down_proj.weight
+    )
+    with pytest.raises(QuantError, match=r"no calibration input reach model.layers.1.mlp.down_proj"):
+        quantize(model, QuantConfig("gptq", 4, -1), calibration=calibration())
+
+
+def test_convolutions_are_never_taken_for_experts_nor_their_neighbours_for_routers():
+    config = T.MambaConfig(vocab_size=VOCAB, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2)
+    found = survey(T.AutoModelForCausalLM.from_config(config))
+    assert ROUTER_REASON not in found.defaults.values()
+    assert "backbone.layers.0.mixer.in_proj" in {weight.name for weight in found.selected}
+    assert found.left_out["backbone.layers.0.mixer.conv1d.weight"].startswith("not a Linear, Conv1D or fused expert")
 
 
 def test_a_config_that_selects_nothing_is_an_error_naming_the_model():

@@ -17,6 +17,7 @@ layer type the suite does not understand can never pass silently.
 from __future__ import annotations
 
 import fnmatch
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,10 @@ class QuantConfig:
     damp: float = 0.01
     block_size: int = 128
     sequential: str = "block"
+
+    def __post_init__(self) -> None:
+        if self.sequential not in SEQUENTIAL:
+            raise QuantError(f"sequential={self.sequential!r} is not accepted; use one of {', '.join(SEQUENTIAL)}")
 
     @property
     def granularity(self) -> str:
@@ -100,6 +105,16 @@ class WeightMatrix:
         view.copy_(value.to(view.dtype))
 
     @property
+    def expert_family(self) -> object | None:
+        """What this matrix shares with the other experts of its layer (None if it is no expert): the fused
+        tensor, or for experts kept as a ModuleList the module path with the expert index as a wildcard."""
+        if self.kind == "expert":
+            return id(self.module), self.parameter
+        if re.search(r"\.experts\.\d+\.", self.name):
+            return re.sub(r"\.experts\.\d+\.", ".experts.*.", self.name)
+        return None
+
+    @property
     def shape(self) -> tuple[int, int]:
         out_features, in_features = self.read().shape
         return out_features, in_features
@@ -144,7 +159,11 @@ class Coverage:
         return self.params / self.nonembedding_params if self.nonembedding_params else 0.0
 
     def as_dict(self) -> dict:
-        return asdict(self) | {"fraction": self.fraction}
+        """As stored with a job: names of what was left out; counts of what was excluded or kept by default."""
+        kept: dict[str, int] = {}
+        for reason in self.defaults.values():
+            kept[reason] = kept.get(reason, 0) + 1
+        return asdict(self) | {"fraction": self.fraction, "excluded": len(self.excluded), "defaults": kept}
 
 
 @dataclass
@@ -173,24 +192,29 @@ def embedding_weights(model: torch.nn.Module) -> dict[int, str]:
     return roles
 
 
-def _is_fused_experts(module: torch.nn.Module) -> bool:
-    return any(p.ndim == 3 for p in module.parameters(recurse=False))
+def is_fused_experts(module: torch.nn.Module) -> bool:
+    """A module holding 3-D weight tensors that are not convolution kernels (a candidate experts stack)."""
+    return not isinstance(module, torch.nn.modules.conv._ConvNd) and any(
+        p.ndim == 3 for p in module.parameters(recurse=False)
+    )
 
 
 def _routers(model: torch.nn.Module) -> set[int]:
-    """ids of the leaf modules beside a block's experts (fused experts or a ModuleList named `experts`)."""
+    """ids of the routers: leaf modules named `gate`, `router` or `*_gate` beside a block's experts (fused
+    experts with a layout flag, or a ModuleList named `experts`)."""
     routers = set()
     for module in model.modules():
         children = dict(module.named_children())
         has_experts = any(
-            _is_fused_experts(child) or (name == "experts" and isinstance(child, torch.nn.ModuleList))
+            (is_fused_experts(child) and hasattr(child, "is_transposed"))
+            or (name == "experts" and isinstance(child, torch.nn.ModuleList))
             for name, child in children.items()
         )
         if has_experts:
             routers.update(
                 id(child)
-                for child in children.values()
-                if not any(True for _ in child.children()) and not _is_fused_experts(child)
+                for name, child in children.items()
+                if (name in ("gate", "router") or name.endswith("_gate")) and not any(True for _ in child.children())
             )
     return routers
 
@@ -206,7 +230,7 @@ def _module_weights(name: str, module: torch.nn.Module) -> list[WeightMatrix] | 
         return [WeightMatrix(name, module)]
     if isinstance(module, Conv1D):
         return [WeightMatrix(name, module, kind="conv1d", transposed=True)]
-    if _is_fused_experts(module):
+    if is_fused_experts(module):
         if not hasattr(module, "is_transposed"):
             return f"3-D tensors of {type(module).__name__} without an is_transposed flag: layout unknown"
         return [
@@ -236,8 +260,8 @@ def survey(model: torch.nn.Module, exclude: tuple[str, ...] = DEFAULT_EXCLUDE) -
     selected, excluded, defaults, left_out, left_out_params, seen = [], [], {}, {}, 0, set()
     for name, module in model.named_modules():
         weights = {pname: p for pname, p in module.named_parameters(recurse=False) if p.ndim >= 2}
-        if _is_fused_experts(module):  # per-expert biases [experts, out] are biases, not matrices
-            weights = {pname: p for pname, p in weights.items() if p.ndim == 3}
+        if is_fused_experts(module):  # per-expert biases [experts, out] are biases, not matrices
+            weights = {pname: p for pname, p in weights.items() if p.ndim == 3 or not pname.endswith("bias")}
         weights = {pname: p for pname, p in weights.items() if id(p) not in seen}
         if not weights:
             continue
@@ -252,7 +276,7 @@ def survey(model: torch.nn.Module, exclude: tuple[str, ...] = DEFAULT_EXCLUDE) -
         found = _module_weights(name, module)
         if isinstance(found, str):
             for key, p in full.items():
-                if _excluded(key, exclude):
+                if _excluded(key, exclude) or _excluded(name, exclude):
                     excluded.append(key)
                 else:
                     left_out[key], left_out_params = found, left_out_params + p.numel()

@@ -16,12 +16,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import torch
 
-from ptq_eval.quant.base import WeightMatrix
+from ptq_eval.quant.base import QuantError, WeightMatrix
 from ptq_eval.quant.hessians import Hessian, eager_experts, hessians_of, watch_inputs
 
 Process = Callable[[list[WeightMatrix], dict[str, Hessian]], None]
@@ -33,14 +32,17 @@ class _Stop(Exception):
 
 
 def transformer_blocks(model: torch.nn.Module, weights: list[WeightMatrix]) -> torch.nn.ModuleList | None:
-    """The model's stack of blocks: the longest ModuleList holding a selected matrix (None if there is none)."""
+    """The model's stack of blocks: the longest outermost ModuleList holding a selected matrix (a ModuleList of
+    experts inside a block is never taken for the stack), or None if there is none."""
     owners = {id(weight.module) for weight in weights}
     candidates = [
         module
         for module in model.modules()
         if isinstance(module, torch.nn.ModuleList) and any(id(m) in owners for m in module.modules())
     ]
-    return max(candidates, key=len) if candidates else None
+    nested = {id(inner) for outer in candidates for inner in outer.modules() if inner is not outer}
+    outermost = [module for module in candidates if id(module) not in nested]
+    return max(outermost, key=len) if outermost else None
 
 
 def _to(value, device: torch.device, moved: dict):
@@ -56,10 +58,14 @@ def _to(value, device: torch.device, moved: dict):
     return value
 
 
+def _hidden(output) -> torch.Tensor:
+    """The hidden states a block returns (alone, first of a tuple, or first field of a ModelOutput)."""
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
 def _run_block(block: torch.nn.Module, hidden: torch.Tensor, call: Call) -> torch.Tensor:
     args, kwargs = call
-    output = block(hidden, *args[1:], **kwargs)
-    return output[0] if isinstance(output, tuple) else output
+    return _hidden(block(hidden, *args[1:], **kwargs))
 
 
 def _batches(calibration: torch.Tensor, batch_size: int, device: torch.device) -> list[torch.Tensor]:
@@ -87,40 +93,50 @@ def _forward_until(model: torch.nn.Module, batches: list[torch.Tensor], stop_at:
 
 @torch.no_grad()
 def _block_calls(model: torch.nn.Module, blocks: torch.nn.ModuleList, batches: list[torch.Tensor]) -> list[list[Call]]:
-    """calls[i][b]: the (args, kwargs) block i receives on batch b; args[0] is real for block 0 only."""
+    """calls[i][b]: the (args, kwargs) block i receives on batch b; args[0] is real for block 0 only.
+
+    Block 0 runs; each later block returns its input in block 0's output form. That is exact only when the
+    model hands each block's hidden states to the next unchanged, which is checked: a model whose loop
+    transforms them between blocks is refused rather than calibrated on the wrong inputs.
+    """
     calls: list[list[Call]] = [[] for _ in blocks]
-    tuple_tail: list = []
+    handed: list = [None, None]  # the hidden states the last block returned, and block 0's output form
 
     def recorder(index: int, forward):
         def record(*args, **kwargs):
-            args = list(args) or [kwargs.pop("hidden_states")]
+            args = list(args)
+            if not args:
+                if "hidden_states" not in kwargs:
+                    raise QuantError(f"{type(blocks[index]).__name__} gets no hidden states as its first argument "
+                                     "or `hidden_states=`; block-by-block calibration cannot follow it")  # fmt: skip
+                args = [kwargs.pop("hidden_states")]
+            if index > 0 and args[0] is not handed[0]:
+                raise QuantError(f"{type(model).__name__} changes the hidden states between blocks {index - 1} and "
+                                 f"{index}; block-by-block calibration would use the wrong inputs")  # fmt: skip
             calls[index].append((args, kwargs))
             if index == len(blocks) - 1:
                 raise _Stop
             if index == 0:
                 output = forward(*args, **kwargs)
-                tuple_tail[:] = [list(output[1:])] if isinstance(output, tuple) else []
+                handed[:] = [_hidden(output), output]
                 return output
-            return (args[0], *tuple_tail[0]) if tuple_tail else args[0]
+            form = handed[1]
+            return args[0] if isinstance(form, torch.Tensor) else (args[0], *form[1:])
 
         return record
 
-    for index, block in enumerate(blocks):
-        block.forward = recorder(index, block.forward)
+    own = [block.__dict__.get("forward") for block in blocks]  # a forward set on the instance (hooks, patches)
     try:
+        for index, block in enumerate(blocks):
+            block.forward = recorder(index, block.forward)
         _forward_until(model, batches, None)
     finally:
-        for block in blocks:
-            del block.forward
+        for block, forward in zip(blocks, own, strict=True):
+            if forward is None:
+                block.__dict__.pop("forward", None)
+            else:
+                block.forward = forward
     return calls
-
-
-def _group_key(weight: WeightMatrix, first_input: torch.Tensor) -> object:
-    if weight.kind == "expert":
-        return id(weight.module), weight.parameter
-    if re.search(r"\.experts\.\d+\.", weight.name):
-        return re.sub(r"\.experts\.\d+\.", ".experts.*.", weight.name)
-    return id(first_input)
 
 
 def _sequential_groups(
@@ -136,10 +152,12 @@ def _sequential_groups(
         _run_block(block, hidden, call)
     groups: dict[object, list[WeightMatrix]] = {}
     by_name = {weight.name: weight for weight in weights}
-    for name, rows in first.items():
-        groups.setdefault(_group_key(by_name[name], rows), []).append(by_name[name])
-    unseen = [weight for weight in weights if weight.name not in first]
-    return list(groups.values()) + ([unseen] if unseen else [])
+    for name, rows in first.items():  # experts group by tensor (each sees other rows); the rest by shared input
+        groups.setdefault(by_name[name].expert_family or id(rows), []).append(by_name[name])
+    for weight in weights:
+        if weight.name not in first:  # no input in the first batch: with its experts, or last
+            groups.setdefault(weight.expert_family or "unseen", []).append(weight)
+    return list(groups.values())
 
 
 @torch.no_grad()

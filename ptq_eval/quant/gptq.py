@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ptq_eval.quant.base import LayerReport, QuantConfig, QuantReport, WeightMatrix, register
+from ptq_eval.quant.base import LayerReport, QuantConfig, QuantError, QuantReport, WeightMatrix, register
 from ptq_eval.quant.blocks import calibrate
 from ptq_eval.quant.grid import PER_TENSOR, Grid, check_group_size, fit_grid, quantize_tensor
 from ptq_eval.quant.hessians import Hessian
 from ptq_eval.quant.rtn import relative_error, rtn_matrix
 
-NO_INPUT = "rtn: no calibration input reached it (e.g. an expert the router never chose)"
+NO_INPUT = "rtn: the router sent it no calibration token"
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,18 @@ def _gptq_matrix(weight: WeightMatrix, hessian: Hessian, config: QuantConfig, re
     weight.write(result.weight)
 
 
+def check_inputs_reached(group: list[WeightMatrix], hessians: dict[str, Hessian]) -> None:
+    """Only an expert may see no calibration input, and only when others of its tensor saw some (the router
+    chose them): anything else means its inputs were not captured, which must not pass as a rounding."""
+    reached = {w.expert_family for w in group if w.expert_family is not None and hessians[w.name].samples}
+    for weight in group:
+        if hessians[weight.name].samples == 0 and weight.expert_family not in reached:
+            raise QuantError(
+                f"GPTQ saw no calibration input reach {weight.name} ({type(weight.module).__name__}); "
+                "ptq-eval cannot see how the model uses it: exclude it or use method rtn"
+            )
+
+
 @register("gptq")
 def quantize_gptq(
     model: torch.nn.Module,
@@ -148,6 +160,7 @@ def quantize_gptq(
     home = next(model.parameters()).device
 
     def process(group: list[WeightMatrix], hessians: dict[str, Hessian]) -> None:
+        check_inputs_reached(group, hessians)
         for weight in group:
             _gptq_matrix(weight, hessians[weight.name], config, report, home)
 

@@ -16,10 +16,11 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ptq_eval.quant.base import WeightMatrix
+from ptq_eval.quant.base import WeightMatrix, is_fused_experts
 
 InputSink = Callable[[WeightMatrix, torch.Tensor], None]
 _LINEAR, _MATMUL = {"linear"}, {"matmul", "__matmul__", "mm"}
+_PRODUCTS = _LINEAR | _MATMUL
 
 
 class Hessian:
@@ -67,12 +68,11 @@ class _ExpertInputs(TorchFunctionMode):
             weight = self.experts[id(args[0])].get(_expert_index(args[1]))
             if weight is not None:
                 self.slices[id(result)] = (result, weight)  # the reference keeps the id from being reused
-        elif name in _LINEAR | _MATMUL and len(args) >= 2 and id(args[1]) in self.slices:
-            slice_, weight = self.slices[id(args[1])]
-            if slice_ is args[1]:
-                if weight.transposed != (name in _MATMUL):
-                    raise RuntimeError(f"{weight.name}: used as {name}, which contradicts its layout flag")
-                self.sink(weight, args[0])
+        elif name in _PRODUCTS and len(args) >= 2 and id(args[1]) in self.slices:
+            weight = self.slices[id(args[1])][1]
+            if weight.transposed != (name in _MATMUL):
+                raise RuntimeError(f"{weight.name}: used as {name}, which contradicts its layout flag")
+            self.sink(weight, args[0])
         return result
 
 
@@ -82,8 +82,7 @@ def eager_experts(model: torch.nn.Module) -> Iterator[None]:
     configs = {
         id(m.config): m.config
         for m in model.modules()
-        if any(p.ndim == 3 for p in m.parameters(recurse=False))
-        and hasattr(getattr(m, "config", None), "_experts_implementation")
+        if is_fused_experts(m) and hasattr(getattr(m, "config", None), "_experts_implementation")
     }
     saved = {key: config._experts_implementation for key, config in configs.items()}
     for config in configs.values():
