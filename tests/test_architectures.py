@@ -14,7 +14,7 @@ import transformers as T
 
 from ptq_eval.quant import QuantConfig, QuantError, quantize, survey
 from ptq_eval.quant.base import ROUTER_REASON
-from ptq_eval.quant.blocks import calibrate
+from ptq_eval.quant.blocks import calibrate, transformer_blocks
 from ptq_eval.quant.hessians import eager_experts, hessians_of
 
 VOCAB, SEQ_LEN, WINDOW, LAYERS = 96, 16, 4, 3  # three blocks: the middle one is fed what the first hands on
@@ -194,3 +194,62 @@ def test_unknown_weight_types_are_left_out_by_name():
     found = survey(model)
     assert found.left_out == {"model.layers.0.mlp.odd": "not a Linear, Conv1D or fused expert tensor (LlamaMLP)"}
     assert found.left_out_params == 16
+
+
+class ToyBlock(torch.nn.Module):
+    """A block whose experts are a ModuleList of Linears (as remote-code MoEs keep them), more of them than
+    there are blocks; the router sends each token to one expert."""
+
+    def __init__(self, width: int = 8, experts: int = 4):
+        super().__init__()
+        self.gate = torch.nn.Linear(width, experts, bias=False)
+        self.experts = torch.nn.ModuleList(torch.nn.Linear(width, width) for _ in range(experts))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        chosen = self.gate(hidden).argmax(-1)
+        out = hidden.clone()
+        for index, expert in enumerate(self.experts):
+            mask = chosen == index
+            if mask.any():
+                out[mask] = out[mask] + expert(hidden[mask])
+        return out
+
+
+class ToyModel(torch.nn.Module):
+    def __init__(self, rescale_between_blocks: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(VOCAB, 8)
+        self.layers = torch.nn.ModuleList(ToyBlock() for _ in range(3))
+        self.rescale = rescale_between_blocks
+
+    def forward(self, input_ids: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+        hidden = self.embed(input_ids)
+        for layer in self.layers:
+            hidden = layer(hidden)
+            if self.rescale:
+                hidden = hidden * 2.0
+        return hidden
+
+
+def test_experts_kept_as_a_module_list_are_calibrated_per_block_not_taken_for_the_stack():
+    model = ToyModel()
+    weights = survey(model).selected
+    assert transformer_blocks(model, weights) is model.layers  # not a block's longer list of 4 experts
+    assert set(survey(model).defaults.values()) == {"embedding", ROUTER_REASON}
+    propagated = {}
+    calibrate(model, weights, calibration(), lambda group, hessians: propagated.update(hessians))
+    with torch.no_grad(), hessians_of(weights) as direct:
+        for batch in calibration().split(8):
+            model(batch)
+    for name, hessian in propagated.items():
+        assert hessian.samples == direct[name].samples, name
+        if hessian.samples:
+            torch.testing.assert_close(hessian.matrix, direct[name].matrix, msg=name)
+    report = quantize(model, QuantConfig("gptq", 4, -1, sequential="layer"), calibration=calibration())
+    assert len(report.layers) == 12 and all(layer.fallback or layer.samples for layer in report.layers)
+
+
+def test_a_model_that_changes_hidden_states_between_blocks_is_refused_not_miscalibrated():
+    with pytest.raises(QuantError, match=r"ToyModel changes the hidden states between blocks 0 and 1"):
+        quantize(ToyModel(rescale_between_blocks=True), QuantConfig("gptq", 4, -1), calibration=calibration())

@@ -30,6 +30,7 @@ from ptq_eval.quant.grid import PER_CHANNEL, PER_TENSOR
 GPTQ_OPTIONS = ("act_order", "static_groups", "damp", "block_size", "sequential")
 SEQUENTIAL = ("block", "layer")
 DEFAULT_EXCLUDE = ("lm_head", "embed_out")
+EXPERT_INDEX = r"\.experts\.\d+(?=\.|$)"  # an expert's index in a ModuleList named experts
 ROUTER_REASON = "MoE router (kept in full precision by default)"
 # Options added after the first studies: in job keys only when set off their defaults, so earlier keys hold.
 LATER_OPTIONS = {"sequential": "block"}
@@ -110,8 +111,8 @@ class WeightMatrix:
         tensor, or for experts kept as a ModuleList the module path with the expert index as a wildcard."""
         if self.kind == "expert":
             return id(self.module), self.parameter
-        if re.search(r"\.experts\.\d+\.", self.name):
-            return re.sub(r"\.experts\.\d+\.", ".experts.*.", self.name)
+        if re.search(EXPERT_INDEX, self.name):
+            return re.sub(EXPERT_INDEX, ".experts.*", self.name)
         return None
 
     @property
