@@ -182,7 +182,7 @@ def _process_outside(model, weights: list[WeightMatrix], batches, stop_at, proce
         _forward_until(model, batches, stop_at)
     reached = [weight for weight in weights if hessians[weight.name].samples]
     if stop_at is None:
-        reached = weights  # the last pass: what no input reached is processed too (GPTQ falls back to RTN)
+        reached = weights  # the last pass: what no input reached goes too (GPTQ refuses it unless an expert)
     if reached:
         process(reached, {weight.name: hessians[weight.name] for weight in reached})
     return [weight for weight in weights if weight not in reached]
