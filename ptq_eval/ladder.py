@@ -252,7 +252,7 @@ def train_ladder(
     started = time.perf_counter()
     train = load_corpus(cfg.corpus, "train")
     if cfg.max_train_files is not None:
-        train = type(train)(train.name, train.split, train.root, train.files[: cfg.max_train_files])
+        train = train.subset(list(range(min(len(train), cfg.max_train_files))))
     tokenizer = train_bpe(train.texts(), cfg.vocab_size)
     parts = [train] + [load_corpus(name, "train") for name in cfg.extra_train_corpora]
     stream = torch.cat([token_stream(tokenizer, part) for part in parts])
@@ -261,7 +261,7 @@ def train_ladder(
         "parts": [part.describe() for part in parts],
         "tokens": len(stream),
     }
-    progress(f"training stream: {len(stream):,} tokens from {sum(len(p.files) for p in parts)} files")
+    progress(f"training stream: {len(stream):,} tokens from {sum(len(p) for p in parts)} files")
     sampler = WindowSampler(stream, cfg)
     chosen = [s for s in cfg.sizes if sizes is None or s.name in sizes]
     saved = []

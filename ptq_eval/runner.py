@@ -15,14 +15,14 @@ import transformers
 
 from ptq_eval import __version__
 from ptq_eval.checkpoints import LoadedCheckpoint, load_checkpoint
-from ptq_eval.corpus import load_corpus, token_stream
+from ptq_eval.corpus import load_corpus, shared_documents, token_stream
 from ptq_eval.evaluate.evaluators import HarnessEvaluator, PerplexityEvaluator, Scored
 from ptq_eval.evaluate.harness import load_tasks
 from ptq_eval.evaluate.paired import paired_metrics
 from ptq_eval.evaluate.windows import Windows, make_windows, rolling_windows
 from ptq_eval.quant import QuantConfig, quantizable_weights, quantize
 from ptq_eval.quant.calibration import calibration_tokens
-from ptq_eval.spec import Job, LmEvalEval, PerplexityEval, Study, expand_jobs
+from ptq_eval.spec import Job, LmEvalEval, PerplexityEval, Study, StudyError, expand_jobs
 from ptq_eval.store import MetricRow, Store
 
 Progress = Callable[[str, int], None]
@@ -173,10 +173,27 @@ class _CheckpointRun:
             progress(f"{self.loaded.facts.name} {config.method} {config.bits}b {config.granularity}", 1)
 
 
+def check_calibration_disjoint(study: Study, jobs: list[Job]) -> None:
+    """Refuse, before any model loads, calibration text that shares a document with a perplexity eval."""
+    if not any(job.quant.needs_calibration for job in jobs):
+        return
+    spec = study.calibration
+    calibration = load_corpus(spec.corpus, spec.split)
+    for evaluation in dict.fromkeys(job.eval for job in jobs if isinstance(job.eval, PerplexityEval)):
+        shared = shared_documents(calibration, load_corpus(evaluation.corpus, evaluation.split))
+        if shared:
+            raise StudyError(
+                f"calibration ({spec.corpus!r} split {spec.split!r}) shares {shared} documents with eval "
+                f"{evaluation.name}: GPTQ would be calibrated on the text it is scored on; calibrate on another "
+                "split or corpus"
+            )
+
+
 def run_study(study: Study, store: Store, progress: Progress = lambda message, advance: None) -> RunSummary:
     """Run every job of the study not already in the store; returns what was done."""
     started = time.perf_counter()
     jobs = expand_jobs(study)
+    check_calibration_disjoint(study, jobs)
     done = store.finished([job.key for job in jobs] + [job.baseline().key for job in jobs])
     summary = RunSummary(jobs=len(jobs), already_done=sum(job.key in done for job in jobs))
     progress(f"{summary.already_done}/{summary.jobs} jobs already in the store", 0)

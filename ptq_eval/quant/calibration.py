@@ -6,23 +6,23 @@ import random
 
 import torch
 
-from ptq_eval.corpus import Corpus, load_corpus, token_stream
+from ptq_eval.corpus import load_corpus, token_stream
 
 CHARACTERS_PER_TOKEN_BOUND = 8  # read this many characters per wanted token, so any BPE yields enough text
 
 
 def calibration_tokens(tokenizer, corpus: str, split: str, samples: int, seq_len: int, seed: int) -> torch.Tensor:
-    """[samples, seq_len] token windows drawn (seeded) from randomly chosen files of the split."""
+    """[samples, seq_len] token windows drawn (seeded) from randomly chosen documents of the split."""
     source = load_corpus(corpus, split)
-    files = list(source.files)
-    random.Random(seed).shuffle(files)
+    order, sizes = list(range(len(source))), source.sizes()
+    random.Random(seed).shuffle(order)
     wanted, chosen = samples * seq_len * CHARACTERS_PER_TOKEN_BOUND, []
-    for name in files:
-        chosen.append(name)
-        wanted -= (source.root / name).stat().st_size
+    for index in order:
+        chosen.append(index)
+        wanted -= sizes[index]
         if wanted <= 0:
             break
-    stream = token_stream(tokenizer, Corpus(source.name, source.split, source.root, tuple(chosen)))
+    stream = token_stream(tokenizer, source.subset(chosen))
     if len(stream) < seq_len + 1:
         raise ValueError(f"calibration corpus {corpus!r} split {split!r} has {len(stream)} tokens, fewer than seq_len")
     generator = torch.Generator().manual_seed(seed)
