@@ -1,13 +1,20 @@
-"""Resolve a checkpoint reference to a model, its tokenizer, and its facts (N, D, D/N).
+"""Resolve a checkpoint reference to a model, its tokenizer, and its facts (N, D, D/N, weights identity).
 
 A reference is a local directory or `hub-id@revision`. D (tokens seen) comes from, in
 order: the study spec, a `ptq_eval.json` next to a local checkpoint, or the family's
-known schedule (Pythia `stepK`; OLMo revision names that carry the token count).
+known schedule (Pythia `stepK`; OLMo revision names that carry the token count); when
+nobody knows it, D is None (δ needs no D; the fits leave such checkpoints out).
+
+The weights' identity pins what was measured: a hub revision resolves to its commit SHA (from
+the hub, or offline from the local cache's refs) and is loaded at that commit; a local
+directory is identified by the SHA-256 of its config and weight files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +27,8 @@ METADATA_FILE = "ptq_eval.json"
 PYTHIA_TOKENS_PER_STEP = 2_097_152
 PYTHIA_TOTAL_STEPS = 143_000
 _TOKEN_UNITS = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.safetensors.index.json", "*.bin.index.json")
+COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 class CheckpointError(ValueError):
@@ -55,14 +64,15 @@ class CheckpointFacts:
     name: str
     params: int
     nonembedding_params: int
-    tokens: int
+    tokens: int | None
     tokens_source: str
     schedule: dict = field(default_factory=dict)
+    weights_id: str = ""
 
     @property
-    def tokens_per_param(self) -> float:
-        """D/N, with N the non-embedding parameters (the weights quantization touches)."""
-        return self.tokens / self.nonembedding_params
+    def tokens_per_param(self) -> float | None:
+        """D/N, with N the non-embedding parameters (the weights quantization touches); None if D is unknown."""
+        return None if self.tokens is None else self.tokens / self.nonembedding_params
 
 
 @dataclass
@@ -108,21 +118,87 @@ def read_local_facts(directory: Path) -> dict:
         raise CheckpointError(f"{path} is not valid JSON: {error}") from error
 
 
-def resolve_tokens(ref: CheckpointRef, metadata: dict, tokens: int | None) -> tuple[int, str, dict]:
-    """D for a checkpoint, and where it came from; a clear error when nobody knows it."""
+def _checked_tokens(value: object, where: str) -> int:
+    """A D read from a file: a positive whole number, or a clear error naming the file."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise CheckpointError(
+            f"{where}: tokens must be a positive number (tokens seen, D), not {value!r}; leave the key out if D is "
+            "unknown"
+        )
+    return int(value)
+
+
+def resolve_tokens(ref: CheckpointRef, metadata: dict, tokens: int | None) -> tuple[int | None, str, dict]:
+    """D for a checkpoint and where it came from; (None, "unknown", {}) when nobody knows it."""
     schedule = metadata.get("schedule", {})
     if tokens is not None:
         return int(tokens), "spec", schedule
     if "tokens" in metadata:
-        return int(metadata["tokens"]), METADATA_FILE, schedule
+        return _checked_tokens(metadata["tokens"], str(Path(ref.repo) / METADATA_FILE)), METADATA_FILE, schedule
     known = tokens_from_schedule(ref)
     if known is not None:
         return known
-    raise CheckpointError(
-        f"tokens seen (D) unknown for checkpoint {ref}: give it in the study "
-        f"(ladder entry {{path: {ref}, tokens: N}}), or put a {METADATA_FILE} with "
-        '{"tokens": N} next to the weights; known schedules: Pythia stepK, OLMo ...-tokensNB revisions'
-    )
+    return None, "unknown", schedule
+
+
+def _local_weights_id(directory: Path) -> str:
+    """SHA-256 over config.json and the weight files of a local checkpoint, by name and content."""
+    digest = hashlib.sha256()
+    files = sorted({path for pattern in ("config.json", *WEIGHT_FILES) for path in directory.glob(pattern)})
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _cached_commit(repo: str, revision: str) -> str | None:
+    """The commit a revision points to in the local hub cache, if it is there."""
+    from huggingface_hub import constants
+
+    folder = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    if COMMIT.fullmatch(revision):
+        return revision if (folder / "snapshots" / revision).is_dir() else None
+    ref = folder / "refs" / revision
+    if ref.is_file():
+        commit = ref.read_text().strip()
+        return commit if (folder / "snapshots" / commit).is_dir() else None
+    return None
+
+
+def hub_commit(ref: CheckpointRef) -> str:
+    """The commit SHA a hub revision resolves to: from the hub, or offline from the local cache."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    revision = ref.revision or "main"
+    cached = _cached_commit(ref.repo, revision)
+    if constants.HF_HUB_OFFLINE:
+        if cached is None:
+            raise CheckpointError(
+                f"{ref}: revision {revision!r} is not in the local hub cache ({constants.HF_HUB_CACHE}) and the hub is "
+                "offline (HF_HUB_OFFLINE=1); download it first or run with hub access"
+            )
+        return cached
+    try:
+        return HfApi().model_info(ref.repo, revision=revision).sha
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{ref}: the hub repository has no revision {revision!r}") from None
+    except GatedRepoError:
+        raise CheckpointError(f"{ref}: the repository is gated; accept its terms and log in (hf auth login)") from None
+    except RepositoryNotFoundError:
+        raise CheckpointError(f"{ref}: no such hub repository (or it is private)") from None
+    except (HfHubHTTPError, OSError) as error:
+        if cached is None:
+            raise CheckpointError(f"{ref}: cannot reach the hub to resolve {revision!r}: {error}") from None
+        return cached
+
+
+def weights_identity(reference: str) -> str:
+    """`sha256:...` of a local checkpoint's files, or `git:<commit>` of a hub revision."""
+    ref = CheckpointRef.parse(reference)
+    return _local_weights_id(Path(ref.repo)) if ref.is_local else f"git:{hub_commit(ref)}"
 
 
 def load_kwargs(ref: CheckpointRef, allow_pickle: bool, trust_remote_code: bool, dtype: str) -> dict:
@@ -137,28 +213,45 @@ def load_kwargs(ref: CheckpointRef, allow_pickle: bool, trust_remote_code: bool,
     return kwargs
 
 
+def load_tokenizer(reference: str, trust_remote_code: bool = False, commit: str | None = None):
+    """The checkpoint's tokenizer (at `commit` when given, for a hub reference)."""
+    from transformers import AutoTokenizer
+
+    ref = CheckpointRef.parse(reference)
+    revision = commit or ref.revision
+    try:
+        return AutoTokenizer.from_pretrained(ref.repo, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot load the tokenizer of checkpoint {ref}: {error}") from error
+
+
 def load_model(
     reference: str,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     dtype: str = "float32",
     device: str = "cpu",
+    commit: str | None = None,
 ):
-    """Model (in eval mode, on device) and tokenizer; errors say how to fix the reference."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Model (in eval mode, on device) and tokenizer (at `commit` when given, for a hub reference); errors say how
+    to fix the reference."""
+    from transformers import AutoModelForCausalLM
 
     ref = CheckpointRef.parse(reference)
+    if commit is not None:
+        ref = CheckpointRef(ref.repo, commit)
     kwargs = load_kwargs(ref, allow_pickle, trust_remote_code, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.repo, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(ref.repo, revision=ref.revision, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(str(ref), trust_remote_code)
     except (OSError, ValueError) as error:
         where = (
             "local directory"
             if ref.is_local
             else "Hugging Face hub (is the machine offline? HF_HUB_OFFLINE=1 uses the cache only)"
         )
-        hint = "" if allow_pickle else "; weights are loaded from safetensors only unless allow_pickle: true"
+        pickled_only = ref.is_local and not allow_pickle and not any(Path(ref.repo).glob("*.safetensors"))
+        hint = "; weights are loaded from safetensors only unless allow_pickle: true" if pickled_only else ""
         raise CheckpointError(f"cannot load checkpoint {ref} from the {where}: {error}{hint}") from error
     return model.to(device).eval(), tokenizer
 
@@ -170,12 +263,15 @@ def load_checkpoint(
     trust_remote_code: bool = False,
     dtype: str = "float32",
     device: str = "cpu",
+    weights_id: str | None = None,
 ) -> LoadedCheckpoint:
-    """Load model + tokenizer and work out N and D (D first, so a missing D fails before any download)."""
+    """Load model + tokenizer (a hub revision at the commit `weights_id` names) and work out N and D."""
     ref = CheckpointRef.parse(reference)
     metadata = read_local_facts(Path(ref.repo)) if ref.is_local else {}
     resolved_tokens, source, schedule = resolve_tokens(ref, metadata, tokens)
-    model, tokenizer = load_model(reference, allow_pickle, trust_remote_code, dtype, device)
+    weights_id = weights_id or weights_identity(reference)
+    commit = weights_id.removeprefix("git:") if weights_id.startswith("git:") else None
+    model, tokenizer = load_model(reference, allow_pickle, trust_remote_code, dtype, device, commit)
     params, nonembedding = count_params(model)
-    facts = CheckpointFacts(str(ref), params, nonembedding, resolved_tokens, source, schedule)
+    facts = CheckpointFacts(str(ref), params, nonembedding, resolved_tokens, source, schedule, weights_id)
     return LoadedCheckpoint(model, tokenizer, facts)

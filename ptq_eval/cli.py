@@ -93,6 +93,8 @@ def cmd_run(args) -> int:
             "the gate will not pass it (exclude them explicitly if that is intended)",
             file=sys.stderr,
         )
+    for reference, reason in summary.failed.items():
+        print(f"error: checkpoint {reference} failed: {reason} (recorded; a re-run retries it)", file=sys.stderr)
     if args.report_dir:
         out = Path(args.report_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +102,7 @@ def cmd_run(args) -> int:
         (out / "results.md").write_text(render(results, "md"))
         (out / "summary.md").write_text(f"# {study.name}\n\n{SUMMARY_NOTE}\n\n" + text)
         print(f"wrote {out}/results.csv, results.md, summary.md", file=sys.stderr)
-    return 0
+    return 1 if summary.failed else 0
 
 
 def _results_of(study_file: str, store: str | None):
@@ -117,8 +119,15 @@ def _results_of(study_file: str, store: str | None):
 
 def cmd_results(args) -> int:
     from ptq_eval.results import render
+    from ptq_eval.spec import checkpoints, load_study
+    from ptq_eval.store import Store
 
-    print(render(_results_of(args.study, args.store)[0], args.format), end="")
+    results, _, path = _results_of(args.study, args.store)
+    print(render(results, args.format), end="")
+    with Store(path) as store:
+        failed = store.failures(spec.reference for spec in checkpoints(load_study(args.study)))
+    for reference, reason in failed.items():
+        print(f"failed checkpoint (no results): {reference}: {reason}", file=sys.stderr)
     return 0
 
 

@@ -3,7 +3,6 @@ restored between quant configs, every finished job committed to the store at onc
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import platform
 import time
@@ -14,18 +13,21 @@ import torch
 import transformers
 
 from ptq_eval import __version__
-from ptq_eval.checkpoints import LoadedCheckpoint, load_checkpoint
+from ptq_eval.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint
 from ptq_eval.corpus import load_corpus, shared_documents, token_stream
 from ptq_eval.evaluate.evaluators import HarnessEvaluator, PerplexityEvaluator, Scored
 from ptq_eval.evaluate.harness import load_tasks
 from ptq_eval.evaluate.paired import paired_metrics
 from ptq_eval.evaluate.windows import Windows, make_windows, rolling_windows
-from ptq_eval.quant import QuantConfig, quantizable_weights, quantize
+from ptq_eval.identity import checkpoint_identity, data_identities, job_inputs, stale_reason, tokenizer_identity
+from ptq_eval.quant import QuantConfig, QuantError, quantizable_weights, quantize
 from ptq_eval.quant.calibration import calibration_tokens
 from ptq_eval.spec import Job, LmEvalEval, PerplexityEval, Study, StudyError, expand_jobs
 from ptq_eval.store import MetricRow, Store
 
 Progress = Callable[[str, int], None]
+Inputs = Callable[[Job], dict]
+CHECKPOINT_FAILURES = (CheckpointError, QuantError, torch.OutOfMemoryError)
 
 
 @dataclass
@@ -35,6 +37,8 @@ class RunSummary:
     ran: int = 0
     seconds: float = 0.0
     nonfinite_jobs: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # checkpoint -> why it failed (recorded in the store)
+    rescored: dict[str, str] = field(default_factory=dict)  # checkpoint -> why stored jobs were computed again
     left_out: dict[str, dict[str, str]] = field(default_factory=dict)  # weights neither quantized nor excluded
 
 
@@ -64,21 +68,14 @@ def _facts(loaded: LoadedCheckpoint) -> dict:
     return facts
 
 
-def tokenizer_identity(tokenizer) -> str:
-    """Same string for tokenizers that split text identically (fast tokenizers: their full definition)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    definition = backend.to_str() if backend is not None else tokenizer.name_or_path
-    return hashlib.sha256(definition.encode()).hexdigest()
-
-
 class _CheckpointRun:
     """Everything done with one loaded checkpoint."""
 
-    def __init__(self, study: Study, store: Store, loaded: LoadedCheckpoint, device: str, cache: dict):
+    def __init__(self, study: Study, store: Store, loaded: LoadedCheckpoint, device: str, cache: dict, inputs: Inputs):
         self.study, self.store, self.loaded, self.device = study, store, loaded, device
         self.weights = quantizable_weights(loaded.model, study.exclude)
         self.pristine = [weight.read().detach().clone() for weight in self.weights]
-        self.cache = cache
+        self.cache, self.inputs = cache, inputs
         self.tokenizer_key = tokenizer_identity(loaded.tokenizer)
 
     def windows(self, evaluation: PerplexityEval) -> tuple[Windows, dict]:
@@ -135,7 +132,7 @@ class _CheckpointRun:
         self.restore()
         scored, seconds = self.score(job.eval)
         rows = [MetricRow(metric.name, metric.value, metric.n) for metric in scored.metrics]
-        details = provenance(self.study, self.device) | scored.details
+        details = provenance(self.study, self.device) | scored.details | {"inputs": self.inputs(job)}
         self.store.save(job.key, job.describe(), _facts(self.loaded), details, seconds, rows, scored.arrays)
         done.add(job.key)
         return scored
@@ -167,7 +164,8 @@ class _CheckpointRun:
                 summary.nonfinite_jobs.append(
                     f"{self.loaded.facts.name} {config.method} {config.bits}-bit {config.granularity} {job.eval.name}"
                 )
-            details = provenance(self.study, self.device) | scored.details | {"quant_report": report_facts}
+            details = provenance(self.study, self.device) | scored.details
+            details |= {"quant_report": report_facts, "inputs": self.inputs(job)}
             self.store.save(job.key, job.describe(), _facts(self.loaded), details, seconds + report.seconds, rows)
             summary.ran += 1
             progress(f"{self.loaded.facts.name} {config.method} {config.bits}b {config.granularity}", 1)
@@ -189,35 +187,85 @@ def check_calibration_disjoint(study: Study, jobs: list[Job]) -> None:
             )
 
 
+def _reusable(jobs: list[Job], stored: dict[str, dict | None], inputs: Inputs) -> tuple[set[str], dict[str, str]]:
+    """The stored job keys (baselines included) whose recorded inputs are the current ones, and why others are
+    not (stale key → reason)."""
+    reusable, stale = set(), {}
+    for job in [*jobs, *(job.baseline() for job in jobs)]:
+        if job.key in stored:
+            reason = stale_reason(stored[job.key], inputs(job))
+            if reason is None:
+                reusable.add(job.key)
+            else:
+                stale[job.key] = reason
+    return reusable, stale
+
+
+def _run_checkpoint(study, store, checkpoint, pending, done, device, cache, inputs, summary, progress) -> None:
+    loaded = load_checkpoint(
+        checkpoint.reference, checkpoint.tokens, study.allow_pickle, study.trust_remote_code, study.dtype, device,
+        inputs(pending[0])["weights"],
+    )  # fmt: skip
+    run = _CheckpointRun(study, store, loaded, device, cache, inputs)
+    baseline_jobs = {job.baseline().key: job.baseline() for job in pending}
+    baselines = {key: run.baseline(job, done) for key, job in baseline_jobs.items()}
+    by_config: dict[QuantConfig, list[Job]] = {}
+    for job in pending:
+        by_config.setdefault(job.quant, []).append(job)
+    for config, config_jobs in by_config.items():
+        run.quantized(config, config_jobs, baselines, summary, progress)
+
+
 def run_study(study: Study, store: Store, progress: Progress = lambda message, advance: None) -> RunSummary:
-    """Run every job of the study not already in the store; returns what was done."""
+    """Run every job of the study not already in the store for the same inputs; returns what was done.
+
+    Before any model loads: calibration is checked disjoint from the evals, and every checkpoint's weights and
+    tokenizer are identified (a checkpoint that cannot be is recorded as failed; the study goes on). A stored
+    job is re-used only if it was computed from the same weights, tokenizer and texts (`identity.py`).
+    """
     started = time.perf_counter()
     jobs = expand_jobs(study)
     check_calibration_disjoint(study, jobs)
-    done = store.finished([job.key for job in jobs] + [job.baseline().key for job in jobs])
-    summary = RunSummary(jobs=len(jobs), already_done=sum(job.key in done for job in jobs))
-    progress(f"{summary.already_done}/{summary.jobs} jobs already in the store", 0)
-    device = resolve_device(study.device)
-    cache: dict = {}
-    for evaluation in dict.fromkeys(job.eval for job in jobs if job.key not in done):
-        if isinstance(evaluation, LmEvalEval):
-            cache[evaluation] = load_tasks(evaluation)  # before any checkpoint: a bad task fails fast
+    data = data_identities(study, jobs)
+    stored = store.inputs([job.key for job in jobs] + [job.baseline().key for job in jobs])
+    summary = RunSummary(jobs=len(jobs))
     by_checkpoint: dict = {}
     for job in jobs:
-        if job.key not in done:
-            by_checkpoint.setdefault(job.checkpoint, []).append(job)
-    for checkpoint, pending in by_checkpoint.items():
-        loaded = load_checkpoint(
-            checkpoint.reference, checkpoint.tokens, study.allow_pickle, study.trust_remote_code, study.dtype, device
-        )
-        run = _CheckpointRun(study, store, loaded, device, cache)
-        baseline_jobs = {job.baseline().key: job.baseline() for job in pending}
-        baselines = {key: run.baseline(job, done) for key, job in baseline_jobs.items()}
-        by_config: dict[QuantConfig, list[Job]] = {}
-        for job in pending:
-            by_config.setdefault(job.quant, []).append(job)
-        for config, config_jobs in by_config.items():
-            run.quantized(config, config_jobs, baselines, summary, progress)
-        del run, loaded
+        by_checkpoint.setdefault(job.checkpoint, []).append(job)
+    plans = {}
+    for checkpoint, checkpoint_jobs in by_checkpoint.items():
+        try:
+            identity = checkpoint_identity(checkpoint.reference, study.trust_remote_code)
+        except CHECKPOINT_FAILURES as error:
+            summary.failed[checkpoint.reference] = str(error)
+            store.record_failure(checkpoint.reference, str(error))
+            continue
+
+        def inputs(job: Job, identity=identity) -> dict:
+            return job_inputs(job, identity, data)
+
+        done, stale = _reusable(checkpoint_jobs, stored, inputs)
+        if stale:
+            summary.rescored[checkpoint.reference] = f"{len(stale)} stored jobs: {next(iter(stale.values()))}"
+        pending = [job for job in checkpoint_jobs if job.key not in done]
+        summary.already_done += len(checkpoint_jobs) - len(pending)
+        plans[checkpoint] = (pending, done, inputs)
+    progress(f"{summary.already_done}/{summary.jobs} jobs already in the store", 0)
+    for reference, reason in summary.rescored.items():
+        progress(f"{reference}: computing again {reason}", 0)
+    device = resolve_device(study.device)
+    cache: dict = {}
+    for evaluation in dict.fromkeys(job.eval for pending, _, _ in plans.values() for job in pending):
+        if isinstance(evaluation, LmEvalEval):
+            cache[evaluation] = load_tasks(evaluation)  # before any model loads: a bad task fails fast
+    for checkpoint, (pending, done, inputs) in plans.items():
+        try:
+            if pending:
+                _run_checkpoint(study, store, checkpoint, pending, done, device, cache, inputs, summary, progress)
+            store.clear_failure(checkpoint.reference)
+        except CHECKPOINT_FAILURES as error:
+            summary.failed[checkpoint.reference] = str(error)
+            store.record_failure(checkpoint.reference, str(error))
+            progress(f"{checkpoint.reference}: failed ({error}); the study goes on", 0)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -7,6 +7,8 @@ Tables:
   full-precision value, delta and its CI;
 - `arrays`: float64 arrays a later job needs (a baseline's per-window losses, or its per-document
   lm-eval results), so a resumed study never recomputes a finished baseline;
+- `failures`: the checkpoints whose last attempt failed (missing revision, OOM, unsupported model), with
+  why; cleared when the checkpoint next succeeds;
 - `fits`: one row per fitted scaling law (study, law, method, group size): parameters with
   CIs, goodness of fit and provenance as JSON text (non-finite numbers stored as null).
 """
@@ -49,6 +51,11 @@ CREATE TABLE IF NOT EXISTS arrays (
     name TEXT NOT NULL,
     data BLOB NOT NULL,
     PRIMARY KEY (job_key, name)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    checkpoint TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    failed_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS fits (
     fit_key TEXT PRIMARY KEY,
@@ -158,6 +165,29 @@ class Store:
                     for name, values in (arrays or {}).items()
                 ],
             )
+
+    def inputs(self, job_keys: Iterable[str]) -> dict[str, dict | None]:
+        """What each stored job was computed from (`inputs` in its provenance; None if it recorded none)."""
+        wanted = set(job_keys)
+        rows = self._db.execute("SELECT job_key, json_extract(provenance, '$.inputs') FROM jobs").fetchall()
+        return {key: (json.loads(text) if text else None) for key, text in rows if key in wanted}
+
+    def record_failure(self, checkpoint: str, reason: str) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO failures VALUES (?, ?, ?)",
+                (checkpoint, reason, time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+            )
+
+    def clear_failure(self, checkpoint: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM failures WHERE checkpoint = ?", (checkpoint,))
+
+    def failures(self, checkpoints: Iterable[str]) -> dict[str, str]:
+        """checkpoint → why its last attempt failed, for these checkpoints."""
+        wanted = set(checkpoints)
+        rows = self._db.execute("SELECT checkpoint, reason FROM failures").fetchall()
+        return {checkpoint: reason for checkpoint, reason in rows if checkpoint in wanted}
 
     def arrays(self, job_key: str) -> dict[str, np.ndarray]:
         """Every array stored for a job, by name."""

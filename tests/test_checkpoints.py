@@ -32,10 +32,12 @@ def test_olmo_revisions_carry_tokens():
     assert tokens == 84 * 10**9
 
 
-def test_unknown_tokens_is_a_clear_error():
-    with pytest.raises(CheckpointError, match=r"tokens seen \(D\) unknown for checkpoint gpt2@main"):
-        resolve_tokens(CheckpointRef.parse("gpt2@main"), {}, None)
+def test_unknown_tokens_are_none_and_malformed_tokens_a_clear_error_naming_the_file(tmp_path):
+    assert resolve_tokens(CheckpointRef.parse("gpt2@main"), {}, None) == (None, "unknown", {})
     assert resolve_tokens(CheckpointRef.parse("gpt2@main"), {}, 1000)[:2] == (1000, "spec")
+    for bad in (None, "4e9", -5, 0, True, float("nan")):
+        with pytest.raises(CheckpointError, match=rf"{tmp_path}/ptq_eval.json: tokens must be a positive number"):
+            resolve_tokens(CheckpointRef.parse(str(tmp_path)), {"tokens": bad}, None)
 
 
 def test_hub_kwargs_are_safe_by_default():
@@ -59,7 +61,8 @@ def test_offline_hub_load_is_a_clear_error(tmp_path):
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert "cannot load checkpoint EleutherAI/pythia-70m@step1000 from the Hugging Face hub" in result.stdout
+    assert "EleutherAI/pythia-70m@step1000: revision 'step1000' is not in the local hub cache" in result.stdout
+    assert "allow_pickle" not in result.stdout
 
 
 def test_local_checkpoint_facts(micro_checkpoint):
