@@ -2,7 +2,7 @@
 
 A reference is a local directory or `hub-id@revision`. D (tokens seen) comes from, in
 order: the study spec, a `ptq_eval.json` next to a local checkpoint, or the family's
-known schedule (Pythia `stepK`; OLMo revision names that carry the token count); when
+ladder family's revision rule (tasks/families/: Pythia `stepK`, OLMo `...-tokensNB`, ...); when
 nobody knows it, D is None (δ needs no D; the fits leave such checkpoints out).
 
 The weights' identity pins what was measured: a hub revision resolves to its commit SHA (from
@@ -21,12 +21,10 @@ from pathlib import Path
 
 import torch
 
+from ptq_eval.families import tokens_of
 from ptq_eval.quant import embedding_weights
 
 METADATA_FILE = "ptq_eval.json"
-PYTHIA_TOKENS_PER_STEP = 2_097_152
-PYTHIA_TOTAL_STEPS = 143_000
-_TOKEN_UNITS = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.safetensors.index.json", "*.bin.index.json")
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -91,20 +89,8 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def tokens_from_schedule(ref: CheckpointRef) -> tuple[int, str, dict] | None:
-    """D and schedule phase from a known family's revision naming, or None."""
-    revision = ref.revision or ""
-    if "pythia" in ref.repo.lower():
-        match = re.fullmatch(r"step(\d+)", revision)
-        if match:
-            step = int(match.group(1))
-            schedule = {"kind": "cosine", "total_steps": PYTHIA_TOTAL_STEPS, "decay_done": step / PYTHIA_TOTAL_STEPS}
-            return step * PYTHIA_TOKENS_PER_STEP, "pythia schedule", schedule
-    match = re.search(r"tokens(\d+(?:\.\d+)?)([KMBT])", revision)
-    if match:
-        tokens = int(float(match.group(1)) * _TOKEN_UNITS[match.group(2)])
-        stage = re.match(r"(stage\d+)", revision)
-        return tokens, "revision name", {"stage": stage.group(1)} if stage else {}
-    return None
+    """D and schedule facts of a hub revision from the ladder family that knows it (`families.py`), or None."""
+    return None if ref.revision is None else tokens_of(ref.repo, ref.revision)
 
 
 def read_local_facts(directory: Path) -> dict:

@@ -307,12 +307,38 @@ def cmd_ladder_train(args) -> int:
     return 0
 
 
+def _show_hub_ladder(repo: str) -> int:
+    """A hub ladder's revisions whose D a family knows, with D and the schedule phase."""
+    import pandas as pd
+
+    from ptq_eval.families import hub_revisions, ladder_revisions
+    from ptq_eval.results import markdown_table
+
+    names = hub_revisions(repo)
+    found = ladder_revisions(repo, names)
+    if not found:
+        raise ValueError(f"{repo}: none of its {len(names)} revisions is known to a ladder family (tasks/families/)")
+    frame = pd.DataFrame(
+        {
+            "revision": [r.name for r in found],
+            "tokens": [r.tokens for r in found],
+            "phase": [r.schedule.get("phase", r.schedule.get("kind", "")) for r in found],
+            "decay_done": [r.schedule.get("decay_done", "") for r in found],
+        }
+    )
+    print(markdown_table(frame), end="")
+    print(f"{len(found)} of {len(names)} revisions of {repo} have a known D", file=sys.stderr)
+    return 0
+
+
 def cmd_ladder_show(args) -> int:
     import pandas as pd
 
     from ptq_eval.checkpoints import METADATA_FILE
     from ptq_eval.results import markdown_table
 
+    if not Path(args.directory).is_dir():
+        return _show_hub_ladder(args.directory)
     rows = []
     for path in sorted(Path(args.directory).rglob(METADATA_FILE)):
         facts = json.loads(path.read_text())
@@ -432,8 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sizes", nargs="*", help="train only these sizes (names from the preset)")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.set_defaults(func=cmd_ladder_train)
-    show = ladder.add_parser("show", help="list a ladder's checkpoints with N, D and D/N")
-    show.add_argument("directory")
+    show = ladder.add_parser(
+        "show", help="list a local ladder's checkpoints with N, D and D/N, or a hub ladder's revisions with D and phase"
+    )
+    show.add_argument("directory", metavar="DIRECTORY|REPO")
     show.set_defaults(func=cmd_ladder_show)
 
     export = commands.add_parser("export", help="quantize with our GPTQ and write a packed GPTQ checkpoint")

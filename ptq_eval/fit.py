@@ -362,6 +362,7 @@ def select(results: pd.DataFrame, method: str, group_size: int) -> tuple[pd.Data
     reason = pd.Series("", index=rows.index)
     reason[rows.delta_ci_low.notna() & (rows.delta_ci_low <= 0)] = "delta CI includes zero (delta_ci_low <= 0)"
     reason[~(rows.delta > 0)] = "delta <= 0 or missing (no measured damage)"
+    reason[rows.tokens <= 0] = "D = 0 (an untrained checkpoint)"
     reason[rows.tokens.isna()] = UNKNOWN_D
     excluded = rows[reason != ""].assign(reason=reason[reason != ""])
     if len(excluded) == len(rows):
@@ -400,8 +401,8 @@ def fit_delta(
 def fit_base(results: pd.DataFrame, options: FitOptions = FitOptions()) -> LawFit:
     """Fit L = E + A/N^α + B/D^β to the full-precision loss of each checkpoint."""
     rows = results[results.metric == "loss"].drop_duplicates("checkpoint").drop(columns="bits")
-    good = (rows.fp_value > 0) & rows.tokens.notna()
-    reason = np.where(rows.tokens.isna(), UNKNOWN_D, "full-precision loss missing or <= 0")
+    good = (rows.fp_value > 0) & (rows.tokens > 0)
+    reason = np.where(rows.tokens.isna(), UNKNOWN_D, "D = 0, or full-precision loss missing or <= 0")
     excluded = rows[~good].assign(reason=reason[~good.to_numpy()])
     points = _points(rows[good], rows.fp_value[good])
     return fit_points(BASE, points, excluded, options, universe=results.checkpoint.unique())

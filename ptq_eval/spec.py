@@ -18,7 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from ptq_eval.corpus import STDLIB
-from ptq_eval.evaluate.harness import is_task_file, task_file_name
+from ptq_eval.evaluate.task_files import is_task_file, task_file_name
+from ptq_eval.families import get_family, hub_revisions, ladder_revisions, pick
 from ptq_eval.quant import DEFAULT_EXCLUDE, GPTQ_OPTIONS, METHODS, QuantConfig
 from ptq_eval.quant.grid import MAX_BITS, MIN_BITS
 
@@ -39,16 +40,60 @@ class LadderEntry(Strict):
 
 
 class FamilyLadder(Strict):
-    """Shorthand for a hub training ladder, e.g. Pythia sizes × steps."""
+    """Revisions of a released ladder family (tasks/families/): given as `steps` (step-named revisions, e.g.
+    Pythia), as `revisions`, or discovered from the hub's refs (the local cache's when offline): every revision
+    whose D the family knows, within `tokens: [low, high]`, thinned to `count` log-spaced in D or `every` k-th."""
 
-    family: Literal["pythia"]
+    family: str
     sizes: list[str] = Field(min_length=1)
-    steps: list[int] = Field(min_length=1)
-    deduped: bool = False
+    steps: list[int] | None = Field(default=None, min_length=1)
+    revisions: list[str] | None = Field(default=None, min_length=1)
+    tokens: tuple[float, float] | None = None
+    count: int | None = Field(default=None, gt=0)
+    every: int | None = Field(default=None, gt=0)
+    deduped: bool = False  # Pythia only: the family pythia-deduped
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: str) -> str:
+        get_family(family)
+        return family
+
+    @model_validator(mode="after")
+    def _one_way_to_pick(self):
+        ways = [name for name in ("steps", "revisions") if getattr(self, name) is not None]
+        if self.tokens is not None or self.count is not None or self.every is not None:
+            ways.append("tokens/count/every")
+        if len(ways) != 1:
+            raise ValueError(f"give exactly one of steps, revisions, or tokens/count/every (discovery), not {ways}")
+        if self.count is not None and self.every is not None:
+            raise ValueError("count and every both thin the discovered revisions; give one")
+        if self.deduped and self.family != "pythia":
+            raise ValueError("deduped applies to family pythia only (it means family pythia-deduped)")
+        family = get_family(self.family_name)
+        for size in self.sizes:
+            family.repo_of(size)
+        return self
+
+    @property
+    def family_name(self) -> str:
+        return "pythia-deduped" if self.deduped else self.family
 
     def references(self) -> list[str]:
-        suffix = "-deduped" if self.deduped else ""
-        return [f"EleutherAI/pythia-{size}{suffix}@step{step}" for size in self.sizes for step in self.steps]
+        family = get_family(self.family_name)
+        references = []
+        for size in self.sizes:
+            repo = family.repo_of(size)
+            if self.steps is not None:
+                names = [f"step{step}" for step in self.steps]
+            elif self.revisions is not None:
+                names = self.revisions
+            else:
+                low, high = self.tokens or (0, float("inf"))
+                found = ladder_revisions(repo, hub_revisions(repo))
+                names = [revision.name for revision in pick(found, low, high, self.count, self.every)]
+            references += [f"{repo}@{name}" for name in names]
+        return references
 
 
 def _as_list(value):

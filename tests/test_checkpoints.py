@@ -13,23 +13,7 @@ from ptq_eval.checkpoints import (
     load_checkpoint,
     load_kwargs,
     resolve_tokens,
-    tokens_from_schedule,
 )
-
-
-def test_pythia_steps_give_tokens_and_schedule_phase():
-    tokens, source, schedule = tokens_from_schedule(CheckpointRef.parse("EleutherAI/pythia-160m@step143000"))
-    assert tokens == 143000 * 2_097_152 and source == "pythia schedule"
-    assert schedule["decay_done"] == 1.0
-    tokens, _, schedule = tokens_from_schedule(CheckpointRef.parse("EleutherAI/pythia-70m-deduped@step1000"))
-    assert tokens == 1000 * 2_097_152 and schedule["decay_done"] == pytest.approx(1000 / 143000)
-
-
-def test_olmo_revisions_carry_tokens():
-    tokens, _, schedule = tokens_from_schedule(CheckpointRef.parse("allenai/OLMo-2-1124-7B@stage1-step10000-tokens42B"))
-    assert tokens == 42 * 10**9 and schedule == {"stage": "stage1"}
-    tokens, _, _ = tokens_from_schedule(CheckpointRef.parse("allenai/OLMo-1B@step20000-tokens84B"))
-    assert tokens == 84 * 10**9
 
 
 def test_unknown_tokens_are_none_and_malformed_tokens_a_clear_error_naming_the_file(tmp_path):

@@ -173,8 +173,11 @@ def test_a_study_mixes_perplexity_and_lm_eval_tasks_with_paired_deltas(micro_che
         command = [sys.executable, "-m", "ptq_eval.cli", *args]
         return subprocess.run(command, capture_output=True, text=True, check=True, env=env)
 
-    readme = ROOT / "README.md"  # one document, for both the rolling perplexity eval and the lm-eval task
-    paths = {"rolling": rolling_task(tmp_path, [readme.read_text()]), "choice": choice_task(tmp_path), "readme": readme}
+    readme = tmp_path / "readme"  # one document (a split file), for both the rolling eval and the lm-eval task
+    readme.mkdir()
+    (readme / "validation.txt").write_text((ROOT / "README.md").read_text())
+    text = (readme / "validation.txt").read_text()
+    paths = {"rolling": rolling_task(tmp_path, [text]), "choice": choice_task(tmp_path), "readme": readme}
     study, store = tmp_path / "mixed.yaml", str(tmp_path / "mixed.sqlite")
     study.write_text(STUDY.format(checkpoint=micro_checkpoint, bits="[3, 8]", **paths))
     first = cli("run", str(study), "--store", store)

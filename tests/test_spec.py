@@ -56,7 +56,18 @@ def test_a_good_study_expands_into_jobs_with_stable_keys(tmp_path):
             "evals[0]: Input tag 'bleu' found using 'kind' does not match any of the expected tags: "
             "'perplexity', 'lm_eval'",
         ),
-        ({"ladder": [{"family": "gpt9", "sizes": ["1"], "steps": [1]}]}, "ladder[0].family: Input should be 'pythia'"),
+        (
+            {"ladder": [{"family": "gpt9", "sizes": ["1"], "steps": [1]}]},
+            "ladder[0].family: unknown ladder family 'gpt9'; known: ",
+        ),
+        (
+            {"ladder": [{"family": "pythia", "sizes": ["7b"], "steps": [1]}]},
+            "ladder[0]: family pythia has no size '7b'; known: 14m, 31m",
+        ),
+        (
+            {"ladder": [{"family": "pythia", "sizes": ["70m"], "steps": [1], "count": 3}]},
+            "ladder[0]: give exactly one of steps, revisions, or tokens/count/every",
+        ),
         ({"ladder": [{"checkpoint": "x", "tokens": 0}]}, "ladder[0].tokens: Input should be greater than 0"),
         ({"dtype": "int8"}, "dtype: Input should be 'float32', 'bfloat16' or 'float16'"),
         ({"colour": "red"}, "colour: unknown key"),

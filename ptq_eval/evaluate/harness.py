@@ -26,14 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import yaml
 
 from ptq_eval.evaluate.paired import Transform, UnitMetric
+from ptq_eval.evaluate.task_files import is_task_file
 
 if TYPE_CHECKING:
     from ptq_eval.spec import LmEvalEval
 
-TASK_FILE_SUFFIXES = (".yaml", ".yml")
 LM_EVAL_BOOTSTRAP = 1000  # lm-eval's own stderr resamples (its stderrs are recorded, ours are paired)
 LOCAL_HINT = (
     "provide the data locally: a task YAML with `dataset_path: json` and `dataset_kwargs: {data_files: ...}` "
@@ -60,25 +59,6 @@ PAIRABLE: dict[str, Transform | None] = {
     "weighted_perplexity": _neg_exp,
     "bits_per_byte": _neg_bits,
 }
-
-
-def is_task_file(task: str) -> bool:
-    return task.endswith(TASK_FILE_SUFFIXES)
-
-
-class _TagTolerantLoader(yaml.SafeLoader):
-    """Reads lm-eval YAML without running it: `!function` and other tags load as None."""
-
-
-_TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
-
-
-def task_file_name(path: str) -> str:
-    """The task (or group) name a task YAML declares; its file name when it declares none."""
-    with open(path, encoding="utf-8") as handle:
-        config = yaml.load(handle, Loader=_TagTolerantLoader)
-    names = [config.get(key) for key in ("task", "group")] if isinstance(config, dict) else []
-    return next((name for name in names if isinstance(name, str)), Path(path).stem)
 
 
 @functools.cache
