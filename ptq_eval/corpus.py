@@ -5,7 +5,8 @@ left out, so the corpus is the same on every install of one Python version).
 A file goes to the validation split when the hash of its relative path says so,
 so the split never depends on file order or on which files exist elsewhere.
 
-`python-package:NAME` is the source of an installed package (training data only),
+`python-package:NAME` is the source of an installed package (training data only); `hf:DATASET[:CONFIG]`
+and the presets `wikitext2`, `ptb`, `c4` are Hugging Face datasets (`hub_text.py`);
 and a filesystem path is the user's own text:
 - a directory of split files (`train.txt`, `valid.txt`, `test.txt`; also `ptb.train.txt`, `wiki.test.raw`):
   the user's own splits, one document per file;
@@ -26,6 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+
+from ptq_eval.hub_text import HF_PREFIX, PRESETS, hub_documents, is_hub_text
 
 STDLIB = "stdlib-python"
 PACKAGE_PREFIX = "python-package:"
@@ -142,7 +145,9 @@ def stdlib_root() -> Path:
 
 
 def load_corpus(name: str, split: str = "validation") -> Corpus:
-    """Resolve a corpus name (or path) and split to its files; errors name what is accepted."""
+    """Resolve a corpus name (or path) and split to its documents; errors name what is accepted."""
+    if is_hub_text(name):
+        return Corpus(name, split, Path("."), (), tuple(hub_documents(name, split)))
     if name == STDLIB:
         if split not in STDLIB_SPLITS:
             raise ValueError(f"corpus {STDLIB!r} has no split {split!r}; accepted: {', '.join(STDLIB_SPLITS)}")
@@ -174,8 +179,9 @@ def load_corpus(name: str, split: str = "validation") -> Corpus:
         chosen = [f for f in files if _bucket_split(content_hash((path / f).read_text("utf-8", "replace"))) == split]
         return Corpus(name, split, path, tuple(chosen))
     raise ValueError(
-        f"unknown corpus {name!r}; accepted: {STDLIB!r}, '{PACKAGE_PREFIX}<package>', "
-        "a .txt file, or a directory (of split files, or of .txt documents)"
+        f"unknown corpus {name!r}; accepted: {STDLIB!r}, '{PACKAGE_PREFIX}<package>', a preset "
+        f"({', '.join(PRESETS)}), '{HF_PREFIX}<dataset>[:<config>]', a .txt file, or a directory (of split files, "
+        "or of .txt documents)"
     )
 
 

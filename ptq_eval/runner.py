@@ -18,7 +18,7 @@ from ptq_eval.corpus import load_corpus, shared_documents, token_stream
 from ptq_eval.evaluate.evaluators import HarnessEvaluator, PerplexityEvaluator, Scored
 from ptq_eval.evaluate.harness import load_tasks
 from ptq_eval.evaluate.paired import paired_metrics
-from ptq_eval.evaluate.windows import Windows, make_windows, rolling_windows
+from ptq_eval.evaluate.windows import Windows, make_windows, rolling_windows, start_token
 from ptq_eval.identity import checkpoint_identity, data_identities, job_inputs, stale_reason, tokenizer_identity
 from ptq_eval.quant import QuantConfig, QuantError, quantizable_weights, quantize
 from ptq_eval.quant.calibration import calibration_tokens
@@ -86,16 +86,23 @@ class _CheckpointRun:
                 f"eval {evaluation.name}: seq_len={evaluation.seq_len} exceeds the context of "
                 f"{self.loaded.facts.name} ({context}); use seq_len <= {context}"
             )
+        rolling = evaluation.windows == "rolling"
+        start = start_token(self.loaded.tokenizer, evaluation.bos, rolling)
+        if context is not None and start is not None and not rolling and evaluation.seq_len + 1 > context:
+            raise ValueError(
+                f"eval {evaluation.name}: with a BOS token each window reads seq_len + 1 = {evaluation.seq_len + 1} "
+                f"tokens, more than the context of {self.loaded.facts.name} ({context}); use seq_len <= {context - 1}"
+            )
         key = (self.tokenizer_key, evaluation)
         if key not in self.cache:
             corpus = load_corpus(evaluation.corpus, evaluation.split)
-            if evaluation.windows == "rolling":
+            if rolling:
                 texts = list(itertools.islice(corpus.texts(), evaluation.documents))
-                windows = rolling_windows(self.loaded.tokenizer, texts, evaluation.seq_len, evaluation.stride)
+                windows = rolling_windows(self.loaded.tokenizer, texts, evaluation.seq_len, evaluation.stride, start)
             else:
                 stream = token_stream(self.loaded.tokenizer, corpus)
-                windows = make_windows(stream, evaluation.seq_len, evaluation.tokens)
-            self.cache[key] = (windows, corpus.describe())
+                windows = make_windows(stream, evaluation.seq_len, evaluation.tokens, start)
+            self.cache[key] = (windows, corpus.describe() | {"start_token": start})
         return self.cache[key]
 
     def evaluator(self, evaluation: PerplexityEval | LmEvalEval) -> PerplexityEvaluator | HarnessEvaluator:

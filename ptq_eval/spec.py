@@ -169,6 +169,8 @@ class PerplexityEval(Strict):
     predictions. `windows: rolling`: lm-eval's loglikelihood_rolling rule per document (file),
     the first `documents` of them, adding lm-eval's word/byte perplexity and bits per byte;
     `stride` < `seq_len` overlaps the windows. `autocast: bfloat16` trades exactness for speed.
+    `bos`: whether a BOS token starts each window (`auto`: as the tokenizer encodes text; see
+    `evaluate/windows.py: start_token`); the token used is recorded with the results.
     """
 
     kind: Literal["perplexity"]
@@ -181,10 +183,11 @@ class PerplexityEval(Strict):
     stride: int | None = Field(default=None, gt=0)
     documents: int | None = Field(default=None, gt=0)
     autocast: Literal["bfloat16"] | None = None
+    bos: Literal["auto", "always", "never"] = "auto"
 
     # Options added after the first studies: they enter job keys only when set off their
     # defaults, so every earlier study keeps its keys (and its stored results).
-    LATER_OPTIONS: ClassVar[tuple[str, ...]] = ("windows", "stride", "documents", "autocast")
+    LATER_OPTIONS: ClassVar[tuple[str, ...]] = ("windows", "stride", "documents", "autocast", "bos")
 
     @model_validator(mode="after")
     def _options_fit_the_windows(self):

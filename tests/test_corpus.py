@@ -92,3 +92,37 @@ def test_token_stream_separates_files_with_eos(micro_checkpoint, tmp_path):
     stream = token_stream(tokenizer, corpus)
     assert stream[-1].item() == tokenizer.eos_token_id
     assert tokenizer.decode(stream[:-1].tolist()) == "def f(x):\n    return x\n"
+
+
+@pytest.fixture
+def local_dataset(tmp_path):
+    """A tiny dataset laid out as `datasets.load_dataset(DIR)` reads it: one JSON-lines file per split."""
+    import json
+
+    directory = tmp_path / "dataset"
+    directory.mkdir()
+    for split, count in (("train", 6), ("validation", 3), ("test", 2)):
+        rows = [{"text": f"{split} row {i}" if i else "", "label": i} for i in range(count)]
+        (directory / f"{split}.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    return directory
+
+
+def test_a_hugging_face_dataset_is_a_corpus_one_document_per_row(local_dataset):
+    validation = load_corpus(f"hf:{local_dataset}", "validation")
+    assert list(validation.texts()) == ["validation row 1", "validation row 2"]  # blank rows dropped
+    assert shared_documents(load_corpus(f"hf:{local_dataset}", "train"), validation) == 0
+    with pytest.raises(ValueError, match=r"corpus 'hf:.*': .*(split|Unknown split)"):
+        load_corpus(f"hf:{local_dataset}", "dev")
+
+
+def test_presets_join_a_split_as_the_gptq_paper_does(local_dataset, monkeypatch):
+    from ptq_eval import hub_text
+
+    monkeypatch.setitem(hub_text.PRESETS, "wikitext2", hub_text.HubText(str(local_dataset), None, "text", "\n\n"))
+    assert list(load_corpus("wikitext2", "test").texts()) == ["\n\ntest row 1"]
+    assert load_corpus("wikitext2", "test").describe()["files"] == 1
+
+
+def test_an_unreachable_hub_dataset_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"corpus 'hf:nobody/no-such-dataset': cannot load dataset"):
+        load_corpus("hf:nobody/no-such-dataset", "validation")

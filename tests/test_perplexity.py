@@ -102,3 +102,41 @@ def test_bfloat16_autocast_is_close_and_unknown_autocast_refused(micro_model):
     assert window_losses(model, windows, autocast="bfloat16").sums.sum() == pytest.approx(exact, rel=0.02)
     with pytest.raises(ValueError, match="autocast='float8' is not accepted"):
         window_losses(model, windows, autocast="float8")
+
+
+class StubTokenizer:
+    """A tokenizer's BOS/EOS facts and whether encoding adds BOS (as Llama-style tokenizers do)."""
+
+    def __init__(self, bos, eos, adds_bos):
+        self.bos_token_id, self.eos_token_id, self.adds_bos = bos, eos, adds_bos
+
+    def __call__(self, text):
+        return {"input_ids": ([self.bos_token_id] if self.adds_bos else []) + [7]}
+
+
+def test_bos_rules_follow_the_tokenizer_unless_told():
+    from ptq_eval.evaluate.windows import start_token
+
+    llama, neox = StubTokenizer(1, 2, adds_bos=True), StubTokenizer(0, 0, adds_bos=False)
+    assert [start_token(llama, rule, False) for rule in ("auto", "always", "never")] == [1, 1, None]
+    assert [start_token(neox, rule, False) for rule in ("auto", "always", "never")] == [None, 0, None]
+    assert [start_token(llama, rule, True) for rule in ("auto", "always", "never")] == [
+        1,
+        1,
+        2,
+    ]  # lm-eval: BOS, else EOS
+    with pytest.raises(ValueError, match="bos: always, but the tokenizer has no BOS token"):
+        start_token(StubTokenizer(None, 2, False), "always", False)
+
+
+def test_windows_with_a_bos_token_score_the_same_targets_with_bos_first():
+    stream = torch.arange(10, 1011)
+    plain, with_bos = make_windows(stream, 10, 50), make_windows(stream, 10, 50, start=3)
+    assert len(plain) == len(with_bos) and with_bos.predictions == plain.predictions
+    for i in range(len(plain)):
+        a, b = int(plain.starts[i]), int(with_bos.starts[i])
+        window = with_bos.tokens[b : b + int(with_bos.lengths[i])]
+        assert window[0] == 3 and torch.equal(window[1:], plain.tokens[a : a + 10])
+        # the scored predictions' targets: the token after each of the last `scored` positions
+        targets = lambda w, s, n, length: w.tokens[s + length - n + 1 : s + length + 1]  # noqa: E731
+        assert torch.equal(targets(with_bos, b, 10, 11), targets(plain, a, 10, 10))

@@ -3,7 +3,9 @@
 Two rules, both built with tensor arithmetic (no Python loop per window):
 
 - `spread`: disjoint windows of `seq_len` predictions, evenly spaced over one token stream
-  (documents joined with EOS), together ≈ a token budget; every prediction counts.
+  (documents joined with EOS), together ≈ a token budget; every prediction counts. With a start
+  token (BOS), each window reads [BOS] + its `seq_len` tokens and scores the same `seq_len`
+  predictions as without one, so the two conventions score the same targets.
 - `rolling`: lm-eval's `loglikelihood_rolling` rule, per document. The tokens are
   [prefix] + document; the first window predicts the document's first `seq_len` tokens, each
   later window the next `stride` tokens from the `seq_len` tokens before them, so the last,
@@ -49,15 +51,46 @@ class Windows:
         return int(self.scored.sum())
 
 
-def make_windows(stream: torch.Tensor, seq_len: int, tokens: int | None = None) -> Windows:
-    """Evenly spaced windows of `seq_len` predictions over `stream`, together ≈ `tokens` predictions."""
+BOS_RULES = ("auto", "always", "never")
+
+
+def start_token(tokenizer, rule: str, rolling: bool) -> int | None:
+    """The token every spread window (or, rolling, every document) starts with under a `bos` rule.
+
+    Spread: `auto` is the tokenizer's own default (BOS if encoding text adds one, as Llama-style tokenizers
+    do), `always` BOS, `never` none. Rolling always needs a first token: `auto` is lm-eval's (BOS, else EOS),
+    `always` BOS, `never` EOS.
+    """
+    if rule not in BOS_RULES:
+        raise ValueError(f"bos={rule!r} is not accepted; use one of {', '.join(BOS_RULES)}")
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if rule == "always" and bos is None:
+        raise ValueError("bos: always, but the tokenizer has no BOS token; use auto or never")
+    if rolling:
+        prefix = {"always": bos, "never": eos, "auto": bos if bos is not None else eos}[rule]
+        if prefix is None:
+            raise ValueError("the tokenizer has neither a BOS nor an EOS token to start each document with")
+        return prefix
+    if rule == "auto":
+        return bos if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else None
+    return bos if rule == "always" else None
+
+
+def make_windows(stream: torch.Tensor, seq_len: int, tokens: int | None = None, start: int | None = None) -> Windows:
+    """Evenly spaced windows of `seq_len` predictions over `stream`, together ≈ `tokens` predictions; with
+    `start`, each window reads that token first (its own prediction not scored)."""
     available = (len(stream) - 1) // seq_len
     if available < 1:
         raise ValueError(f"the evaluation text has {len(stream)} tokens, fewer than one window of seq_len={seq_len}")
     count = available if tokens is None else max(1, min(available, math.ceil(tokens / seq_len)))
     starts = (torch.arange(count) * available // count) * seq_len
     full = torch.full((count,), seq_len, dtype=torch.long)
-    return Windows(stream.long(), starts, full, full.clone())
+    if start is None:
+        return Windows(stream.long(), starts, full, full.clone())
+    # per window, laid end to end: [start token, its seq_len tokens, the token its last position predicts]
+    body = stream.long()[starts[:, None] + torch.arange(seq_len + 1)]
+    laid = torch.cat([torch.full((count, 1), start, dtype=torch.long), body], dim=1).reshape(-1)
+    return Windows(laid, torch.arange(count) * (seq_len + 2), full + 1, full.clone())
 
 
 def count_words(text: str) -> int:
@@ -73,9 +106,7 @@ def rolling_windows(
     if not 0 < stride <= seq_len:
         raise ValueError(f"stride={stride} is not accepted; use 1..seq_len ({seq_len})")
     if prefix is None:
-        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if prefix is None:
-        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start each document with")
+        prefix = start_token(tokenizer, "auto", rolling=True)
     documents = token_documents(tokenizer, texts)
     tokens = torch.tensor([token for ids in documents for token in [prefix, *ids]], dtype=torch.long)
     counts = torch.tensor([len(ids) for ids in documents], dtype=torch.long)
