@@ -119,6 +119,8 @@ def test_a_hub_ladder_study_pins_commits_and_survives_a_missing_revision(hub, tm
             "ladder": [
                 {"family": "pythia", "sizes": ["70m"], "tokens": [1e9, 1e10], "count": 2},
                 {"family": "olmo2", "sizes": ["1B"], "tokens": [4e12, 5e12]},
+                {"family": "smollm3", "sizes": ["3B"], "tokens": [1e12, 2e13]},
+                {"family": "apertus", "sizes": ["8B"], "revisions": ["step850000-tokens3570B"]},
                 "EleutherAI/pythia-70m@step99999",
             ],
             "quant": [{"method": "rtn", "bits": 4}],
@@ -131,6 +133,8 @@ def test_a_hub_ladder_study_pins_commits_and_survives_a_missing_revision(hub, tm
         "EleutherAI/pythia-70m@step2000",
         f"{OLMO2}@stage1-step1907359-tokens4001B",
         f"{OLMO2}@stage2-ingredient1-step1000-tokens3B",
+        f"{SMOLLM3}@stage3-step-4720000",
+        f"{APERTUS}@step850000-tokens3570B",
         "EleutherAI/pythia-70m@step99999",
     ]
     with Store(tmp_path / "s.sqlite") as store:
@@ -139,15 +143,19 @@ def test_a_hub_ladder_study_pins_commits_and_survives_a_missing_revision(hub, tm
         facts = {
             json.loads(job)["checkpoint"]: json.loads(f) for job, f in store._db.execute("SELECT job, facts FROM jobs")
         }
-    assert list(summary.failed) == ["EleutherAI/pythia-70m@step99999"] and summary.ran == 4
+    assert list(summary.failed) == ["EleutherAI/pythia-70m@step99999"] and summary.ran == 6
     assert results.tokens.to_dict() == {
         references[0]: 1000 * 2_097_152,
         references[1]: 2000 * 2_097_152,
         references[2]: 1907359 * 2_097_152,
         references[3]: 4_000_021_741_568 + 1000 * 2_097_152,
+        references[4]: 4720000 * 2_359_296,
+        references[5]: 3_570_000_000_000,
     }
-    assert facts[references[3]]["schedule"]["phase"] == "anneal"
-    for reference in references[:4]:
+    phases = [facts[reference]["schedule"].get("phase") for reference in references[:6]]
+    assert phases == [None, None, "stable", "anneal", "decay", None]
+    assert facts[references[4]]["schedule"]["decay_done"] == 1.0
+    for reference in references[:6]:
         repo, revision = reference.split("@")
         assert facts[reference]["weights_id"] == f"git:{commit_of(repo, revision)}"
 
