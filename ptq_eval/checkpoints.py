@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ptq_eval.errors import UserError
 from ptq_eval.families import tokens_of
 from ptq_eval.quant import embedding_weights
 
@@ -29,7 +30,7 @@ WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.safetens
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint cannot be resolved or loaded; the message says what to do."""
 
 

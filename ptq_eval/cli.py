@@ -11,8 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from ptq_eval.errors import EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_UNDECIDED, UserError
+
 DEFAULT_STORE_DIR = Path("runs")
-GATE_EXIT_CODES = {"pass": 0, "fail": 1, "undecided": 2}
+GATE_EXIT_CODES = {"pass": EXIT_OK, "fail": EXIT_FAIL, "undecided": EXIT_UNDECIDED}
 SUMMARY_NOTE = (
     "δ = quantized − full-precision value, paired: validation loss (nats/token) over the same tokens with a "
     "95% bootstrap CI over windows; lm-eval task metrics over the same documents with a 95% paired bootstrap "
@@ -28,7 +30,7 @@ def _existing_store(study_file: str, store: str | None, study) -> Path:
     """The study's store, which must exist: reading commands never create an empty one."""
     path = _store_path(store, study)
     if not path.is_file():
-        raise ValueError(f"no store at {path}: run `ptq-eval run {study_file}` first, or pass --store")
+        raise UserError(f"no store at {path}: run `ptq-eval run {study_file}` first, or pass --store")
     return path
 
 
@@ -102,7 +104,7 @@ def cmd_run(args) -> int:
         (out / "results.md").write_text(render(results, "md"))
         (out / "summary.md").write_text(f"# {study.name}\n\n{SUMMARY_NOTE}\n\n" + text)
         print(f"wrote {out}/results.csv, results.md, summary.md", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return EXIT_FAIL if summary.failed else EXIT_OK
 
 
 def _results_of(study_file: str, store: str | None):
@@ -138,7 +140,7 @@ def _parse_point(text: str) -> dict[str, float]:
     except ValueError:
         point = {}
     if set(point) != {"N", "D", "P"}:
-        raise ValueError(f"--predict {text!r}: expected N=...,D=...,P=... (e.g. N=1e5,D=3e7,P=4)")
+        raise UserError(f"--predict {text!r}: expected N=...,D=...,P=... (e.g. N=1e5,D=3e7,P=4)")
     return point
 
 
@@ -149,7 +151,7 @@ def _fit_input(args):
     if args.results:
         return pd.read_csv(args.results), Path(args.results).stem, args.store
     if not args.study:
-        raise ValueError("give a study YAML file or --results CSV")
+        raise UserError("give a study YAML file or --results CSV")
     return _results_of(args.study, args.store)
 
 
@@ -244,7 +246,7 @@ def cmd_compare(args) -> int:
         a, b = select_checkpoint(a, first), select_checkpoint(b, second)
         labels = (f"{a_name}:{a.checkpoint.iloc[0]}", f"{b_name}:{b.checkpoint.iloc[0]}")
     elif not args.b:
-        raise ValueError("give two studies (A B), or one study with --checkpoints X Y")
+        raise UserError("give two studies (A B), or one study with --checkpoints X Y")
     document = compare_document(compare_results(a, b), labels)
     slug = "-vs-".join(_slug(label) for label in labels)
     out = Path(args.out or Path("reports") / "compare" / slug)
@@ -264,7 +266,7 @@ def cmd_gate(args) -> int:
     study = gate_study(policy, args.checkpoint)
     path = _store_path(args.store or policy.store, study)
     if args.no_run and not path.is_file():
-        raise ValueError(f"no store at {path}: drop --no-run to run the missing jobs, or pass --store")
+        raise UserError(f"no store at {path}: drop --no-run to run the missing jobs, or pass --store")
     with Store(path) as store:
         if not args.no_run:
             summary = _run_missing(study, store)
@@ -317,7 +319,7 @@ def _show_hub_ladder(repo: str) -> int:
     names = hub_revisions(repo)
     found = ladder_revisions(repo, names)
     if not found:
-        raise ValueError(f"{repo}: none of its {len(names)} revisions is known to a ladder family (tasks/families/)")
+        raise UserError(f"{repo}: none of its {len(names)} revisions is known to a ladder family (tasks/families/)")
     frame = pd.DataFrame(
         {
             "revision": [r.name for r in found],
@@ -354,7 +356,7 @@ def cmd_ladder_show(args) -> int:
             }
         )
     if not rows:
-        raise ValueError(f"no checkpoints (no {METADATA_FILE}) under {args.directory}")
+        raise UserError(f"no checkpoints (no {METADATA_FILE}) under {args.directory}")
     frame = pd.DataFrame(rows).sort_values(["nonembedding_params", "tokens"])
     print(markdown_table(frame), end="")
     return 0
@@ -375,14 +377,34 @@ def cmd_export(args) -> int:
     return 0
 
 
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}  success (gate: the checkpoint passes)
+  {EXIT_FAIL}  gate: the checkpoint fails a budget; run: some checkpoint failed (recorded, the rest ran)
+  {EXIT_UNDECIDED}  gate: undecided (a result missing, a CI straddling a budget, coverage too low)
+  {EXIT_INPUT}  bad input: arguments, study or policy, files, checkpoints, corpora, store (one line says what)
+  {EXIT_INTERNAL}  internal error: a bug in ptq-eval or below it (--debug shows the traceback)"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors exit 3 (bad input), not 2 (which is the gate's "undecided")."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ptq_eval.ladder import PRESETS
     from ptq_eval.results import FORMATS
 
-    parser = argparse.ArgumentParser(
-        prog="ptq-eval", description="Post-training quantization degradation vs tokens per parameter."
+    parser = _Parser(
+        prog="ptq-eval",
+        description="Post-training quantization degradation vs tokens per parameter.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run every job of a study not already in its store")
     run.add_argument("study", help="study YAML file")
@@ -487,9 +509,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (UserError, FileNotFoundError) as error:
+        if args.debug:
+            raise
         print(f"ptq-eval: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
+    except Exception as error:  # a bug in ptq-eval or below it, never a verdict
+        if args.debug:
+            raise
+        print(f"ptq-eval: internal error: {type(error).__name__}: {error} (--debug shows where)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

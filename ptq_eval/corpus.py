@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ptq_eval.errors import CorpusError
 from ptq_eval.hub_text import HF_PREFIX, PRESETS, hub_documents, is_hub_text
 
 STDLIB = "stdlib-python"
@@ -122,7 +123,7 @@ def _split_files(directory: Path) -> dict[str, str]:
 
 def _check_hashed_split(name: str, split: str) -> None:
     if split not in HASHED_SPLITS:
-        raise ValueError(f"corpus {name!r} has no split {split!r}; accepted: {', '.join(HASHED_SPLITS)}")
+        raise CorpusError(f"corpus {name!r} has no split {split!r}; accepted: {', '.join(HASHED_SPLITS)}")
 
 
 def split_of(relative_path: str) -> str:
@@ -150,14 +151,14 @@ def load_corpus(name: str, split: str = "validation") -> Corpus:
         return Corpus(name, split, Path("."), (), tuple(hub_documents(name, split)))
     if name == STDLIB:
         if split not in STDLIB_SPLITS:
-            raise ValueError(f"corpus {STDLIB!r} has no split {split!r}; accepted: {', '.join(STDLIB_SPLITS)}")
+            raise CorpusError(f"corpus {STDLIB!r} has no split {split!r}; accepted: {', '.join(STDLIB_SPLITS)}")
         root = stdlib_root()
         return Corpus(name, split, root, tuple(f for f in _python_files(root) if split_of(f) == split))
     if name.startswith(PACKAGE_PREFIX):
         package = name[len(PACKAGE_PREFIX) :]
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise ValueError(f"corpus {name!r}: no installed package {package!r} to read source from")
+            raise CorpusError(f"corpus {name!r}: no installed package {package!r} to read source from")
         root = Path(next(iter(spec.submodule_search_locations))).parent
         return Corpus(name, "train", root, tuple(f"{package}/{f}" for f in _python_files(root / package)))
     path = Path(name)
@@ -170,7 +171,7 @@ def load_corpus(name: str, split: str = "validation") -> Corpus:
         named = _split_files(path)
         if named:
             if split not in named:
-                raise ValueError(
+                raise CorpusError(
                     f"corpus directory {name!r} has no {split} split file; accepted splits: {sorted(named)}"
                 )
             return Corpus(name, split, path, (named[split],))
@@ -178,7 +179,7 @@ def load_corpus(name: str, split: str = "validation") -> Corpus:
         files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*.txt"))
         chosen = [f for f in files if _bucket_split(content_hash((path / f).read_text("utf-8", "replace"))) == split]
         return Corpus(name, split, path, tuple(chosen))
-    raise ValueError(
+    raise CorpusError(
         f"unknown corpus {name!r}; accepted: {STDLIB!r}, '{PACKAGE_PREFIX}<package>', a preset "
         f"({', '.join(PRESETS)}), '{HF_PREFIX}<dataset>[:<config>]', a .txt file, or a directory (of split files, "
         "or of .txt documents)"

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from ptq_eval.checkpoints import load_model
+from ptq_eval.errors import UserError
 from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, QuantError, quantizable_weights, quantize
 from ptq_eval.quant.calibration import calibration_tokens
 
@@ -37,7 +38,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack non-negative integer codes along dim 0 into int32 words, `bits` bits each, low bits first."""
     values, words = _layout(bits)
     if codes.shape[0] % values:
-        raise ValueError(f"dimension {codes.shape[0]} is not a multiple of {values} ({bits}-bit packing)")
+        raise UserError(f"dimension {codes.shape[0]} is not a multiple of {values} ({bits}-bit packing)")
     blocks = codes.to(torch.int64).reshape(codes.shape[0] // values, values, *codes.shape[1:])
     packed = torch.zeros(blocks.shape[0], words, *codes.shape[1:], dtype=torch.int64)
     for i in range(values):
@@ -111,15 +112,13 @@ def export_gptq(
 ) -> dict:
     """Quantize with our GPTQ and write a packed checkpoint; returns its quantization_config."""
     if config.method != "gptq":
-        raise ValueError(f"export supports method gptq only, not {config.method!r}")
+        raise UserError(f"export supports method gptq only, not {config.method!r}")
     if config.bits not in PACKABLE_BITS:
-        raise ValueError(f"bits={config.bits} cannot be packed in the GPTQ format; accepted: {PACKABLE_BITS}")
+        raise UserError(f"bits={config.bits} cannot be packed in the GPTQ format; accepted: {PACKABLE_BITS}")
     if config.group_size == 0:
-        raise ValueError("group_size=0 (per tensor) has no GPTQ packed form; use -1 (per channel) or g > 0")
+        raise UserError("group_size=0 (per tensor) has no GPTQ packed form; use -1 (per channel) or g > 0")
     if not config.symmetric:
-        raise ValueError(
-            "export writes symmetric grids only (checkpoint_format gptq stores zero − 1, which underflows)"
-        )
+        raise UserError("export writes symmetric grids only (checkpoint_format gptq stores zero − 1, which underflows)")
     model, tokenizer = load_model(reference, allow_pickle, trust_remote_code, "float32", "cpu")
     weights = quantizable_weights(model, DEFAULT_EXCLUDE)
     experts = [weight.name for weight in weights if weight.kind == "expert"]

@@ -36,11 +36,13 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ptq_eval.errors import UserError
+
 UNITS = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 FAMILY_DIRS_VARIABLE = "PTQ_EVAL_FAMILIES"
 
 
-class FamilyError(ValueError):
+class FamilyError(UserError):
     """A family file is malformed, or a family or size is unknown."""
 
 

@@ -30,13 +30,14 @@ import scipy
 from scipy import optimize, special
 
 import ptq_eval
+from ptq_eval.errors import UserError
 
 EXPONENTS = (0.25, 0.5, 1.0)
 LOG, EXPONENT = (-50.0, 50.0), (-2.0, 4.0)
 BIT_RANGE = tuple(range(2, 17))
 
 
-class FitError(ValueError):
+class FitError(UserError):
     """The data cannot identify the law; the message says what more to measure."""
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ptq_eval.errors import CorpusError
+
 HF_PREFIX = "hf:"
 
 
@@ -54,13 +56,13 @@ def _source(name: str) -> HubText:
 def _column(name: str, columns: dict, wanted: str | None) -> str:
     if wanted is not None:
         if wanted not in columns:
-            raise ValueError(f"corpus {name!r}: no column {wanted!r}; columns: {', '.join(columns)}")
+            raise CorpusError(f"corpus {name!r}: no column {wanted!r}; columns: {', '.join(columns)}")
         return wanted
     if "text" in columns:
         return "text"
     strings = [column for column, kind in columns.items() if getattr(kind, "dtype", None) in ("string", "large_string")]
     if len(strings) != 1:
-        raise ValueError(f"corpus {name!r}: no `text` column and not one string column to read; columns: {columns}")
+        raise CorpusError(f"corpus {name!r}: no `text` column and not one string column to read; columns: {columns}")
     return strings[0]
 
 
@@ -70,14 +72,14 @@ def hub_documents(name: str, split: str) -> list[str]:
 
     source = _source(name)
     if source.data_files is not None and split not in source.data_files:
-        raise ValueError(f"corpus {name!r} has no split {split!r}; accepted: {', '.join(source.data_files)}")
+        raise CorpusError(f"corpus {name!r} has no split {split!r}; accepted: {', '.join(source.data_files)}")
     files = {split: source.data_files[split]} if source.data_files else None
     try:
         rows = datasets.load_dataset(source.path, source.config, split=split, data_files=files)
     except ValueError as error:
-        raise ValueError(f"corpus {name!r}: {error}") from None
+        raise CorpusError(f"corpus {name!r}: {error}") from None
     except (OSError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:
-        raise ValueError(
+        raise CorpusError(
             f"corpus {name!r}: cannot load dataset {source.path!r} split {split!r} ({error}); offline, only what "
             "the datasets cache holds can be read (HF_DATASETS_OFFLINE=1)"
         ) from None

@@ -24,6 +24,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from ptq_eval import __version__
 from ptq_eval.checkpoints import METADATA_FILE, count_params
 from ptq_eval.corpus import STDLIB, load_corpus, token_stream
+from ptq_eval.errors import UserError
 from ptq_eval.tokenizer import train_bpe
 
 
@@ -106,7 +107,7 @@ class WindowSampler:
         self.window = cfg.seq_len + 1
         self.n_windows = len(stream) // self.window
         if self.n_windows < cfg.batch_size:
-            raise ValueError(f"training stream of {len(stream)} tokens is too short for one batch")
+            raise UserError(f"training stream of {len(stream)} tokens is too short for one batch")
         self.windows = stream[: self.n_windows * self.window].view(self.n_windows, self.window).long()
         self.batch_size = cfg.batch_size
         self.seed = cfg.seed

@@ -7,6 +7,7 @@ import math
 
 import pandas as pd
 
+from ptq_eval.errors import UserError
 from ptq_eval.quant import QuantConfig
 from ptq_eval.spec import Study, expand_jobs
 from ptq_eval.store import Store
@@ -131,4 +132,4 @@ def render(results: pd.DataFrame, fmt: str) -> str:
         return results[COLUMNS].to_json(orient="records", indent=2) + "\n"
     if fmt == "md":
         return markdown_table(results[COLUMNS])
-    raise ValueError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}")
+    raise UserError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}")

@@ -15,6 +15,7 @@ import transformers
 from ptq_eval import __version__
 from ptq_eval.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint
 from ptq_eval.corpus import load_corpus, shared_documents, token_stream
+from ptq_eval.errors import UserError
 from ptq_eval.evaluate.evaluators import HarnessEvaluator, PerplexityEvaluator, Scored
 from ptq_eval.evaluate.harness import load_tasks
 from ptq_eval.evaluate.paired import paired_metrics
@@ -43,8 +44,16 @@ class RunSummary:
 
 
 def resolve_device(device: str) -> str:
+    """The device a study runs on; one that is named but absent here is refused before any work."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    kind = torch.device(device)
+    if kind.type == "cuda" and (not torch.cuda.is_available() or (kind.index or 0) >= torch.cuda.device_count()):
+        raise UserError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices; use auto or cpu"
+        )
+    if kind.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device!r}: MPS is not available here; use auto or cpu")
     return device
 
 
@@ -82,14 +91,14 @@ class _CheckpointRun:
         """The eval's token windows; tokenized once per distinct tokenizer across the study."""
         context = getattr(self.loaded.model.config, "max_position_embeddings", None)
         if context is not None and evaluation.seq_len > context:
-            raise ValueError(
+            raise UserError(
                 f"eval {evaluation.name}: seq_len={evaluation.seq_len} exceeds the context of "
                 f"{self.loaded.facts.name} ({context}); use seq_len <= {context}"
             )
         rolling = evaluation.windows == "rolling"
         start = start_token(self.loaded.tokenizer, evaluation.bos, rolling)
         if context is not None and start is not None and not rolling and evaluation.seq_len + 1 > context:
-            raise ValueError(
+            raise UserError(
                 f"eval {evaluation.name}: with a BOS token each window reads seq_len + 1 = {evaluation.seq_len + 1} "
                 f"tokens, more than the context of {self.loaded.facts.name} ({context}); use seq_len <= {context - 1}"
             )
@@ -231,6 +240,7 @@ def run_study(study: Study, store: Store, progress: Progress = lambda message, a
     job is re-used only if it was computed from the same weights, tokenizer and texts (`identity.py`).
     """
     started = time.perf_counter()
+    device = resolve_device(study.device)
     jobs = expand_jobs(study)
     check_calibration_disjoint(study, jobs)
     data = data_identities(study, jobs)
@@ -260,7 +270,6 @@ def run_study(study: Study, store: Store, progress: Progress = lambda message, a
     progress(f"{summary.already_done}/{summary.jobs} jobs already in the store", 0)
     for reference, reason in summary.rescored.items():
         progress(f"{reference}: computing again {reason}", 0)
-    device = resolve_device(study.device)
     cache: dict = {}
     for evaluation in dict.fromkeys(job.eval for pending, _, _ in plans.values() for job in pending):
         if isinstance(evaluation, LmEvalEval):

@@ -18,13 +18,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from ptq_eval.corpus import STDLIB
+from ptq_eval.errors import UserError
 from ptq_eval.evaluate.task_files import is_task_file, task_file_name
 from ptq_eval.families import get_family, hub_revisions, ladder_revisions, pick
 from ptq_eval.quant import DEFAULT_EXCLUDE, GPTQ_OPTIONS, METHODS, QuantConfig
 from ptq_eval.quant.grid import MAX_BITS, MIN_BITS
 
 
-class StudyError(ValueError):
+class StudyError(UserError):
     """The study file is missing, not YAML, or not a valid study."""
 
 
@@ -272,6 +273,20 @@ class Study(Strict):
     allow_pickle: bool = False
     trust_remote_code: bool = False
 
+    @field_validator("device")
+    @classmethod
+    def _device_torch_knows(cls, device: str) -> str:
+        if device != "auto":
+            import torch
+
+            try:
+                torch.device(device)
+            except RuntimeError:
+                raise ValueError(
+                    f"{device!r} is not a device torch knows; accepted: auto, cpu, cuda, cuda:N, mps"
+                ) from None
+        return device
+
     @model_validator(mode="after")
     def _calibration_is_not_evaluation(self):
         for evaluation in self.evals:
@@ -385,6 +400,32 @@ def _location(loc: tuple) -> str:
     return text or "(top level)"
 
 
+# pydantic's type errors, as what the value should have been
+TYPE_WORDS = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "a whole number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "string_type": "text",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "tuple_type": "a list",
+}
+# what a key accepts, added to a type error about it
+ACCEPTED = {
+    "bits": f"{MIN_BITS}..{MAX_BITS} or a list of them",
+    "group_size": "-1 (per channel), 0 (per tensor), a positive integer, or a list of them",
+    "symmetric": "true, false, or a list of them",
+    "tokens": "a positive integer",
+    "samples": "a positive integer",
+    "seq_len": "an integer above 1",
+}
+
+
 def _describe(error: dict) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
@@ -394,9 +435,34 @@ def _describe(error: dict) -> str:
     return message
 
 
+def _type_problem(location: str, errors: list[dict]) -> str:
+    """One sentence for the type errors a value got from every branch of its union."""
+    words = list(dict.fromkeys(TYPE_WORDS[e["type"]] for e in errors))
+    key = location.rsplit(".", 1)[-1].split("[")[0]
+    if "a list" in words and len(words) > 1:
+        words.remove("a list")
+        if key not in ACCEPTED:
+            words[-1] += " (or a list of them)"
+    accepted = f" (accepted: {ACCEPTED[key]})" if key in ACCEPTED else ""
+    return f"{errors[0]['input']!r} is not {' or '.join(words)}{accepted}"
+
+
 def validation_problems(error: ValidationError, source: str) -> str:
-    """Every problem of a failed validation, one per line: `source: key.path: message`."""
-    return "\n".join(sorted({f"{source}: {_location(e['loc'])}: {_describe(e)}" for e in error.errors()}))
+    """Every problem of a failed validation, one per line: `source: key.path: message`.
+
+    Type errors are said in words (`quant[0].bits: 'four' is not an integer (or a list of them) (accepted:
+    2..16 or a list of them)`); a union's type error at a key is dropped when a deeper key explains it."""
+    by_location: dict[str, list[dict]] = {}
+    for problem in error.errors():
+        by_location.setdefault(_location(problem["loc"]), []).append(problem)
+    lines = set()
+    for location, problems in by_location.items():
+        typed = [p for p in problems if p["type"] in TYPE_WORDS]
+        deeper = any(other.startswith((location + ".", location + "[")) for other in by_location if other != location)
+        if typed and not deeper:
+            lines.add(f"{source}: {location}: {_type_problem(location, typed)}")
+        lines.update(f"{source}: {location}: {_describe(p)}" for p in problems if p["type"] not in TYPE_WORDS)
+    return "\n".join(sorted(lines))
 
 
 def parse_study(data: object, source: str = "<study>") -> Study:
@@ -407,14 +473,33 @@ def parse_study(data: object, source: str = "<study>") -> Study:
         raise StudyError(validation_problems(error, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (YAML itself would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path, what: str = "study", error: type[StudyError] = StudyError) -> object:
-    """A YAML file's document; `error` names the file when it is missing or not YAML."""
+    """A YAML file's document; `error` names the file when it is missing, not YAML, or gives a key twice."""
     if not path.is_file():
         raise error(f"{path}: no such {what} file")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as problem:
+        raise error(f"{path}: not UTF-8 text: {problem}") from None
     except yaml.YAMLError as problem:
-        raise error(f"{path}: not valid YAML: {problem}") from None
+        mark = getattr(problem, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise error(f"{path}: not valid YAML: {where}{getattr(problem, 'problem', None) or problem}") from None
 
 
 def load_study(path: str | Path) -> Study:

@@ -19,12 +19,15 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ptq_eval.errors import StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -102,10 +105,29 @@ class Store:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a directory, not a store file; give a file path (e.g. runs/x.sqlite)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        try:
+            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "jobs" not in tables:
+                raise StoreError(
+                    f"{self.path}: an SQLite database of something else (tables: {', '.join(sorted(tables))}), not a "
+                    "ptq-eval store; it is left untouched: give another --store path"
+                )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.OperationalError as error:
+            self._db.close()
+            raise StoreError(
+                f"{self.path}: cannot open the store ({error}); is the file or its folder read-only?"
+            ) from None
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise StoreError(
+                f"{self.path}: not a ptq-eval store ({error}); it is left untouched: give another --store path"
+            ) from None
 
     def close(self) -> None:
         self._db.close()
@@ -128,6 +150,18 @@ class Store:
             )
         return found
 
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One transaction: all of it lands, or (disk full, read-only file) none of it, with a clear error."""
+        try:
+            with self._db:
+                yield self._db
+        except sqlite3.OperationalError as error:
+            raise StoreError(
+                f"cannot write to the store {self.path}: {error}; everything stored before is intact (nothing of "
+                "this job was written): free space or make the file writable, then run again to resume"
+            ) from None
+
     def save(
         self,
         job_key: str,
@@ -140,7 +174,7 @@ class Store:
     ) -> None:
         """Write one finished job atomically (replacing an earlier result for the same key)."""
         finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        with self._db:
+        with self._writing():
             self._db.execute("DELETE FROM metrics WHERE job_key = ?", (job_key,))
             self._db.execute("DELETE FROM arrays WHERE job_key = ?", (job_key,))
             self._db.execute(
@@ -173,14 +207,14 @@ class Store:
         return {key: (json.loads(text) if text else None) for key, text in rows if key in wanted}
 
     def record_failure(self, checkpoint: str, reason: str) -> None:
-        with self._db:
+        with self._writing():
             self._db.execute(
                 "INSERT OR REPLACE INTO failures VALUES (?, ?, ?)",
                 (checkpoint, reason, time.strftime("%Y-%m-%dT%H:%M:%S%z")),
             )
 
     def clear_failure(self, checkpoint: str) -> None:
-        with self._db:
+        with self._writing():
             self._db.execute("DELETE FROM failures WHERE checkpoint = ?", (checkpoint,))
 
     def failures(self, checkpoints: Iterable[str]) -> dict[str, str]:
@@ -235,7 +269,7 @@ class Store:
         """Write one fitted law (replacing an earlier fit with the same key)."""
         created_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         row = (fit_key, study, law, method, None if group_size is None else int(group_size))
-        with self._db:
+        with self._writing():
             self._db.execute(
                 "INSERT OR REPLACE INTO fits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*row, _json(params), _json(goodness), _json(provenance), created_at),

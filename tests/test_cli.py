@@ -114,11 +114,11 @@ def test_kill_and_resume_gives_the_same_rows(study, finished_store, tmp_path):
     assert cli("results", str(study), "--store", str(store), "--format", "csv").stdout == expected
 
 
-def test_bad_study_exits_2_with_the_key_path(tmp_path):
+def test_bad_study_exits_3_with_the_key_path(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nladder: [a@b]\nquant: [{method: rtn, bits: 1}]\nevals: [{kind: perplexity}]\n")
     result = cli("run", str(bad), "--store", str(tmp_path / "s.sqlite"), check=False)
-    assert result.returncode == 2
+    assert result.returncode == 3 and "Traceback" not in result.stderr
     assert f"{bad}: quant[0].bits: 1 is not in 2..16" in result.stderr
 
 

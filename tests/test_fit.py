@@ -162,8 +162,8 @@ def test_cli_fit_prints_tables_and_forecasts_and_saves_to_the_store(tmp_path, ca
     assert [row["forecast"] for row in printed["forecasts"]] == ["delta", "max_tokens_per_param", "critical_tokens"]
 
 
-def test_cli_fit_without_significant_damage_exits_2(tmp_path, capsys):
+def test_cli_fit_without_significant_damage_exits_3(tmp_path, capsys):
     csv = tmp_path / "flat.csv"
     kumar_results().assign(delta_ci_low=-1.0).reindex(columns=COLUMNS).to_csv(csv, index=False)
-    assert main(["fit", "--results", str(csv), "--resamples", "2"]) == 2
+    assert main(["fit", "--results", str(csv), "--resamples", "2"]) == 3
     assert "significantly above zero" in capsys.readouterr().err

@@ -293,10 +293,10 @@ def test_cli_exit_codes_json_and_step_summary_on_stored_results(
     assert printed.startswith("## Release gate:") and summary.read_text() == printed + "\n"
 
 
-def test_cli_bad_policy_exits_2(tmp_path, capsys):
+def test_cli_bad_policy_exits_3(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(POLICY.replace("kind: absolute", "kind: absolut"))
-    assert cli.main(["gate", "m", "--policy", str(bad), "--no-run"]) == 2
+    assert cli.main(["gate", "m", "--policy", str(bad), "--no-run"]) == 3
     assert f"{bad}: budgets[0].kind: Input should be" in capsys.readouterr().err
 
 

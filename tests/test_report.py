@@ -117,9 +117,9 @@ def test_cli_report_and_compare(study_store, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| method | bits | group_size | eval | metric | delta_a |" in out and out.count("| yes |") == 8
     assert (tmp_path / "c" / "compare.html").is_file()
-    assert main(args + ["--checkpoints", "n20k", "n20k/tpp40"]) == 2
+    assert main(args + ["--checkpoints", "n20k", "n20k/tpp40"]) == 3
     assert "checkpoint 'n20k' matches 2 checkpoints" in capsys.readouterr().err
-    assert main(["report", yaml_file, "--store", str(tmp_path / "missing.sqlite")]) == 2
+    assert main(["report", yaml_file, "--store", str(tmp_path / "missing.sqlite")]) == 3
     assert "no store at" in capsys.readouterr().err
 
 

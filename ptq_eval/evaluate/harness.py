@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ptq_eval.errors import UserError
 from ptq_eval.evaluate.paired import Transform, UnitMetric
 from ptq_eval.evaluate.task_files import is_task_file
 
@@ -40,7 +41,7 @@ LOCAL_HINT = (
 )
 
 
-class HarnessError(ValueError):
+class HarnessError(UserError):
     """An lm-eval task cannot be found, loaded or paired; the message says what to do."""
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ptq_eval.errors import UserError
 from ptq_eval.evaluate.paired import UnitMetric
 from ptq_eval.evaluate.windows import Windows
 
@@ -79,7 +80,7 @@ def window_losses(
 ) -> WindowLosses:
     """Score every window's counted predictions; returns its summed token loss (float64) and count."""
     if autocast is not None and autocast not in AUTOCAST:
-        raise ValueError(f"autocast={autocast!r} is not accepted; use one of {AUTOCAST} or none")
+        raise UserError(f"autocast={autocast!r} is not accepted; use one of {AUTOCAST} or none")
     device = next(model.parameters()).device
     hidden_of, head = _hidden_and_head(model, device)
     output = model.get_output_embeddings()

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ptq_eval.corpus import token_documents
+from ptq_eval.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,14 @@ def start_token(tokenizer, rule: str, rolling: bool) -> int | None:
     `always` BOS, `never` EOS.
     """
     if rule not in BOS_RULES:
-        raise ValueError(f"bos={rule!r} is not accepted; use one of {', '.join(BOS_RULES)}")
+        raise UserError(f"bos={rule!r} is not accepted; use one of {', '.join(BOS_RULES)}")
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if rule == "always" and bos is None:
-        raise ValueError("bos: always, but the tokenizer has no BOS token; use auto or never")
+        raise UserError("bos: always, but the tokenizer has no BOS token; use auto or never")
     if rolling:
         prefix = {"always": bos, "never": eos, "auto": bos if bos is not None else eos}[rule]
         if prefix is None:
-            raise ValueError("the tokenizer has neither a BOS nor an EOS token to start each document with")
+            raise UserError("the tokenizer has neither a BOS nor an EOS token to start each document with")
         return prefix
     if rule == "auto":
         return bos if bos is not None and tokenizer("a")["input_ids"][:1] == [bos] else None
@@ -81,7 +82,7 @@ def make_windows(stream: torch.Tensor, seq_len: int, tokens: int | None = None, 
     `start`, each window reads that token first (its own prediction not scored)."""
     available = (len(stream) - 1) // seq_len
     if available < 1:
-        raise ValueError(f"the evaluation text has {len(stream)} tokens, fewer than one window of seq_len={seq_len}")
+        raise UserError(f"the evaluation text has {len(stream)} tokens, fewer than one window of seq_len={seq_len}")
     count = available if tokens is None else max(1, min(available, math.ceil(tokens / seq_len)))
     starts = (torch.arange(count) * available // count) * seq_len
     full = torch.full((count,), seq_len, dtype=torch.long)
@@ -104,7 +105,7 @@ def rolling_windows(
     """lm-eval's rolling windows over each text; `prefix` defaults to the BOS token, else EOS (as lm-eval's)."""
     stride = seq_len if stride is None else stride
     if not 0 < stride <= seq_len:
-        raise ValueError(f"stride={stride} is not accepted; use 1..seq_len ({seq_len})")
+        raise UserError(f"stride={stride} is not accepted; use 1..seq_len ({seq_len})")
     if prefix is None:
         prefix = start_token(tokenizer, "auto", rolling=True)
     documents = token_documents(tokenizer, texts)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers.pytorch_utils import Conv1D
 
+from ptq_eval.errors import UserError
 from ptq_eval.quant.grid import PER_CHANNEL, PER_TENSOR
 
 GPTQ_OPTIONS = ("act_order", "static_groups", "damp", "block_size", "sequential")
@@ -36,7 +37,7 @@ ROUTER_REASON = "MoE router (kept in full precision by default)"
 LATER_OPTIONS = {"sequential": "block"}
 
 
-class QuantError(ValueError):
+class QuantError(UserError):
     """A quant config cannot be applied to this model (e.g. it selects no weights)."""
 
 

@@ -7,6 +7,7 @@ import random
 import torch
 
 from ptq_eval.corpus import load_corpus, token_stream
+from ptq_eval.errors import CorpusError
 
 CHARACTERS_PER_TOKEN_BOUND = 8  # read this many characters per wanted token, so any BPE yields enough text
 
@@ -24,7 +25,7 @@ def calibration_tokens(tokenizer, corpus: str, split: str, samples: int, seq_len
             break
     stream = token_stream(tokenizer, source.subset(chosen))
     if len(stream) < seq_len + 1:
-        raise ValueError(f"calibration corpus {corpus!r} split {split!r} has {len(stream)} tokens, fewer than seq_len")
+        raise CorpusError(f"calibration corpus {corpus!r} split {split!r} has {len(stream)} tokens, fewer than seq_len")
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(stream) - seq_len, (samples,), generator=generator)
     return torch.stack([stream[start : start + seq_len] for start in starts.tolist()]).long()

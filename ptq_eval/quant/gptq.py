@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ptq_eval.errors import UserError
 from ptq_eval.quant.base import LayerReport, QuantConfig, QuantError, QuantReport, WeightMatrix, register
 from ptq_eval.quant.blocks import calibrate
 from ptq_eval.quant.grid import PER_TENSOR, Grid, check_group_size, fit_grid, quantize_tensor
@@ -155,7 +156,7 @@ def quantize_gptq(
 ) -> QuantReport:
     """Quantize these matrices of the model in place with GPTQ, block by block (see `quant/blocks.py`)."""
     if calibration is None or len(calibration) == 0:
-        raise ValueError("GPTQ needs calibration data (the study's calibration: section)")
+        raise UserError("GPTQ needs calibration data (the study's calibration: section)")
     report = QuantReport(config)
     home = next(model.parameters()).device
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ptq_eval.errors import UserError
+
 MIN_BITS, MAX_BITS = 2, 16
 PER_CHANNEL, PER_TENSOR = -1, 0
 
@@ -43,13 +45,13 @@ class Grid:
 
 def check_bits(bits: int) -> None:
     if not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"bits={bits} is not in {MIN_BITS}..{MAX_BITS}")
+        raise UserError(f"bits={bits} is not in {MIN_BITS}..{MAX_BITS}")
 
 
 def check_group_size(group_size: int) -> None:
     """A group size is -1 (per channel), 0 (per tensor) or positive."""
     if group_size < PER_CHANNEL:
-        raise ValueError(f"group_size={group_size} is not accepted; use -1 (per channel), 0 (per tensor) or g > 0")
+        raise UserError(f"group_size={group_size} is not accepted; use -1 (per channel), 0 (per tensor) or g > 0")
 
 
 def fit_grid(x: torch.Tensor, bits: int, symmetric: bool) -> Grid:

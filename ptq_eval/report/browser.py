@@ -14,6 +14,8 @@ from pathlib import Path
 
 from matplotlib import image as mpimg
 
+from ptq_eval.errors import UserError
+
 FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -82,7 +84,7 @@ def render(html_file: str | Path, screenshot: str | Path, width: int = 1400, hei
     """Render `html_file` headless; write the screenshot (top `height` pixels) and count what the DOM holds."""
     browser = chromium()
     if browser is None:
-        raise RuntimeError("headless Chromium is not installed: apt-get install chromium")
+        raise UserError("headless Chromium is not installed: apt-get install chromium")
     url = Path(html_file).resolve().as_uri()
     screenshot = Path(screenshot).resolve()
     with tempfile.TemporaryDirectory() as profile:

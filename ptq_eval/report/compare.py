@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ptq_eval.errors import UserError
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
 
@@ -17,7 +18,7 @@ def select_checkpoint(results: pd.DataFrame, name: str) -> pd.DataFrame:
     matches = [c for c in names if c == name] or [c for c in names if name in c]
     if len(matches) != 1:
         found = "no checkpoint" if not matches else f"{len(matches)} checkpoints ({', '.join(matches)})"
-        raise ValueError(f"checkpoint {name!r} matches {found}; give one of: {', '.join(names)}")
+        raise UserError(f"checkpoint {name!r} matches {found}; give one of: {', '.join(names)}")
     return results[results.checkpoint == matches[0]]
 
 
@@ -39,7 +40,7 @@ def compare_results(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     columns = keys + ["delta", "delta_ci_low", "delta_ci_high"]
     joined = a[columns].merge(b[columns], on=keys, suffixes=("_a", "_b"))
     if joined.empty:
-        raise ValueError(
+        raise UserError(
             "the two sides share no (checkpoint, method, bits, group size, eval, metric); compare studies that "
             "measured the same configs, or pick one checkpoint on each side"
         )

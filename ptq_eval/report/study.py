@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ptq_eval.errors import UserError
 from ptq_eval.fit import FitError, FitOptions, fit_study, forecast_table
 from ptq_eval.quant import QuantConfig
 from ptq_eval.report import plots
@@ -99,7 +100,7 @@ def _layer_section(frame: pd.DataFrame, loss: pd.DataFrame, options: ReportOptio
     chosen = gptq[gptq.checkpoint == checkpoint].drop_duplicates("job_key")
     if chosen.empty:
         known = ", ".join(sorted(gptq.checkpoint.unique()))
-        raise ValueError(f"no GPTQ results for checkpoint {checkpoint!r}; GPTQ was run on: {known}")
+        raise UserError(f"no GPTQ results for checkpoint {checkpoint!r}; GPTQ was run on: {known}")
     layers = {}
     for row in chosen.sort_values(["bits", "group_size"]).itertuples():
         granularity = QuantConfig(row.method, int(row.bits), int(row.group_size)).granularity
@@ -157,7 +158,7 @@ def study_report(study: Study, store: Store, options: ReportOptions = ReportOpti
     jobs = expand_jobs(study)
     results = study_results(study, store)
     if results.empty:
-        raise ValueError(f"the store {store.path} has no results for study {study.name!r}: run the study first")
+        raise UserError(f"the store {store.path} has no results for study {study.name!r}: run the study first")
     frame = store.frame(job.key for job in jobs)
     loss, loss_eval = _loss_rows(results)
     sections = [_overview(study, results, len(jobs), len(store.finished(job.key for job in jobs)), loss_eval)]
