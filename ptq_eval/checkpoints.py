@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,11 +129,24 @@ def resolve_tokens(ref: CheckpointRef, metadata: dict, tokens: int | None) -> tu
     return None, "unknown", schedule
 
 
+def _check_safetensors(path: Path) -> None:
+    """A safetensors file whose header reads and whose tensors lie inside the file (not truncated)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path}: damaged safetensors file ({error}); download or save it again") from None
+
+
 def _local_weights_id(directory: Path) -> str:
     """SHA-256 over config.json and the weight files of a local checkpoint, by name and content."""
     digest = hashlib.sha256()
     files = sorted({path for pattern in ("config.json", *WEIGHT_FILES) for path in directory.glob(pattern)})
     for path in files:
+        if path.suffix == ".safetensors":
+            _check_safetensors(path)
         digest.update(path.name.encode() + b"\0")
         with path.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 24), b""):
@@ -222,6 +236,7 @@ def load_model(
 ):
     """Model (in eval mode, on device) and tokenizer (at `commit` when given, for a hub reference); errors say how
     to fix the reference."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     ref = CheckpointRef.parse(reference)
@@ -231,7 +246,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.repo, **kwargs)
         tokenizer = load_tokenizer(str(ref), trust_remote_code)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError, EOFError, SafetensorError, pickle.UnpicklingError) as error:
         where = (
             "local directory"
             if ref.is_local

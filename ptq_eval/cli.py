@@ -163,9 +163,10 @@ def cmd_fit(args) -> int:
     from ptq_eval.results import markdown_table
     from ptq_eval.store import Store
 
+    points = [_parse_point(p) for p in args.predict]  # before any work: a typo fails at once
     results, name, store_path = _fit_input(args)
     fitted = fit_study(results, args.method, args.group_size, FitOptions(args.resamples, args.seed))
-    asked = {"predict": [_parse_point(p) for p in args.predict], "budget": args.budget, "params": args.params}
+    asked = {"predict": points, "budget": args.budget, "params": args.params}
     asked |= {"bits": args.bits, "tokens_per_param": args.tokens_per_param}
     forecasts = [forecast_table(fit, fitted.base, **asked) for fit in fitted.fits if fit.law.name == args.law]
     forecasts = pd.concat(forecasts, ignore_index=True) if forecasts else pd.DataFrame()

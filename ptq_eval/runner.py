@@ -278,6 +278,8 @@ def run_study(study: Study, store: Store, progress: Progress = lambda message, a
         try:
             if pending:
                 _run_checkpoint(study, store, checkpoint, pending, done, device, cache, inputs, summary, progress)
+                todo = summary.jobs - summary.already_done
+                progress(f"{checkpoint.reference}: {len(pending)} jobs done ({summary.ran}/{todo} of this run)", 0)
             store.clear_failure(checkpoint.reference)
         except CHECKPOINT_FAILURES as error:
             summary.failed[checkpoint.reference] = str(error)

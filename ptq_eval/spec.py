@@ -467,6 +467,8 @@ def validation_problems(error: ValidationError, source: str) -> str:
 
 def parse_study(data: object, source: str = "<study>") -> Study:
     """Validate a parsed YAML document; errors list every problem with its key path."""
+    if data is None:
+        raise StudyError(f"{source}: the file is empty; a study is a mapping with name, ladder, quant and evals")
     try:
         return Study.model_validate(data)
     except ValidationError as error:

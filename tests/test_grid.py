@@ -56,6 +56,18 @@ def test_a_group_size_that_does_not_divide_leaves_a_shorter_last_group():
     assert max(len(torch.unique(row)) for row in q[:, 32:]) <= 8
 
 
+def test_a_group_wider_than_the_matrix_is_its_whole_row_in_rtn_and_gptq():
+    from ptq_eval.quant import QuantConfig
+    from ptq_eval.quant.gptq import gptq_weight
+
+    w = weights(columns=16)
+    assert torch.equal(quantize_tensor(w, 3, 32), quantize_tensor(w, 3, -1))
+    hessian = torch.eye(16)  # uncorrelated inputs: GPTQ's updates vanish and it rounds as RTN does
+    assert torch.allclose(gptq_weight(w, hessian, QuantConfig("gptq", 3, 32)).weight, quantize_tensor(w, 3, -1))
+    assert torch.allclose(gptq_weight(weights(columns=48), torch.eye(48), QuantConfig("gptq", 3, 32)).weight,
+                          quantize_tensor(weights(columns=48), 3, 32))  # fmt: skip
+
+
 def test_negative_group_sizes_other_than_minus_one_are_errors():
     with pytest.raises(ValueError, match=r"group_size=-2 is not accepted"):
         quantize_tensor(weights(), 4, -2)

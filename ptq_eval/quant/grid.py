@@ -8,7 +8,10 @@ point fixed at (maxq + 1) / 2.
 
 Granularity is given by `group_size`: -1 is one grid per output channel (row), 0 one
 grid for the whole tensor, and g > 0 one grid per row for each run of g input columns.
-A group size that does not divide the input dimension is an error.
+One rule for every width: the last group of a row holds the columns that are left, so it is
+shorter when g does not divide the width, and it is the whole row when g exceeds it (a matrix
+narrower than g is quantized per channel). RTN, GPTQ and export follow it; a job's key
+records g as given, which with this rule says exactly what was done.
 """
 
 from __future__ import annotations
