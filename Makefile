@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LADDER := tasks/ladders/demo
 
 .PHONY: install test demo ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
-	demo-lm-eval demo-sequential bench-eval bench-fit bench
+	demo-lm-eval demo-sequential bench-eval bench-fit bench stress
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -106,6 +106,10 @@ bench-eval: $(STAMP)
 bench-fit: $(STAMP)
 	mkdir -p reports/bench
 	nice -n 10 $(BIN)/python tests/bench/fit_recovery.py --seeds 100 --resamples 200 | tee reports/bench/fit_recovery.md
+
+# Fault injection: a study SIGKILLed at 12 random moments resumes to the rows of an uninterrupted run
+stress: $(STAMP)
+	$(BIN)/python tests/bench/stress.py --kills 12
 
 # Every benchmark (peers in throwaway venvs): speed and agreement tables under reports/bench/
 bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-fit

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -172,16 +171,9 @@ def cmd_fit(args) -> int:
     forecasts = pd.concat(forecasts, ignore_index=True) if forecasts else pd.DataFrame()
     if store_path:
         with Store(store_path) as store:
-            for fit in fitted.all():
-                record = fit.record()
-                store.save_fit(f"{name}/{record['law']}/{record['method']}/{record['group_size']}", name, **record)
-    for law, message in fitted.failures.items():
-        print(f"note: {law} not fitted: {message}", file=sys.stderr)
-    for fit in fitted.all():
-        if len(fit.excluded):
-            label = " ".join(str(v) for v in (fit.law.name, fit.method, fit.group_size) if v is not None)
-            reasons = ", ".join(f"{n} with {reason}" for reason, n in fit.excluded.reason.value_counts().items())
-            print(f"note: {label}: {len(fit.excluded)} points excluded: {reasons}", file=sys.stderr)
+            fitted.save(store, name)
+    for note in fitted.notes():
+        print(f"note: {note}", file=sys.stderr)
     tables = {"parameters": fitted.table(), "goodness": fitted.goodness(), "forecasts": forecasts}
     if args.format == "json":
         tables["excluded"] = fitted.excluded()
@@ -278,20 +270,12 @@ def cmd_gate(args) -> int:
 
 def _publish_verdict(verdict, args, store_path: Path) -> int:
     """Markdown to stdout and the step summaries, JSON to --out; returns the gate's exit code."""
-    import ptq_eval
-    from ptq_eval.gate import verdict_markdown
+    from ptq_eval.report.verdict import publish_verdict
 
-    markdown = verdict_markdown(verdict)
-    print(markdown, end="")
     code = GATE_EXIT_CODES[verdict.decision]
-    stem = _slug(verdict.checkpoint)
-    out = Path(args.out or Path("reports") / "gate" / f"{stem}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = verdict.as_dict() | {"exit_code": code, "policy_file": args.policy, "store": str(store_path)}
-    out.write_text(json.dumps(record | {"ptq_eval": ptq_eval.__version__}, indent=2, ensure_ascii=False) + "\n")
-    for summary_file in dict.fromkeys(filter(None, [args.summary, os.environ.get("GITHUB_STEP_SUMMARY")])):
-        with open(summary_file, "a", encoding="utf-8") as handle:
-            handle.write(markdown + "\n")
+    out = Path(args.out or Path("reports") / "gate" / f"{_slug(verdict.checkpoint)}.json")
+    record = {"exit_code": code, "policy_file": args.policy, "store": str(store_path)}
+    print(publish_verdict(verdict, out, [args.summary], record), end="")
     print(f"wrote {out}; verdict {verdict.decision} (exit {code})", file=sys.stderr)
     return code
 
@@ -310,57 +294,18 @@ def cmd_ladder_train(args) -> int:
     return 0
 
 
-def _show_hub_ladder(repo: str) -> int:
-    """A hub ladder's revisions whose D a family knows, with D and the schedule phase."""
-    import pandas as pd
-
-    from ptq_eval.families import hub_revisions, ladder_revisions
-    from ptq_eval.results import markdown_table
-
-    names = hub_revisions(repo)
-    found = ladder_revisions(repo, names)
-    if not found:
-        raise UserError(f"{repo}: none of its {len(names)} revisions is known to a ladder family (tasks/families/)")
-    frame = pd.DataFrame(
-        {
-            "revision": [r.name for r in found],
-            "tokens": [r.tokens for r in found],
-            "phase": [r.schedule.get("phase", r.schedule.get("kind", "")) for r in found],
-            "decay_done": [r.schedule.get("decay_done", "") for r in found],
-        }
-    )
-    print(markdown_table(frame), end="")
-    print(f"{len(found)} of {len(names)} revisions of {repo} have a known D", file=sys.stderr)
-    return 0
-
-
 def cmd_ladder_show(args) -> int:
-    import pandas as pd
-
-    from ptq_eval.checkpoints import METADATA_FILE
+    from ptq_eval.families import revision_table
+    from ptq_eval.ladder import local_ladder_table
     from ptq_eval.results import markdown_table
 
-    if not Path(args.directory).is_dir():
-        return _show_hub_ladder(args.directory)
-    rows = []
-    for path in sorted(Path(args.directory).rglob(METADATA_FILE)):
-        facts = json.loads(path.read_text())
-        rows.append(
-            {
-                "checkpoint": str(path.parent),
-                "params": facts["params"],
-                "nonembedding_params": facts["nonembedding_params"],
-                "tokens": facts["tokens"],
-                "tokens_per_param": round(facts["tokens_per_param"], 1),
-                "schedule": facts.get("schedule", {}).get("kind", ""),
-                "train_loss": round(facts.get("train_loss_end", float("nan")), 3),
-            }
-        )
-    if not rows:
-        raise UserError(f"no checkpoints (no {METADATA_FILE}) under {args.directory}")
-    frame = pd.DataFrame(rows).sort_values(["nonembedding_params", "tokens"])
-    print(markdown_table(frame), end="")
-    return 0
+    if Path(args.directory).is_dir():
+        print(markdown_table(local_ladder_table(Path(args.directory))), end="")
+        return EXIT_OK
+    table, revisions = revision_table(args.directory)
+    print(markdown_table(table), end="")
+    print(f"{len(table)} of {revisions} revisions of {args.directory} have a known D", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_export(args) -> int:

@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -210,3 +211,21 @@ def hub_revisions(repo: str) -> list[str]:
             raise FamilyError(f"{repo}: no refs in the local hub cache ({constants.HF_HUB_CACHE}); the hub is offline")
         return sorted(path.name for path in refs.iterdir() if path.is_file())
     return sorted(branch.name for branch in list_repo_refs(repo).branches)
+
+
+def revision_table(repo: str) -> tuple[pd.DataFrame, int]:
+    """A hub ladder's revisions whose D a family knows (revision, tokens, phase, decay_done), and how many
+    revisions the repository has in all."""
+    names = hub_revisions(repo)
+    found = ladder_revisions(repo, names)
+    if not found:
+        raise FamilyError(f"{repo}: none of its {len(names)} revisions is known to a ladder family (tasks/families/)")
+    table = pd.DataFrame(
+        {
+            "revision": [r.name for r in found],
+            "tokens": [r.tokens for r in found],
+            "phase": [r.schedule.get("phase", r.schedule.get("kind", "")) for r in found],
+            "decay_done": [r.schedule.get("decay_done", "") for r in found],
+        }
+    )
+    return table, len(names)

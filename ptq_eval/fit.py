@@ -430,6 +430,23 @@ class StudyFit:
         frames = [fit.excluded.assign(law=fit.law.name) for fit in self.all() if len(fit.excluded)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
+    def notes(self) -> list[str]:
+        """What a reader should know: laws not fitted and why, points each fit left out and why."""
+        notes = [f"{law} not fitted: {message}" for law, message in self.failures.items()]
+        for fit in self.all():
+            if len(fit.excluded):
+                label = " ".join(str(v) for v in (fit.law.name, fit.method, fit.group_size) if v is not None)
+                reasons = ", ".join(f"{n} with {reason}" for reason, n in fit.excluded.reason.value_counts().items())
+                notes.append(f"{label}: {len(fit.excluded)} points excluded: {reasons}")
+        return notes
+
+    def save(self, store, study: str) -> int:
+        """Write every fit to a store (`Store.save_fit`) under study/law/method/group_size; returns how many."""
+        for fit in self.all():
+            record = fit.record()
+            store.save_fit(f"{study}/{record['law']}/{record['method']}/{record['group_size']}", study, **record)
+        return len(self.all())
+
 
 def fit_study(results: pd.DataFrame, method: str | None = None, group_size: int | None = None,
               options: FitOptions = FitOptions(), laws=("kumar", "rival", "per_bit")) -> StudyFit:  # fmt: skip

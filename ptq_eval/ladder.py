@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 import transformers
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
@@ -278,3 +279,24 @@ def train_ladder(
     }
     (out_dir / "ladder.json").write_text(json.dumps(summary, indent=2) + "\n")
     return saved
+
+
+def local_ladder_table(directory: Path) -> pd.DataFrame:
+    """The checkpoints of a reference ladder on disk, with N, D, D/N, schedule and final training loss."""
+    rows = []
+    for path in sorted(directory.rglob(METADATA_FILE)):
+        facts = json.loads(path.read_text())
+        rows.append(
+            {
+                "checkpoint": str(path.parent),
+                "params": facts["params"],
+                "nonembedding_params": facts["nonembedding_params"],
+                "tokens": facts["tokens"],
+                "tokens_per_param": round(facts["tokens_per_param"], 1),
+                "schedule": facts.get("schedule", {}).get("kind", ""),
+                "train_loss": round(facts.get("train_loss_end", float("nan")), 3),
+            }
+        )
+    if not rows:
+        raise UserError(f"no checkpoints (no {METADATA_FILE}) under {directory}")
+    return pd.DataFrame(rows).sort_values(["nonembedding_params", "tokens"])

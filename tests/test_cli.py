@@ -2,11 +2,8 @@
 
 import io
 import os
-import signal
-import sqlite3
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -82,34 +79,12 @@ def test_a_second_run_reuses_the_store(study, finished_store):
     assert "0 jobs run, 36 already in" in again.stderr
 
 
-def test_kill_and_resume_gives_the_same_rows(study, finished_store, tmp_path):
+def test_runs_killed_at_random_moments_resume_to_the_same_rows(study, finished_store, tmp_path):
+    from kill_resume import interrupted_run
+
     store = tmp_path / "resumed.sqlite"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ptq_eval.cli", "run", str(study), "--store", str(store)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    finished = 0
-    while time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
-        if store.exists():
-            try:
-                finished = (
-                    sqlite3.connect(store).execute("SELECT COUNT(*) FROM metrics WHERE delta IS NOT NULL").fetchone()[0]
-                )
-            except sqlite3.OperationalError:
-                continue
-            if finished >= 4:
-                break
-    assert process.poll() is None, "the study finished before it could be interrupted"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    resumed = cli("run", str(study), "--store", str(store))
-    ran = int(resumed.stderr.split(" jobs run")[0].split()[-1])
-    assert 0 < ran < 36
+    kills = interrupted_run(study, store, kills=3, seed=1, longest=7.0)
+    assert len(kills) == 3 and kills[-1][1] < 36 + 6  # interrupted before the study (36 jobs + 6 baselines) ended
     expected = cli("results", str(study), "--store", str(finished_store[0]), "--format", "csv").stdout
     assert cli("results", str(study), "--store", str(store), "--format", "csv").stdout == expected
 

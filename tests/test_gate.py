@@ -18,8 +18,8 @@ from ptq_eval.gate import (
     judge,
     load_policy,
     parse_policy,
-    verdict_markdown,
 )
+from ptq_eval.report.verdict import verdict_markdown
 from ptq_eval.results import COLUMNS
 from ptq_eval.spec import expand_jobs
 from ptq_eval.store import MetricRow, Store

@@ -57,3 +57,39 @@ def test_fits_are_saved_replaced_and_read_back(tmp_path):
         assert list(fits.index) == ["base", "kumar"] and len(store.fits()) == 3
         assert fits.params["kumar"] == {"gamma_D": {"value": 2.0, "ci_low": None, "ci_high": None}}
         assert fits.group_size["kumar"] == -1 and fits.group_size.isna()["base"]
+
+
+def test_a_full_disk_stops_with_a_clear_error_and_nothing_half_written(tmp_path):
+    import pytest
+
+    from ptq_eval.errors import StoreError
+
+    with Store(tmp_path / "s.sqlite") as store:
+        store.save("k1", {"checkpoint": "a"}, {}, {}, 0.0, [MetricRow("loss", 1.0, 1)])
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full: the file may not grow
+        big = {"window_sums": np.arange(200_000, dtype=np.float64)}
+        with pytest.raises(StoreError, match=r"cannot write to the store .*: database or disk is full; everything"):
+            store.save("k2", {"checkpoint": "b"}, {}, {}, 0.0, [MetricRow("loss", 2.0, 1)], big)
+    with Store(tmp_path / "s.sqlite") as store:
+        assert store.finished(["k1", "k2"]) == {"k1"} and store.arrays("k2") == {}
+        assert store._db.execute("SELECT COUNT(*) FROM metrics WHERE job_key = 'k2'").fetchone()[0] == 0
+
+
+def test_a_read_only_store_stops_with_a_clear_error(tmp_path):
+    import sqlite3
+
+    import pytest
+
+    from ptq_eval.errors import StoreError
+
+    path = tmp_path / "s.sqlite"
+    with Store(path) as store:
+        store.save("k1", {"checkpoint": "a"}, {}, {}, 0.0, [MetricRow("loss", 1.0, 1)])
+    store = Store(path)
+    store._db.close()
+    store._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # as a file the process may not write
+    with pytest.raises(StoreError, match=r"readonly database; everything stored before is intact"):
+        store.save("k2", {"checkpoint": "b"}, {}, {}, 0.0, [MetricRow("loss", 2.0, 1)])
+    assert store.finished(["k1", "k2"]) == {"k1"}
+    store.close()

@@ -1,0 +1,44 @@
+"""Release gate: `policy.py` (what a policy is), `checks.py` (budgets → checks → verdict); the verdict's
+Markdown and JSON are in `report/verdict.py`."""
+
+from ptq_eval.gate.checks import (
+    DECISIONS,
+    Check,
+    Verdict,
+    coverage_shortfall,
+    decide,
+    fit_forecasts,
+    judge,
+)
+from ptq_eval.gate.policy import (
+    LOWER_IS_BETTER,
+    UNCERTAINTY,
+    Budget,
+    Policy,
+    PolicyError,
+    gate_study,
+    load_policy,
+    parse_policy,
+    reference,
+    release_configs,
+)
+
+__all__ = [
+    "DECISIONS",
+    "LOWER_IS_BETTER",
+    "UNCERTAINTY",
+    "Budget",
+    "Check",
+    "Policy",
+    "PolicyError",
+    "Verdict",
+    "coverage_shortfall",
+    "decide",
+    "fit_forecasts",
+    "gate_study",
+    "judge",
+    "load_policy",
+    "parse_policy",
+    "reference",
+    "release_configs",
+]

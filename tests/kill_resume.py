@@ -1,0 +1,52 @@
+"""Fault injection: a study run in a subprocess that is killed (SIGKILL) at random moments, again and again,
+then allowed to finish. The CI test uses a few kills; `make stress` many (tests/bench/stress.py)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def stored_jobs(store: Path) -> int:
+    if not store.exists():
+        return 0
+    try:
+        with sqlite3.connect(store) as db:
+            return db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "ptq_eval.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=check, env=env)
+
+
+def interrupted_run(study: Path, store: Path, kills: int, seed: int, longest: float = 8.0) -> list[tuple[float, int]]:
+    """Kill `kills` runs of the study after random delays (0.5 s .. `longest`), then run it to the end; returns
+    (delay, jobs stored when killed) per kill. A run that finishes before its kill ends the series early."""
+    rng, record = random.Random(seed), []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for _ in range(kills):
+        delay = rng.uniform(0.5, longest)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ptq_eval.cli", "run", str(study), "--store", str(store)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(delay)
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        record.append((delay, stored_jobs(store)))
+    cli("run", str(study), "--store", str(store))
+    return record
