@@ -258,6 +258,13 @@ def load_model(
     return model.to(device).eval(), tokenizer
 
 
+def checkpoint_tokens(reference: str, tokens: int | None = None) -> tuple[int | None, str, dict]:
+    """D, where it came from, and the schedule facts of a checkpoint (its metadata file read and checked)."""
+    ref = CheckpointRef.parse(reference)
+    metadata = read_local_facts(Path(ref.repo)) if ref.is_local else {}
+    return resolve_tokens(ref, metadata, tokens)
+
+
 def load_checkpoint(
     reference: str,
     tokens: int | None = None,
@@ -269,8 +276,7 @@ def load_checkpoint(
 ) -> LoadedCheckpoint:
     """Load model + tokenizer (a hub revision at the commit `weights_id` names) and work out N and D."""
     ref = CheckpointRef.parse(reference)
-    metadata = read_local_facts(Path(ref.repo)) if ref.is_local else {}
-    resolved_tokens, source, schedule = resolve_tokens(ref, metadata, tokens)
+    resolved_tokens, source, schedule = checkpoint_tokens(reference, tokens)
     weights_id = weights_id or weights_identity(reference)
     commit = weights_id.removeprefix("git:") if weights_id.startswith("git:") else None
     model, tokenizer = load_model(reference, allow_pickle, trust_remote_code, dtype, device, commit)

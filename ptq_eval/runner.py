@@ -13,7 +13,7 @@ import torch
 import transformers
 
 from ptq_eval import __version__
-from ptq_eval.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint
+from ptq_eval.checkpoints import CheckpointError, LoadedCheckpoint, checkpoint_tokens, load_checkpoint
 from ptq_eval.corpus import load_corpus, shared_documents, token_stream
 from ptq_eval.errors import UserError
 from ptq_eval.evaluate.evaluators import HarnessEvaluator, PerplexityEvaluator, Scored
@@ -253,6 +253,7 @@ def run_study(study: Study, store: Store, progress: Progress = lambda message, a
     for checkpoint, checkpoint_jobs in by_checkpoint.items():
         try:
             identity = checkpoint_identity(checkpoint.reference, study.trust_remote_code)
+            checkpoint_tokens(checkpoint.reference, checkpoint.tokens)  # its metadata, checked before any model loads
         except CHECKPOINT_FAILURES as error:
             summary.failed[checkpoint.reference] = str(error)
             store.record_failure(checkpoint.reference, str(error))

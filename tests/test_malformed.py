@@ -249,3 +249,13 @@ def test_a_device_this_machine_lacks_is_refused_before_any_work(tmp_path, capsys
     path.write_text(study(extra="device: cuda\n"))
     assert cli.main(["run", str(path), "--store", str(tmp_path / "s.sqlite")]) == 3
     assert "device 'cuda': this machine has 0 CUDA devices" in capsys.readouterr().err
+
+
+def test_the_gate_tells_an_internal_error_from_a_verdict(tmp_path, capsys, monkeypatch):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    (tmp_path / "s.sqlite").write_bytes(b"")  # an empty file: SQLite starts a new store in it
+    monkeypatch.setattr("ptq_eval.gate.decide", lambda *args: {}["boom"])  # a bug inside the gate
+    argv = ["gate", "m", "--policy", str(policy), "--store", str(tmp_path / "s.sqlite"), "--no-run"]
+    assert exit_code(argv) == 4
+    assert "internal error: KeyError" in capsys.readouterr().err
