@@ -29,19 +29,26 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, check=check, env=env)
 
 
-def interrupted_run(study: Path, store: Path, kills: int, seed: int, longest: float = 8.0) -> list[tuple[float, int]]:
-    """Kill `kills` runs of the study after random delays (0.5 s .. `longest`), then run it to the end; returns
-    (delay, jobs stored when killed) per kill. A run that finishes before its kill ends the series early."""
+def interrupted_run(study: Path, store: Path, kills: int, seed: int, longest: float = 2.5) -> list[tuple[float, int]]:
+    """Kill `kills` runs of the study, then run it to the end; returns (delay, jobs stored when killed) per kill.
+
+    Each run is killed a random 0..`longest` seconds after it stored its first new job, so the kills land in
+    every phase of a job (loading the next checkpoint, its baseline, quantizing, evaluating, committing) and the
+    study makes progress between them. A run that finishes before its kill ends the series early."""
     rng, record = random.Random(seed), []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for _ in range(kills):
-        delay = rng.uniform(0.5, longest)
+        before = stored_jobs(store)
         process = subprocess.Popen(
             [sys.executable, "-m", "ptq_eval.cli", "run", str(study), "--store", str(store)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        deadline = time.time() + 300
+        while process.poll() is None and stored_jobs(store) <= before and time.time() < deadline:
+            time.sleep(0.05)
+        delay = rng.uniform(0, longest)
         time.sleep(delay)
         if process.poll() is not None:
             break

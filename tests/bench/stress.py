@@ -28,7 +28,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--kills", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--longest", type=float, default=12.0, help="longest wait before a kill (seconds)")
+    parser.add_argument("--longest", type=float, default=2.5, help="longest wait after a run's first new job")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
@@ -38,7 +38,7 @@ def main() -> int:
         kills = interrupted_run(study, root / "killed.sqlite", args.kills, args.seed, args.longest)
         reference = cli("results", str(study), "--store", str(root / "reference.sqlite"), "--format", "csv").stdout
         resumed = cli("results", str(study), "--store", str(root / "killed.sqlite"), "--format", "csv").stdout
-    print("| kill | after (s) | jobs stored |\n|---|---|---|")
+    print("| kill | seconds after the run's first new job | jobs stored |\n|---|---|---|")
     for index, (delay, jobs) in enumerate(kills, 1):
         print(f"| {index} | {delay:.1f} | {jobs} |")
     same = reference == resumed
