@@ -83,7 +83,7 @@ def test_runs_killed_at_random_moments_resume_to_the_same_rows(study, finished_s
     from kill_resume import interrupted_run
 
     store = tmp_path / "resumed.sqlite"
-    kills = interrupted_run(study, store, kills=3, seed=1, longest=1.5)
+    kills = interrupted_run(study, store, kills=3, seed=1, longest=0.4)  # the micro study stores ~20 jobs/s
     assert len(kills) == 3 and kills[-1][1] < 36 + 6  # interrupted before the study (36 jobs + 6 baselines) ended
     expected = cli("results", str(study), "--store", str(finished_store[0]), "--format", "csv").stdout
     assert cli("results", str(study), "--store", str(store), "--format", "csv").stdout == expected
