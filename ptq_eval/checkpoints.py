@@ -171,7 +171,7 @@ def _cached_commit(repo: str, revision: str) -> str | None:
 def hub_commit(ref: CheckpointRef) -> str:
     """The commit SHA a hub revision resolves to: from the hub, or offline from the local cache."""
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     revision = ref.revision or "main"
     cached = _cached_commit(ref.repo, revision)
@@ -190,9 +190,11 @@ def hub_commit(ref: CheckpointRef) -> str:
         raise CheckpointError(f"{ref}: the repository is gated; accept its terms and log in (hf auth login)") from None
     except RepositoryNotFoundError:
         raise CheckpointError(f"{ref}: no such hub repository (or it is private)") from None
-    except (HfHubHTTPError, OSError) as error:
+    except Exception as error:  # network failures arrive as the HTTP client's own types
         if cached is None:
-            raise CheckpointError(f"{ref}: cannot reach the hub to resolve {revision!r}: {error}") from None
+            raise CheckpointError(
+                f"{ref}: cannot reach the hub to resolve {revision!r} ({type(error).__name__}: {error})"
+            ) from None
         return cached
 
 

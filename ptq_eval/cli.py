@@ -261,10 +261,15 @@ def cmd_gate(args) -> int:
     if args.no_run and not path.is_file():
         raise UserError(f"no store at {path}: drop --no-run to run the missing jobs, or pass --store")
     with Store(path) as store:
+        failed: dict[str, str] = {}
         if not args.no_run:
             summary = _run_missing(study, store)
             print(f"{summary.ran} jobs run, {summary.already_done} already in {path}", file=sys.stderr)
+            failed = summary.failed
         results = study_results(study, store)
+    for reference, reason in failed.items():  # its stored rows may be of other weights: never decide on them
+        print(f"error: checkpoint {reference} failed: {reason}; its checks are undecided", file=sys.stderr)
+    results = results[~results.checkpoint.isin(failed)]
     return _publish_verdict(decide(policy, args.checkpoint, results, fit_forecasts(policy, path)), args, path)
 
 

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ptq_eval.errors import UserError
+from ptq_eval.yaml_files import read_yaml
 
 UNITS = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 FAMILY_DIRS_VARIABLE = "PTQ_EVAL_FAMILIES"
@@ -53,6 +53,16 @@ class _Strict(BaseModel):
 
 class RevisionRule(_Strict):
     pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"pattern {pattern!r} is not a regular expression: {error}") from None
+        return pattern
+
     tokens_per_step: float | dict[str, float] | None = Field(default=None)
     offset_tokens: float | dict[str, float] = 0
     schedule: dict = {}
@@ -147,8 +157,8 @@ def _load(directories: tuple[Path, ...]) -> dict[str, Family]:
     for directory in directories:
         for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
             try:
-                family = Family.model_validate(yaml.safe_load(path.read_text()))
-            except (yaml.YAMLError, ValidationError) as error:
+                family = Family.model_validate(read_yaml(path, "family", FamilyError))
+            except ValidationError as error:
                 raise FamilyError(f"{path}: not a valid family file: {error}") from None
             families.setdefault(family.name, family)  # earlier folders override later ones
     return families
@@ -210,7 +220,10 @@ def hub_revisions(repo: str) -> list[str]:
         if not refs.is_dir():
             raise FamilyError(f"{repo}: no refs in the local hub cache ({constants.HF_HUB_CACHE}); the hub is offline")
         return sorted(path.name for path in refs.iterdir() if path.is_file())
-    return sorted(branch.name for branch in list_repo_refs(repo).branches)
+    try:
+        return sorted(branch.name for branch in list_repo_refs(repo).branches)
+    except Exception as error:  # a missing repository, a network failure: the user's to fix
+        raise FamilyError(f"{repo}: cannot list its revisions on the hub ({type(error).__name__}: {error})") from None
 
 
 def revision_table(repo: str) -> tuple[pd.DataFrame, int]:

@@ -9,10 +9,12 @@ whose recorded inputs differ from the current ones, or that recorded none, is co
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 from ptq_eval.checkpoints import load_tokenizer, weights_identity
 from ptq_eval.corpus import load_corpus
+from ptq_eval.evaluate.windows import start_token
 from ptq_eval.spec import Job, PerplexityEval, Study
 
 WHAT = {
@@ -20,27 +22,32 @@ WHAT = {
     "tokenizer": "tokenizer",
     "eval_data": "eval text",
     "calibration_data": "calibration text",
+    "window_start": "window start token (bos rule)",
 }
 
 
 def tokenizer_identity(tokenizer) -> str:
-    """Same string for tokenizers that split text identically (fast tokenizers: their full definition)."""
+    """Same string for tokenizers that split text identically and use the same special tokens (fast
+    tokenizers: their full definition; others: their class and vocabulary), and add the same ones to text."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    definition = backend.to_str() if backend is not None else tokenizer.name_or_path
-    return hashlib.sha256(definition.encode()).hexdigest()
+    definition = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    specials = [type(tokenizer).__name__, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer("a")["input_ids"]]
+    return hashlib.sha256((definition + json.dumps(specials)).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class CheckpointIdentity:
     weights: str
     tokenizer: str
+    tokenizer_object: object = field(compare=False, repr=False, default=None)
 
 
 def checkpoint_identity(reference: str, trust_remote_code: bool = False) -> CheckpointIdentity:
     """The checkpoint's weights identity and its tokenizer's (loads the tokenizer only, never the model)."""
     weights = weights_identity(reference)
     commit = weights.removeprefix("git:") if weights.startswith("git:") else None
-    return CheckpointIdentity(weights, tokenizer_identity(load_tokenizer(reference, trust_remote_code, commit)))
+    tokenizer = load_tokenizer(reference, trust_remote_code, commit)
+    return CheckpointIdentity(weights, tokenizer_identity(tokenizer), tokenizer)
 
 
 def data_identities(study: Study, jobs: list[Job]) -> dict:
@@ -58,6 +65,9 @@ def data_identities(study: Study, jobs: list[Job]) -> dict:
 
 def job_inputs(job: Job, checkpoint: CheckpointIdentity, data: dict) -> dict:
     inputs = {"weights": checkpoint.weights, "tokenizer": checkpoint.tokenizer, "eval_data": data[job.eval]}
+    if isinstance(job.eval, PerplexityEval):  # the token each window starts with (the `bos` rule, resolved)
+        rolling = job.eval.windows == "rolling"
+        inputs["window_start"] = start_token(checkpoint.tokenizer_object, job.eval.bos, rolling)
     if job.quant is not None and job.quant.needs_calibration:
         inputs["calibration_data"] = data["calibration"]
     return inputs

@@ -13,7 +13,13 @@ import torch
 import transformers
 
 from ptq_eval import __version__
-from ptq_eval.checkpoints import CheckpointError, LoadedCheckpoint, checkpoint_tokens, load_checkpoint
+from ptq_eval.checkpoints import (
+    CheckpointError,
+    LoadedCheckpoint,
+    checkpoint_tokens,
+    load_checkpoint,
+    weights_identity,
+)
 from ptq_eval.corpus import load_corpus, shared_documents, token_stream
 from ptq_eval.errors import UserError
 from ptq_eval.evaluate.evaluators import HarnessEvaluator, PerplexityEvaluator, Scored
@@ -102,7 +108,7 @@ class _CheckpointRun:
                 f"eval {evaluation.name}: with a BOS token each window reads seq_len + 1 = {evaluation.seq_len + 1} "
                 f"tokens, more than the context of {self.loaded.facts.name} ({context}); use seq_len <= {context - 1}"
             )
-        key = (self.tokenizer_key, evaluation)
+        key = (self.tokenizer_key, evaluation, start)
         if key not in self.cache:
             corpus = load_corpus(evaluation.corpus, evaluation.split)
             if rolling:
@@ -222,6 +228,11 @@ def _run_checkpoint(study, store, checkpoint, pending, done, device, cache, inpu
         checkpoint.reference, checkpoint.tokens, study.allow_pickle, study.trust_remote_code, study.dtype, device,
         inputs(pending[0])["weights"],
     )  # fmt: skip
+    if (
+        loaded.facts.weights_id.startswith("sha256:")
+        and weights_identity(checkpoint.reference) != loaded.facts.weights_id
+    ):
+        raise CheckpointError(f"{checkpoint.reference}: its files changed while the study ran; run again")
     run = _CheckpointRun(study, store, loaded, device, cache, inputs)
     baseline_jobs = {job.baseline().key: job.baseline() for job in pending}
     baselines = {key: run.baseline(job, done) for key, job in baseline_jobs.items()}

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from ptq_eval.corpus import STDLIB
@@ -23,6 +22,7 @@ from ptq_eval.evaluate.task_files import is_task_file, task_file_name
 from ptq_eval.families import get_family, hub_revisions, ladder_revisions, pick
 from ptq_eval.quant import DEFAULT_EXCLUDE, GPTQ_OPTIONS, METHODS, QuantConfig
 from ptq_eval.quant.grid import MAX_BITS, MIN_BITS
+from ptq_eval.yaml_files import read_yaml
 
 
 class StudyError(UserError):
@@ -475,34 +475,5 @@ def parse_study(data: object, source: str = "<study>") -> Study:
         raise StudyError(validation_problems(error, source)) from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe YAML that refuses a key given twice in one mapping (YAML itself would keep the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def read_yaml(path: Path, what: str = "study", error: type[StudyError] = StudyError) -> object:
-    """A YAML file's document; `error` names the file when it is missing, not YAML, or gives a key twice."""
-    if not path.is_file():
-        raise error(f"{path}: no such {what} file")
-    try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
-    except UnicodeDecodeError as problem:
-        raise error(f"{path}: not UTF-8 text: {problem}") from None
-    except yaml.YAMLError as problem:
-        mark = getattr(problem, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise error(f"{path}: not valid YAML: {where}{getattr(problem, 'problem', None) or problem}") from None
-
-
 def load_study(path: str | Path) -> Study:
-    return parse_study(read_yaml(Path(path)), str(path))
+    return parse_study(read_yaml(Path(path), "study", StudyError), str(path))

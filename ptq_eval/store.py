@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS fits (
 );
 """
 FIT_JSON = ("params", "goodness", "provenance")
+JOB_COLUMNS = ["job_key", "job", "facts", "provenance", "seconds", "finished_at"]
 
 
 def json_ready(value):
@@ -107,11 +108,15 @@ class Store:
         self.path = Path(path)
         if self.path.is_dir():
             raise StoreError(f"{self.path}: is a directory, not a store file; give a file path (e.g. runs/x.sqlite)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"{self.path}: cannot create its folder ({error})") from None
         self._db = sqlite3.connect(self.path, timeout=60)
         try:
             tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if tables and "jobs" not in tables:
+            columns = [row[1] for row in self._db.execute("PRAGMA table_info(jobs)")]
+            if tables and columns != JOB_COLUMNS:
                 raise StoreError(
                     f"{self.path}: an SQLite database of something else (tables: {', '.join(sorted(tables))}), not a "
                     "ptq-eval store; it is left untouched: give another --store path"

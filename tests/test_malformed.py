@@ -93,6 +93,7 @@ STUDIES = [
     ("missing key", "name: x\nladder: [a]\nquant: [{method: rtn, bits: 4}]\n", 3, "evals: required key is missing"),
     ("bad name", study(extra="").replace("name: x", "name: 'a b'"), 3, "name: String should match pattern"),
     ("empty file", "", 3, "the file is empty"),
+    ("unhashable key", "? [a, b]\n: 1\n", 3, "line 1, column 3: a key must be a plain value (text or a number)"),
     ("list document", "- a\n- b\n", 3, "(top level): ['a', 'b'] is not a mapping"),
     ("YAML syntax", "name: x\nladder: [a\n", 3, "not valid YAML: line 3, column 1"),
     ("tab indentation", "name: x\n\tladder: [a]\n", 3, "not valid YAML"),
@@ -259,3 +260,22 @@ def test_the_gate_tells_an_internal_error_from_a_verdict(tmp_path, capsys, monke
     argv = ["gate", "m", "--policy", str(policy), "--store", str(tmp_path / "s.sqlite"), "--no-run"]
     assert exit_code(argv) == 4
     assert "internal error: KeyError" in capsys.readouterr().err
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    from ptq_eval.spec import load_study
+
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        "name: x\nladder: [a]\nquant:\n  - &rtn {method: rtn, bits: 4, group_size: 32}\n"
+        "  - {<<: *rtn, bits: 3}\nevals: [{kind: perplexity}]\n"
+    )
+    grids = load_study(path).quant
+    assert [(grid.bits, grid.group_size) for grid in grids] == [(4, 32), (3, 32)]
+
+
+def test_the_fallback_family_never_reads_a_count_that_restarts():
+    from ptq_eval.checkpoints import CheckpointRef, tokens_from_schedule
+
+    assert tokens_from_schedule(CheckpointRef.parse("org/olmo2-like@stage2-ingredient1-step1000-tokens5B")) is None
+    assert tokens_from_schedule(CheckpointRef.parse("org/model@stage1-step1000-tokens5B"))[0] == 5 * 10**9

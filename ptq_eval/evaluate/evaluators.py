@@ -44,7 +44,10 @@ class PerplexityEvaluator:
         return self._scored(window_losses(model, self.windows, evaluation.batch_size, evaluation.autocast))
 
     def restore(self, arrays: dict[str, np.ndarray]) -> Scored:
-        return self._scored(WindowLosses(arrays["window_sums"], arrays["window_counts"].astype(np.int64)))
+        counts = arrays["window_counts"].astype(np.int64)
+        if not np.array_equal(counts, self.windows.scored.numpy()):
+            raise RuntimeError("a stored baseline was scored on other windows than this eval's: cannot pair them")
+        return self._scored(WindowLosses(arrays["window_sums"], counts))
 
 
 class HarnessEvaluator:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ptq_eval.corpus import token_documents
-from ptq_eval.errors import UserError
+from ptq_eval.errors import CorpusError, UserError
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,8 @@ def rolling_windows(
     if prefix is None:
         prefix = start_token(tokenizer, "auto", rolling=True)
     documents = token_documents(tokenizer, texts)
+    if not any(documents):
+        raise CorpusError(f"no text to score: {len(texts)} documents, none with a token (is the split empty?)")
     tokens = torch.tensor([token for ids in documents for token in [prefix, *ids]], dtype=torch.long)
     counts = torch.tensor([len(ids) for ids in documents], dtype=torch.long)
     offsets = torch.cumsum(counts + 1, 0) - (counts + 1)

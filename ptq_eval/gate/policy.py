@@ -12,7 +12,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ptq_eval.quant import GPTQ_OPTIONS, QuantConfig
-from ptq_eval.spec import LadderItem, QuantGrid, Strict, Study, StudyError, read_yaml, validation_problems
+from ptq_eval.spec import LadderItem, QuantGrid, Strict, Study, StudyError, validation_problems
+from ptq_eval.yaml_files import read_yaml
 
 UNCERTAINTY = {
     "ci": "pass if the 95% CI lies within the budget, fail if it lies beyond it, undecided if it straddles it",
