@@ -465,14 +465,18 @@ def validation_problems(error: ValidationError, source: str) -> str:
     return "\n".join(sorted(lines))
 
 
-def parse_study(data: object, source: str = "<study>") -> Study:
-    """Validate a parsed YAML document; errors list every problem with its key path."""
+def validate_document(schema: type[BaseModel], data: object, source: str, error: type[StudyError]):
+    """A parsed YAML document validated against `schema`; `error` lists every problem with its key path."""
     if data is None:
-        raise StudyError(f"{source}: the file is empty; a study is a mapping with name, ladder, quant and evals")
+        raise error(f"{source}: the file is empty; expected a mapping of {', '.join(schema.model_fields)}")
     try:
-        return Study.model_validate(data)
-    except ValidationError as error:
-        raise StudyError(validation_problems(error, source)) from None
+        return schema.model_validate(data)
+    except ValidationError as problem:
+        raise error(validation_problems(problem, source)) from None
+
+
+def parse_study(data: object, source: str = "<study>") -> Study:
+    return validate_document(Study, data, source, StudyError)
 
 
 def load_study(path: str | Path) -> Study:

@@ -92,7 +92,7 @@ STUDIES = [
     ("unknown key", study(extra="colour: red\n"), 3, "colour: unknown key"),
     ("missing key", "name: x\nladder: [a]\nquant: [{method: rtn, bits: 4}]\n", 3, "evals: required key is missing"),
     ("bad name", study(extra="").replace("name: x", "name: 'a b'"), 3, "name: String should match pattern"),
-    ("empty file", "", 3, "the file is empty"),
+    ("empty file", "", 3, "the file is empty; expected a mapping of name, ladder, quant, evals"),
     ("unhashable key", "? [a, b]\n: 1\n", 3, "line 1, column 3: a key must be a plain value (text or a number)"),
     ("list document", "- a\n- b\n", 3, "(top level): ['a', 'b'] is not a mapping"),
     ("YAML syntax", "name: x\nladder: [a\n", 3, "not valid YAML: line 3, column 1"),

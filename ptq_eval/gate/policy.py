@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ptq_eval.quant import GPTQ_OPTIONS, QuantConfig
-from ptq_eval.spec import LadderItem, QuantGrid, Strict, Study, StudyError, validation_problems
+from ptq_eval.spec import LadderItem, QuantGrid, Strict, Study, StudyError, validate_document
 from ptq_eval.yaml_files import read_yaml
 
 UNCERTAINTY = {
@@ -103,11 +103,7 @@ class Policy(Study):
 
 
 def parse_policy(data: object, source: str = "<policy>") -> Policy:
-    """Validate a parsed YAML document; errors list every problem with its key path."""
-    try:
-        return Policy.model_validate(data)
-    except ValidationError as error:
-        raise PolicyError(validation_problems(error, source)) from None
+    return validate_document(Policy, data, source, PolicyError)
 
 
 def load_policy(path: str | Path) -> Policy:
