@@ -140,11 +140,23 @@ def _check_safetensors(path: Path) -> None:
         raise CheckpointError(f"{path}: damaged safetensors file ({error}); download or save it again") from None
 
 
+def _weight_files(directory: Path) -> list[Path]:
+    return sorted({path for pattern in ("config.json", *WEIGHT_FILES) for path in directory.glob(pattern)})
+
+
+def weights_stamp(reference: str) -> tuple | None:
+    """Name, size and modification time of a local checkpoint's weight files (None for a hub reference, which is
+    loaded at a pinned commit): a cheap way to tell that the files changed after they were hashed."""
+    ref = CheckpointRef.parse(reference)
+    if not ref.is_local:
+        return None
+    return tuple((path.name, path.stat().st_size, path.stat().st_mtime_ns) for path in _weight_files(Path(ref.repo)))
+
+
 def _local_weights_id(directory: Path) -> str:
     """SHA-256 over config.json and the weight files of a local checkpoint, by name and content."""
     digest = hashlib.sha256()
-    files = sorted({path for pattern in ("config.json", *WEIGHT_FILES) for path in directory.glob(pattern)})
-    for path in files:
+    for path in _weight_files(directory):
         if path.suffix == ".safetensors":
             _check_safetensors(path)
         digest.update(path.name.encode() + b"\0")

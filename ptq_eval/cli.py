@@ -267,10 +267,10 @@ def cmd_gate(args) -> int:
             print(f"{summary.ran} jobs run, {summary.already_done} already in {path}", file=sys.stderr)
             failed = summary.failed
         results = study_results(study, store)
-    for reference, reason in failed.items():  # its stored rows may be of other weights: never decide on them
+    for reference, reason in failed.items():
         print(f"error: checkpoint {reference} failed: {reason}; its checks are undecided", file=sys.stderr)
-    results = results[~results.checkpoint.isin(failed)]
-    return _publish_verdict(decide(policy, args.checkpoint, results, fit_forecasts(policy, path)), args, path)
+    verdict = decide(policy, args.checkpoint, results, fit_forecasts(policy, path), failed)
+    return _publish_verdict(verdict, args, path)
 
 
 def _publish_verdict(verdict, args, store_path: Path) -> int:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ptq_eval.checkpoints import load_tokenizer, weights_identity
-from ptq_eval.corpus import load_corpus
+from ptq_eval.checkpoints import load_tokenizer, weights_identity, weights_stamp
+from ptq_eval.corpus import Corpus, load_corpus
 from ptq_eval.evaluate.windows import start_token
 from ptq_eval.spec import Job, PerplexityEval, Study
 
@@ -40,26 +41,28 @@ class CheckpointIdentity:
     weights: str
     tokenizer: str
     tokenizer_object: object = field(compare=False, repr=False, default=None)
+    stamp: tuple | None = field(compare=False, repr=False, default=None)  # local files as hashed (weights_stamp)
 
 
 def checkpoint_identity(reference: str, trust_remote_code: bool = False) -> CheckpointIdentity:
     """The checkpoint's weights identity and its tokenizer's (loads the tokenizer only, never the model)."""
+    stamp = weights_stamp(reference)
     weights = weights_identity(reference)
     commit = weights.removeprefix("git:") if weights.startswith("git:") else None
     tokenizer = load_tokenizer(reference, trust_remote_code, commit)
-    return CheckpointIdentity(weights, tokenizer_identity(tokenizer), tokenizer)
+    return CheckpointIdentity(weights, tokenizer_identity(tokenizer), tokenizer, stamp)
 
 
-def data_identities(study: Study, jobs: list[Job]) -> dict:
+def data_identities(study: Study, jobs: list[Job], corpus: Callable[[str, str], Corpus] = load_corpus) -> dict:
     """Each eval's text hash (None for lm-eval tasks), and the calibration text's under "calibration"."""
     data: dict = {
-        evaluation: load_corpus(evaluation.corpus, evaluation.split).sha256()
+        evaluation: corpus(evaluation.corpus, evaluation.split).sha256()
         if isinstance(evaluation, PerplexityEval)
         else None
         for evaluation in dict.fromkeys(job.eval for job in jobs)
     }
     if any(job.quant.needs_calibration for job in jobs):
-        data["calibration"] = load_corpus(study.calibration.corpus, study.calibration.split).sha256()
+        data["calibration"] = corpus(study.calibration.corpus, study.calibration.split).sha256()
     return data
 
 

@@ -3,6 +3,7 @@ restored between quant configs, every finished job committed to the store at onc
 
 from __future__ import annotations
 
+import functools
 import itertools
 import platform
 import time
@@ -18,9 +19,9 @@ from ptq_eval.checkpoints import (
     LoadedCheckpoint,
     checkpoint_tokens,
     load_checkpoint,
-    weights_identity,
+    weights_stamp,
 )
-from ptq_eval.corpus import load_corpus, shared_documents, token_stream
+from ptq_eval.corpus import Corpus, load_corpus, shared_documents, token_stream
 from ptq_eval.errors import UserError
 from ptq_eval.evaluate.evaluators import HarnessEvaluator, PerplexityEvaluator, Scored
 from ptq_eval.evaluate.harness import load_tasks
@@ -193,14 +194,16 @@ class _CheckpointRun:
             progress(f"{self.loaded.facts.name} {config.method} {config.bits}b {config.granularity}", 1)
 
 
-def check_calibration_disjoint(study: Study, jobs: list[Job]) -> None:
+def check_calibration_disjoint(
+    study: Study, jobs: list[Job], corpus: Callable[[str, str], Corpus] = load_corpus
+) -> None:
     """Refuse, before any model loads, calibration text that shares a document with a perplexity eval."""
     if not any(job.quant.needs_calibration for job in jobs):
         return
     spec = study.calibration
-    calibration = load_corpus(spec.corpus, spec.split)
+    calibration = corpus(spec.corpus, spec.split)
     for evaluation in dict.fromkeys(job.eval for job in jobs if isinstance(job.eval, PerplexityEval)):
-        shared = shared_documents(calibration, load_corpus(evaluation.corpus, evaluation.split))
+        shared = shared_documents(calibration, corpus(evaluation.corpus, evaluation.split))
         if shared:
             raise StudyError(
                 f"calibration ({spec.corpus!r} split {spec.split!r}) shares {shared} documents with eval "
@@ -223,15 +226,13 @@ def _reusable(jobs: list[Job], stored: dict[str, dict | None], inputs: Inputs) -
     return reusable, stale
 
 
-def _run_checkpoint(study, store, checkpoint, pending, done, device, cache, inputs, summary, progress) -> None:
+def _run_checkpoint(study, store, checkpoint, pending, done, device, cache, plan, summary, progress) -> None:
+    identity, inputs = plan
     loaded = load_checkpoint(
         checkpoint.reference, checkpoint.tokens, study.allow_pickle, study.trust_remote_code, study.dtype, device,
-        inputs(pending[0])["weights"],
+        identity.weights,
     )  # fmt: skip
-    if (
-        loaded.facts.weights_id.startswith("sha256:")
-        and weights_identity(checkpoint.reference) != loaded.facts.weights_id
-    ):
+    if weights_stamp(checkpoint.reference) != identity.stamp:  # rewritten since it was hashed: not what we measured
         raise CheckpointError(f"{checkpoint.reference}: its files changed while the study ran; run again")
     run = _CheckpointRun(study, store, loaded, device, cache, inputs)
     baseline_jobs = {job.baseline().key: job.baseline() for job in pending}
@@ -253,8 +254,9 @@ def run_study(study: Study, store: Store, progress: Progress = lambda message, a
     started = time.perf_counter()
     device = resolve_device(study.device)
     jobs = expand_jobs(study)
-    check_calibration_disjoint(study, jobs)
-    data = data_identities(study, jobs)
+    corpus = functools.cache(load_corpus)  # each text read once for the checks below (within this run only)
+    check_calibration_disjoint(study, jobs, corpus)
+    data = data_identities(study, jobs, corpus)
     stored = store.inputs([job.key for job in jobs] + [job.baseline().key for job in jobs])
     summary = RunSummary(jobs=len(jobs))
     by_checkpoint: dict = {}
@@ -278,7 +280,7 @@ def run_study(study: Study, store: Store, progress: Progress = lambda message, a
             summary.rescored[checkpoint.reference] = f"{len(stale)} stored jobs: {next(iter(stale.values()))}"
         pending = [job for job in checkpoint_jobs if job.key not in done]
         summary.already_done += len(checkpoint_jobs) - len(pending)
-        plans[checkpoint] = (pending, done, inputs)
+        plans[checkpoint] = (pending, done, (identity, inputs))
     progress(f"{summary.already_done}/{summary.jobs} jobs already in the store", 0)
     for reference, reason in summary.rescored.items():
         progress(f"{reference}: computing again {reason}", 0)
@@ -286,10 +288,10 @@ def run_study(study: Study, store: Store, progress: Progress = lambda message, a
     for evaluation in dict.fromkeys(job.eval for pending, _, _ in plans.values() for job in pending):
         if isinstance(evaluation, LmEvalEval):
             cache[evaluation] = load_tasks(evaluation)  # before any model loads: a bad task fails fast
-    for checkpoint, (pending, done, inputs) in plans.items():
+    for checkpoint, (pending, done, plan) in plans.items():
         try:
             if pending:
-                _run_checkpoint(study, store, checkpoint, pending, done, device, cache, inputs, summary, progress)
+                _run_checkpoint(study, store, checkpoint, pending, done, device, cache, plan, summary, progress)
                 todo = summary.jobs - summary.already_done
                 progress(f"{checkpoint.reference}: {len(pending)} jobs done ({summary.ran}/{todo} of this run)", 0)
             store.clear_failure(checkpoint.reference)

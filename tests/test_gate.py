@@ -318,3 +318,10 @@ def test_gate_runs_missing_jobs_end_to_end(micro_ladder, tmp_path, monkeypatch, 
         assert len(opened.frame()) == 4 * 2  # fp + rtn for two checkpoints, loss and perplexity each
     assert cli.main(argv) == code
     assert "0 jobs run, 2 already in" in capsys.readouterr().err
+
+
+def test_a_checkpoint_that_failed_in_the_run_is_never_decided_on_its_old_rows():
+    checkpoint = "org/model@v1"
+    gate = policy({"kind": "absolute", "max": 0.01})
+    verdict = decide(gate, checkpoint, results(row(checkpoint, 0.0, 0.0, 0.0)), failed={checkpoint: "out of memory"})
+    assert decisions(verdict) == ["undecided"] and "failed in this run: out of memory" in verdict.checks[0].reason

@@ -259,18 +259,33 @@ def _forecast_checks(
         yield _check(budget, config, budget.eval or "", candidate, quantity, value, policy.uncertainty)
 
 
-def _measured_checks(policy: Policy, budget: Budget, candidate: str, results: pd.DataFrame) -> Iterator[Check]:
+def _measured_checks(
+    policy: Policy, budget: Budget, candidate: str, results: pd.DataFrame, failed: dict[str, str]
+) -> Iterator[Check]:
     quantity, baseline = _quantity(budget, None), budget.checkpoint and reference(budget.checkpoint)
+
+    def measured(checkpoint: str, config: QuantConfig, eval_name: str) -> pd.Series | str:
+        if checkpoint in failed:  # its stored rows may be of other weights: never decided on
+            return f"{checkpoint} failed in this run: {failed[checkpoint]}"
+        return _measured(results, checkpoint, config, eval_name, budget, policy.min_coverage)
+
     for config in release_configs(policy.quant):
         for eval_name in (e.name for e in policy.evals if budget.eval in (None, e.name)):
-            mine = _measured(results, candidate, config, eval_name, budget, policy.min_coverage)
-            theirs = baseline and _measured(results, baseline, config, eval_name, budget, policy.min_coverage)
+            mine = measured(candidate, config, eval_name)
+            theirs = baseline and measured(baseline, config, eval_name)
             value = _compared(budget, mine, theirs)
             yield _check(budget, config, eval_name, candidate, quantity, value, policy.uncertainty)
 
 
-def decide(policy: Policy, checkpoint: str, results: pd.DataFrame, forecasts: ForecastFits | None = None) -> Verdict:
-    """The verdict on one checkpoint from results in the `results` columns, and the forecast budgets' fits."""
+def decide(
+    policy: Policy,
+    checkpoint: str,
+    results: pd.DataFrame,
+    forecasts: ForecastFits | None = None,
+    failed: dict[str, str] | None = None,
+) -> Verdict:
+    """The verdict on one checkpoint from results in the `results` columns, the forecast budgets' fits, and the
+    checkpoints that failed in the run before it (checkpoint -> why: their measured checks are undecided)."""
     candidate = reference(checkpoint)
     checks = [
         check
@@ -278,7 +293,7 @@ def decide(policy: Policy, checkpoint: str, results: pd.DataFrame, forecasts: Fo
         for check in (
             _forecast_checks(policy, index, candidate, results, forecasts or {})
             if budget.kind == "forecast"
-            else _measured_checks(policy, budget, candidate, results)
+            else _measured_checks(policy, budget, candidate, results, failed or {})
         )
     ]
     return Verdict(candidate, policy.name, policy.uncertainty, tuple(checks))
