@@ -1,4 +1,4 @@
-"""Command line: `ptq-eval run | results | fit | report | compare | gate | ladder | export`.
+"""Command line: `ptq-eval run | merge | results | fit | report | compare | gate | ladder | export`.
 
 The only module that prints or exits."""
 
@@ -46,7 +46,7 @@ def _quiet_transformers() -> None:
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its notes on in-memory models are expected here
 
 
-def _run_missing(study, store):
+def _run_missing(study, store, executor=None, shard=None):
     """Run the study's jobs not yet in the store, with progress on stderr; returns the run summary."""
     from tqdm import tqdm
 
@@ -60,20 +60,34 @@ def _run_missing(study, store):
         bar.set_postfix_str(message)
         bar.update(advance)
 
-    summary = run_study(study, store, progress)
+    summary = run_study(study, store, progress, executor, shard)
     bar.close()
     return summary
 
 
+def _executor(args, study):
+    """The executor `run` asked for (None: in this process)."""
+    if args.executor == "local":
+        if args.address:
+            raise UserError("--address is for --executor ray")
+        return None
+    from ptq_eval.executors import RayExecutor
+
+    return RayExecutor(study.device, args.address, args.ray_cpus)
+
+
 def cmd_run(args) -> int:
+    from ptq_eval.executors import parse_shard
     from ptq_eval.results import markdown_table, render, study_results, summary_tables
     from ptq_eval.spec import load_study
     from ptq_eval.store import Store
 
     _quiet_transformers()
     study = load_study(args.study)
+    shard = parse_shard(args.shard) if args.shard else None
+    executor = _executor(args, study)
     with Store(_store_path(args.store, study)) as store:
-        summary = _run_missing(study, store)
+        summary = _run_missing(study, store, executor, shard)
         results = study_results(study, store)
     tables = summary_tables(results)
     text = "\n".join(
@@ -81,8 +95,9 @@ def cmd_run(args) -> int:
         for title, table in tables
     )
     print(text, end="")
+    by_others = f", {summary.by_others} run by another run sharing the store" if summary.by_others else ""
     print(
-        f"\n{summary.ran} jobs run, {summary.already_done} already in {store.path}, {summary.seconds:.1f}s",
+        f"\n{summary.ran} jobs run, {summary.already_done} already in {store.path}{by_others}, {summary.seconds:.1f}s",
         file=sys.stderr,
     )
     for job in summary.nonfinite_jobs:
@@ -104,6 +119,19 @@ def cmd_run(args) -> int:
         (out / "summary.md").write_text(f"# {study.name}\n\n{SUMMARY_NOTE}\n\n" + text)
         print(f"wrote {out}/results.csv, results.md, summary.md", file=sys.stderr)
     return EXIT_FAIL if summary.failed else EXIT_OK
+
+
+def cmd_merge(args) -> int:
+    from ptq_eval.store import Store, merge_stores
+
+    with Store(args.into) as target:
+        merged = merge_stores(target, args.stores)
+    print(
+        f"merged {len(args.stores)} stores into {args.into}: {merged.copied} jobs copied, {merged.identical} already "
+        f"there (identical), {merged.failures} failed-checkpoint records",
+        file=sys.stderr,
+    )
+    return EXIT_OK
 
 
 def _results_of(study_file: str, store: str | None):
@@ -361,7 +389,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("study", help="study YAML file")
     run.add_argument("--store", help="SQLite store (default: runs/<study name>.sqlite)")
     run.add_argument("--report-dir", help="also write results.csv, results.md and summary.md here")
+    run.add_argument(
+        "--executor", choices=["local", "ray"], default="local", help="in this process (default) or on a Ray cluster"
+    )
+    run.add_argument(
+        "--address", help="Ray cluster to join: auto, or ray://HOST:PORT (default: start a local Ray instance)"
+    )
+    run.add_argument("--ray-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    run.add_argument(
+        "--shard", metavar="I/N", help="run shard I of N (0 <= I < N) of the checkpoints, e.g. $SLURM_ARRAY_TASK_ID/8"
+    )
     run.set_defaults(func=cmd_run)
+
+    merge = commands.add_parser("merge", help="combine stores (e.g. job-array shards) into one; idempotent")
+    merge.add_argument("stores", nargs="+", help="SQLite stores to merge")
+    merge.add_argument("--into", required=True, help="the store to merge into (created if missing)")
+    merge.set_defaults(func=cmd_merge)
 
     results = commands.add_parser("results", help="print a study's results, one row per checkpoint × config × metric")
     results.add_argument("study", help="study YAML file")

@@ -112,7 +112,7 @@ class QuantGrid(Strict):
     static_groups: bool | None = None
     damp: float | None = Field(default=None, gt=0, lt=1)
     block_size: int | None = Field(default=None, gt=0)
-    sequential: Literal["block", "layer"] | None = None
+    sequential: Literal["block", "layer", "none"] | None = None
 
     @field_validator("method")
     @classmethod
@@ -269,14 +269,17 @@ class Study(Strict):
     seed: int = 0
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "auto"
+    # GPTQ block by block on this device while the model stays on `device` (e.g. device: cpu, gptq_device: cuda
+    # for a model larger than the GPU); default: `device`. Not part of job keys.
+    gptq_device: str | None = None
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     allow_pickle: bool = False
     trust_remote_code: bool = False
 
-    @field_validator("device")
+    @field_validator("device", "gptq_device")
     @classmethod
-    def _device_torch_knows(cls, device: str) -> str:
-        if device != "auto":
+    def _device_torch_knows(cls, device: str | None) -> str | None:
+        if device not in (None, "auto"):
             import torch
 
             try:

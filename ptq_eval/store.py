@@ -9,6 +9,8 @@ Tables:
   lm-eval results), so a resumed study never recomputes a finished baseline;
 - `failures`: the checkpoints whose last attempt failed (missing revision, OOM, unsupported model), with
   why; cleared when the checkpoint next succeeds;
+- `claims`: which run is working on which checkpoint, until when (`claims.py`: runs sharing a store split the
+  work);
 - `fits`: one row per fitted scaling law (study, law, method, group size): parameters with
   CIs, goodness of fit and provenance as JSON text (non-finite numbers stored as null).
 """
@@ -59,6 +61,11 @@ CREATE TABLE IF NOT EXISTS failures (
     checkpoint TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
     failed_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS claims (
+    checkpoint TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS fits (
     fit_key TEXT PRIMARY KEY,
@@ -289,3 +296,87 @@ class Store:
         for column in FIT_JSON:
             frame[column] = frame[column].map(json.loads)
         return frame.astype({"group_size": "Int64"})
+
+
+@dataclass
+class MergeSummary:
+    copied: int = 0  # jobs new to the target
+    identical: int = 0  # jobs the target already had, with the same inputs and numbers
+    failures: int = 0  # failed-checkpoint records copied
+
+
+def _job_record(db: sqlite3.Connection, key: str) -> tuple:
+    """What must agree for two stores' copies of a job to be the same result: its inputs and every number."""
+    inputs = db.execute("SELECT json_extract(provenance, '$.inputs') FROM jobs WHERE job_key = ?", (key,)).fetchone()
+    metrics = db.execute("SELECT * FROM metrics WHERE job_key = ? ORDER BY metric", (key,)).fetchall()
+    arrays = db.execute("SELECT name, data FROM arrays WHERE job_key = ? ORDER BY name", (key,)).fetchall()
+    return inputs, metrics, arrays
+
+
+def _differs(a: tuple, b: tuple) -> str:
+    return ["inputs", "metrics", "stored arrays"][next(i for i in range(3) if a[i] != b[i])]
+
+
+def merge_stores(target: Store, sources: Iterable[str | Path]) -> MergeSummary:
+    """Copy every job of the source stores (e.g. job-array shards) into `target`, in one transaction.
+
+    Idempotent: a job the target (or an earlier source) already has with the same inputs (weights, tokenizer, texts)
+    and the same numbers is skipped. A job stored with other inputs or other numbers is a conflict: nothing is
+    written and the error names it. Failed-checkpoint records are copied too.
+    """
+    summary, seen = MergeSummary(), {}
+    opened = []
+    try:
+        for source in sources:
+            path = Path(source)
+            if not path.is_file():
+                raise StoreError(f"{path}: no such store to merge")
+            if path.resolve() == target.path.resolve():
+                raise StoreError(f"{path}: is the target store itself; give the shard stores and --into another file")
+            opened.append(Store(path))
+        target_keys = {row[0] for row in target._db.execute("SELECT job_key FROM jobs")}
+        copies: list[tuple[Store, str]] = []
+        for store in opened:
+            for (key,) in store._db.execute("SELECT job_key FROM jobs ORDER BY job_key").fetchall():
+                record = _job_record(store._db, key)
+                if key in seen or key in target_keys:
+                    other = seen.get(key) or (_job_record(target._db, key), target.path)
+                    if other[0] != record:
+                        raise StoreError(
+                            f"cannot merge {store.path}: job {key} ({_job_label(store._db, key)}) has other "
+                            f"{_differs(record, other[0])} than in {other[1]}; nothing was merged (compute it again "
+                            "in one of them, or leave that store out)"
+                        )
+                    summary.identical += 1
+                    continue
+                seen[key] = (record, store.path)
+                copies.append((store, key))
+        with target._writing():
+            for store, key in copies:
+                _copy_job(store._db, target._db, key)
+            summary.copied = len(copies)
+            for store in opened:
+                for checkpoint, reason, failed_at in store._db.execute("SELECT * FROM failures").fetchall():
+                    target._db.execute(
+                        "INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", (checkpoint, reason, failed_at)
+                    )
+                    summary.failures += 1
+    finally:
+        for store in opened:
+            store.close()
+    return summary
+
+
+def _job_label(db: sqlite3.Connection, key: str) -> str:
+    job = json.loads(db.execute("SELECT job FROM jobs WHERE job_key = ?", (key,)).fetchone()[0])
+    quant = "full precision" if job["method"] == "none" else f"{job['method']} {job['bits']}-bit g{job['group_size']}"
+    return f"{job['checkpoint']} {quant} {job['eval']}"
+
+
+def _copy_job(source: sqlite3.Connection, target: sqlite3.Connection, key: str) -> None:
+    job = source.execute("SELECT * FROM jobs WHERE job_key = ?", (key,)).fetchone()
+    target.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)", job)
+    metrics = source.execute("SELECT * FROM metrics WHERE job_key = ?", (key,)).fetchall()
+    target.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)", metrics)
+    arrays = source.execute("SELECT * FROM arrays WHERE job_key = ?", (key,)).fetchall()
+    target.executemany("INSERT INTO arrays VALUES (?, ?, ?)", arrays)

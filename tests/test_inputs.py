@@ -110,7 +110,7 @@ def test_a_checkpoint_whose_tokens_nobody_knows_is_run_reported_and_left_out_of_
 
 
 def test_a_checkpoint_rewritten_after_it_was_hashed_fails_alone(root, monkeypatch):
-    monkeypatch.setattr("ptq_eval.runner.weights_stamp", lambda reference: ("rewritten since",))
+    monkeypatch.setattr("ptq_eval.worker.weights_stamp", lambda reference: ("rewritten since",))
     with Store(root / "s.sqlite") as store:
         summary = run_study(study_of(root, ("small",)), store)
         assert summary.ran == 0 and "its files changed while the study ran" in summary.failed[str(root / "small")]

@@ -29,7 +29,7 @@ from ptq_eval.errors import UserError
 from ptq_eval.quant.grid import PER_CHANNEL, PER_TENSOR
 
 GPTQ_OPTIONS = ("act_order", "static_groups", "damp", "block_size", "sequential")
-SEQUENTIAL = ("block", "layer")
+SEQUENTIAL = ("block", "layer", "none")
 DEFAULT_EXCLUDE = ("lm_head", "embed_out")
 EXPERT_INDEX = r"\.experts\.\d+(?=\.|$)"  # an expert's index in a ModuleList named experts
 ROUTER_REASON = "MoE router (kept in full precision by default)"
@@ -328,18 +328,21 @@ def quantize(
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE,
     calibration: torch.Tensor | None = None,
     device: str | torch.device | None = None,
+    cache: dict | None = None,
 ) -> QuantReport:
     """Quantize the model's weights in place with the configured method; the report carries the coverage.
 
     `device` (GPTQ only; not part of the config, so job keys do not depend on it): where each
-    transformer block is quantized while the rest of the model stays where it is.
+    transformer block is quantized while the rest of the model stays where it is. `cache` (GPTQ only): one
+    dict per checkpoint and calibration set, kept across configs, for what calibration can exactly re-use
+    (`quant/blocks.py`); the model's weights must be the pristine ones at each call.
     """
     if config.method not in METHODS:
         raise QuantError(f"unknown quantization method {config.method!r}; accepted: {', '.join(METHODS)}")
     found = survey(model, exclude)
     check_selection(model, found)
     started = time.perf_counter()
-    report = METHODS[config.method](model, found.selected, config, calibration=calibration, device=device)
+    report = METHODS[config.method](model, found.selected, config, calibration=calibration, device=device, cache=cache)
     report.seconds = time.perf_counter() - started
     reported = {layer.name for layer in report.layers}
     missing = [weight.name for weight in found.selected if weight.name not in reported]

@@ -11,6 +11,12 @@
 4. Matrices outside the stack that run after it (e.g. OPT's `project_out`) are processed from one
    forward pass of the quantized model.
 
+`sequential="none"` instead takes every matrix's Hessian from one pass over the full-precision model: not
+the sequential GPTQ algorithm (no matrix sees the error of those quantized before it), but one pass serves
+every GPTQ config of a checkpoint. A `cache` dict kept by the caller for one checkpoint and one calibration
+set holds what is exact to re-use across configs: those full-precision Hessians, and the inputs of every
+block recorded in step 2 (unless a matrix before the stack was quantized, which changes them).
+
 `process(weights, hessians)` does the work (GPTQ quantizes; a test only records).
 """
 
@@ -189,6 +195,25 @@ def _process_outside(model, weights: list[WeightMatrix], batches, stop_at, proce
 
 
 @torch.no_grad()
+def _full_precision_hessians(model, weights: list[WeightMatrix], batches, cache: dict) -> dict[str, Hessian]:
+    """Every matrix's Hessian from one pass over the (full-precision) model; computed once per cache."""
+    names = tuple(weight.name for weight in weights)
+    if cache.get("hessians_for") != names:
+        with eager_experts(model), hessians_of(weights) as hessians:
+            _forward_until(model, batches, None)
+        cache["hessians_for"], cache["hessians"] = names, hessians
+    return cache["hessians"]
+
+
+def _recorded_calls(model, blocks, batches, device: torch.device, cache: dict) -> list[list[Call]]:
+    """What every block is called with (step 2), on `device`; the cache keeps a copy off the accelerator."""
+    key = ("calls", len(batches), tuple(len(batch) for batch in batches))
+    if key not in cache:
+        cache[key] = _to(_block_calls(model, blocks, batches), torch.device("cpu"), {})
+    return _to(cache[key], device, {})
+
+
+@torch.no_grad()
 def calibrate(
     model: torch.nn.Module,
     weights: list[WeightMatrix],
@@ -197,14 +222,21 @@ def calibrate(
     sequential: str = "block",
     batch_size: int = 8,
     device: str | torch.device | None = None,
+    cache: dict | None = None,
 ) -> None:
     """Hand every matrix, with its Hessian, to `process`, in the order described in the module docstring.
 
     `device`: where each block runs (default: where the model is); the model stays where it is, each block
-    moving to `device` for its turn and back after it, while the activations stay on `device`.
+    moving to `device` for its turn and back after it, while the activations stay on `device`. `cache`: kept
+    by the caller across the configs of one checkpoint and one calibration set (see the module docstring).
     """
+    cache = {} if cache is None else cache
     home = next(model.parameters()).device
     device = home if device is None else torch.device(device)
+    if sequential == "none":
+        hessians = _full_precision_hessians(model, weights, _batches(calibration, batch_size, home), cache)
+        process(weights, hessians)
+        return
     blocks = transformer_blocks(model, weights)
     members = {id(m): index for index, block in enumerate(blocks or []) for m in block.modules()}
     per_block: list[list[WeightMatrix]] = [[] for _ in blocks or []]
@@ -214,8 +246,12 @@ def calibrate(
     batches = _batches(calibration, batch_size, home)
     with eager_experts(model):
         if blocks is not None:
+            before = len(outside)
             outside = _process_outside(model, outside, batches, blocks[0], process)
-            calls = _to(_block_calls(model, blocks, batches), device, {})
+            if len(outside) == before:  # nothing before the stack changed: block inputs are the full-precision ones
+                calls = _recorded_calls(model, blocks, batches, device, cache)
+            else:
+                calls = _to(_block_calls(model, blocks, batches), device, {})
             hidden = [call[0][0] for call in calls[0]]
             for block, block_weights, block_calls in zip(blocks, per_block, calls, strict=True):
                 block.to(device)

@@ -153,6 +153,7 @@ def quantize_gptq(
     calibration: torch.Tensor | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 8,
+    cache: dict | None = None,
 ) -> QuantReport:
     """Quantize these matrices of the model in place with GPTQ, block by block (see `quant/blocks.py`)."""
     if calibration is None or len(calibration) == 0:
@@ -165,5 +166,5 @@ def quantize_gptq(
         for weight in group:
             _gptq_matrix(weight, hessians[weight.name], config, report, home)
 
-    calibrate(model, weights, calibration, process, config.sequential, batch_size, device)
+    calibrate(model, weights, calibration, process, config.sequential, batch_size, device, cache)
     return report

@@ -1,0 +1,229 @@
+"""One checkpoint's work: load it once, score its baselines once, then for each quant config restore the
+pristine weights, quantize and evaluate. It yields each finished job and never writes the store, so the same
+code runs in-process and on a Ray worker (`executors.py`); the driver (`runner.py`) alone writes."""
+
+from __future__ import annotations
+
+import itertools
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import transformers
+
+from ptq_eval import __version__
+from ptq_eval.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint, weights_stamp
+from ptq_eval.corpus import load_corpus, token_stream
+from ptq_eval.errors import UserError
+from ptq_eval.evaluate.evaluators import HarnessEvaluator, PerplexityEvaluator, Scored
+from ptq_eval.evaluate.harness import load_tasks
+from ptq_eval.evaluate.paired import paired_metrics
+from ptq_eval.evaluate.windows import Windows, make_windows, rolling_windows, start_token
+from ptq_eval.identity import tokenizer_identity
+from ptq_eval.quant import QuantConfig, QuantError, quantizable_weights, quantize
+from ptq_eval.quant.calibration import calibration_tokens
+from ptq_eval.spec import CheckpointSpec, Job, LmEvalEval, PerplexityEval, Study
+from ptq_eval.store import MetricRow
+
+CHECKPOINT_FAILURES = (CheckpointError, QuantError, torch.OutOfMemoryError)
+
+
+def resolve_device(device: str) -> str:
+    """The device a study runs on; one that is named but absent here is refused before any work."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind = torch.device(device)
+    if kind.type == "cuda" and (not torch.cuda.is_available() or (kind.index or 0) >= torch.cuda.device_count()):
+        raise UserError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices; use auto or cpu"
+        )
+    if kind.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {device!r}: MPS is not available here; use auto or cpu")
+    return device
+
+
+def provenance(study: Study, device: str) -> dict:
+    """What produced a number: versions, device, dtype, seed (the evaluator adds what it scored)."""
+    return {
+        "ptq_eval": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({platform.machine()})",
+        "dtype": study.dtype,
+        "seed": study.seed,
+    }
+
+
+@dataclass(frozen=True)
+class CheckpointWork:
+    """Everything one checkpoint's pending jobs need (plain data: it travels to Ray workers)."""
+
+    study: Study
+    checkpoint: CheckpointSpec
+    jobs: list[Job]  # pending quantized jobs
+    inputs: dict[str, dict]  # job key (baselines too) -> what it is computed from (identity.py)
+    stored_baselines: dict[str, dict[str, np.ndarray]]  # baseline key -> its stored arrays (re-used, not rescored)
+    weights_id: str
+    stamp: tuple | None  # local weight files as they were hashed (checkpoints.weights_stamp)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One finished job, as the store writes it."""
+
+    key: str
+    job: dict
+    facts: dict
+    provenance: dict
+    seconds: float
+    rows: list[MetricRow]
+    arrays: dict[str, np.ndarray] | None = None
+    label: str | None = None  # for progress; None for a baseline
+    nonfinite: str | None = None  # the job, when some of its losses were not finite
+    left_out: dict[str, str] = field(default_factory=dict)  # weights neither quantized nor excluded
+
+
+def _facts(loaded: LoadedCheckpoint) -> dict:
+    facts = asdict(loaded.facts)
+    facts.pop("name")
+    facts["tokens_per_param"] = loaded.facts.tokens_per_param
+    return facts
+
+
+class _CheckpointRun:
+    """Everything done with one loaded checkpoint. Pristine weights live on the CPU (pinned when the model is on
+    CUDA), so a GPU holds one copy of the model."""
+
+    def __init__(self, work: CheckpointWork, loaded: LoadedCheckpoint, device: str, cache: dict):
+        self.work, self.study, self.loaded, self.device, self.cache = work, work.study, loaded, device, cache
+        self.weights = quantizable_weights(loaded.model, self.study.exclude)
+        pin = device.startswith("cuda")
+        self.pristine = [weight.read().detach().to("cpu", copy=True) for weight in self.weights]
+        if pin:
+            self.pristine = [tensor.pin_memory() for tensor in self.pristine]
+        self.tokenizer_key = tokenizer_identity(loaded.tokenizer)
+        self.facts = _facts(loaded)
+        self.gptq_device = resolve_device(self.study.gptq_device) if self.study.gptq_device else None
+        self.calibrated: dict = {}  # what calibration re-uses across this checkpoint's GPTQ configs (quant/blocks.py)
+
+    def windows(self, evaluation: PerplexityEval) -> tuple[Windows, dict]:
+        """The eval's token windows; tokenized once per distinct tokenizer across the study."""
+        context = getattr(self.loaded.model.config, "max_position_embeddings", None)
+        if context is not None and evaluation.seq_len > context:
+            raise UserError(
+                f"eval {evaluation.name}: seq_len={evaluation.seq_len} exceeds the context of "
+                f"{self.loaded.facts.name} ({context}); use seq_len <= {context}"
+            )
+        rolling = evaluation.windows == "rolling"
+        start = start_token(self.loaded.tokenizer, evaluation.bos, rolling)
+        if context is not None and start is not None and not rolling and evaluation.seq_len + 1 > context:
+            raise UserError(
+                f"eval {evaluation.name}: with a BOS token each window reads seq_len + 1 = {evaluation.seq_len + 1} "
+                f"tokens, more than the context of {self.loaded.facts.name} ({context}); use seq_len <= {context - 1}"
+            )
+        key = (self.tokenizer_key, evaluation, start)
+        if key not in self.cache:
+            corpus = load_corpus(evaluation.corpus, evaluation.split)
+            if rolling:
+                texts = list(itertools.islice(corpus.texts(), evaluation.documents))
+                windows = rolling_windows(self.loaded.tokenizer, texts, evaluation.seq_len, evaluation.stride, start)
+            else:
+                stream = token_stream(self.loaded.tokenizer, corpus)
+                windows = make_windows(stream, evaluation.seq_len, evaluation.tokens, start)
+            self.cache[key] = (windows, corpus.describe() | {"start_token": start})
+        return self.cache[key]
+
+    def evaluator(self, evaluation: PerplexityEval | LmEvalEval) -> PerplexityEvaluator | HarnessEvaluator:
+        if isinstance(evaluation, LmEvalEval):
+            if evaluation not in self.cache:
+                self.cache[evaluation] = load_tasks(evaluation)
+            return HarnessEvaluator(evaluation, self.cache[evaluation], self.loaded.tokenizer, self.study.seed)
+        return PerplexityEvaluator(evaluation, *self.windows(evaluation))
+
+    def calibration(self) -> torch.Tensor:
+        """The study's calibration windows for this tokenizer, clamped to the model's context."""
+        spec = self.study.calibration
+        context = getattr(self.loaded.model.config, "max_position_embeddings", None) or spec.seq_len
+        seq_len = min(spec.seq_len, context)
+        key = (self.tokenizer_key, "calibration", seq_len)
+        if key not in self.cache:
+            self.cache[key] = calibration_tokens(
+                self.loaded.tokenizer, spec.corpus, spec.split, spec.samples, seq_len, spec.seed
+            )
+        return self.cache[key]
+
+    def restore(self) -> None:
+        for weight, pristine in zip(self.weights, self.pristine, strict=True):
+            weight.write(pristine)
+
+    def score(self, evaluation: PerplexityEval | LmEvalEval) -> tuple[Scored, float]:
+        evaluator = self.evaluator(evaluation)
+        started = time.perf_counter()
+        scored = evaluator.score(self.loaded.model)
+        return scored, time.perf_counter() - started
+
+    def baseline(self, job: Job) -> tuple[Scored, Finished | None]:
+        """The full-precision scores: restored from the stored arrays, or scored now (then also a Finished)."""
+        stored = self.work.stored_baselines.get(job.key)
+        if stored is not None:
+            return self.evaluator(job.eval).restore(stored), None
+        self.restore()
+        scored, seconds = self.score(job.eval)
+        rows = [MetricRow(metric.name, metric.value, metric.n) for metric in scored.metrics]
+        details = provenance(self.study, self.device) | scored.details | {"inputs": self.work.inputs[job.key]}
+        return scored, Finished(job.key, job.describe(), self.facts, details, seconds, rows, scored.arrays)
+
+    def quantized(self, config: QuantConfig, jobs: list[Job], baselines: dict[str, Scored]) -> Iterator[Finished]:
+        self.restore()
+        calibration = self.calibration() if config.needs_calibration else None
+        report = quantize(self.loaded.model, config, self.study.exclude, calibration, self.gptq_device, self.calibrated)
+        report_facts = {
+            "seconds": report.seconds,
+            "layers": [asdict(layer) for layer in report.layers],
+            "coverage": report.coverage.as_dict(),
+        }
+        label = f"{self.loaded.facts.name} {config.method} {config.bits}b {config.granularity}"
+        for job in jobs:
+            scored, seconds = self.score(job.eval)
+            paired = paired_metrics(baselines[job.baseline().key].metrics, scored.metrics, seed=self.study.seed)
+            rows = [MetricRow(m.metric, m.quant_value, m.n, m.fp_value, m.delta, m.ci_low, m.ci_high) for m in paired]
+            nonfinite = None
+            if scored.nonfinite:
+                rows.append(MetricRow(scored.nonfinite_metric, float(scored.nonfinite), paired[0].n))
+                nonfinite = f"{label} {job.eval.name}"
+            details = provenance(self.study, self.device) | scored.details
+            details |= {"quant_report": report_facts, "inputs": self.work.inputs[job.key]}
+            yield Finished(
+                job.key, job.describe(), self.facts, details, seconds + report.seconds, rows,
+                label=label, nonfinite=nonfinite, left_out=report.coverage.left_out,
+            )  # fmt: skip
+
+
+def run_checkpoint(work: CheckpointWork, cache: dict | None = None) -> Iterator[Finished]:
+    """Every pending job of one checkpoint (and the baselines they need that are not stored), as each finishes.
+
+    `cache` (tokenized eval windows, calibration windows, lm-eval tasks) may be shared across checkpoints.
+    """
+    study, checkpoint = work.study, work.checkpoint
+    device = resolve_device(study.device)
+    loaded = load_checkpoint(
+        checkpoint.reference, checkpoint.tokens, study.allow_pickle, study.trust_remote_code, study.dtype, device,
+        work.weights_id,
+    )  # fmt: skip
+    if weights_stamp(checkpoint.reference) != work.stamp:  # rewritten since it was hashed: not what we measured
+        raise CheckpointError(f"{checkpoint.reference}: its files changed while the study ran; run again")
+    run = _CheckpointRun(work, loaded, device, {} if cache is None else cache)
+    baselines: dict[str, Scored] = {}
+    for job in dict.fromkeys(job.baseline() for job in work.jobs):
+        baselines[job.key], finished = run.baseline(job)
+        if finished is not None:
+            yield finished
+    by_config: dict[QuantConfig, list[Job]] = {}
+    for job in work.jobs:
+        by_config.setdefault(job.quant, []).append(job)
+    for config, config_jobs in by_config.items():
+        yield from run.quantized(config, config_jobs, baselines)
