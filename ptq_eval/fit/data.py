@@ -14,7 +14,7 @@ Points: δ > 0 with a CI above zero is measured; a CI reaching zero is censored 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -86,13 +86,10 @@ class FitKey:
     def matches(self, results: pd.DataFrame) -> pd.Series:
         """Rows with every given value (options: those whose column the results have)."""
         mask = pd.Series(True, index=results.index)
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "options" or value is None:
-                continue
-            if f.name not in results:
-                raise FitError(f"the results have no {f.name!r} column to select {f.name}={value!r} by")
-            mask &= results[f.name] == value
+        for name in (name for name in KEY_FIELDS if getattr(self, name) is not None):
+            if name not in results:
+                raise FitError(f"the results have no {name!r} column to select {name}={getattr(self, name)!r} by")
+            mask &= results[name] == getattr(self, name)
         for name, value in self.options:
             if name in results:
                 mask &= results[name] == value
@@ -125,17 +122,23 @@ def fit_keys(results: pd.DataFrame, where: FitKey = ANY) -> tuple[list[FitKey], 
     evals = rows.groupby("eval", sort=False) if "eval" in rows else [(None, rows)]
     for name, own in evals:
         metrics = list(dict.fromkeys(own.metric))
-        present = {loss_name(m) for m in metrics}
         others = [m for m in metrics if loss_name(m) not in LOSSES and not m.startswith("nonfinite_")]
         if others:
             notes.append(f"{name}: {', '.join(others)} not fitted (not a loss in nats: reported, not fitted)")
         for metric in metrics:
-            twin = TWINS.get(loss_name(metric))
-            if twin in present:
+            twin = _twin(metric)
+            if twin in metrics:
                 notes.append(f"{name}: {metric} not fitted separately (the same loss as {twin})")
             elif loss_name(metric) in LOSSES:
                 keys += _metric_keys(own[own.metric == metric], columns)
     return keys, notes
+
+
+def _twin(metric: str) -> str | None:
+    """The metric of the same task and filter that is the same loss as this one (and fitted instead)."""
+    task, slash, rest = metric.rpartition("/")
+    name, comma, filter_name = rest.partition(",")
+    return f"{task}{slash}{TWINS[name]}{comma}{filter_name}" if name in TWINS else None
 
 
 def _metric_keys(rows: pd.DataFrame, columns: list[str]) -> list[FitKey]:
@@ -193,19 +196,21 @@ def select(results: pd.DataFrame, key: FitKey, censoring: str = "censor") -> tup
     _one_config(rows, key)
     rows = in_nats(rows, rows.metric.iloc[0] if "metric" in rows else "loss")
     low, high, delta = rows.delta_ci_low, rows.delta_ci_high, rows.delta
-    reaches_zero, limit = low.notna() & (low <= 0), delta - low
-    bounded = reaches_zero & (high > 0) & (limit > 0) if censoring == "censor" else pd.Series(False, rows.index)
+    reaches_zero = low.notna() & (low <= 0)
     reason = pd.Series("", index=rows.index)
-    if censoring == "exclude":
-        reason[reaches_zero] = CI_ZERO
-    reason[~(delta > 0) & ~bounded] = NO_DAMAGE
     if censoring == "censor":
+        limit = (delta - low).where(delta - low > 0)  # what δ had to exceed for its CI to clear zero
+        censored = reaches_zero & (high > 0) & limit.notna()
+        reason[~(delta > 0) & ~censored] = NO_DAMAGE
         reason[reaches_zero & ~(high > 0)] = CI_BELOW
+    else:
+        limit, censored = pd.Series(np.nan, rows.index), pd.Series(False, rows.index)
+        reason[reaches_zero] = CI_ZERO
+        reason[~(delta > 0)] = NO_DAMAGE
     reason[rows.tokens <= 0] = "D = 0 (an untrained checkpoint)"
     reason[rows.tokens.isna()] = UNKNOWN_D
-    limit = limit.where(limit > 0) if censoring == "censor" else pd.Series(np.nan, rows.index)
     keep = reason == ""
-    usable = rows[keep].assign(censored=bounded[keep], limit=limit[keep])  # (an empty frame takes a Series' index)
+    usable = rows[keep].assign(censored=censored[keep], limit=limit[keep])  # (an empty frame takes a Series' index)
     excluded = rows[~keep].assign(reason=reason[~keep])
     if not (~usable.censored).any():
         counts = ", ".join(f"{n} with {r}" for r, n in excluded.reason.value_counts().items())
@@ -221,8 +226,10 @@ def points(frame: pd.DataFrame, y: pd.Series, limit: pd.Series | None = None) ->
     """Points of rows: targets `y` and detection limits `limit` in natural units (None or NaN: no limit)."""
     bits = frame.bits.to_numpy(dtype=float) if "bits" in frame else np.zeros(len(frame))
     log_n, log_d, log_y = (np.log(c.to_numpy(dtype=float)) for c in (frame.nonembedding_params, frame.tokens, y))
-    limit = np.full(len(frame), np.nan) if limit is None else limit.to_numpy(dtype=float)
-    log_limit = np.where(limit > 0, np.log(limit, where=limit > 0, out=np.full(len(frame), np.nan)), -np.inf)
+    log_limit = np.full(len(frame), -np.inf)
+    if limit is not None:
+        known = (limit > 0).to_numpy()
+        log_limit[known] = np.log(limit.to_numpy(dtype=float)[known])
     return Points(frame.checkpoint.to_numpy(dtype=str), log_n, log_d, bits, log_y, log_limit)
 
 
