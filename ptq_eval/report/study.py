@@ -81,7 +81,8 @@ def _fits_sections(results: pd.DataFrame, losses: dict, options: ReportOptions) 
         "resamples over checkpoints, 95% intervals. A point whose δ CI reaches zero is censored at its detection "
         "limit δ − CI low (the fit only asks the law not to rise above it; `censored` counts them): excluding "
         "such points instead keeps only the noisy points that happened to come out high and biases the "
-        "high-bit end upward (the comparison table below fits both ways). Held-out errors: "
+        "high-bit end upward (the comparison table below fits both ways). A point whose whole CI lies below zero "
+        "(quantization measurably lowered the loss) contradicts δ > 0 and is excluded. Held-out errors: "
         "leave-one-checkpoint-out and leave-largest-D-out RMSE of log δ."
     ]
     notes += [f"{law} not fitted: {message}" for law, message in fitted.failures.items()]
