@@ -8,16 +8,17 @@ censored least absolute deviations (CLAD), with Huber's loss in place of the abs
 log residuals, as in Hoffmann et al. 2022: median regression in effect).
 
 Why censoring, and why at the detection limit: a point's δ is measured with additive noise (a paired
-bootstrap CI from a finite number of eval tokens), and its CI reaches zero exactly when δ < c = δ − CI_low,
+bootstrap CI from a finite number of eval tokens), and its CI reaches zero exactly when δ ≤ c = δ − CI_low,
 the half-width of its CI below δ. Excluding such points keeps, near the limit, only those whose noise happened
 to be positive, so the small-δ (high-bit, low-D/N) end of every fit is biased upward (γ_post up, γ_D down).
 Powell's estimator is the robust form of the Tobit likelihood for exactly this selection: a point below its
 limit enters as "y* ≤ c" (y set to c: zero loss while the law predicts below c, Huber on the excess above it),
 and every point is compared with max(f, c), so a measured point never pulls the law into the region where it
 could not have been measured. It is consistent for the median of log δ whatever the noise distribution, and
-the median is unchanged by the log, so additive noise in δ needs no model. Bounding a censored δ by its CI's
-upper end instead is a valid but weak constraint (the true δ lies below it 97.5% of the time, so it almost
-never binds) and leaves most of the selection bias in place; the limit is the quantity the selection used.
+the log keeps medians, so additive noise in δ needs no model (only a limit c set by the CI's width, not by
+the noise itself). Bounding a censored δ by its CI's upper end instead is a valid but weak constraint (the
+true δ lies below it 97.5% of the time, so it almost never binds) and leaves most of the selection bias in
+place; the limit is the quantity the selection used.
 A point whose whole CI lies at or below zero contradicts δ > 0 beyond its noise and is excluded with that
 reason. tests/bench/fit_recovery.py measures bias and interval coverage of both options on synthetic data.
 
