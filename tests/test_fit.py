@@ -148,6 +148,16 @@ def test_points_whose_ci_reaches_zero_are_censored_or_excluded_and_reported():
     assert per_bit.excluded.reason.str.contains("one model size").sum() == 7
 
 
+def test_a_censored_fit_that_sinks_below_every_detection_limit_is_refused():
+    # CIs that barely clear zero put each point's detection limit at its δ: a law below every limit costs nothing
+    # (the degenerate corner of the censored objective), so the fit must be refused, not reported.
+    results = kumar_results().assign(delta_ci_low=lambda r: r.delta * 1e-6)
+    with pytest.raises(FitError, match="kumar: the censored fit lies below the detection limit of all but 0 of 112"):
+        fit_delta(results, "kumar", SIM, FAST)
+    excluded = fit_delta(results, "kumar", SIM, FitOptions(resamples=4, validate=False, censoring="exclude"))
+    assert excluded.table().set_index("parameter").value.to_dict() == pytest.approx(KUMAR_TRUE, rel=0.5)
+
+
 def test_an_unknown_censoring_option_names_the_accepted_ones():
     with pytest.raises(FitError, match="censoring='drop' is not accepted; use one of censor, exclude"):
         FitOptions(censoring="drop")
@@ -218,11 +228,12 @@ def test_keys_keep_evals_metrics_symmetry_and_gptq_options_apart():
     keys, notes = fit_keys(results)
     assert {key.label() for key in keys} == {
         "ppl loss rtn -1 True", "ppl loss rtn -1 False", "ppl loss gptq -1 True act_order=False",
-        "ppl loss gptq -1 True act_order=True", "task bits_per_byte rtn -1 True", "task word_perplexity rtn -1 True",
+        "ppl loss gptq -1 True act_order=True", "task bits_per_byte rtn -1 True",
     }  # fmt: skip
     assert notes == [
-        "ppl: perplexity not fitted separately (the same loss as loss)",
+        "ppl: perplexity not fitted separately (the same summed loss as loss)",
         "task: acc not fitted (not a loss in nats: reported, not fitted)",
+        "task: word_perplexity not fitted separately (the same summed loss as bits_per_byte)",
     ]
     with pytest.raises(FitError, match=r"differ in eval \(ppl, task\); give eval"):
         select(results, FitKey(method="rtn"))
@@ -234,10 +245,10 @@ def test_keys_keep_evals_metrics_symmetry_and_gptq_options_apart():
     # bits per byte or as a word perplexity is the same δ once in nats.
     point = FitOptions(resamples=0, validate=False)
     c_t = {key.label(): fit_delta(results, "kumar", key, point).table().set_index("parameter").value["C_T"]
-           for key in keys}  # fmt: skip
+           for key in [*keys, FitKey("task", "word_perplexity")]}  # fmt: skip
     assert c_t["ppl loss rtn -1 False"] == pytest.approx(10 * c_t["ppl loss rtn -1 True"], rel=1e-3)
     assert c_t["ppl loss gptq -1 True act_order=False"] == pytest.approx(2 * c_t["ppl loss rtn -1 True"], rel=1e-3)
-    for other in ("task bits_per_byte rtn -1 True", "task word_perplexity rtn -1 True"):
+    for other in ("task bits_per_byte rtn -1 True", "task word_perplexity"):
         assert c_t[other] == pytest.approx(c_t["ppl loss rtn -1 True"], rel=1e-3)
     pairs = (("task", "word_perplexity"), ("ppl", "loss"))
     bases = [fit_base(results, FitKey(*pair), point).table().value for pair in pairs]
@@ -246,7 +257,7 @@ def test_keys_keep_evals_metrics_symmetry_and_gptq_options_apart():
 
 def test_cli_fit_of_a_study_with_two_evals_keeps_them_apart_and_saves_every_key(tmp_path, capsys):
     csv = tmp_path / "mixed.csv"
-    mixed = mixed_results().query("method == 'rtn' and symmetric and metric != 'word_perplexity'")
+    mixed = mixed_results().query("method == 'rtn' and symmetric")
     mixed.reindex(columns=COLUMNS).to_csv(csv, index=False)
     store = tmp_path / "fits.sqlite"
     args = ["fit", "--results", str(csv), "--store", str(store), "--resamples", "4", "--params", "1e5", "--bits", "4"]

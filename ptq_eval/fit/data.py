@@ -1,11 +1,12 @@
 """Which results a fit sees: one fit per key (eval, metric, quant config), each loss in nats, and every point
 measured, censored or excluded (with why).
 
-Losses: `loss` (nats/token) as it is; `perplexity`, `word_perplexity`, `byte_perplexity` as their logs (nats
-per token, word or byte: δ becomes log(1 + δ/fp), and so do its CI bounds, fp held fixed); `bits_per_byte`
-times ln 2 (nats/byte). A metric that is the same loss as another of its eval (`perplexity` beside `loss`,
-`byte_perplexity` beside `bits_per_byte`) is fitted once. Accuracies and every other metric are reported, not
-fitted: no loss law describes them.
+Losses: `loss` (nats/token) as it is; `bits_per_byte` times ln 2 (nats/byte); `perplexity`, `byte_perplexity`,
+`word_perplexity` as their logs (nats per token, byte or word: δ becomes log(1 + δ/fp) exactly, and so do its
+CI bounds with fp held fixed, an approximation: their bootstrap ran on the perplexity scale, whose convexity
+squeezes the lower bound towards δ). All five are one summed loss over one eval's text divided by a count, so
+an eval (per lm-eval task and filter) has one of them fitted, the first present in that order; the others
+are noted. Accuracies and every other metric are reported, not fitted: no loss law describes them.
 
 Points: δ > 0 with a CI above zero is measured; a CI reaching zero is censored at its detection limit
 δ − CI_low (or, with `censoring="exclude"`, excluded); see `estimate.py` for why.
@@ -24,10 +25,9 @@ from ptq_eval.fit.laws import Points
 from ptq_eval.quant import GPTQ_OPTIONS
 
 KEY_FIELDS = ("eval", "metric", "method", "group_size", "symmetric")
-# metric -> (how its values become nats, the unit they are then in)
-LOSSES = {"loss": ("nats", "token"), "perplexity": ("log", "token"), "word_perplexity": ("log", "word"),
-          "byte_perplexity": ("log", "byte"), "bits_per_byte": ("bits", "byte")}  # fmt: skip
-TWINS = {"perplexity": "loss", "byte_perplexity": "bits_per_byte"}  # fitted once, as the other
+# metric -> (how its values become nats, the unit they are then in), in the order an eval's one is chosen
+LOSSES = {"loss": ("nats", "token"), "bits_per_byte": ("bits", "byte"), "perplexity": ("log", "token"),
+          "byte_perplexity": ("log", "byte"), "word_perplexity": ("log", "word")}  # fmt: skip
 UNKNOWN_D = "tokens seen (D) unknown for this checkpoint"
 CI_ZERO = "delta CI includes zero (delta_ci_low <= 0)"
 CI_BELOW = "delta CI at or below zero (delta_ci_high <= 0): no bound on a positive delta"
@@ -125,20 +125,22 @@ def fit_keys(results: pd.DataFrame, where: FitKey = ANY) -> tuple[list[FitKey], 
         others = [m for m in metrics if loss_name(m) not in LOSSES and not m.startswith("nonfinite_")]
         if others:
             notes.append(f"{name}: {', '.join(others)} not fitted (not a loss in nats: reported, not fitted)")
-        for metric in metrics:
-            twin = _twin(metric)
-            if twin in metrics:
-                notes.append(f"{name}: {metric} not fitted separately (the same loss as {twin})")
-            elif loss_name(metric) in LOSSES:
-                keys += _metric_keys(own[own.metric == metric], columns)
+        for chosen, same in _one_loss_each(metrics):
+            keys += _metric_keys(own[own.metric == chosen], columns)
+            if same:
+                notes.append(f"{name}: {', '.join(same)} not fitted separately (the same summed loss as {chosen})")
     return keys, notes
 
 
-def _twin(metric: str) -> str | None:
-    """The metric of the same task and filter that is the same loss as this one (and fitted instead)."""
-    task, slash, rest = metric.rpartition("/")
-    name, comma, filter_name = rest.partition(",")
-    return f"{task}{slash}{TWINS[name]}{comma}{filter_name}" if name in TWINS else None
+def _one_loss_each(metrics: list[str]) -> list[tuple[str, list[str]]]:
+    """Per lm-eval task and filter: the loss metric fitted (the first in LOSSES' order) and the others."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for metric in (m for m in metrics if loss_name(m) in LOSSES):
+        task, _, rest = metric.rpartition("/")
+        groups.setdefault((task, rest.partition(",")[2]), []).append(metric)
+    order = list(LOSSES)
+    chosen = [sorted(group, key=lambda m: order.index(loss_name(m))) for group in groups.values()]
+    return [(first, rest) for first, *rest in chosen]
 
 
 def _metric_keys(rows: pd.DataFrame, columns: list[str]) -> list[FitKey]:

@@ -130,10 +130,32 @@ def check(law: Law, points: Points) -> None:
         )
 
 
+def _check_above(law: Law, theta: np.ndarray, points: Points) -> None:
+    """Raise FitError when the law sank below the detection limits of its measured points: nothing then ties it
+    to them (the degenerate corner of Powell's estimator, within reach when CIs are wide for their δ)."""
+    measured = points.take(~points.censored)
+    above = law.model(theta, measured)[0] > measured.limit
+    k = len(law.parameters) // max(1, len(law.per_bits))
+    for where, rows in [(f" at P={p}", measured.bits == p) for p in law.per_bits] or [("", slice(None))]:
+        if above[rows].sum() <= k:
+            raise FitError(
+                f"{law.name}{where}: the censored fit lies below the detection limit of all but {above[rows].sum()} "
+                f"of {len(measured.y[rows])} measured points, so they no longer identify it (CIs too wide for "
+                "their δ); measure more eval tokens, or fit with censoring exclude"
+            )
+
+
+def _fit(law: Law, points: Points, starts, huber: float, keep: int) -> np.ndarray:
+    """The optimum from these starts, if the points identify it."""
+    check(law, points)
+    theta = _optimize(law, points, starts, huber, keep)
+    _check_above(law, theta, points)
+    return theta
+
+
 def _refit(law: Law, points: Points, theta: np.ndarray, huber: float) -> np.ndarray:
     """Refit on a subset, warm-started from the full fit (plus the grid's best start)."""
-    check(law, points)
-    return _optimize(law, points, [theta, *law.starts], huber, keep=2)
+    return _fit(law, points, [theta, *law.starts], huber, keep=2)
 
 
 def _bootstrap(law: Law, points: Points, theta, universe, options: FitOptions) -> np.ndarray:
@@ -238,8 +260,7 @@ class LawFit:
 def fit_points(law: Law, points: Points, excluded: pd.DataFrame, key: FitKey = ANY,
                options: FitOptions = DEFAULTS, universe=None) -> LawFit:  # fmt: skip
     """Fit a law to prepared points; the bootstrap resamples `universe` (default: the points' checkpoints)."""
-    check(law, points)
-    theta = _optimize(law, points, law.starts, options.huber, keep=8)
+    theta = _fit(law, points, law.starts, options.huber, keep=8)
     boot = _bootstrap(law, points, theta, points.checkpoint if universe is None else universe, options)
     residual = residuals(law, theta, points)
     spread = ((points.y - points.y.mean()) ** 2).sum()
