@@ -145,17 +145,17 @@ def _check_above(law: Law, theta: np.ndarray, points: Points) -> None:
             )
 
 
-def _fit(law: Law, points: Points, starts, huber: float, keep: int) -> np.ndarray:
-    """The optimum from these starts, if the points identify it."""
+def identify(law: Law, points: Points, huber: float, starts=None, keep: int = 8) -> np.ndarray:
+    """The optimum from these starts (default: the law's grid), or FitError when the points cannot identify it."""
     check(law, points)
-    theta = _optimize(law, points, starts, huber, keep)
+    theta = _optimize(law, points, law.starts if starts is None else starts, huber, keep)
     _check_above(law, theta, points)
     return theta
 
 
 def _refit(law: Law, points: Points, theta: np.ndarray, huber: float) -> np.ndarray:
     """Refit on a subset, warm-started from the full fit (plus the grid's best start)."""
-    return _fit(law, points, [theta, *law.starts], huber, keep=2)
+    return identify(law, points, huber, [theta, *law.starts], keep=2)
 
 
 def _bootstrap(law: Law, points: Points, theta, universe, options: FitOptions) -> np.ndarray:
@@ -260,7 +260,7 @@ class LawFit:
 def fit_points(law: Law, points: Points, excluded: pd.DataFrame, key: FitKey = ANY,
                options: FitOptions = DEFAULTS, universe=None) -> LawFit:  # fmt: skip
     """Fit a law to prepared points; the bootstrap resamples `universe` (default: the points' checkpoints)."""
-    theta = _fit(law, points, law.starts, options.huber, keep=8)
+    theta = identify(law, points, options.huber)
     boot = _bootstrap(law, points, theta, points.checkpoint if universe is None else universe, options)
     residual = residuals(law, theta, points)
     spread = ((points.y - points.y.mean()) ** 2).sum()

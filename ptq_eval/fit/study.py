@@ -22,7 +22,7 @@ from ptq_eval.fit.data import (
     select,
     stack,
 )
-from ptq_eval.fit.estimate import DEFAULTS, FitOptions, LawFit, check, fit_points
+from ptq_eval.fit.estimate import DEFAULTS, FitOptions, LawFit, fit_points, identify
 from ptq_eval.fit.laws import BASE, DELTA_LAWS, KUMAR, RIVAL, per_bit_law
 
 
@@ -46,10 +46,10 @@ def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions 
         widths, sparse = [], [excluded]
         for bits, rows in usable.groupby("bits"):
             try:
-                check(per_bit_law([bits]), delta_points(rows))
+                identify(per_bit_law([bits]), delta_points(rows), options.huber)
                 widths.append(bits)
             except FitError as error:
-                sparse.append(rows.assign(reason=f"too few points for a fit of this width alone: {error}"))
+                sparse.append(rows.assign(reason=f"this width cannot be fitted alone: {error}"))
         if not widths:
             raise FitError(f"per_bit: no bit width of {key.label()} can be fitted on its own")
         usable, excluded, chosen = usable[usable.bits.isin(widths)], pd.concat(sparse), per_bit_law(widths)

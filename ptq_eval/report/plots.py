@@ -41,7 +41,8 @@ def _bit_colors(bits) -> dict[int, tuple]:
 
 def _configs(loss: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(title, rows) per quant config, GPTQ options included where they differ (never pooled, as in the fits)."""
-    options = [c for c in GPTQ_OPTIONS if c in loss and loss[c].nunique(dropna=False) > 1]
+    grids = loss.groupby(CONFIG, dropna=False)
+    options = [c for c in GPTQ_OPTIONS if c in loss and (grids[c].nunique(dropna=False) > 1).any()]
     configs = []
     for _, rows in loss.groupby(CONFIG + options, sort=True, dropna=False):
         first = rows.iloc[0]
