@@ -101,7 +101,7 @@ class StudyFit:
         return stack([fit.table() for fit in self.all()])
 
     def goodness(self) -> pd.DataFrame:
-        return stack([pd.DataFrame([fit.goodness()]) for fit in self.all()])
+        return stack([pd.DataFrame([fit.goodness() for fit in self.all()])])
 
     def excluded(self) -> pd.DataFrame:
         frames = [fit.excluded.assign(law=fit.law.name) for fit in self.all() if len(fit.excluded)]
@@ -142,11 +142,12 @@ def fit_study(results: pd.DataFrame, where: FitKey = ANY, options: FitOptions = 
             fits.append(fit_delta(results, law, key, options))
         except FitError as error:
             failures[f"{law} {key.label()}"] = str(error)
-    for eval_name, metric in dict.fromkeys((key.eval, key.metric) for key in keys) if "base" in laws else ():
+    losses = dict.fromkeys(FitKey(key.eval, key.metric) for key in keys) if "base" in laws else {}
+    for loss in losses:
         try:
-            bases.append(fit_base(results, FitKey(eval_name, metric), options))
+            bases.append(fit_base(results, loss, options))
         except FitError as error:
-            failures[f"base {FitKey(eval_name, metric).label()}"] = str(error)
+            failures[f"base {loss.label()}"] = str(error)
     if not fits if delta_laws else not bases:
         raise FitError("no law could be fitted: " + "; ".join(failures.values()))
     return StudyFit(fits, bases, failures, skipped)
@@ -168,7 +169,7 @@ def compare_censoring(results: pd.DataFrame, fitted: StudyFit, options: FitOptio
             for option, own in pairs.items():
                 row[option] = own if isinstance(own, str) else _cell(own, j)
             rows.append(row)
-    return stack([pd.DataFrame([row]) for row in rows])
+    return stack([pd.DataFrame(rows)])
 
 
 def _cell(fit: LawFit, j: int) -> str:
