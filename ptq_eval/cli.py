@@ -183,20 +183,21 @@ def _fit_input(args):
 
 
 def cmd_fit(args) -> int:
-    import pandas as pd
 
-    from ptq_eval.fit import FitOptions, fit_study, forecast_table
+    from ptq_eval.fit import FitKey, FitOptions, fit_study, forecast_table, stack
     from ptq_eval.report.document import cell
     from ptq_eval.results import markdown_table
     from ptq_eval.store import Store
 
     points = [_parse_point(p) for p in args.predict]  # before any work: a typo fails at once
+    options = FitOptions(args.resamples, args.seed, censoring=args.censoring)
     results, name, store_path = _fit_input(args)
-    fitted = fit_study(results, args.method, args.group_size, FitOptions(args.resamples, args.seed))
+    where = FitKey(args.eval, args.metric, args.method, args.group_size)
+    fitted = fit_study(results, where, options)
     asked = {"predict": points, "budget": args.budget, "params": args.params}
     asked |= {"bits": args.bits, "tokens_per_param": args.tokens_per_param}
-    forecasts = [forecast_table(fit, fitted.base, **asked) for fit in fitted.fits if fit.law.name == args.law]
-    forecasts = pd.concat(forecasts, ignore_index=True) if forecasts else pd.DataFrame()
+    forecasts = [forecast_table(fit, fitted.base(fit), **asked) for fit in fitted.fits if fit.law.name == args.law]
+    forecasts = stack(forecasts)
     if store_path:
         with Store(store_path) as store:
             fitted.save(store, name)
@@ -207,9 +208,9 @@ def cmd_fit(args) -> int:
         tables["excluded"] = fitted.excluded()
         infinite = {float("inf"): "inf", float("-inf"): "-inf"}  # a forecast beyond its search range, not null
         records = {key: json.loads(frame.replace(infinite).to_json(orient="records")) for key, frame in tables.items()}
-        print(json.dumps(records | {"failures": fitted.failures}, indent=2))
+        print(json.dumps(records | {"failures": fitted.failures, "skipped": fitted.skipped}, indent=2))
         return 0
-    print(f"## Parameters ({args.resamples} bootstrap resamples over checkpoints, 95% CI)\n")
+    print(f"## Parameters ({args.resamples} resamples over checkpoints, 95% CI, censoring {args.censoring})\n")
     print(markdown_table(tables["parameters"].map(cell)))
     print("## Goodness of fit (RMSE of log δ, or of log L for the base law)\n")
     print(markdown_table(tables["goodness"].map(cell)), end="")
@@ -418,8 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--store", help="SQLite store: the study's results (default: runs/<study name>.sqlite); fits are saved there"
     )
     fit.add_argument("--results", help="a results CSV (`ptq-eval results --format csv`) instead of a study")
+    fit.add_argument("--eval", help="fit only this eval (default: each eval with a loss metric)")
+    fit.add_argument("--metric", help="fit only this metric (default: each loss: loss, perplexities, bits_per_byte)")
     fit.add_argument("--method", help="fit only this method (default: each method present)")
     fit.add_argument("--group-size", type=int, help="fit only this group size (default: each present)")
+    fit.add_argument(
+        "--censoring", choices=["censor", "exclude"], default="censor",
+        help="points whose δ CI reaches zero: censored at their detection limit (default) or left out",
+    )  # fmt: skip
     fit.add_argument("--resamples", type=int, default=200, help="bootstrap resamples over checkpoints")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--law", choices=["kumar", "rival", "per_bit"], default="kumar", help="law for the forecasts")

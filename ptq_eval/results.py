@@ -8,7 +8,7 @@ import math
 import pandas as pd
 
 from ptq_eval.errors import UserError
-from ptq_eval.quant import QuantConfig
+from ptq_eval.quant import GPTQ_OPTIONS, QuantConfig
 from ptq_eval.spec import Study, expand_jobs
 from ptq_eval.store import Store
 
@@ -43,6 +43,9 @@ COVERAGE = {
     "left_out_params": "left_out_params",
 }
 FORMATS = ("csv", "json", "md")
+# what study_results adds to COLUMNS: the grid cell's label, GPTQ's options (empty for other methods: rows that
+# differ in one are never pooled into one fit), the job's time
+EXTRA = ["granularity", *GPTQ_OPTIONS, "seconds"]
 
 
 def coverage_columns(provenance: str) -> dict:
@@ -57,7 +60,7 @@ def study_results(study: Study, store: Store) -> pd.DataFrame:
     """One row per (checkpoint, quant config, eval, metric) finished so far, in the columns above."""
     frame = store.frame(job.key for job in expand_jobs(study))
     if frame.empty:
-        return pd.DataFrame(columns=COLUMNS + ["granularity", "sequential", "seconds"])
+        return pd.DataFrame(columns=COLUMNS + EXTRA)
     frame = frame.rename(columns={"value": "quant_value"})
     coverage = pd.DataFrame.from_records([coverage_columns(text) for text in frame.provenance], index=frame.index)
     frame = pd.concat([frame, coverage], axis=1)
@@ -67,9 +70,10 @@ def study_results(study: Study, store: Store) -> pd.DataFrame:
     ]
     stored = frame["sequential"] if "sequential" in frame else pd.Series(None, index=frame.index, dtype=object)
     frame["sequential"] = stored.where(stored.notna(), frame.method.map({"gptq": "block"})).fillna("")
+    frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *GPTQ_OPTIONS])))
     order = ["nonembedding_params", "tokens", "method", "bits", "group_size", "sequential", "eval", "metric"]
     frame = frame.sort_values(order)
-    return frame[COLUMNS + ["granularity", "sequential", "seconds"]].reset_index(drop=True)
+    return frame[COLUMNS + EXTRA].reset_index(drop=True)
 
 
 def _fmt(value: float, digits: int = 4) -> str:

@@ -12,7 +12,9 @@ Tables:
 - `claims`: which run is working on which checkpoint, until when (`claims.py`: runs sharing a store split the
   work);
 - `fits`: one row per fitted scaling law (study, law, method, group size): parameters with
-  CIs, goodness of fit and provenance as JSON text (non-finite numbers stored as null).
+  CIs, goodness of fit and provenance as JSON text (non-finite numbers stored as null); the rest of the
+  fit's key (eval, metric, symmetric, GPTQ options) and its censoring live in the provenance (`key`,
+  `censoring`), so stores written before them open unchanged.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ CREATE TABLE IF NOT EXISTS fits (
 );
 """
 FIT_JSON = ("params", "goodness", "provenance")
+FIT_KEY = ("eval", "metric", "symmetric", "options")  # columns read from a fit's provenance
 JOB_COLUMNS = ["job_key", "job", "facts", "provenance", "seconds", "finished_at"]
 
 
@@ -288,13 +291,18 @@ class Store:
             )
 
     def fits(self, study: str | None = None) -> pd.DataFrame:
-        """Stored fits, one row each, with the JSON columns decoded."""
+        """Stored fits, one row each, with the JSON columns decoded and the key and censoring of the provenance
+        as columns (None for fits saved before they were recorded)."""
         query, args = "SELECT * FROM fits", ()
         if study is not None:
             query, args = query + " WHERE study = ?", (study,)
         frame = pd.read_sql_query(query + " ORDER BY fit_key", self._db, params=args)
         for column in FIT_JSON:
             frame[column] = frame[column].map(json.loads)
+        key = frame.provenance.map(lambda provenance: provenance.get("key", {}))  # {}: a fit saved before keys
+        for name in FIT_KEY:
+            frame[name] = key.map(lambda found, name=name: found.get(name))
+        frame["censoring"] = frame.provenance.map(lambda provenance: provenance.get("censoring"))
         return frame.astype({"group_size": "Int64"})
 
 

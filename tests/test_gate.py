@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from simulate import simulate_results
 
 from ptq_eval import cli
-from ptq_eval.fit import KUMAR, Estimate, query, simulate_results
+from ptq_eval.fit import KUMAR, Estimate, query
 from ptq_eval.gate import (
     PolicyError,
     decide,
@@ -165,12 +166,17 @@ def kumar_delta(params: float, tokens_per_param: float, bits: int) -> float:
 @pytest.fixture
 def ladder_csv(tmp_path):
     simulated = simulate_results(KUMAR, KUMAR_TRUE, (3e4, 1e5, 3e5), (10, 40, 160), (3, 4, 6), noise=0.02)
+    simulated = simulated.assign(method="rtn", eval=EVAL)
+    louder = simulated.assign(delta=simulated.delta * 10, delta_ci_low=0.0, delta_ci_high=simulated.delta * 20)
+    others = [louder.assign(eval="ppl:other:validation"), louder.assign(symmetric=False), louder.assign(metric="acc")]
     path = tmp_path / "ladder.csv"
-    simulated.assign(method="rtn", eval=EVAL).reindex(columns=COLUMNS).to_csv(path, index=False)
+    pd.concat([simulated, *others]).reindex(columns=COLUMNS).to_csv(path, index=False)
     return path
 
 
-def test_forecast_budget_fits_the_law_and_decides_on_its_bootstrap_interval(ladder_csv, tmp_path):
+def test_forecast_budget_fits_the_law_of_its_eval_and_config_and_decides_on_its_interval(ladder_csv, tmp_path):
+    # The fit source also holds another eval, an asymmetric grid and an accuracy, each 10x the damage: a forecast
+    # must use only the rows of the release config's eval, metric and symmetry.
     truth = kumar_delta(FACTS["nonembedding_params"], 640, 4)
     budgets = [
         {"kind": "forecast", "tokens_per_param": 640, "fit": str(ladder_csv), "max": 2 * truth, "resamples": 30},

@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from ptq_eval.corpus import stdlib_root
-from ptq_eval.fit import UNKNOWN_D, FitError, fit_base, select
+from ptq_eval.fit import UNKNOWN_D, FitError, FitKey, fit_base, select
 from ptq_eval.results import study_results
 from ptq_eval.runner import run_study
 from ptq_eval.spec import parse_study
@@ -102,11 +102,11 @@ def test_a_checkpoint_whose_tokens_nobody_knows_is_run_reported_and_left_out_of_
     assert summary.ran == 4 and not summary.failed
     small = results[results.checkpoint == str(root / "small")]
     assert small.tokens.isna().all() and small.tokens_per_param.isna().all() and small.delta.notna().all()
-    usable, excluded = select(results[results["eval"] == results["eval"].iloc[0]].assign(delta=1.0, delta_ci_low=0.5),
-                              "rtn", -1)  # fmt: skip
+    key = FitKey(results["eval"].iloc[0], "loss", "rtn", -1)
+    usable, excluded = select(results.assign(delta=1.0, delta_ci_low=0.5), key)
     assert set(excluded.reason) == {UNKNOWN_D} and usable.tokens.notna().all()
     with pytest.raises(FitError, match="only 1 usable points"):  # the unknown-D checkpoint is left out
-        fit_base(results)
+        fit_base(results, key)
 
 
 def test_a_checkpoint_rewritten_after_it_was_hashed_fails_alone(root, monkeypatch):

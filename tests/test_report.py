@@ -75,6 +75,10 @@ def test_report_has_every_section_and_figure(written):
     fits = next(s for s in document.sections if s.title == "Scaling-law fits")
     parameters = fits.tables[0].frame.set_index(["law", "method", "group_size", "parameter"])
     assert parameters.value[("kumar", "rtn", -1, "gamma_D")] == pytest.approx(0.6, abs=0.1)
+    censoring = fits.tables[2].frame.set_index(["method", "group_size", "parameter"])
+    assert fits.tables[2].caption.startswith("Kumar et al. parameters, censored vs excluded")
+    assert list(censoring.columns[-2:]) == ["censor", "exclude"] and len(censoring) == 3 * 5
+    assert censoring.censor[("rtn", -1, "gamma_D")].startswith("0.")
 
 
 def test_html_escapes_names_it_did_not_write(written):

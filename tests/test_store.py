@@ -57,6 +57,7 @@ def test_fits_are_saved_replaced_and_read_back(tmp_path):
         assert list(fits.index) == ["base", "kumar"] and len(store.fits()) == 3
         assert fits.params["kumar"] == {"gamma_D": {"value": 2.0, "ci_low": None, "ci_high": None}}
         assert fits.group_size["kumar"] == -1 and fits.group_size.isna()["base"]
+        assert fits["eval"].isna().all() and fits.censoring.isna().all()  # saved without a key: an older ptq-eval
 
 
 def test_a_full_disk_stops_with_a_clear_error_and_nothing_half_written(tmp_path):

@@ -31,56 +31,71 @@ from pathlib import Path
 
 import pandas as pd
 
-from ptq_eval.fit import Estimate, FitError, FitOptions, LawFit, fit_delta, predict_delta
+from ptq_eval.fit import Estimate, FitError, FitKey, FitOptions, LawFit, fit_delta, predict_delta
 from ptq_eval.gate.policy import Budget, Policy, reference, release_configs
-from ptq_eval.quant import QuantConfig
+from ptq_eval.quant import GPTQ_OPTIONS, QuantConfig
 from ptq_eval.report.compare import difference_ci
 from ptq_eval.results import study_results
 from ptq_eval.spec import StudyError, load_study
 from ptq_eval.store import Store, json_ready
 
 DECISIONS = ("pass", "fail", "undecided")
-ForecastFits = dict[tuple[int, str, int], LawFit | str]  # (budget index, method, group size) -> fit or why not
+ForecastFits = dict[tuple[int, FitKey], LawFit | str]  # (budget index, eval and config) -> fit or why not
 
 
 def _fit_source(budget: Budget, default_store: Path) -> pd.DataFrame:
     """The results a forecast fits on: a results CSV, or the stored results of a study YAML."""
     if budget.fit.endswith(".csv"):
-        results = pd.read_csv(budget.fit)
-    else:
-        study = load_study(budget.fit)
-        path = Path(budget.store) if budget.store else default_store
-        if not path.is_file():
-            raise FitError(f"no store at {path} for {budget.fit}: run `ptq-eval run {budget.fit} --store {path}`")
-        with Store(path) as store:
-            results = study_results(study, store)
-    return results if budget.eval is None else results[results["eval"] == budget.eval]
+        return pd.read_csv(budget.fit)
+    study = load_study(budget.fit)
+    path = Path(budget.store) if budget.store else default_store
+    if not path.is_file():
+        raise FitError(f"no store at {path} for {budget.fit}: run `ptq-eval run {budget.fit} --store {path}`")
+    with Store(path) as store:
+        return study_results(study, store)
 
 
-def _budget_fits(budget: Budget, keys: list[tuple[str, int]], default_store: Path, seed: int) -> dict:
+def fit_key(config: QuantConfig, eval_name: str, metric: str) -> FitKey:
+    """The fit a release config and eval is forecast by: the same eval, metric and every quant config field
+    (GPTQ's options matched where the results record them; a results CSV does not)."""
+    options = tuple((name, getattr(config, name)) for name in GPTQ_OPTIONS) if config.method == "gptq" else ()
+    return FitKey(eval_name, metric, config.method, config.group_size, config.symmetric, options)
+
+
+def _budget_fits(budget: Budget, keys: list[FitKey], default_store: Path, seed: int) -> dict[FitKey, LawFit | str]:
     try:
         results = _fit_source(budget, default_store)
     except (StudyError, FitError, FileNotFoundError) as error:
         return dict.fromkeys(keys, str(error))
     options = FitOptions(resamples=budget.resamples, seed=seed, validate=False)
     fits = {}
-    for method, group_size in keys:
+    for key in keys:
         try:
-            fits[(method, group_size)] = fit_delta(results, budget.law, method, group_size, options)
+            fits[key] = fit_delta(results, budget.law, key, options)
         except FitError as error:
-            fits[(method, group_size)] = str(error)
+            fits[key] = str(error)
     return fits
 
 
+def _scope(policy: Policy, budget: Budget) -> list[str]:
+    """The names of the policy's evals a budget applies to."""
+    return [e.name for e in policy.evals if budget.eval in (None, e.name)]
+
+
+def _forecast_keys(policy: Policy, budget: Budget) -> list[FitKey]:
+    configs = release_configs(policy.quant)
+    return list(dict.fromkeys(fit_key(c, name, budget.metric) for c in configs for name in _scope(policy, budget)))
+
+
 def fit_forecasts(policy: Policy, default_store: Path) -> ForecastFits:
-    """Each forecast budget's law fitted to each release (method, group size), or why it could not be."""
-    keys = list(dict.fromkeys((config.method, config.group_size) for config in release_configs(policy.quant)))
-    return {
-        (index, *key): fit
-        for index, budget in enumerate(policy.budgets)
-        if budget.kind == "forecast"
-        for key, fit in _budget_fits(budget, keys, default_store, policy.seed).items()
-    }
+    """Each forecast budget's law fitted to each release config (bits aside) and eval in its scope, or why it
+    could not be."""
+    fits = {}
+    for index, budget in enumerate(policy.budgets):
+        if budget.kind == "forecast":
+            found = _budget_fits(budget, _forecast_keys(policy, budget), default_store, policy.seed)
+            fits |= {(index, key): fit for key, fit in found.items()}
+    return fits
 
 
 @dataclass(frozen=True)
@@ -255,8 +270,10 @@ def _forecast_checks(
     params = budget.params or _params(results, candidate)
     quantity = _quantity(budget, params)
     for config in release_configs(policy.quant):
-        value = _forecast(budget, forecasts.get((index, config.method, config.group_size)), params, config.bits)
-        yield _check(budget, config, budget.eval or "", candidate, quantity, value, policy.uncertainty)
+        for eval_name in _scope(policy, budget):
+            fit = forecasts.get((index, fit_key(config, eval_name, budget.metric)))
+            value = _forecast(budget, fit, params, config.bits)
+            yield _check(budget, config, eval_name, candidate, quantity, value, policy.uncertainty)
 
 
 def _measured_checks(
@@ -270,7 +287,7 @@ def _measured_checks(
         return _measured(results, checkpoint, config, eval_name, budget, policy.min_coverage)
 
     for config in release_configs(policy.quant):
-        for eval_name in (e.name for e in policy.evals if budget.eval in (None, e.name)):
+        for eval_name in _scope(policy, budget):
             mine = measured(candidate, config, eval_name)
             theirs = baseline and measured(baseline, config, eval_name)
             value = _compared(budget, mine, theirs)

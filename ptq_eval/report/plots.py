@@ -12,6 +12,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure as MplFigure
 
 from ptq_eval.fit import LawFit
+from ptq_eval.quant import GPTQ_OPTIONS
 from ptq_eval.report.document import Figure
 
 CONFIG = ["method", "group_size", "symmetric"]
@@ -38,25 +39,30 @@ def _bit_colors(bits) -> dict[int, tuple]:
     return {b: cmap(i / max(1, len(values) - 1) * 0.9) for i, b in enumerate(values)}
 
 
-def _configs(loss: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
-    return [(key, rows) for key, rows in loss.groupby(CONFIG, sort=True)]
+def _configs(loss: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) per quant config, GPTQ options included where they differ (never pooled, as in the fits)."""
+    grids = loss.groupby(CONFIG, dropna=False)
+    options = [c for c in GPTQ_OPTIONS if c in loss and (grids[c].nunique(dropna=False) > 1).any()]
+    configs = []
+    for _, rows in loss.groupby(CONFIG + options, sort=True, dropna=False):
+        first = rows.iloc[0]
+        shown = "".join(f" {c}={first[c]}" for c in options if pd.notna(first[c]))
+        configs.append((config_label(first.method, first.granularity, bool(first.symmetric)) + shown, rows))
+    return configs
 
 
-def _config_title(rows: pd.DataFrame) -> str:
-    first = rows.iloc[0]
-    return config_label(first.method, first.granularity, bool(first.symmetric))
-
-
-def delta_vs_tokens_per_param(loss: pd.DataFrame, fits: dict[tuple[str, int], LawFit]) -> Figure:
+def delta_vs_tokens_per_param(loss: pd.DataFrame, fits: list[LawFit], unit: str = "loss (nats/token)",
+                              name: str = "delta_vs_tokens_per_param") -> Figure:  # fmt: skip
     """δ against D/N (log–log) per bit width: one row of panels per config, one column per model size;
-    measured points with their 95% CIs, and the fitted law with its 95% bootstrap band where there is one."""
+    measured points with their 95% CIs, and the fitted law (the one of `fits` whose key covers the config's
+    rows) with its 95% bootstrap band where there is one. `loss` holds one eval and metric, in nats."""
     configs, sizes = _configs(loss), sorted(loss.nonembedding_params.unique())
     colors = _bit_colors(loss.bits)
     figure = MplFigure(figsize=(4.2 * len(sizes), 3.3 * len(configs)), layout="constrained")
     axes = figure.subplots(len(configs), len(sizes), squeeze=False, sharex=True)
     hidden = 0
-    for row, ((method, group_size, _), rows) in enumerate(configs):
-        fit = fits.get((method, int(group_size)))
+    for row, (title, rows) in enumerate(configs):
+        fit = next((fit for fit in fits if fit.key.matches(rows).all()), None)
         for col, params in enumerate(sizes):
             ax = axes[row][col]
             for bits, points in rows[rows.nonembedding_params == params].groupby("bits"):
@@ -75,29 +81,30 @@ def delta_vs_tokens_per_param(loss: pd.DataFrame, fits: dict[tuple[str, int], La
                     value, lo, hi = fit.band(params, params * ratios, bits)
                     ax.plot(ratios, value, color=color, lw=1.2)
                     ax.fill_between(ratios, lo, hi, color=color, alpha=0.15, lw=0)
-            ax.set(xscale="log", yscale="log", title=f"{_config_title(rows)}, {size_label(params)}")
+            ax.set(xscale="log", yscale="log", title=f"{title}, {size_label(params)}")
             if row == len(configs) - 1:
                 ax.set_xlabel("tokens per parameter D/N")
             if col == 0:
-                ax.set_ylabel("δ loss (nats/token)")
+                ax.set_ylabel(f"δ {unit}")
         axes[row][-1].legend(fontsize=8, loc="lower right")
     caption = (
-        "Loss increase δ from quantization against tokens per parameter, log–log, with 95% CIs (hollow: the CI "
-        "reaches zero, so the point is left out of the fit; lower bars cut at δ/10); lines: the fitted "
-        "Kumar et al. law with its 95% bootstrap band."
+        f"Increase δ of {unit} from quantization against tokens per parameter, log–log, with 95% CIs (hollow: "
+        "the CI reaches zero, so the fit treats δ as censored: known only to lie below its detection limit; "
+        "lower bars cut at δ/10); lines: the fitted Kumar et al. law with its 95% bootstrap band."
     )
     if hidden:
         caption += f" {hidden} points with δ ≤ 0 cannot be drawn on a log axis and are not shown."
-    return Figure("delta_vs_tokens_per_param", _png(figure), caption)
+    return Figure(name, _png(figure), caption)
 
 
-def loss_through_training(loss: pd.DataFrame) -> Figure:
+def loss_through_training(loss: pd.DataFrame, unit: str = "loss (nats/token)",
+                          name: str = "loss_through_training") -> Figure:  # fmt: skip
     """Full-precision and quantized loss against training tokens, one panel per model size and config."""
     configs, sizes = _configs(loss), sorted(loss.nonembedding_params.unique())
     colors = _bit_colors(loss.bits)
     figure = MplFigure(figsize=(4.2 * len(sizes), 3.1 * len(configs)), layout="constrained")
     axes = figure.subplots(len(configs), len(sizes), squeeze=False, sharex="col")
-    for row, (_, rows) in enumerate(configs):
+    for row, (title, rows) in enumerate(configs):
         for col, params in enumerate(sizes):
             ax, own = axes[row][col], rows[rows.nonembedding_params == params].sort_values("tokens")
             fp = own.drop_duplicates("checkpoint")
@@ -106,17 +113,17 @@ def loss_through_training(loss: pd.DataFrame) -> Figure:
                 ax.plot(
                     points.tokens, points.quant_value, "-o", ms=3, lw=1, color=colors[int(bits)], label=f"{bits}-bit"
                 )
-            ax.set(xscale="log", title=f"{_config_title(rows)}, {size_label(params)}")
+            ax.set(xscale="log", title=f"{title}, {size_label(params)}")
             if row == len(configs) - 1:
                 ax.set_xlabel("training tokens D")
             if col == 0:
-                ax.set_ylabel("validation loss (nats/token)")
+                ax.set_ylabel(unit)
         axes[row][-1].legend(fontsize=8)
     caption = (
-        "Validation loss through training, full precision (black) and quantized: where a quantized curve "
-        "turns upward, more pre-training made the quantized model worse."
+        f"{unit[0].upper()}{unit[1:]} through training, full precision (black) and quantized: where a quantized "
+        "curve turns upward, more pre-training made the quantized model worse."
     )
-    return Figure("loss_through_training", _png(figure), caption)
+    return Figure(name, _png(figure), caption)
 
 
 def short_names(names) -> dict[str, str]:
@@ -126,7 +133,7 @@ def short_names(names) -> dict[str, str]:
     return {n: n[len(prefix) :].lstrip("/") or n for n in names}
 
 
-def delta_heatmap(loss: pd.DataFrame) -> Figure:
+def delta_heatmap(loss: pd.DataFrame, unit: str = "loss (nats/token)", name: str = "delta_heatmap") -> Figure:
     """δ over (checkpoint × bits), one panel per config (two per row); cells annotated with δ."""
     configs = _configs(loss)
     checkpoints = loss.sort_values(["nonembedding_params", "tokens"]).checkpoint.unique()
@@ -139,7 +146,7 @@ def delta_heatmap(loss: pd.DataFrame) -> Figure:
     figure = MplFigure(figsize=(width, rows_of_panels * (1.0 + 0.26 * len(checkpoints))), layout="constrained")
     axes = figure.subplots(rows_of_panels, columns, squeeze=False).ravel()
     image = None
-    for ax, (_, rows) in zip(axes, configs, strict=False):
+    for ax, (title, rows) in zip(axes, configs, strict=False):
         bits = sorted(rows.bits.unique())
         grid = rows.pivot_table(index="checkpoint", columns="bits", values="delta").reindex(checkpoints)[bits]
         values = grid.to_numpy(dtype=float)
@@ -149,14 +156,14 @@ def delta_heatmap(loss: pd.DataFrame) -> Figure:
                 ax.text(j, i, f"{value:.2g}", ha="center", va="center", fontsize=7,
                         color="white" if norm is not None and value > 0 and norm(value) > 0.6 else "black")  # fmt: skip
         ax.set_xticks(range(len(bits)), [str(int(b)) for b in bits])
-        ax.set(xlabel="bits", title=_config_title(rows))
+        ax.set(xlabel="bits", title=title)
         ax.set_yticks(range(len(checkpoints)), [labels[c] for c in checkpoints], fontsize=7)
     for ax in axes[len(configs) :]:
         ax.set_visible(False)
     if image is not None and norm is not None:
-        figure.colorbar(image, ax=list(axes), label="δ loss (nats/token)", shrink=0.6)
+        figure.colorbar(image, ax=list(axes), label=f"δ {unit}", shrink=0.6)
     caption = "δ for every checkpoint (rows, by N then D) and bit width; blank cells: δ ≤ 0 (no measured damage)."
-    return Figure("delta_heatmap", _png(figure), caption)
+    return Figure(name, _png(figure), caption)
 
 
 def layer_errors(layers: dict[str, list[dict]], checkpoint: str) -> Figure:

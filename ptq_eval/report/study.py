@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 import pandas as pd
 
 from ptq_eval.errors import UserError
-from ptq_eval.fit import FitError, FitOptions, fit_study, forecast_table
+from ptq_eval.fit import (
+    FitError,
+    FitOptions,
+    compare_censoring,
+    fit_keys,
+    fit_study,
+    forecast_table,
+    in_nats,
+    nats_label,
+    stack,
+)
 from ptq_eval.quant import QuantConfig
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
@@ -28,16 +39,17 @@ class ReportOptions:
     layers_checkpoint: str | None = None  # GPTQ per-layer errors of this checkpoint (default: most over-trained)
 
 
-def _loss_rows(results: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
-    """The loss rows of the first eval that has a loss metric (the one the figures and fits use)."""
-    loss = results[results.metric == "loss"]
-    if loss.empty:
-        return loss, None
-    name = loss["eval"].iloc[0]
-    return loss[loss["eval"] == name], name
+def _losses(results: pd.DataFrame) -> tuple[dict[tuple[str, str], pd.DataFrame], list[str]]:
+    """The rows of each (eval, metric) a loss law is fitted to, in nats; and notes on the metrics that are not."""
+    keys, skipped = fit_keys(results)
+    pairs = dict.fromkeys((key.eval, key.metric) for key in keys)
+    losses = {
+        pair: in_nats(results[(results["eval"] == pair[0]) & (results.metric == pair[1])], pair[1]) for pair in pairs
+    }
+    return losses, skipped
 
 
-def _overview(study: Study, results: pd.DataFrame, jobs: int, finished: int, loss_eval: str | None) -> Section:
+def _overview(study: Study, results: pd.DataFrame, jobs: int, finished: int, losses: dict, skipped: list) -> Section:
     ratios = results.tokens_per_param
     sizes = ", ".join(plots.size_label(n) for n in sorted(results.nonembedding_params.unique()))
     configs = results.drop_duplicates(plots.CONFIG + ["bits"])
@@ -48,43 +60,53 @@ def _overview(study: Study, results: pd.DataFrame, jobs: int, finished: int, los
         "δ is the quantized minus the full-precision value on exactly the same tokens (or documents), with a "
         "95% paired bootstrap CI.",
     ]
-    if loss_eval is not None:
-        paragraphs.append(f"Figures and fits use the loss of eval {loss_eval}.")
+    if losses:
+        shown = "; ".join(f"{name}: {nats_label(metric)}" for name, metric in losses)
+        paragraphs.append(f"Figures and fits, one set per eval and loss metric: {shown}.")
+    paragraphs += [f"Not fitted: {note}." for note in skipped]
     if finished < jobs:
         paragraphs.append(f"{jobs - finished} jobs are not in the store yet: run `ptq-eval run` on the study.")
     return Section(f"Study {study.name}", paragraphs)
 
 
-def _fits_sections(loss: pd.DataFrame, options: ReportOptions) -> tuple[list[Section], dict]:
+def _fits_sections(results: pd.DataFrame, losses: dict, options: ReportOptions) -> tuple[list[Section], list]:
+    fit_options = FitOptions(options.resamples, options.seed)
     try:
-        fitted = fit_study(loss, options=FitOptions(options.resamples, options.seed))
+        fitted = fit_study(results, options=fit_options)
     except FitError as error:
-        return [Section("Scaling-law fits", [f"No law could be fitted: {error}"])], {}
-    kumar = {(fit.method, fit.group_size): fit for fit in fitted.fits if fit.law.name == "kumar"}
+        return [Section("Scaling-law fits", [f"No law could be fitted: {error}"])], []
+    kumar = [fit for fit in fitted.fits if fit.law.name == "kumar"]
     notes = [
-        f"Huber loss on log δ, {options.resamples} bootstrap resamples over checkpoints, 95% intervals. Points "
-        "enter a δ fit only if δ > 0 and their CI excludes zero (`excluded` counts the others); held-out "
-        "errors: leave-one-checkpoint-out and leave-largest-D-out RMSE of log δ."
+        f"One fit per eval, loss metric and quant config. Huber loss on log δ, {options.resamples} bootstrap "
+        "resamples over checkpoints, 95% intervals. A point whose δ CI reaches zero is censored at its detection "
+        "limit δ − CI low (the fit only asks the law not to rise above it; `censored` counts them): excluding "
+        "such points instead keeps only the noisy points that happened to come out high and biases the "
+        "high-bit end upward (the comparison table below fits both ways). A point whose whole CI lies below zero "
+        "(quantization measurably lowered the loss) contradicts δ > 0 and is excluded. Held-out errors: "
+        "leave-one-checkpoint-out and leave-largest-D-out RMSE of log δ."
     ]
     notes += [f"{law} not fitted: {message}" for law, message in fitted.failures.items()]
-    fits = Section(
-        "Scaling-law fits",
-        notes,
-        [Table("Parameters", fitted.table()), Table("Goodness of fit and held-out error", fitted.goodness())],
-    )
-    params = float(loss.nonembedding_params.max())
-    ratio = float(loss.tokens_per_param.max())
-    asked = {"budget": options.budget, "params": params, "bits": options.bits, "tokens_per_param": ratio}
-    frames = [forecast_table(fit, fitted.base, **asked) for fit in kumar.values()]
+    tables = [Table("Parameters", fitted.table()), Table("Goodness of fit and held-out error", fitted.goodness())]
+    if kumar:
+        comparison = compare_censoring(results, fitted, fit_options)
+        tables.append(Table("Kumar et al. parameters, censored vs excluded (value [95% CI])", comparison))
+    fits = Section("Scaling-law fits", notes, tables)
+    frames = []
+    for fit in kumar:
+        loss = losses[(fit.key.eval, fit.key.metric)]
+        asked = {"budget": options.budget, "params": float(loss.nonembedding_params.max()), "bits": options.bits,
+                 "tokens_per_param": float(loss.tokens_per_param.max())}  # fmt: skip
+        frames.append(forecast_table(fit, fitted.base(fit), **asked))
     forecasts = Section(
         "Forecasts",
         [
-            f"From the Kumar et al. fits at N = {params:.0f} (the largest size measured): the largest D/N that keeps "
-            f"δ ≤ {options.budget:g} at {options.bits} bits, the smallest bit width within that budget at "
-            f"D/N = {ratio:.3g}, and the critical data size where full-precision loss + δ stops falling with "
-            "more tokens (0: already rising at D/N = 1; inf: still falling at D/N = 1e6)."
+            f"From the Kumar et al. fits at the largest N each eval measured: the largest D/N that keeps "
+            f"δ ≤ {options.budget:g} nats (per token, word or byte, as the metric counts) at {options.bits} bits, "
+            "the smallest bit width within that budget at the largest D/N measured, and the critical data size "
+            "where full-precision loss + δ stops falling with more tokens (0: already rising at D/N = 1; inf: "
+            "still falling at D/N = 1e6)."
         ],
-        [Table("Forecasts with 95% bootstrap intervals", pd.concat(frames, ignore_index=True))] if frames else [],
+        [Table("Forecasts with 95% bootstrap intervals", stack(frames))] if frames else [],
     )
     return [fits, forecasts], kumar
 
@@ -153,6 +175,24 @@ def _results_tables(results: pd.DataFrame) -> list[Table]:
     return tables
 
 
+def _figure_sections(losses: dict, kumar: list) -> list[Section]:
+    """δ against D/N with the fits, the δ heat map and the loss through training, for each fitted loss."""
+    degradation, training = [], []
+    for (name, metric), loss in losses.items():
+        unit = nats_label(metric)
+        fits = [fit for fit in kumar if (fit.key.eval, fit.key.metric) == (name, metric)]
+        suffix = "" if len(losses) == 1 else "_" + re.sub(r"[^A-Za-z0-9]+", "_", f"{name}_{metric}").strip("_")
+        degradation += [
+            plots.delta_vs_tokens_per_param(loss, fits, unit, f"delta_vs_tokens_per_param{suffix}"),
+            plots.delta_heatmap(loss, unit, f"delta_heatmap{suffix}"),
+        ]
+        training.append(plots.loss_through_training(loss, unit, f"loss_through_training{suffix}"))
+    return [
+        Section("Degradation against tokens per parameter", figures=degradation),
+        Section("Loss through training", figures=training),
+    ]
+
+
 def study_report(study: Study, store: Store, options: ReportOptions = ReportOptions()) -> Document:
     """Every section of a study's report, from what the store holds now."""
     jobs = expand_jobs(study)
@@ -160,18 +200,13 @@ def study_report(study: Study, store: Store, options: ReportOptions = ReportOpti
     if results.empty:
         raise UserError(f"the store {store.path} has no results for study {study.name!r}: run the study first")
     frame = store.frame(job.key for job in jobs)
-    loss, loss_eval = _loss_rows(results)
-    sections = [_overview(study, results, len(jobs), len(store.finished(job.key for job in jobs)), loss_eval)]
-    if not loss.empty:
-        fit_sections, kumar = _fits_sections(loss, options)
-        sections.append(
-            Section(
-                "Degradation against tokens per parameter",
-                figures=[plots.delta_vs_tokens_per_param(loss, kumar), plots.delta_heatmap(loss)],
-            )
-        )
-        sections.append(Section("Loss through training", figures=[plots.loss_through_training(loss)]))
-        layer_section = _layer_section(frame, loss, options)
+    losses, skipped = _losses(results)
+    finished = len(store.finished(job.key for job in jobs))
+    sections = [_overview(study, results, len(jobs), finished, losses, skipped)]
+    if losses:
+        fit_sections, kumar = _fits_sections(results, losses, options)
+        sections += _figure_sections(losses, kumar)
+        layer_section = _layer_section(frame, next(iter(losses.values())), options)
         sections += ([layer_section] if layer_section else []) + fit_sections
     sections.append(Section("Results", tables=_results_tables(results)))
     sections.append(_coverage_section(results))

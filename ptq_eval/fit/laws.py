@@ -1,0 +1,133 @@
+"""The laws: what y (log δ, or log L for `base`) each one predicts from log N, log D and P.
+
+- `kumar`:   δ = C_T · D^γ_D / N^γ_N · exp(−P/γ_post)   (Kumar et al. 2024), jointly over checkpoints and bits;
+- `rival`:   δ = k · D^β / (N^α · P^γ)                   (the power law in bits of Ouyang et al. 2024);
+- `per_bit`: δ = c_P · D^a_P / N^b_P, an independent fit per bit width P;
+- `base`:    L = E + A/N^α + B/D^β on each checkpoint's full-precision loss (Hoffmann et al. 2022).
+N is non-embedding parameters, D training tokens, P bits; δ is the paired loss difference in nats.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+EXPONENTS = (0.25, 0.5, 1.0)
+LOG, EXPONENT = (-50.0, 50.0), (-2.0, 4.0)
+
+
+@dataclass(frozen=True)
+class Points:
+    """What a fit sees: checkpoint label, log N, log D, bits, the target y (log δ or log L), and the log of
+    each point's detection limit (−inf: none). A point with y ≤ limit is censored: its δ is only known to lie
+    below the limit, and y holds the limit (see `estimate.py`)."""
+
+    checkpoint: np.ndarray
+    log_n: np.ndarray
+    log_d: np.ndarray
+    bits: np.ndarray
+    y: np.ndarray
+    limit: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def censored(self) -> np.ndarray:
+        return self.y <= self.limit
+
+    def take(self, index) -> Points:
+        return Points(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+
+def query(params, tokens, bits=0) -> Points:
+    """Points to predict at (the arguments broadcast together)."""
+    n, d, p = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=float)) for v in (params, tokens, bits)))
+    return Points(np.full(n.shape, ""), np.log(n), np.log(d), p, np.full(n.shape, np.nan), np.full(n.shape, -np.inf))
+
+
+@dataclass(frozen=True)
+class Law:
+    """A model of y: named parameters, bounds, starting grid; `model(theta, points)` -> (y, dy/dtheta)."""
+
+    name: str
+    parameters: tuple[str, ...]
+    model: Callable[[np.ndarray, Points], tuple[np.ndarray, np.ndarray]]
+    bounds: tuple[tuple[float, float], ...]
+    starts: tuple[tuple[float, ...], ...]
+    logged: tuple[int, ...] = (0,)  # fitted as logs, reported as values
+    intercepts: tuple[int, ...] = (0,)  # additive in y: re-centred on the data at every start
+    needs_bits: bool = True
+    per_bits: tuple[int, ...] = ()  # one independent block of parameters per bit width
+
+    def values(self, theta: np.ndarray) -> np.ndarray:
+        """Natural parameter values (broadcasts over bootstrap rows)."""
+        out = np.array(theta, dtype=float)
+        out[..., list(self.logged)] = np.exp(out[..., list(self.logged)])
+        return out
+
+    def theta(self, values: dict[str, float]) -> np.ndarray:
+        theta = np.array([values[name] for name in self.parameters], dtype=float)
+        theta[list(self.logged)] = np.log(theta[list(self.logged)])
+        return theta
+
+
+def _kumar(theta, x):
+    log_c, g_d, g_n, g_post = theta
+    jac = np.column_stack([np.ones(len(x)), x.log_d, -x.log_n, x.bits / g_post**2])
+    return log_c + g_d * x.log_d - g_n * x.log_n - x.bits / g_post, jac
+
+
+def _rival(theta, x):
+    log_k, alpha, beta, gamma = theta
+    log_p = np.log(x.bits)
+    jac = np.column_stack([np.ones(len(x)), -x.log_n, x.log_d, -log_p])
+    return log_k - alpha * x.log_n + beta * x.log_d - gamma * log_p, jac
+
+
+def _base(theta, x):
+    log_e, log_a, log_b, alpha, beta = theta
+    terms = np.column_stack([np.full(len(x), log_e), log_a - alpha * x.log_n, log_b - beta * x.log_d])
+    top = terms.max(axis=1, keepdims=True)
+    w = np.exp(terms - top)  # logsumexp by hand: scipy's is slow on small arrays
+    value = top[:, 0] + np.log(w.sum(axis=1))
+    w /= w.sum(axis=1, keepdims=True)
+    return value, np.column_stack([w, -w[:, 1] * x.log_n, -w[:, 2] * x.log_d])
+
+
+KUMAR = Law(
+    "kumar", ("C_T", "gamma_D", "gamma_N", "gamma_post"), _kumar, (LOG, EXPONENT, EXPONENT, (0.05, 50.0)),
+    tuple(itertools.product([0.0], EXPONENTS, EXPONENTS, (0.5, 1.5, 4.0))),
+)  # fmt: skip
+RIVAL = Law(
+    "rival", ("k", "alpha", "beta", "gamma"), _rival, (LOG, EXPONENT, EXPONENT, (-5.0, 30.0)),
+    tuple(itertools.product([0.0], EXPONENTS, EXPONENTS, (1.0, 3.0, 8.0))),
+)  # fmt: skip
+BASE = Law(
+    "base", ("E", "A", "B", "alpha", "beta"), _base, (LOG, LOG, LOG, (0.0, 3.0), (0.0, 3.0)),
+    tuple(itertools.product((-1.0, 0.0, 1.0), (0.0, 5.0, 10.0), (0.0, 5.0, 10.0), (0.2, 0.5, 1.0), (0.2, 0.5, 1.0))),
+    logged=(0, 1, 2), intercepts=(), needs_bits=False,
+)  # fmt: skip
+DELTA_LAWS = ("kumar", "rival", "per_bit")
+
+
+def per_bit_law(bits: Sequence[int]) -> Law:
+    """δ = c_P · D^a_P / N^b_P for each of these bit widths (NaN at any other width)."""
+    bits = tuple(sorted(int(b) for b in bits))
+
+    def model(theta, x):
+        value, jac = np.full(len(x), np.nan), np.zeros((len(x), 3 * len(bits)))
+        for i, p in enumerate(bits):
+            rows = x.bits == p
+            log_c, a, b = theta[3 * i : 3 * i + 3]
+            value[rows] = log_c + a * x.log_d[rows] - b * x.log_n[rows]
+            jac[rows, 3 * i : 3 * i + 3] = np.column_stack([np.ones(rows.sum()), x.log_d[rows], -x.log_n[rows]])
+        return value, jac
+
+    names = tuple(f"{name}_P{p}" for p in bits for name in ("c", "a", "b"))
+    starts = tuple((0.0, a, b) * len(bits) for a, b in itertools.product(EXPONENTS, EXPONENTS))
+    blocks = tuple(range(0, 3 * len(bits), 3))
+    return Law("per_bit", names, model, (LOG, EXPONENT, EXPONENT) * len(bits), starts, blocks, blocks, False, bits)

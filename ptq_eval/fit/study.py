@@ -1,0 +1,179 @@
+"""A study's fits: every law for every key (eval, metric, quant config) of its losses, the full-precision loss
+law of each (eval, metric), and why anything was not fitted."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from ptq_eval.fit.data import (
+    ANY,
+    CI_ZERO,
+    UNKNOWN_D,
+    FitError,
+    FitKey,
+    delta_points,
+    fit_keys,
+    in_nats,
+    points,
+    select,
+    stack,
+)
+from ptq_eval.fit.estimate import DEFAULTS, FitOptions, LawFit, fit_points, identify
+from ptq_eval.fit.laws import BASE, DELTA_LAWS, KUMAR, RIVAL, per_bit_law
+
+
+def _bound_violations(fit: LawFit, usable: pd.DataFrame, excluded: pd.DataFrame) -> int:
+    """Points whose CI reaches zero (censored, or excluded for it) with the fitted δ above their CI's upper end."""
+    bounded = pd.concat([usable[usable.censored], excluded[excluded.reason == CI_ZERO]])
+    bounded = bounded[bounded.delta_ci_high > 0]
+    if bounded.empty:
+        return 0
+    predicted = fit.predict(bounded.nonembedding_params, bounded.tokens, bounded.bits)
+    return int(np.sum(predicted > bounded.delta_ci_high.to_numpy()))
+
+
+def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions = DEFAULTS) -> LawFit:
+    """Fit `kumar`, `rival` or `per_bit` to the results of one key (its open fields must hold one value)."""
+    if law not in DELTA_LAWS:
+        raise FitError(f"unknown law {law!r}; accepted: {', '.join(DELTA_LAWS)}")
+    usable, excluded = select(results, key, options.censoring)
+    key = key.resolve(usable)
+    if law == "per_bit":
+        widths, sparse = [], [excluded]
+        for bits, rows in usable.groupby("bits"):
+            try:
+                identify(per_bit_law([bits]), delta_points(rows), options.huber)
+                widths.append(bits)
+            except FitError as error:
+                sparse.append(rows.assign(reason=f"this width cannot be fitted alone: {error}"))
+        if not widths:
+            raise FitError(f"per_bit: no bit width of {key.label()} can be fitted on its own")
+        usable, excluded, chosen = usable[usable.bits.isin(widths)], pd.concat(sparse), per_bit_law(widths)
+    else:
+        chosen = {"kumar": KUMAR, "rival": RIVAL}[law]
+    fit = fit_points(chosen, delta_points(usable), excluded, key, options, results.checkpoint.unique())
+    fit.scores["bound_violations"] = _bound_violations(fit, usable, excluded)
+    return fit
+
+
+def fit_base(results: pd.DataFrame, key: FitKey, options: FitOptions = DEFAULTS) -> LawFit:
+    """Fit L = E + A/N^α + B/D^β to the full-precision value (in nats) of the key's eval and metric."""
+    key = FitKey(key.eval, key.metric)
+    rows = results[key.matches(results)]
+    if rows.empty:
+        raise FitError(f"no results for {key.label() or 'any eval'}")
+    for column in ("eval", "metric"):
+        found = rows[column].unique().tolist() if column in rows else []
+        if len(found) > 1:
+            raise FitError(f"the results differ in {column} ({', '.join(found)}); give {column} (accepted: same)")
+    resolved = key.resolve(rows)
+    key = FitKey(resolved.eval, resolved.metric)  # the quant config does not change the full-precision loss
+    rows = in_nats(rows, key.metric or "loss").drop_duplicates("checkpoint").drop(columns="bits")
+    good = (rows.fp_value > 0) & (rows.tokens > 0)
+    reason = np.where(rows.tokens.isna(), UNKNOWN_D, "D = 0, or full-precision loss missing or <= 0")
+    excluded = rows[~good].assign(reason=reason[~good.to_numpy()])
+    universe = results.checkpoint.unique()
+    return fit_points(BASE, points(rows[good], rows.fp_value[good]), excluded, key, options, universe)
+
+
+@dataclass
+class StudyFit:
+    """Every law for every key, the base-loss fit of each (eval, metric), why any law could not be fitted, and
+    the metrics left unfitted."""
+
+    fits: list[LawFit]
+    bases: list[LawFit]
+    failures: dict[str, str]
+    skipped: list[str] = field(default_factory=list)
+
+    def all(self) -> list[LawFit]:
+        return self.fits + self.bases
+
+    def base(self, fit: LawFit) -> LawFit | None:
+        """The full-precision loss fit of this fit's eval and metric."""
+        return next((b for b in self.bases if (b.key.eval, b.key.metric) == (fit.key.eval, fit.key.metric)), None)
+
+    def table(self) -> pd.DataFrame:
+        return stack([fit.table() for fit in self.all()])
+
+    def goodness(self) -> pd.DataFrame:
+        return stack([pd.DataFrame([fit.goodness() for fit in self.all()])])
+
+    def excluded(self) -> pd.DataFrame:
+        frames = [fit.excluded.assign(law=fit.law.name) for fit in self.all() if len(fit.excluded)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def notes(self) -> list[str]:
+        """What a reader should know: metrics and laws not fitted and why, points each fit censored or left out."""
+        notes = self.skipped + [f"{law} not fitted: {message}" for law, message in self.failures.items()]
+        for fit in self.all():
+            label = f"{fit.law.name} {fit.key.label()}"
+            if fit.scores.get("censored"):
+                notes.append(f"{label}: {fit.scores['censored']} points censored (delta CI reaches zero)")
+            if len(fit.excluded):
+                reasons = ", ".join(f"{n} with {reason}" for reason, n in fit.excluded.reason.value_counts().items())
+                notes.append(f"{label}: {len(fit.excluded)} points excluded: {reasons}")
+        return notes
+
+    def save(self, store, study: str) -> int:
+        """Write every fit to a store (`Store.save_fit`), keyed by study, law, key and censoring; returns how many."""
+        for fit in self.all():
+            record = fit.record()
+            parts = [study, fit.law.name, *map(str, fit.key.head().values()), fit.provenance["censoring"]]
+            store.save_fit("/".join(parts), study, **record)
+        return len(self.all())
+
+
+def fit_study(results: pd.DataFrame, where: FitKey = ANY, options: FitOptions = DEFAULTS,
+              laws=(*DELTA_LAWS, "base")) -> StudyFit:  # fmt: skip
+    """Fit each law to every key of the losses `where` matches, and the base law to each (eval, metric)."""
+    keys, skipped = fit_keys(results, where)
+    if not keys:
+        found = f" ({'; '.join(skipped)})" if skipped else ""
+        raise FitError(f"no loss results for {where.label() or 'any key'}{found}")
+    fits, bases, failures = [], [], {}
+    delta_laws = [law for law in laws if law != "base"]
+    for key, law in itertools.product(keys, delta_laws):
+        try:
+            fits.append(fit_delta(results, law, key, options))
+        except FitError as error:
+            failures[f"{law} {key.label()}"] = str(error)
+    losses = dict.fromkeys(FitKey(key.eval, key.metric) for key in keys) if "base" in laws else {}
+    for loss in losses:
+        try:
+            bases.append(fit_base(results, loss, options))
+        except FitError as error:
+            failures[f"base {loss.label()}"] = str(error)
+    if not fits if delta_laws else not bases:
+        raise FitError("no law could be fitted: " + "; ".join(failures.values()))
+    return StudyFit(fits, bases, failures, skipped)
+
+
+def compare_censoring(results: pd.DataFrame, fitted: StudyFit, options: FitOptions) -> pd.DataFrame:
+    """Each Kumar fit's parameters beside a refit under the other censoring option (value [95% CI]), with the
+    points each fitted, censored and excluded."""
+    other = "exclude" if options.censoring == "censor" else "censor"
+    rows = []
+    for fit in (fit for fit in fitted.fits if fit.law.name == "kumar"):
+        try:
+            refit = fit_delta(results, "kumar", fit.key, replace(options, censoring=other, validate=False))
+        except FitError as error:
+            refit = str(error)
+        pairs = {options.censoring: fit, other: refit}
+        for j, name in enumerate((*KUMAR.parameters, "points (censored, excluded)")):
+            row = fit.head() | {"parameter": name}
+            for option, own in pairs.items():
+                row[option] = own if isinstance(own, str) else _cell(own, j)
+            rows.append(row)
+    return stack([pd.DataFrame(rows)])
+
+
+def _cell(fit: LawFit, j: int) -> str:
+    if j == len(fit.law.parameters):
+        return f"{fit.scores['n_points']} ({fit.scores['censored']}, {fit.scores['excluded']})"
+    row = fit.table().iloc[j]
+    return f"{row.value:.3g} [{row.ci_low:.3g}, {row.ci_high:.3g}]"
