@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LADDER := tasks/ladders/demo
 
 .PHONY: install test demo ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
-	demo-lm-eval demo-sequential bench-eval bench-fit bench stress
+	demo-lm-eval demo-sequential demo-shared-hessians demo-ray bench-eval bench-fit bench-scale bench stress
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ demo-lm-eval: $(STAMP)
 # are the demo's own (same keys, same store), so run make demo first to reuse them
 demo-sequential: $(STAMP)
 	$(BIN)/ptq-eval run tasks/demo-sequential.yaml --store runs/demo.sqlite --report-dir reports/demo-sequential
+
+# GPTQ with every Hessian from one full-precision pass per checkpoint (sequential: none) beside the sequential
+# default, 3 and 4 bits, per channel and group 32; the default's jobs are the demo's own (run make demo first)
+demo-shared-hessians: $(STAMP)
+	$(BIN)/ptq-eval run tasks/demo-shared-hessians.yaml --store runs/demo.sqlite --report-dir reports/demo-shared-hessians
+
+# The demo study on a local Ray instance (2 CPUs: one checkpoint group per CPU), into its own store
+demo-ray: $(STAMP)
+	$(BIN)/ptq-eval run tasks/demo.yaml --executor ray --ray-cpus 2 --store runs/demo-ray.sqlite --report-dir reports/demo-ray
 
 # Scaling-law fits of a study's stored results (run the study first): make fit STUDY=tasks/demo.yaml
 STUDY ?= tasks/demo.yaml
@@ -108,12 +117,20 @@ bench-fit: $(STAMP)
 	mkdir -p reports/bench
 	nice -n 10 $(BIN)/python tests/bench/fit_recovery.py --seeds 100 --resamples 200 | tee reports/bench/fit_recovery.md
 
+# What a full ladder study costs: per-job times and peak memory of Pythia-shaped GPT-NeoX models (random weights;
+# 70m and 160m on CPU), extrapolated to a 6-size x 16-revision sweep over 1-8 workers -> reports/bench/scale.md.
+# On a GPU: make bench-scale SCALE_ARGS="--device cuda --sizes 410m 1.4b 2.8b --eval-tokens 65536 --eval-len 2048
+# --calibration 32 128 --calibration-len 2048"
+SCALE_ARGS ?=
+bench-scale: $(STAMP)
+	OMP_NUM_THREADS=2 nice -n 10 $(BIN)/python tests/bench/scale.py $(SCALE_ARGS) --out reports/bench/scale.md
+
 # Fault injection: a study SIGKILLed at 12 random moments resumes to the rows of an uninterrupted run
 stress: $(STAMP)
 	$(BIN)/python tests/bench/stress.py --kills 12
 
 # Every benchmark (peers in throwaway venvs): speed and agreement tables under reports/bench/
-bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-fit
+bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-fit bench-scale
 
 clean:
 	rm -rf $(VENV) runs reports

@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from ptq_eval.claims import Claims
 from ptq_eval.errors import StoreError, UserError
@@ -147,9 +148,6 @@ def test_two_runs_sharing_a_store_run_each_job_once(reference, study_file, tmp_p
     assert stored_jobs(store) == 36 and rows(study, store) == rows(study, reference_path)
 
 
-ray = pytest.importorskip("ray", reason="the Ray executor is optional: pip install 'ptq-eval[ray]'")
-
-
 def _kill_a_worker_after_the_first_job(store, killed: list) -> None:
     """SIGKILL one Ray worker while it runs a checkpoint group (its process title names the task)."""
     deadline = time.time() + 300
@@ -163,6 +161,7 @@ def _kill_a_worker_after_the_first_job(store, killed: list) -> None:
 
 
 def test_ray_with_a_worker_killed_mid_study_gives_the_in_process_rows(reference, tmp_path):
+    ray = pytest.importorskip("ray", reason="the Ray executor is optional: pip install 'ptq-eval[ray]'")
     from ptq_eval.executors import RayExecutor
 
     study, reference_path = reference
@@ -180,3 +179,29 @@ def test_ray_with_a_worker_killed_mid_study_gives_the_in_process_rows(reference,
     assert killed, "no Ray worker was running a checkpoint group after the first job was stored"
     assert not summary.failed and summary.ran == 30
     assert stored_jobs(store_path) == 36 and rows(study, store_path) == rows(study, reference_path)
+
+
+def test_a_gptq_device_absent_here_is_refused_before_any_work(study_file, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    study = load_study(study_file).model_copy(update={"gptq_device": "cuda"})
+    with Store(tmp_path / "s.sqlite") as store, pytest.raises(UserError, match="device 'cuda': this machine has 0"):
+        run_study(study, store)
+    assert stored_jobs(tmp_path / "s.sqlite") == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("setting", [{"dtype": "bfloat16", "device": "cuda"}, {"device": "cpu", "gptq_device": "cuda"}])
+def test_cuda_studies_bf16_and_gptq_offloaded(reference, tmp_path, setting):
+    original, reference_path = reference
+    study = original.model_copy(update=setting)
+    with Store(tmp_path / "cuda.sqlite") as store:
+        summary = run_study(study, store)
+        results = study_results(study, store)
+    assert summary.ran == 30 and not summary.failed
+    with Store(reference_path) as store:
+        expected = study_results(original, store)
+    loss = results[results.metric == "loss"].set_index(["checkpoint", "method", "bits", "group_size"]).delta
+    expected = expected[expected.metric == "loss"].set_index(["checkpoint", "method", "bits", "group_size"]).delta
+    tolerance = 0.05 if setting.get("dtype") == "bfloat16" else 1e-3  # bf16 weights and activations vs float32
+    assert loss.notna().all() and (loss - expected.loc[loss.index]).abs().max() < tolerance

@@ -162,3 +162,47 @@ def test_gptq_of_a_model_on_cuda_matches_cpu(tiny_model):
     on_cuda, _ = quantized_copy(tiny_model, 8, move_model_to="cuda")
     assert all(p.device.type == "cuda" for p in on_cuda.parameters())
     assert_close_to_cpu(on_cuda, reference)
+
+
+def _quantized_copy(model, config, calibration, cache=None):
+    copied = copy.deepcopy(model)
+    quantize(copied, config, DEFAULT_EXCLUDE, calibration, cache=cache)
+    return {name: tensor for name, tensor in copied.state_dict().items()}
+
+
+def test_block_inputs_captured_once_per_checkpoint_give_the_same_weights(tiny_model, monkeypatch):
+    from ptq_eval.quant import blocks
+
+    recorded = []
+    original = blocks._block_calls
+    monkeypatch.setattr(blocks, "_block_calls", lambda *args: recorded.append(1) or original(*args))
+    calibration = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(0))
+    cache: dict = {}
+    configs = [QuantConfig("gptq", 3, 8, act_order=True), QuantConfig("gptq", 4, -1)]
+    shared = [_quantized_copy(tiny_model, config, calibration, cache) for config in configs]
+    assert len(recorded) == 1  # the second config re-used the first one's block inputs
+    fresh = [_quantized_copy(tiny_model, config, calibration) for config in configs]
+    for with_cache, without in zip(shared, fresh, strict=True):
+        assert all(torch.equal(with_cache[name], without[name]) for name in without)
+
+
+def test_full_precision_hessians_are_exact_on_block_0_and_computed_once(tiny_model, monkeypatch):
+    """sequential: none takes every Hessian from the full-precision model: block 0 sees the same inputs as in the
+    sequential algorithm (bit-identical weights), later blocks do not (their inputs skip the quantization error)."""
+    from ptq_eval.quant import blocks
+
+    passes = []
+    original = blocks._forward_until
+    monkeypatch.setattr(blocks, "_forward_until", lambda *args: passes.append(1) or original(*args))
+    calibration = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(0))
+    cache: dict = {}
+    one_pass = [_quantized_copy(tiny_model, QuantConfig("gptq", bits, 8, sequential="none"), calibration, cache)
+                for bits in (3, 4)]  # fmt: skip
+    assert len(passes) == 1  # one full-precision pass served both bit widths
+    sequential = _quantized_copy(tiny_model, QuantConfig("gptq", 3, 8), calibration)
+    linear_weights = [name for name in sequential if name.endswith("weight") and "layernorm" not in name]
+    block0 = [name for name in linear_weights if ".layers.0." in name]
+    block1 = [name for name in linear_weights if ".layers.1." in name]
+    assert all(torch.equal(one_pass[0][name], sequential[name]) for name in block0)
+    assert not all(torch.equal(one_pass[0][name], sequential[name]) for name in block1)
+    assert not torch.equal(one_pass[0][block1[0]], one_pass[1][block1[0]])  # the 4-bit config is its own
