@@ -68,9 +68,11 @@ def _run_missing(study, store, executor=None, shard=None):
 def _executor(args, study):
     """The executor `run` asked for (None: in this process)."""
     if args.executor == "local":
-        if args.address:
-            raise UserError("--address is for --executor ray")
+        if args.address or args.ray_cpus:
+            raise UserError(f"{'--address' if args.address else '--ray-cpus'} is for --executor ray")
         return None
+    if args.address and args.ray_cpus:
+        raise UserError("--ray-cpus sizes a local Ray instance; with --address the cluster's own resources are used")
     from ptq_eval.executors import RayExecutor
 
     return RayExecutor(study.device, args.address, args.ray_cpus)
