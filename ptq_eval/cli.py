@@ -68,14 +68,16 @@ def _run_missing(study, store, executor=None, shard=None):
 def _executor(args, study):
     """The executor `run` asked for (None: in this process)."""
     if args.executor == "local":
-        if args.address or args.ray_cpus:
+        if args.address or args.ray_cpus is not None:
             raise UserError(f"{'--address' if args.address else '--ray-cpus'} is for --executor ray")
         return None
     if args.address and args.ray_cpus:
         raise UserError("--ray-cpus sizes a local Ray instance; with --address the cluster's own resources are used")
     from ptq_eval.executors import RayExecutor
 
-    return RayExecutor(study.device, args.address, args.ray_cpus)
+    if args.ray_cpus is not None and args.ray_cpus < 1:
+        raise UserError(f"--ray-cpus {args.ray_cpus}: expected a positive number of CPUs")
+    return RayExecutor(study.device, args.address, args.ray_cpus, study.gptq_device)
 
 
 def cmd_run(args) -> int:

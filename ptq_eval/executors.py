@@ -68,7 +68,9 @@ class RayExecutor:
     others go on. Every node needs ptq-eval installed, and the checkpoints, corpora and caches at the same paths.
     """
 
-    def __init__(self, study_device: str, address: str | None = None, cpus: int | None = None, cpus_per_task: int = 1):
+    def __init__(
+        self, study_device: str, address: str | None = None, cpus: int | None = None, gptq_device: str | None = None
+    ):
         try:
             import ray
         except ImportError:
@@ -79,17 +81,21 @@ class RayExecutor:
             ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False, **local)
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
-        wants_gpu = study_device.startswith("cuda") or (study_device == "auto" and gpus > 0)
+        devices = [device for device in (study_device, gptq_device) if device]
+        for device in devices:
+            if device.startswith("cuda:"):
+                raise UserError(f"device {device!r}: under Ray each task sees the one GPU it was given; use cuda")
+        wants_gpu = any(device.startswith("cuda") for device in devices) or (study_device == "auto" and gpus > 0)
         if wants_gpu and gpus == 0:
-            raise UserError(f"device {study_device!r}: the Ray cluster has no GPUs; use device: cpu or auto")
-        self.options = {"num_gpus": 1, "num_cpus": 1} if wants_gpu else {"num_cpus": cpus_per_task}
-        self.slots = max(1, gpus if wants_gpu else int(resources.get("CPU", 1)) // cpus_per_task)
+            raise UserError(f"devices {devices}: the Ray cluster has no GPUs; use device: cpu or auto")
+        self.options = {"num_gpus": 1, "num_cpus": 1}
+        if not wants_gpu:
+            self.options.pop("num_gpus")
+        self.slots = max(1, gpus if wants_gpu else int(resources.get("CPU", 1)))
 
     def run(self, works: Iterable[CheckpointWork]) -> Iterator[Event]:
         ray = self.ray
-        task = ray.remote(_ray_group).options(
-            max_retries=RAY_RETRIES, retry_exceptions=[ConnectionError, TimeoutError], **self.options
-        )
+        task = ray.remote(_ray_group).options(max_retries=RAY_RETRIES, **self.options)
         pending, in_flight = iter(works), {}
 
         def submit() -> None:
@@ -108,9 +114,10 @@ class RayExecutor:
             except StopIteration:
                 finished = GroupEnd()
             except ray.exceptions.RayTaskError as error:
-                cause = error.as_instanceof_cause()
-                if not isinstance(cause, CHECKPOINT_FAILURES):
-                    raise cause from None
+                if not isinstance(error.cause, CHECKPOINT_FAILURES):
+                    for stream in in_flight:  # their results would be dropped: free the cluster now
+                        ray.cancel(stream, force=True)
+                    raise error.cause from None
                 finished = GroupEnd(str(error.cause))
             except ray.exceptions.RayError as error:  # the worker or its node died, retries spent
                 finished = GroupEnd(f"{type(error).__name__} after {RAY_RETRIES} retries: {error}")

@@ -14,7 +14,7 @@ from ptq_eval.checkpoints import checkpoint_tokens
 from ptq_eval.claims import DEFAULT_LEASE_SECONDS, Claims
 from ptq_eval.corpus import Corpus, load_corpus, shared_documents
 from ptq_eval.evaluate.harness import load_tasks
-from ptq_eval.executors import Executor, InProcess, shard_checkpoints
+from ptq_eval.executors import Executor, GroupEnd, InProcess, shard_checkpoints
 from ptq_eval.identity import CheckpointIdentity, checkpoint_identity, data_identities, job_inputs, stale_reason
 from ptq_eval.spec import CheckpointSpec, Job, LmEvalEval, PerplexityEval, Study, StudyError, expand_jobs
 from ptq_eval.store import Store
@@ -193,12 +193,18 @@ def _drive(study, store, groups, executor, claims, summary, progress) -> None:
     todo, remaining = sum(group.planned for group in groups), groups
     while remaining:
         held_elsewhere: list[tuple[_Group, str]] = []
+        arrived: dict[str, set[str]] = {}
         for work, event in executor.run(_claimed(remaining, held_elsewhere, claims, study, store, summary)):
             reference = work.checkpoint.reference
+            received = arrived.setdefault(reference, set())
             if isinstance(event, Finished):
-                _save(store, event, summary, progress)
+                _save(store, event, summary, progress, event.key not in received)
+                received.add(event.key)
                 continue
             claims.release(reference)
+            missing = {job.key for job in work.jobs} - received
+            if event.error is None and missing:  # never a silent gap: the group ended without all its jobs
+                event = GroupEnd(f"{len(missing)} of its {len(work.jobs)} jobs never came back from the executor")
             if event.error is None:
                 store.clear_failure(reference)
                 progress(f"{reference}: {len(work.jobs)} jobs done ({summary.ran}/{todo} of this run)", 0)
@@ -213,12 +219,13 @@ def _drive(study, store, groups, executor, claims, summary, progress) -> None:
             time.sleep(WAIT_SECONDS)
 
 
-def _save(store: Store, finished: Finished, summary: RunSummary, progress: Progress) -> None:
+def _save(store: Store, finished: Finished, summary: RunSummary, progress: Progress, first: bool) -> None:
+    """Commit one finished job; `first`: not seen before in this run (a replayed job is stored, not counted)."""
     store.save(
         finished.key, finished.job, finished.facts, finished.provenance, finished.seconds, finished.rows,
         finished.arrays,
     )  # fmt: skip
-    if finished.label is None:  # a baseline
+    if finished.label is None or not first:  # a baseline, or a job already counted
         return
     summary.ran += 1
     if finished.nonfinite:

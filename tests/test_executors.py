@@ -152,7 +152,11 @@ def _kill_a_worker_after_the_first_job(store, killed: list) -> None:
     """SIGKILL one Ray worker while it runs a checkpoint group (its process title names the task)."""
     deadline = time.time() + 300
     while time.time() < deadline and not killed:
-        if store.exists() and stored_jobs(store) > 0:
+        try:
+            started = store.exists() and stored_jobs(store) > 0
+        except sqlite3.OperationalError:  # the store's tables are not there yet
+            started = False
+        if started:
             found = subprocess.run(["pgrep", "-f", "ray::_ray_group"], capture_output=True, text=True).stdout.split()
             if found:
                 os.kill(int(found[0]), signal.SIGKILL)

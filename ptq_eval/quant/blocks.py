@@ -22,6 +22,7 @@ block recorded in step 2 (unless a matrix before the stack was quantized, which 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import torch
@@ -51,16 +52,17 @@ def transformer_blocks(model: torch.nn.Module, weights: list[WeightMatrix]) -> t
     return max(outermost, key=len) if outermost else None
 
 
-def _to(value, device: torch.device, moved: dict):
-    """`value` with every tensor in it moved to `device`; a tensor shared by several calls is moved once."""
+def _to(value, device: torch.device, moved: dict, copy: bool = False):
+    """`value` with every tensor in it moved (or, with `copy`, copied) to `device`; a tensor shared by several
+    calls is moved once."""
     if isinstance(value, torch.Tensor):
         if id(value) not in moved:
-            moved[id(value)] = (value, value.to(device))
+            moved[id(value)] = (value, value.to(device, copy=copy))
         return moved[id(value)][1]
     if isinstance(value, list | tuple):
-        return type(value)(_to(item, device, moved) for item in value)
+        return type(value)(_to(item, device, moved, copy) for item in value)
     if isinstance(value, dict):
-        return {key: _to(item, device, moved) for key, item in value.items()}
+        return {key: _to(item, device, moved, copy) for key, item in value.items()}
     return value
 
 
@@ -195,22 +197,30 @@ def _process_outside(model, weights: list[WeightMatrix], batches, stop_at, proce
 
 
 @torch.no_grad()
+def _fingerprint(batches: list[torch.Tensor]) -> str:
+    """The calibration batches' shapes and content: cached calibration is re-used for the very same tokens only."""
+    digest = hashlib.sha256()
+    for batch in batches:
+        digest.update(str(tuple(batch.shape)).encode() + batch.cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _full_precision_hessians(model, weights: list[WeightMatrix], batches, cache: dict) -> dict[str, Hessian]:
     """Every matrix's Hessian from one pass over the (full-precision) model; computed once per cache."""
-    names = tuple(weight.name for weight in weights)
-    if cache.get("hessians_for") != names:
+    key = ("hessians", tuple(weight.name for weight in weights), _fingerprint(batches))
+    if key not in cache:
         with eager_experts(model), hessians_of(weights) as hessians:
             _forward_until(model, batches, None)
-        cache["hessians_for"], cache["hessians"] = names, hessians
-    return cache["hessians"]
+        cache[key] = hessians
+    return cache[key]
 
 
 def _recorded_calls(model, blocks, batches, device: torch.device, cache: dict) -> list[list[Call]]:
-    """What every block is called with (step 2), on `device`; the cache keeps a copy off the accelerator."""
-    key = ("calls", len(batches), tuple(len(batch) for batch in batches))
+    """What every block is called with (step 2), on `device`, as a copy: the cache keeps its own on the CPU."""
+    key = ("calls", _fingerprint(batches))
     if key not in cache:
         cache[key] = _to(_block_calls(model, blocks, batches), torch.device("cpu"), {})
-    return _to(cache[key], device, {})
+    return _to(cache[key], device, {}, copy=True)
 
 
 @torch.no_grad()
