@@ -17,6 +17,8 @@ import time
 import uuid
 from pathlib import Path
 
+from ptq_eval.errors import StoreError
+
 DEFAULT_LEASE_SECONDS = 300.0
 
 
@@ -44,6 +46,7 @@ class Claims:
         self._db = sqlite3.connect(path, timeout=60, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._held: set[str] = set()
+        self.lost: set[str] = set()  # claims that lapsed while this run held them
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -77,17 +80,28 @@ class Claims:
         """Extend every claim this run holds by a lease."""
         with self._lock:
             expires = time.time() + self.lease_seconds
-            for checkpoint in self._held:
-                self._db.execute(
+            for checkpoint in list(self._held):
+                renewed = self._db.execute(
                     "UPDATE claims SET expires = ? WHERE checkpoint = ? AND owner = ?",
                     (expires, checkpoint, self.owner),
-                )
+                ).rowcount
+                if not renewed:  # it lapsed and another run took it over
+                    self._held.discard(checkpoint)
+                    self.lost.add(checkpoint)
+
+    def check(self, checkpoint: str) -> None:
+        """Refuse to go on with a checkpoint whose claim this run has lost (never two writers of one result)."""
+        if checkpoint in self.lost:
+            raise StoreError(
+                f"{checkpoint}: this run's claim on it lapsed (not renewed within {self.lease_seconds:.0f} s) and "
+                "another run took it over; that run writes its results: run again afterwards to finish the rest"
+            )
 
     def _beat(self) -> None:
         while not self._stop.wait(self.lease_seconds / 4):
             try:
                 self.renew()
-            except sqlite3.OperationalError:  # a busy store: the next beat tries again, well within the lease
+            except sqlite3.Error:  # a busy store: the next beat tries again, well within the lease
                 pass
 
     def __enter__(self) -> Claims:

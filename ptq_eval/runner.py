@@ -198,6 +198,7 @@ def _drive(study, store, groups, executor, claims, summary, progress) -> None:
             reference = work.checkpoint.reference
             received = arrived.setdefault(reference, set())
             if isinstance(event, Finished):
+                claims.check(reference)
                 _save(store, event, summary, progress, event.key not in received)
                 received.add(event.key)
                 continue

@@ -125,10 +125,18 @@ def test_claims_exclude_other_runs_until_released_expired_or_dead(tmp_path):
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
         db.execute("INSERT INTO claims VALUES ('c', ?, ?)", (f"{os.uname().nodename}|{dead.stdout.strip()}|y", 1e12))
         db.execute("INSERT INTO claims VALUES ('d', 'elsewhere|1|z', 1e12)")
+    with Claims(path, lease_seconds=60) as fourth:  # a claim that lapsed and was taken over is lost, loudly
+        assert fourth.take("e") is None
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE claims SET owner = 'elsewhere|2|w' WHERE checkpoint = 'e'")
+        fourth.renew()
+        with pytest.raises(StoreError, match="e: this run's claim on it lapsed"):
+            fourth.check("e")
+        fourth.check("a")  # never held, never lost: nothing to refuse
     with Claims(path) as third:
         assert third.take("b") is None and third.take("c") is None and third.take("d") == "elsewhere|1|z"
-    with sqlite3.connect(path) as db:  # released on exit, the live foreign one kept
-        assert db.execute("SELECT checkpoint FROM claims").fetchall() == [("d",)]
+    with sqlite3.connect(path) as db:  # released on exit, the live foreign ones kept
+        assert db.execute("SELECT checkpoint FROM claims ORDER BY checkpoint").fetchall() == [("d",), ("e",)]
 
 
 def cli(*args: str) -> subprocess.Popen:
