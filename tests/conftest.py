@@ -47,3 +47,15 @@ def micro_ladder(tmp_path_factory) -> Path:
 def micro_checkpoint(micro_ladder) -> Path:
     """The most-trained checkpoint of the larger micro size."""
     return micro_ladder / "n7k" / "tpp160"
+
+
+@pytest.fixture(scope="session")
+def write_study(micro_ladder, tmp_path_factory):
+    """Writes a study YAML from a template whose `{ladder}` is the micro ladder; returns its path."""
+
+    def write(name: str, template: str) -> Path:
+        path = tmp_path_factory.mktemp(name) / f"{name}.yaml"
+        path.write_text(template.format(ladder=micro_ladder))
+        return path
+
+    return write

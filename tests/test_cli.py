@@ -29,10 +29,8 @@ def cli(*args, check=True, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def study(micro_ladder, tmp_path_factory):
-    path = tmp_path_factory.mktemp("study") / "micro.yaml"
-    path.write_text(STUDY.format(ladder=micro_ladder))
-    return path
+def study(write_study):
+    return write_study("micro", STUDY)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import time
 
 import pytest
 import torch
+from kill_resume import stored_jobs
 
 from ptq_eval.claims import Claims
 from ptq_eval.errors import StoreError, UserError
@@ -44,16 +45,9 @@ def rows(study, store_path) -> str:
     return render(frame.drop(columns=[c for c in frame.columns if "seconds" in c]), "csv")
 
 
-def stored_jobs(path) -> int:
-    with sqlite3.connect(path) as db:
-        return db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
-
-
 @pytest.fixture(scope="module")
-def study_file(micro_ladder, tmp_path_factory):
-    path = tmp_path_factory.mktemp("scale") / "micro-scale.yaml"
-    path.write_text(STUDY.format(ladder=micro_ladder))
-    return path
+def study_file(write_study):
+    return write_study("micro-scale", STUDY)
 
 
 @pytest.fixture(scope="module")
@@ -160,11 +154,7 @@ def _kill_a_worker_after_the_first_job(store, killed: list) -> None:
     """SIGKILL one Ray worker while it runs a checkpoint group (its process title names the task)."""
     deadline = time.time() + 300
     while time.time() < deadline and not killed:
-        try:
-            started = store.exists() and stored_jobs(store) > 0
-        except sqlite3.OperationalError:  # the store's tables are not there yet
-            started = False
-        if started:
+        if stored_jobs(store) > 0:  # 0 while the store or its tables do not exist yet
             found = subprocess.run(["pgrep", "-f", "ray::_ray_group"], capture_output=True, text=True).stdout.split()
             if found:
                 os.kill(int(found[0]), signal.SIGKILL)
