@@ -321,12 +321,14 @@ def _publish_verdict(verdict, args, store_path: Path) -> int:
 def cmd_ladder_train(args) -> int:
     import torch
 
-    from ptq_eval.ladder import PRESETS, train_ladder
+    from ptq_eval.ladder import load_ladder_config, preset, train_ladder
 
     _quiet_transformers()
+    if args.config and args.preset:
+        raise UserError("give --config FILE or --preset NAME, not both")
+    config = load_ladder_config(args.config) if args.config else preset(args.preset or "demo")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = PRESETS[args.preset]
     saved = train_ladder(config, Path(args.out), args.sizes, progress=lambda m: print(m, file=sys.stderr, flush=True))
     print(f"{len(saved)} checkpoints under {args.out}", file=sys.stderr)
     return 0
@@ -378,7 +380,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ptq_eval.ladder import PRESETS
+    from ptq_eval.ladder.config import preset_names
     from ptq_eval.results import FORMATS
 
     parser = _Parser(
@@ -479,8 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     ladder = commands.add_parser("ladder", help="train or list a reference ladder").add_subparsers(
         dest="action", required=True
     )
-    train = ladder.add_parser("train", help="train a reference ladder of small GPT-NeoX models")
-    train.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    train = ladder.add_parser("train", help="train a reference ladder of small GPT-NeoX or Llama models")
+    train.add_argument("--config", help="ladder config YAML (architecture, sizes, ratios, schedule, corpora, seed)")
+    train.add_argument(
+        "--preset", choices=preset_names(), help="a shipped config, tasks/ladders/NAME.yaml (default demo)"
+    )
     train.add_argument("--out", required=True, help="directory to write the ladder to")
     train.add_argument("--sizes", nargs="*", help="train only these sizes (names from the preset)")
     train.add_argument("--threads", type=int, help="torch CPU threads")

@@ -44,8 +44,9 @@ COVERAGE = {
 }
 FORMATS = ("csv", "json", "md")
 # what study_results adds to COLUMNS: the grid cell's label, GPTQ's options (empty for other methods: rows that
-# differ in one are never pooled into one fit), the job's time
-EXTRA = ["granularity", *GPTQ_OPTIONS, "seconds"]
+# differ in one are never pooled into one fit), the checkpoint's learning-rate schedule and how far its decay had
+# come (NaN: unknown), the job's time
+EXTRA = ["granularity", *GPTQ_OPTIONS, "schedule", "decay_done", "seconds"]
 
 
 def coverage_columns(provenance: str) -> dict:
@@ -68,6 +69,10 @@ def study_results(study: Study, store: Store) -> pd.DataFrame:
         QuantConfig(m, int(b), int(g), bool(s)).granularity
         for m, b, g, s in zip(frame.method, frame.bits, frame.group_size, frame.symmetric, strict=True)
     ]
+    schedules = frame["schedule"] if "schedule" in frame else pd.Series([{}] * len(frame), index=frame.index)
+    schedules = schedules.map(lambda facts: facts if isinstance(facts, dict) else {})
+    frame["schedule"] = schedules.map(lambda facts: facts.get("kind", ""))
+    frame["decay_done"] = schedules.map(lambda facts: facts.get("decay_done", math.nan)).astype(float)
     stored = frame["sequential"] if "sequential" in frame else pd.Series(None, index=frame.index, dtype=object)
     frame["sequential"] = stored.where(stored.notna(), frame.method.map({"gptq": "block"})).fillna("")
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *GPTQ_OPTIONS])))

@@ -468,7 +468,7 @@ def validation_problems(error: ValidationError, source: str) -> str:
     return "\n".join(sorted(lines))
 
 
-def validate_document(schema: type[BaseModel], data: object, source: str, error: type[StudyError]):
+def validate_document(schema: type[BaseModel], data: object, source: str, error: type[UserError]):
     """A parsed YAML document validated against `schema`; `error` lists every problem with its key path."""
     if data is None:
         raise error(f"{source}: the file is empty; expected a mapping of {', '.join(schema.model_fields)}")

@@ -35,11 +35,11 @@ def tiny_model() -> transformers.GPTNeoXForCausalLM:
 
 @pytest.fixture(scope="session")
 def micro_ladder(tmp_path_factory) -> Path:
-    from ptq_eval.ladder import PRESETS, train_ladder
+    from ptq_eval.ladder import preset, train_ladder
 
     out = tmp_path_factory.mktemp("micro-ladder")
     torch.set_num_threads(2)
-    train_ladder(PRESETS["micro"], out)
+    train_ladder(preset("micro"), out)
     return out
 
 

@@ -12,6 +12,8 @@ from simulate import simulate_results
 from ptq_eval.cli import main
 from ptq_eval.fit import (
     KUMAR,
+    PHASE,
+    PHASE_ONLY,
     RIVAL,
     FitError,
     FitKey,
@@ -83,6 +85,41 @@ def test_held_out_error_picks_the_generating_law():
         for score in ("loco_rmse_log", "largest_d_rmse_log"):
             assert fits[truth].scores[score] < fits[other].scores[score], (truth, score)
         assert fits[truth].scores["r2"] > 0.99 and fits[truth].scores["rmse_log"] < 0.06
+
+
+PHASE_TRUE = KUMAR_TRUE | {"beta": 1.5}
+
+
+def phase_results(law=PHASE, values=PHASE_TRUE, phases=(0.0, 0.5, 1.0), seed=0):
+    """One synthetic ladder per learning-rate phase, the same (N, D) in each."""
+    frames = [simulate_results(law, values, SIZES, RATIOS, (3, 4, 6), 0.05, seed + i, phase=phase)
+              for i, phase in enumerate(phases)]  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_phase_laws_recover_the_phase_term_and_held_out_error_tells_phase_from_tokens():
+    tokens_and_phase = phase_results()
+    fits = {name: fit_delta(tokens_and_phase, name, SIM, FitOptions(resamples=0)) for name in ("kumar", "phase")}
+    assert fits["phase"].table().set_index("parameter").value.to_dict() == pytest.approx(PHASE_TRUE, rel=0.15)
+    assert fits["phase"].scores["loco_rmse_log"] < fits["kumar"].scores["loco_rmse_log"] / 2
+    only_phase = phase_results(PHASE_ONLY, {"C": 0.5, "gamma_N": 0.4, "gamma_post": 1.2, "beta": 2.0}, seed=5)
+    fits = {name: fit_delta(only_phase, name, SIM, FitOptions(resamples=0)) for name in ("kumar", "phase_only")}
+    assert fits["phase_only"].scores["loco_rmse_log"] < fits["kumar"].scores["loco_rmse_log"]
+    assert fits["phase_only"].table().set_index("parameter").value["beta"] == pytest.approx(2.0, rel=0.15)
+
+
+def test_phase_laws_need_several_phases_and_a_known_one():
+    annealed = kumar_results()
+    studied = fit_study(annealed, options=FitOptions(resamples=0, validate=False))
+    assert {fit.law.name for fit in studied.fits} == {"kumar", "rival", "per_bit"}
+    assert any("phase, phase_only not fitted" in note and "1.00" in note for note in studied.notes())
+    with pytest.raises(FitError, match="same learning-rate phase"):
+        fit_delta(annealed, "phase", SIM, FAST)
+    mixed = phase_results()
+    mixed.loc[mixed.checkpoint.str.startswith("sim-phase0.5/"), "decay_done"] = math.nan
+    fit = fit_delta(mixed, "phase", SIM, FitOptions(resamples=0, validate=False))
+    assert set(fit.excluded.reason) == {"learning-rate phase (decay_done) unknown for this checkpoint"}
+    assert len(fit.excluded) == len(mixed) // 3
 
 
 def test_base_loss_recovery_and_critical_data_size():

@@ -232,7 +232,8 @@ def points(frame: pd.DataFrame, y: pd.Series, limit: pd.Series | None = None) ->
     if limit is not None:
         known = (limit > 0).to_numpy()
         log_limit[known] = np.log(limit.to_numpy(dtype=float)[known])
-    return Points(frame.checkpoint.to_numpy(dtype=str), log_n, log_d, bits, log_y, log_limit)
+    phase = frame.decay_done.to_numpy(dtype=float) if "decay_done" in frame else np.full(len(frame), np.nan)
+    return Points(frame.checkpoint.to_numpy(dtype=str), log_n, log_d, bits, log_y, log_limit, phase)
 
 
 def delta_points(usable: pd.DataFrame) -> Points:

@@ -123,6 +123,12 @@ def check(law: Law, points: Points) -> None:
                 f"{law.name}{where}: D and N vary together, so the exponents of D and N cannot be told apart; "
                 "measure at least two tokens-per-parameter ratios"
             )
+    if law.needs_phase and len(np.unique(measured.phase)) < 2:
+        raise FitError(
+            f"{law.name}: every usable point has the same learning-rate phase (decay_done "
+            f"{measured.phase[0]:.2f}); measure checkpoints at several points of their decay (a cosine ladder's "
+            "mid-run checkpoints)"
+        )
     if law.needs_bits and len(np.unique(measured.bits)) < 2:
         raise FitError(
             f"{law.name}: its bits term needs at least two bit widths with δ significantly > 0 "

@@ -3,8 +3,17 @@
 - `kumar`:   δ = C_T · D^γ_D / N^γ_N · exp(−P/γ_post)   (Kumar et al. 2024), jointly over checkpoints and bits;
 - `rival`:   δ = k · D^β / (N^α · P^γ)                   (the power law in bits of Ouyang et al. 2024);
 - `per_bit`: δ = c_P · D^a_P / N^b_P, an independent fit per bit width P;
+- `phase`:   δ = Kumar's law · exp(β·(φ − 1)), φ the fraction of the learning-rate decay done (0..1);
+- `phase_only`: δ = C · exp(β·(φ − 1)) / N^γ_N · exp(−P/γ_post): the learning-rate phase in place of D;
 - `base`:    L = E + A/N^α + B/D^β on each checkpoint's full-precision loss (Hoffmann et al. 2022).
 N is non-embedding parameters, D training tokens, P bits; δ is the paired loss difference in nats.
+
+Why the phase term is exp(β·(φ − 1)): Catalan-Tatjer et al. (2025) find that PTQ damage grows while the learning
+rate decays rather than with tokens as such, so the rival is a multiplicative factor of the decay done. The
+exponential keeps δ positive for any β and is linear in log space, so the same censored estimator fits it;
+anchoring it at φ = 1 leaves C_T the constant of an annealed model (every WSD checkpoint, the end of a cosine
+run), and exp(−β) is how much smaller δ is before any decay. Comparing `phase_only` with `kumar` on held-out
+error says whether phase or tokens explains δ better; `phase` says whether phase adds to tokens.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ class Points:
     bits: np.ndarray
     y: np.ndarray
     limit: np.ndarray
+    phase: np.ndarray  # fraction of the learning-rate decay done (NaN: unknown)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -43,10 +53,12 @@ class Points:
         return Points(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
 
-def query(params, tokens, bits=0) -> Points:
-    """Points to predict at (the arguments broadcast together)."""
-    n, d, p = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=float)) for v in (params, tokens, bits)))
-    return Points(np.full(n.shape, ""), np.log(n), np.log(d), p, np.full(n.shape, np.nan), np.full(n.shape, -np.inf))
+def query(params, tokens, bits=0, phase=1.0) -> Points:
+    """Points to predict at (the arguments broadcast together; phase 1: an annealed checkpoint)."""
+    values = (params, tokens, bits, phase)
+    n, d, p, phi = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=float)) for v in values))
+    nan = np.full(n.shape, np.nan)
+    return Points(np.full(n.shape, ""), np.log(n), np.log(d), p, nan, np.full(n.shape, -np.inf), phi)
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ class Law:
     logged: tuple[int, ...] = (0,)  # fitted as logs, reported as values
     intercepts: tuple[int, ...] = (0,)  # additive in y: re-centred on the data at every start
     needs_bits: bool = True
+    needs_phase: bool = False
     per_bits: tuple[int, ...] = ()  # one independent block of parameters per bit width
 
     def values(self, theta: np.ndarray) -> np.ndarray:
@@ -88,6 +101,17 @@ def _rival(theta, x):
     return log_k - alpha * x.log_n + beta * x.log_d - gamma * log_p, jac
 
 
+def _phase(theta, x):
+    value, jac = _kumar(theta[:4], x)
+    return value + theta[4] * (x.phase - 1), np.column_stack([jac, x.phase - 1])
+
+
+def _phase_only(theta, x):
+    log_c, g_n, g_post, beta = theta
+    jac = np.column_stack([np.ones(len(x)), -x.log_n, x.bits / g_post**2, x.phase - 1])
+    return log_c - g_n * x.log_n - x.bits / g_post + beta * (x.phase - 1), jac
+
+
 def _base(theta, x):
     log_e, log_a, log_b, alpha, beta = theta
     terms = np.column_stack([np.full(len(x), log_e), log_a - alpha * x.log_n, log_b - beta * x.log_d])
@@ -111,7 +135,16 @@ BASE = Law(
     tuple(itertools.product((-1.0, 0.0, 1.0), (0.0, 5.0, 10.0), (0.0, 5.0, 10.0), (0.2, 0.5, 1.0), (0.2, 0.5, 1.0))),
     logged=(0, 1, 2), intercepts=(), needs_bits=False,
 )  # fmt: skip
-DELTA_LAWS = ("kumar", "rival", "per_bit")
+PHASE = Law(
+    "phase", (*KUMAR.parameters, "beta"), _phase, (*KUMAR.bounds, (-10.0, 10.0)),
+    tuple(itertools.product([0.0], EXPONENTS, EXPONENTS, (0.5, 1.5, 4.0), (0.0, 1.0))), needs_phase=True,
+)  # fmt: skip
+PHASE_ONLY = Law(
+    "phase_only", ("C", "gamma_N", "gamma_post", "beta"), _phase_only, (LOG, EXPONENT, (0.05, 50.0), (-10.0, 10.0)),
+    tuple(itertools.product([0.0], EXPONENTS, (0.5, 1.5, 4.0), (0.0, 1.0, 3.0))), needs_phase=True,
+)  # fmt: skip
+DELTA_LAWS = ("kumar", "rival", "per_bit", "phase", "phase_only")
+PHASE_LAWS = ("phase", "phase_only")
 
 
 def per_bit_law(bits: Sequence[int]) -> Law:
@@ -130,4 +163,5 @@ def per_bit_law(bits: Sequence[int]) -> Law:
     names = tuple(f"{name}_P{p}" for p in bits for name in ("c", "a", "b"))
     starts = tuple((0.0, a, b) * len(bits) for a, b in itertools.product(EXPONENTS, EXPONENTS))
     blocks = tuple(range(0, 3 * len(bits), 3))
-    return Law("per_bit", names, model, (LOG, EXPONENT, EXPONENT) * len(bits), starts, blocks, blocks, False, bits)
+    bounds = (LOG, EXPONENT, EXPONENT) * len(bits)
+    return Law("per_bit", names, model, bounds, starts, blocks, blocks, needs_bits=False, per_bits=bits)

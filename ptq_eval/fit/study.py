@@ -23,7 +23,9 @@ from ptq_eval.fit.data import (
     stack,
 )
 from ptq_eval.fit.estimate import DEFAULTS, FitOptions, LawFit, fit_points, identify
-from ptq_eval.fit.laws import BASE, DELTA_LAWS, KUMAR, RIVAL, per_bit_law
+from ptq_eval.fit.laws import BASE, DELTA_LAWS, KUMAR, PHASE, PHASE_LAWS, PHASE_ONLY, RIVAL, per_bit_law
+
+NO_PHASE = "learning-rate phase (decay_done) unknown for this checkpoint"
 
 
 def _bound_violations(fit: LawFit, usable: pd.DataFrame, excluded: pd.DataFrame) -> int:
@@ -54,7 +56,11 @@ def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions 
             raise FitError(f"per_bit: no bit width of {key.label()} can be fitted on its own")
         usable, excluded, chosen = usable[usable.bits.isin(widths)], pd.concat(sparse), per_bit_law(widths)
     else:
-        chosen = {"kumar": KUMAR, "rival": RIVAL}[law]
+        chosen = {"kumar": KUMAR, "rival": RIVAL, "phase": PHASE, "phase_only": PHASE_ONLY}[law]
+    if chosen.needs_phase:
+        unknown = usable.decay_done.isna() if "decay_done" in usable else pd.Series(True, usable.index)
+        excluded = pd.concat([excluded, usable[unknown].assign(reason=NO_PHASE)])
+        usable = usable[~unknown]
     fit = fit_points(chosen, delta_points(usable), excluded, key, options, results.checkpoint.unique())
     fit.scores["bound_violations"] = _bound_violations(fit, usable, excluded)
     return fit
@@ -137,6 +143,13 @@ def fit_study(results: pd.DataFrame, where: FitKey = ANY, options: FitOptions = 
         raise FitError(f"no loss results for {where.label() or 'any key'}{found}")
     fits, bases, failures = [], [], {}
     delta_laws = [law for law in laws if law != "base"]
+    phases = results.decay_done.dropna().unique() if "decay_done" in results else []
+    if len(phases) < 2 and any(law in PHASE_LAWS for law in delta_laws):
+        delta_laws = [law for law in delta_laws if law not in PHASE_LAWS]
+        skipped.append(
+            f"{', '.join(PHASE_LAWS)} not fitted: every checkpoint with a known learning-rate phase has "
+            f"the same decay_done ({', '.join(f'{p:.2f}' for p in phases) or 'none known'})"
+        )
     for key, law in itertools.product(keys, delta_laws):
         try:
             fits.append(fit_delta(results, law, key, options))
