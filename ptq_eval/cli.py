@@ -380,6 +380,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ptq_eval.fit.laws import DELTA_LAWS
     from ptq_eval.ladder.config import preset_names
     from ptq_eval.results import FORMATS
 
@@ -435,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     fit.add_argument("--resamples", type=int, default=200, help="bootstrap resamples over checkpoints")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--law", choices=["kumar", "rival", "per_bit"], default="kumar", help="law for the forecasts")
+    fit.add_argument(
+        "--law", choices=DELTA_LAWS, default="kumar", help="law for the forecasts (phase laws: at decay_done 1)"
+    )
     fit.add_argument("--predict", action="append", default=[], metavar="N=..,D=..,P=..", help="forecast δ here")
     fit.add_argument("--budget", type=float, help="δ budget (nats/token) for the D/N and bits forecasts")
     fit.add_argument("--params", type=float, help="N (non-embedding parameters) for the budget forecasts")

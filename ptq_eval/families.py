@@ -11,7 +11,7 @@ repos:                                  # size -> its repository (or a list of t
 revisions:                              # the first pattern that matches a revision (fully) decides
   - pattern: 'step(?P<step>\d+)'
     tokens_per_step: 2097152            # D = step × tokens_per_step (a number, or one per size)
-    schedule: {kind: cosine, total_steps: 143000}   # decay_done = step / total_steps
+    schedule: {kind: cosine, total_steps: 143000}   # decay_done from step / total_steps
     phase: stable                       # the schedule phase of these revisions (optional)
 source: where the rule was read, and what could not be verified
 ```
@@ -19,9 +19,10 @@ source: where the rule was read, and what could not be verified
 A rule may instead read D from the name: groups `tokens` and `unit` (K, M, B, T), plus `offset_tokens`
 (a number, or one per size) for names whose count restarts (OLMo 2's stage 2). Schedule values may be given
 per size too. From the schedule, `decay_done` (how far the learning rate has decayed, 0..1) is worked out for
-`total_steps` (cosine over the run: step / total), `decay_start_step` + `total_steps` (WSD: the cooldown's
-progress; phase stable or decay) and `total_tokens` (cosine over a token budget: D / total). A family with `fallback:
-true` applies to any repository and is tried after all others.
+`total_steps` (a decay over the whole run, progress step / total), `decay_start_step` + `total_steps` (WSD:
+the cooldown's progress; phase stable or decay) and `total_tokens` (a decay over a token budget: D / total);
+the progress becomes `decay_done` by the schedule's shape (`decay_done` below; none for an unknown kind).
+A family with `fallback: true` applies to any repository and is tried after all others.
 """
 
 from __future__ import annotations
@@ -112,6 +113,22 @@ def _per_size(value, size: str | None, family: str, key: str):
     raise FamilyError(f"family {family}: {key} has no value for size {size!r}; known: {', '.join(value)}")
 
 
+def decay_done(kind: str, progress: float) -> float | None:
+    """How far the learning rate has come down from its peak towards its floor (0..1) once `progress` (0..1)
+    of the decay's length is behind: the half-cosine for a cosine schedule, the progress itself for a linear
+    decay or WSD cooldown; None for a schedule of unknown shape. One definition for hub families and the
+    ladder trainer alike, so the fitter's phase term means the same on both."""
+    progress = min(1.0, max(0.0, progress))
+    if kind == "cosine":
+        return 0.5 * (1 - math.cos(math.pi * progress))
+    return progress if kind in ("linear", "wsd") else None
+
+
+def _with_decay(schedule: dict, progress: float) -> dict:
+    done = decay_done(str(schedule.get("kind", "")), progress)
+    return schedule | ({"decay_done": done} if done is not None else {})
+
+
 def _schedule(rule: RevisionRule, size: str | None, family: str, step: int | None) -> dict:
     """The rule's schedule facts for this size and step, with the phase and decay_done they imply."""
     schedule = {key: _per_size(value, size, family, key) for key, value in rule.schedule.items()}
@@ -119,10 +136,10 @@ def _schedule(rule: RevisionRule, size: str | None, family: str, step: int | Non
     if step is not None:
         schedule["step"] = step
         if total and start is not None:
-            schedule["decay_done"] = min(1.0, max(0.0, (step - start) / (total - start)))
+            schedule = _with_decay(schedule, (step - start) / (total - start))
             schedule["phase"] = "decay" if step > start else "stable"
         elif total:
-            schedule["decay_done"] = min(1.0, step / total)
+            schedule = _with_decay(schedule, step / total)
     if rule.phase:
         schedule["phase"] = rule.phase
     return schedule
@@ -140,7 +157,7 @@ def _apply(rule: RevisionRule, groups: dict, size: str | None, family: str) -> t
         raise FamilyError(f"family {family}: pattern {rule.pattern!r} gives neither step × tokens_per_step nor tokens")
     tokens += _per_size(rule.offset_tokens, size, family, "offset_tokens") or 0
     if schedule.get("total_tokens"):
-        schedule["decay_done"] = min(1.0, tokens / schedule["total_tokens"])
+        schedule = _with_decay(schedule, tokens / schedule["total_tokens"])
     return int(round(tokens)), schedule
 
 

@@ -39,5 +39,6 @@ def simulate_results(law: Law, values: dict[str, float], sizes: Sequence[float],
         {"checkpoint": checkpoint, "params": n, "nonembedding_params": n, "tokens": n * r, "tokens_per_param": r,
          "method": "sim", "bits": p.astype(int), "group_size": -1, "symmetric": True, "eval": "sim", "metric": "loss",
          "fp_value": fp, "quant_value": fp + delta, "delta": delta, "delta_ci_low": low, "delta_ci_high": high,
-         "n": 0, "granularity": "channel", "decay_done": phase, "seconds": 0.0}
+         "n": 0, "granularity": "channel", "decay_done": phase, "seconds": 0.0,
+         "schedule": "wsd" if phase == 1 else "cosine"}
     )  # fmt: skip

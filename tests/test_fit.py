@@ -18,6 +18,7 @@ from ptq_eval.fit import (
     FitError,
     FitKey,
     FitOptions,
+    compare_phase,
     critical_tokens,
     fit_base,
     fit_delta,
@@ -28,6 +29,7 @@ from ptq_eval.fit import (
     predict_delta,
     select,
 )
+from ptq_eval.report.plots import delta_by_phase
 from ptq_eval.results import COLUMNS
 from ptq_eval.store import Store
 
@@ -106,6 +108,24 @@ def test_phase_laws_recover_the_phase_term_and_held_out_error_tells_phase_from_t
     fits = {name: fit_delta(only_phase, name, SIM, FitOptions(resamples=0)) for name in ("kumar", "phase_only")}
     assert fits["phase_only"].scores["loco_rmse_log"] < fits["kumar"].scores["loco_rmse_log"]
     assert fits["phase_only"].table().set_index("parameter").value["beta"] == pytest.approx(2.0, rel=0.15)
+
+
+def test_the_phase_comparison_and_its_figure():
+    results = phase_results()
+    options = FitOptions(resamples=20, validate=False)  # held-out errors: the test above
+    fitted = fit_study(results, options=options, laws=("kumar", "phase", "phase_only"))
+    table = compare_phase(fitted)
+    assert list(table.law) == ["kumar", "phase", "phase_only"]
+    rows = table.set_index("law")
+    assert rows.loc["phase", "rmse_log"] < rows.loc["kumar", "rmse_log"]
+    assert rows.loc["kumar", "beta"] == "" and rows.loc["phase_only", "gamma_D"] == ""
+    low, high = map(float, rows.loc["phase", "beta"].split("[")[1].rstrip("]").split(","))
+    assert 0 < low <= PHASE_TRUE["beta"] <= high
+    phase_fit = next(fit for fit in fitted.fits if fit.law.name == "phase")
+    figure = delta_by_phase(results, [phase_fit], 4)
+    assert figure.png.startswith(b"\x89PNG") and "decay_done" in figure.caption
+    annealed = fit_study(kumar_results(), options=FitOptions(resamples=0, validate=False), laws=("kumar",))
+    assert compare_phase(annealed).empty
 
 
 def test_phase_laws_need_several_phases_and_a_known_one():

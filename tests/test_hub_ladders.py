@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 
 import huggingface_hub
@@ -69,7 +70,9 @@ def test_pythia_steps_give_tokens_and_the_cosine_phase():
     assert tokens == 143000 * 2_097_152 and source == "family pythia" and schedule["decay_done"] == 1.0
     tokens, source, schedule = tokens_from_schedule(CheckpointRef.parse("EleutherAI/pythia-70m-deduped@step1000"))
     assert tokens == 1000 * 2_097_152 and source == "family pythia-deduped"
-    assert schedule["decay_done"] == pytest.approx(1000 / 143000)
+    assert schedule["decay_done"] == pytest.approx(0.5 * (1 - math.cos(math.pi * 1000 / 143000)))
+    _, _, schedule = tokens_from_schedule(CheckpointRef.parse("EleutherAI/pythia-160m@step71500"))
+    assert schedule["decay_done"] == pytest.approx(0.5)  # half the cosine's length: half the rate's way down
     assert tokens_from_schedule(CheckpointRef.parse("EleutherAI/pythia-160m@main")) is None
 
 

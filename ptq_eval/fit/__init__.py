@@ -13,12 +13,12 @@ from ptq_eval.fit.data import UNKNOWN_D, FitError, FitKey, fit_keys, in_nats, na
 from ptq_eval.fit.estimate import Estimate, FitOptions, LawFit, fit_points
 from ptq_eval.fit.forecast import critical_tokens, forecast_table, max_tokens_per_param, min_bits, predict_delta
 from ptq_eval.fit.laws import BASE, KUMAR, PHASE, PHASE_ONLY, RIVAL, Law, Points, per_bit_law, query
-from ptq_eval.fit.study import StudyFit, compare_censoring, fit_base, fit_delta, fit_study
+from ptq_eval.fit.study import StudyFit, compare_censoring, compare_phase, fit_base, fit_delta, fit_study
 
 __all__ = [
     "BASE", "KUMAR", "PHASE", "PHASE_ONLY", "RIVAL", "UNKNOWN_D", "Estimate", "FitError", "FitKey", "FitOptions",
     "Law", "LawFit",
-    "Points", "StudyFit", "compare_censoring", "critical_tokens", "fit_base", "fit_delta", "fit_keys",
+    "Points", "StudyFit", "compare_censoring", "compare_phase", "critical_tokens", "fit_base", "fit_delta", "fit_keys",
     "fit_points", "fit_study", "forecast_table", "in_nats", "max_tokens_per_param", "min_bits", "nats_label",
     "per_bit_law", "predict_delta", "query", "select", "stack",
 ]  # fmt: skip

@@ -230,18 +230,18 @@ class LawFit:
     def estimate(self, fn: Callable[[np.ndarray], float]) -> Estimate:
         return estimate(fn, self.theta, self.boot)
 
-    def predict(self, params, tokens, bits=0) -> np.ndarray:
-        """Point prediction in natural units (δ, or L for the base law)."""
-        return np.exp(self.law.model(self.theta, query(params, tokens, bits))[0])
+    def predict(self, params, tokens, bits=0, phase=1.0) -> np.ndarray:
+        """Point prediction in natural units (δ, or L for the base law); `phase` (decay_done) for phase laws."""
+        return np.exp(self.law.model(self.theta, query(params, tokens, bits, phase))[0])
 
-    def band(self, params, tokens, bits=0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def band(self, params, tokens, bits=0, phase=1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Point prediction and its 95% bootstrap band at many points (natural units)."""
-        x = query(params, tokens, bits)
+        x = query(params, tokens, bits, phase)
         draws = np.array([np.exp(self.law.model(row, x)[0]) for row in self.boot if np.isfinite(row).all()])
         if not len(draws):
-            return self.predict(params, tokens, bits), np.full(len(x), np.nan), np.full(len(x), np.nan)
+            return self.predict(params, tokens, bits, phase), np.full(len(x), np.nan), np.full(len(x), np.nan)
         low, high = np.percentile(draws, [2.5, 97.5], axis=0, method="inverted_cdf")
-        return self.predict(params, tokens, bits), low, high
+        return self.predict(params, tokens, bits, phase), low, high
 
     def head(self) -> dict:
         return {"law": self.law.name} | self.key.head()

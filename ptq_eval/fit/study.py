@@ -34,12 +34,13 @@ def _bound_violations(fit: LawFit, usable: pd.DataFrame, excluded: pd.DataFrame)
     bounded = bounded[bounded.delta_ci_high > 0]
     if bounded.empty:
         return 0
-    predicted = fit.predict(bounded.nonembedding_params, bounded.tokens, bounded.bits)
+    phase = bounded.decay_done.fillna(1.0) if "decay_done" in bounded else 1.0
+    predicted = fit.predict(bounded.nonembedding_params, bounded.tokens, bounded.bits, phase)
     return int(np.sum(predicted > bounded.delta_ci_high.to_numpy()))
 
 
 def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions = DEFAULTS) -> LawFit:
-    """Fit `kumar`, `rival` or `per_bit` to the results of one key (its open fields must hold one value)."""
+    """Fit one of DELTA_LAWS to the results of one key (its open fields must hold one value)."""
     if law not in DELTA_LAWS:
         raise FitError(f"unknown law {law!r}; accepted: {', '.join(DELTA_LAWS)}")
     usable, excluded = select(results, key, options.censoring)
@@ -183,6 +184,30 @@ def compare_censoring(results: pd.DataFrame, fitted: StudyFit, options: FitOptio
                 row[option] = own if isinstance(own, str) else _cell(own, j)
             rows.append(row)
     return stack([pd.DataFrame(rows)])
+
+
+def compare_phase(fitted: StudyFit) -> pd.DataFrame:
+    """Per key: Kumar's law (tokens), `phase_only` (learning-rate phase in place of tokens) and `phase` (both)
+    side by side: points, in-sample and held-out RMSE of log δ, γ_D and β (value [95% CI]); empty when no
+    phase law was fitted. A lower held-out error for `phase_only` than for `kumar` says phase explains δ
+    better than tokens; `phase` with β's CI excluding 0 says phase adds to tokens."""
+    by_key: dict[FitKey, dict[str, LawFit]] = {}
+    for fit in fitted.fits:
+        by_key.setdefault(fit.key, {})[fit.law.name] = fit
+    rows = []
+    for fits in by_key.values():
+        if not any(law in fits for law in PHASE_LAWS):
+            continue
+        for law in ("kumar", *PHASE_LAWS):
+            if law not in fits:
+                continue
+            fit, row = fits[law], fits[law].head()
+            row |= {name: fit.scores[name] for name in ("n_points", "rmse_log", "loco_rmse_log", "largest_d_rmse_log")}
+            for parameter in ("gamma_D", "beta"):
+                j = fit.law.parameters.index(parameter) if parameter in fit.law.parameters else None
+                row[parameter] = "" if j is None else _cell(fit, j)
+            rows.append(row)
+    return stack([pd.DataFrame(rows)]) if rows else pd.DataFrame()
 
 
 def _cell(fit: LawFit, j: int) -> str:

@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from ptq_eval.families import decay_done
 from ptq_eval.ladder.config import Cosine, LadderConfig
 
 
@@ -49,7 +49,7 @@ def cosine_progress(step: int, total_steps: int, cfg: LadderConfig) -> float:
 
 def cosine_decay_done(step: int, total_steps: int, cfg: LadderConfig) -> float:
     """How far the cosine rate has come down from peak to floor after `step` steps (0..1)."""
-    return 0.5 * (1 - math.cos(math.pi * cosine_progress(step, total_steps, cfg)))
+    return decay_done("cosine", cosine_progress(step, total_steps, cfg))
 
 
 def cosine_lr(step: int, total_steps: int, cfg: LadderConfig) -> float:

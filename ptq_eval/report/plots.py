@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
-from matplotlib.colors import LogNorm
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure as MplFigure
 
 from ptq_eval.fit import LawFit
@@ -94,6 +95,53 @@ def delta_vs_tokens_per_param(loss: pd.DataFrame, fits: list[LawFit], unit: str 
     )
     if hidden:
         caption += f" {hidden} points with δ ≤ 0 cannot be drawn on a log axis and are not shown."
+    return Figure(name, _png(figure), caption)
+
+
+SCHEDULE_MARKERS = {"wsd": "o", "cosine": "^"}
+
+
+def delta_by_phase(loss: pd.DataFrame, fits: list[LawFit], bits: int, unit: str = "loss (nats/token)",
+                   name: str = "delta_by_phase") -> Figure:  # fmt: skip
+    """δ against D/N at one bit width, coloured by how far the learning rate had decayed (decay_done), one
+    marker per schedule: one row of panels per config, one column per model size. Dashed: the `phase` law
+    (of `fits`) at each measured checkpoint, so a mid-decay run's curve bends with its phase."""
+    loss = loss[(loss.bits == bits) & loss.decay_done.notna()]
+    configs, sizes = _configs(loss), sorted(loss.nonembedding_params.unique())
+    cmap, norm = colormaps["plasma"], Normalize(0.0, 1.0)
+    figure = MplFigure(figsize=(4.2 * len(sizes), 3.3 * len(configs)), layout="constrained")
+    axes = figure.subplots(len(configs), len(sizes), squeeze=False, sharex=True)
+    for row, (title, rows) in enumerate(configs):
+        fit = next((fit for fit in fits if fit.key.matches(rows).all()), None)
+        for col, params in enumerate(sizes):
+            ax = axes[row][col]
+            for schedule, points in rows[rows.nonembedding_params == params].groupby("schedule"):
+                points = points.sort_values("tokens_per_param")
+                marker = SCHEDULE_MARKERS.get(schedule, "s")
+                shown = points[points.delta > 0]
+                ax.plot(shown.tokens_per_param, shown.delta, color="grey", lw=0.6)
+                significant = (shown.delta_ci_low > 0).to_numpy()
+                colors = cmap(norm(shown.decay_done.to_numpy()))
+                ax.scatter(shown.tokens_per_param, shown.delta, marker=marker, s=30, edgecolors=colors,
+                           facecolors=np.where(significant[:, None], colors, 1.0), label=schedule)  # fmt: skip
+                if fit is not None:
+                    phase = points.decay_done.to_numpy()
+                    predicted = fit.predict(params, points.tokens.to_numpy(), bits, phase)
+                    ax.plot(points.tokens_per_param, predicted, "--", color="black", lw=0.9)
+            ax.set(xscale="log", yscale="log", title=f"{title}, {bits}-bit, {size_label(params)}")
+            if row == len(configs) - 1:
+                ax.set_xlabel("tokens per parameter D/N")
+            if col == 0:
+                ax.set_ylabel(f"δ {unit}")
+        axes[row][-1].legend(fontsize=8, loc="lower right")
+    figure.colorbar(ScalarMappable(norm, cmap), ax=axes.ravel().tolist(), label="decay_done", shrink=0.6)
+    caption = (
+        f"Increase δ of {unit} at {bits} bits against tokens per parameter, coloured by how far the learning rate "
+        "had come down from its peak to its floor (decay_done: 1 annealed), circles WSD (every checkpoint "
+        "annealed), triangles cosine (saved mid-decay), hollow where the CI reaches zero; dashed: the fitted "
+        "phase law at each measured checkpoint. Where the same D/N sits lower mid-decay than annealed, the "
+        "learning-rate phase, not the token count alone, drives the damage."
+    )
     return Figure(name, _png(figure), caption)
 
 

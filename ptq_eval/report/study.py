@@ -12,7 +12,9 @@ from ptq_eval.errors import UserError
 from ptq_eval.fit import (
     FitError,
     FitOptions,
+    StudyFit,
     compare_censoring,
+    compare_phase,
     fit_keys,
     fit_study,
     forecast_table,
@@ -69,12 +71,19 @@ def _overview(study: Study, results: pd.DataFrame, jobs: int, finished: int, los
     return Section(f"Study {study.name}", paragraphs)
 
 
-def _fits_sections(results: pd.DataFrame, losses: dict, options: ReportOptions) -> tuple[list[Section], list]:
+def _suffix(losses: dict, name: str, metric: str) -> str:
+    """A figure-name suffix for this eval and metric (none when the study has one loss)."""
+    return "" if len(losses) == 1 else "_" + re.sub(r"[^A-Za-z0-9]+", "_", f"{name}_{metric}").strip("_")
+
+
+def _fits_sections(results: pd.DataFrame, losses: dict, skipped: list[str],
+                   options: ReportOptions) -> tuple[list[Section], list]:  # fmt: skip
     fit_options = FitOptions(options.resamples, options.seed)
     try:
         fitted = fit_study(results, options=fit_options)
     except FitError as error:
         return [Section("Scaling-law fits", [f"No law could be fitted: {error}"])], []
+    phase = _phase_section(fitted, losses, options)
     kumar = [fit for fit in fitted.fits if fit.law.name == "kumar"]
     notes = [
         f"One fit per eval, loss metric and quant config. Huber loss on log δ, {options.resamples} bootstrap "
@@ -86,6 +95,7 @@ def _fits_sections(results: pd.DataFrame, losses: dict, options: ReportOptions) 
         "leave-one-checkpoint-out and leave-largest-D-out RMSE of log δ."
     ]
     notes += [f"{law} not fitted: {message}" for law, message in fitted.failures.items()]
+    notes += [f"Not fitted: {note}." for note in fitted.skipped if note not in skipped]  # the rest: in the overview
     tables = [Table("Parameters", fitted.table()), Table("Goodness of fit and held-out error", fitted.goodness())]
     if kumar:
         comparison = compare_censoring(results, fitted, fit_options)
@@ -108,7 +118,39 @@ def _fits_sections(results: pd.DataFrame, losses: dict, options: ReportOptions) 
         ],
         [Table("Forecasts with 95% bootstrap intervals", stack(frames))] if frames else [],
     )
-    return [fits, forecasts], kumar
+    return [fits, *([phase] if phase else []), forecasts], kumar
+
+
+def _phase_section(fitted: StudyFit, losses: dict, options: ReportOptions) -> Section | None:
+    """Learning-rate phase against tokens: δ vs D/N coloured by decay_done, and the held-out comparison."""
+    table = compare_phase(fitted)
+    if table.empty:
+        return None
+    kumar, only, both = (table[table.law == law].reset_index(drop=True) for law in ("kumar", "phase_only", "phase"))
+    paragraphs = [
+        "Kumar et al.'s law explains δ by tokens (D^γ_D); `phase_only` replaces D by the learning-rate phase "
+        "(δ ∝ exp(β·(φ − 1)), φ = decay_done, the fraction of the way the rate has come down from peak to floor); "
+        "`phase` multiplies Kumar's law by the same term. Held-out errors (leave-one-checkpoint-out, and "
+        "leave-largest-D-out) compare them on points none of them was fitted to."
+    ]
+    if len(kumar) == len(only) == len(both):
+        better = int((only.loco_rmse_log < kumar.loco_rmse_log).sum())
+        adds = int((both.loco_rmse_log < kumar.loco_rmse_log).sum())
+        paragraphs.append(
+            f"Measured here: phase alone predicts held-out checkpoints better than tokens in {better} of "
+            f"{len(kumar)} configs; phase on top of tokens improves on tokens alone in {adds} of {len(kumar)}."
+        )
+    figures = []
+    phase_fits = [fit for fit in fitted.fits if fit.law.name == "phase"]
+    for (name, metric), loss in losses.items():
+        bits = options.bits if options.bits in set(loss.bits) else int(sorted(loss.bits.unique())[0])
+        fits = [fit for fit in phase_fits if (fit.key.eval, fit.key.metric) == (name, metric)]
+        suffix = _suffix(losses, name, metric)
+        if loss.decay_done.nunique() > 1:
+            figures.append(plots.delta_by_phase(loss, fits, bits, nats_label(metric), f"delta_by_phase{suffix}"))
+    return Section(
+        "Learning-rate phase or tokens", paragraphs, [Table("Tokens, phase and both (value [95% CI])", table)], figures
+    )
 
 
 def _layer_section(frame: pd.DataFrame, loss: pd.DataFrame, options: ReportOptions) -> Section | None:
@@ -181,7 +223,7 @@ def _figure_sections(losses: dict, kumar: list) -> list[Section]:
     for (name, metric), loss in losses.items():
         unit = nats_label(metric)
         fits = [fit for fit in kumar if (fit.key.eval, fit.key.metric) == (name, metric)]
-        suffix = "" if len(losses) == 1 else "_" + re.sub(r"[^A-Za-z0-9]+", "_", f"{name}_{metric}").strip("_")
+        suffix = _suffix(losses, name, metric)
         degradation += [
             plots.delta_vs_tokens_per_param(loss, fits, unit, f"delta_vs_tokens_per_param{suffix}"),
             plots.delta_heatmap(loss, unit, f"delta_heatmap{suffix}"),
@@ -204,7 +246,7 @@ def study_report(study: Study, store: Store, options: ReportOptions = ReportOpti
     finished = len(store.finished(job.key for job in jobs))
     sections = [_overview(study, results, len(jobs), finished, losses, skipped)]
     if losses:
-        fit_sections, kumar = _fits_sections(results, losses, options)
+        fit_sections, kumar = _fits_sections(results, losses, skipped, options)
         sections += _figure_sections(losses, kumar)
         layer_section = _layer_section(frame, next(iter(losses.values())), options)
         sections += ([layer_section] if layer_section else []) + fit_sections
