@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LADDER := tasks/ladders/demo
 
-.PHONY: install test demo ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
+.PHONY: install test demo demo-llama ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
 	demo-lm-eval demo-sequential demo-shared-hessians demo-ray bench-eval bench-fit bench-scale bench stress
 
 $(STAMP): pyproject.toml
@@ -26,6 +26,11 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ptq-eval run tasks/demo.yaml --report-dir reports/demo
 	$(BIN)/ptq-eval report tasks/demo.yaml --out reports/demo
+
+# The demo's grid on the Llama-architecture reference ladder -> reports/demo-llama/
+demo-llama: $(STAMP)
+	$(BIN)/ptq-eval run tasks/demo-llama.yaml --report-dir reports/demo-llama
+	$(BIN)/ptq-eval report tasks/demo-llama.yaml --out reports/demo-llama
 
 # Perplexity beside lm-eval tasks (a local rolling-perplexity task, ARC-Easy from ../shared/data) on the demo
 # ladder, RTN at 3/4/8 bits: δ with paired CIs for every metric -> reports/demo-lm-eval/
