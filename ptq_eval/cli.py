@@ -5,6 +5,7 @@ The only module that prints or exits."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -197,14 +198,14 @@ def cmd_fit(args) -> int:
     options = FitOptions(args.resamples, args.seed, censoring=args.censoring)
     results, name, store_path = _fit_input(args)
     where = FitKey(args.eval, args.metric, args.method, args.group_size)
-    fitted = fit_study(results, where, options)
+    with Store(store_path) if store_path else contextlib.nullcontext() as store:
+        fitted = fit_study(results, where, options, cache=store)
+        if store is not None:
+            fitted.save(store, name)
     asked = {"predict": points, "budget": args.budget, "params": args.params}
     asked |= {"bits": args.bits, "tokens_per_param": args.tokens_per_param}
     forecasts = [forecast_table(fit, fitted.base(fit), **asked) for fit in fitted.fits if fit.law.name == args.law]
     forecasts = stack(forecasts)
-    if store_path:
-        with Store(store_path) as store:
-            fitted.save(store, name)
     for note in fitted.notes():
         print(f"note: {note}", file=sys.stderr)
     tables = {"parameters": fitted.table(), "goodness": fitted.goodness(), "forecasts": forecasts}
@@ -321,7 +322,8 @@ def _publish_verdict(verdict, args, store_path: Path) -> int:
 def cmd_ladder_train(args) -> int:
     import torch
 
-    from ptq_eval.ladder import load_ladder_config, preset, train_ladder
+    from ptq_eval.ladder import load_ladder_config, preset
+    from ptq_eval.ladder.train import train_ladder
 
     _quiet_transformers()
     if args.config and args.preset:

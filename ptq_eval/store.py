@@ -14,7 +14,10 @@ Tables:
 - `fits`: one row per fitted scaling law (study, law, method, group size): parameters with
   CIs, goodness of fit and provenance as JSON text (non-finite numbers stored as null); the rest of the
   fit's key (eval, metric, symmetric, GPTQ options) and its censoring live in the provenance (`key`,
-  `censoring`), so stores written before them open unchanged.
+  `censoring`), so stores written before them open unchanged;
+- `estimates`: the estimate, bootstrap draws and held-out errors of each law fitted to each set of points, keyed
+  by a digest of the points, the options and the fitting code (`fit/estimate.py`), so a report, gate or fit
+  over unchanged results reuses them instead of refitting.
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ CREATE TABLE IF NOT EXISTS fits (
     params TEXT NOT NULL,
     goodness TEXT NOT NULL,
     provenance TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS estimates (
+    digest TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
 """
@@ -304,6 +312,23 @@ class Store:
             frame[name] = key.map(lambda found, name=name: found.get(name))
         frame["censoring"] = frame.provenance.map(lambda provenance: provenance.get("censoring"))
         return frame.astype({"group_size": "Int64"})
+
+    def estimate_record(self, digest: str) -> dict | None:
+        """A stored estimate (`save_estimate_record`), or None."""
+        row = self._db.execute("SELECT record FROM estimates WHERE digest = ?", (digest,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def save_estimate_record(self, digest: str, record: dict) -> None:
+        """Keep an estimate for the next reader; a store that cannot be written (read-only, full) only costs
+        that reader a refit, so the error is not raised."""
+        created_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        try:
+            with self._db:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO estimates VALUES (?, ?, ?)", (digest, _json(record), created_at)
+                )
+        except sqlite3.OperationalError:
+            pass
 
 
 @dataclass

@@ -35,7 +35,8 @@ def tiny_model() -> transformers.GPTNeoXForCausalLM:
 
 @pytest.fixture(scope="session")
 def micro_ladder(tmp_path_factory) -> Path:
-    from ptq_eval.ladder import preset, train_ladder
+    from ptq_eval.ladder import preset
+    from ptq_eval.ladder.train import train_ladder
 
     out = tmp_path_factory.mktemp("micro-ladder")
     torch.set_num_threads(2)

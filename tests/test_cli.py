@@ -1,12 +1,12 @@
-"""End to end, as a user runs it: the CLI on the micro ladder, re-runs, kill and resume."""
+"""End to end, as a user runs it: the CLI on the micro ladder (the first run in its own process, the rest in
+this one), re-runs, kill and resume."""
 
 import io
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
+from in_process import cli
+from kill_resume import cli as cli_process
 
 from ptq_eval.results import COLUMNS
 
@@ -21,13 +21,6 @@ evals:
 """
 
 
-def cli(*args, check=True, **kwargs):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "ptq_eval.cli", *args], capture_output=True, text=True, check=check, env=env, **kwargs
-    )
-
-
 @pytest.fixture(scope="module")
 def study(write_study):
     return write_study("micro", STUDY)
@@ -37,7 +30,7 @@ def study(write_study):
 def finished_store(study, tmp_path_factory):
     directory = tmp_path_factory.mktemp("finished")
     store = directory / "micro.sqlite"
-    first = cli("run", str(study), "--store", str(store), "--report-dir", str(directory / "report"))
+    first = cli_process("run", str(study), "--store", str(store), "--report-dir", str(directory / "report"))
     return store, directory, first
 
 

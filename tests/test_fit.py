@@ -30,6 +30,7 @@ from ptq_eval.fit import (
     select,
 )
 from ptq_eval.report.plots import delta_by_phase
+from ptq_eval.report.study import phase_verdict
 from ptq_eval.results import COLUMNS
 from ptq_eval.store import Store
 
@@ -112,8 +113,7 @@ def test_phase_laws_recover_the_phase_term_and_held_out_error_tells_phase_from_t
 
 def test_the_phase_comparison_and_its_figure():
     results = phase_results()
-    options = FitOptions(resamples=20, validate=False)  # held-out errors: the test above
-    fitted = fit_study(results, options=options, laws=("kumar", "phase", "phase_only"))
+    fitted = fit_study(results, options=FitOptions(resamples=20), laws=("kumar", "phase", "phase_only"))
     table = compare_phase(fitted)
     assert list(table.law) == ["kumar", "phase", "phase_only"]
     rows = table.set_index("law")
@@ -124,6 +124,11 @@ def test_the_phase_comparison_and_its_figure():
     phase_fit = next(fit for fit in fitted.fits if fit.law.name == "phase")
     figure = delta_by_phase(results, [phase_fit], 4)
     assert figure.png.startswith(b"\x89PNG") and "decay_done" in figure.caption
+    assert phase_verdict(fitted) == (
+        "Measured here, over 1 configs: phase alone predicts held-out checkpoints better than tokens in 0 of the 1 "
+        "where it could be fitted; phase on top of tokens improves the held-out error in 1 of 1, and its β's 95% "
+        "interval excludes 0 in 1 of 1."
+    )
     annealed = fit_study(kumar_results(), options=FitOptions(resamples=0, validate=False), laws=("kumar",))
     assert compare_phase(annealed).empty
 
@@ -374,3 +379,24 @@ def test_a_study_fit_without_loss_metrics_says_which_metrics_it_skipped():
     results = kumar_results().assign(metric="acc")
     with pytest.raises(FitError, match=r"no loss results for any key \(sim: acc not fitted"):
         fit_study(results)
+
+
+def test_a_fit_of_results_already_fitted_loads_its_estimates_from_the_store(tmp_path, monkeypatch):
+    from ptq_eval.fit import estimate
+
+    computed = []
+    compute = estimate._estimate
+    monkeypatch.setattr(estimate, "_estimate", lambda *args: computed.append(args[0].name) or compute(*args))
+    results, options = kumar_results(0, sizes=(3e4, 1e5), bits=(3, 4)), FitOptions(resamples=6)
+    with Store(tmp_path / "fits.sqlite") as store:
+        first = fit_study(results, options=options, laws=("kumar", "rival"), cache=store)
+        assert sorted(computed) == ["kumar", "rival"]
+        again = fit_study(results, options=options, laws=("kumar", "rival"), cache=store)
+        assert len(computed) == 2  # nothing estimated again
+        pd.testing.assert_frame_equal(first.table(), again.table())
+        pd.testing.assert_frame_equal(first.goodness(), again.goodness())
+        assert np.array_equal(first.fits[0].boot, again.fits[0].boot, equal_nan=True)
+        # Other results or other options are estimated afresh, never served a stale estimate.
+        fit_study(results.assign(delta=results.delta * 1.01), options=options, laws=("kumar",), cache=store)
+        fit_study(results, options=FitOptions(resamples=6, seed=1), laws=("kumar",), cache=store)
+        assert len(computed) == 4

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from in_process import cli
 
 from ptq_eval.evaluate.harness import HarnessError, evaluate_task, load_tasks
 from ptq_eval.evaluate.paired import paired_metrics
@@ -160,18 +161,9 @@ evals:
 
 
 def test_a_study_mixes_perplexity_and_lm_eval_tasks_with_paired_deltas(micro_checkpoint, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     from ptq_eval.results import study_results
     from ptq_eval.spec import load_study
     from ptq_eval.store import Store
-
-    def cli(*args):
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        command = [sys.executable, "-m", "ptq_eval.cli", *args]
-        return subprocess.run(command, capture_output=True, text=True, check=True, env=env)
 
     readme = tmp_path / "readme"  # one document (a split file), for both the rolling eval and the lm-eval task
     readme.mkdir()

@@ -7,8 +7,9 @@ from safetensors.torch import load_file
 
 from ptq_eval.cli import main
 from ptq_eval.errors import EXIT_INPUT, UserError
-from ptq_eval.ladder import local_ladder_table, parse_ladder_config, plan_targets, preset, train_ladder
+from ptq_eval.ladder import local_ladder_table, parse_ladder_config, plan_targets, preset
 from ptq_eval.ladder.config import LadderConfigError, preset_names
+from ptq_eval.ladder.train import train_ladder
 from ptq_eval.quant import QuantConfig, quantize
 
 

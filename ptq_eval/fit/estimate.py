@@ -22,6 +22,10 @@ place; the limit is the quantity the selection used.
 A point whose whole CI lies at or below zero contradicts δ > 0 beyond its noise and is excluded with that
 reason. tests/bench/fit_recovery.py measures bias and interval coverage of both options on synthetic data.
 
+Reuse: an estimate (θ, bootstrap draws, held-out errors) is a function of the points, the universe of
+checkpoints, the options and this code, so `fit_points` keeps it in a cache (a study's store) under a digest of
+exactly those, and a later fit of the same points loads it instead of refitting.
+
 Uncertainty: bootstrap over checkpoints (a checkpoint's points move together, censored or not), 95% percentile
 intervals for every parameter and forecast. Validation: leave-one-checkpoint-out and leave-largest-D-out (per
 N) RMSE of the censored residual (for a censored point, how far the law rises above its limit).
@@ -29,9 +33,12 @@ N) RMSE of the censored residual (for a censored point, how far the law rises ab
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -43,6 +50,9 @@ from ptq_eval.fit.data import ANY, FitError, FitKey
 from ptq_eval.fit.laws import Law, Points, per_bit_law, query
 
 CENSORING = ("censor", "exclude")
+# The code an estimate depends on beyond its points and options: a change to either file invalidates every
+# stored estimate.
+FIT_CODE = hashlib.sha256(b"".join((Path(__file__).parent / f).read_bytes() for f in ("laws.py", "estimate.py")))
 
 
 @dataclass(frozen=True)
@@ -192,6 +202,11 @@ def _held_out_rmse(law: Law, points: Points, theta, huber: float, folds: list[np
     return float(np.sqrt(np.mean(np.concatenate(errors) ** 2))) if errors else float("nan")
 
 
+def _number(value: float | None) -> float:
+    """A stored number (JSON keeps NaN as null)."""
+    return float("nan") if value is None else float(value)
+
+
 def _ci(draws: np.ndarray) -> tuple[float, float]:
     draws = draws[~np.isnan(draws)]
     if not len(draws):
@@ -263,22 +278,59 @@ class LawFit:
         return head | {"params": params, "goodness": self.scores, "provenance": self.provenance}
 
 
-def fit_points(law: Law, points: Points, excluded: pd.DataFrame, key: FitKey = ANY,
-               options: FitOptions = DEFAULTS, universe=None) -> LawFit:  # fmt: skip
-    """Fit a law to prepared points; the bootstrap resamples `universe` (default: the points' checkpoints)."""
+class EstimateCache(Protocol):
+    """Where estimates are kept between runs (`Store` is one)."""
+
+    def estimate_record(self, digest: str) -> dict | None: ...
+
+    def save_estimate_record(self, digest: str, record: dict) -> None: ...
+
+
+def estimate_digest(law: Law, points: Points, options: FitOptions, universe) -> str:
+    """What an estimate is a function of: the law, the points, the checkpoints resampled, the options, the code."""
+    digest = FIT_CODE.copy()
+    head = {"law": law.name, "parameters": law.parameters, "options": asdict(options), "scipy": scipy.__version__,
+            "numpy": np.__version__, "universe": sorted(map(str, universe))}  # fmt: skip
+    digest.update(json.dumps(head, sort_keys=True).encode())
+    digest.update("\0".join(map(str, points.checkpoint)).encode())
+    for name in (f.name for f in fields(points) if f.name != "checkpoint"):
+        digest.update(np.ascontiguousarray(getattr(points, name), dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def _estimate(law: Law, points: Points, options: FitOptions, universe) -> dict:
+    """θ, bootstrap draws and held-out errors of a law on these points (the costly part of a fit)."""
     theta = identify(law, points, options.huber)
-    boot = _bootstrap(law, points, theta, points.checkpoint if universe is None else universe, options)
+    record = {"theta": theta.tolist(), "boot": _bootstrap(law, points, theta, universe, options).tolist(),
+              "loco_rmse_log": float("nan"), "largest_d_rmse_log": float("nan")}  # fmt: skip
+    if options.validate:
+        loco = [points.checkpoint == c for c in np.unique(points.checkpoint)]
+        largest = points.log_d == pd.Series(points.log_d).groupby(points.log_n).transform("max").to_numpy()
+        record["loco_rmse_log"] = _held_out_rmse(law, points, theta, options.huber, loco)
+        record["largest_d_rmse_log"] = _held_out_rmse(law, points, theta, options.huber, [largest])
+    return record
+
+
+def fit_points(law: Law, points: Points, excluded: pd.DataFrame, key: FitKey = ANY, options: FitOptions = DEFAULTS,
+               universe=None, cache: EstimateCache | None = None) -> LawFit:  # fmt: skip
+    """Fit a law to prepared points; the bootstrap resamples `universe` (default: the points' checkpoints). With
+    a cache, an estimate of the same points, options and code is loaded instead of computed, and a new one kept."""
+    universe = points.checkpoint if universe is None else universe
+    digest = estimate_digest(law, points, options, universe) if cache is not None else ""
+    record = cache.estimate_record(digest) if cache is not None else None
+    if record is None:
+        record = _estimate(law, points, options, universe)
+        if cache is not None:
+            cache.save_estimate_record(digest, record)
+    theta = np.array(record["theta"], dtype=float)
+    boot = np.array(record["boot"], dtype=float).reshape(options.resamples, len(theta))
     residual = residuals(law, theta, points)
     spread = ((points.y - points.y.mean()) ** 2).sum()
     scores = {"n_points": len(points), "censored": int(points.censored.sum()), "excluded": len(excluded),
               "rmse_log": float(np.sqrt(np.mean(residual**2))),
               "r2": float(1 - (residual**2).sum() / spread) if spread > 0 else float("nan"),
-              "loco_rmse_log": float("nan"), "largest_d_rmse_log": float("nan")}  # fmt: skip
-    if options.validate:
-        loco = [points.checkpoint == c for c in np.unique(points.checkpoint)]
-        largest = points.log_d == pd.Series(points.log_d).groupby(points.log_n).transform("max").to_numpy()
-        scores["loco_rmse_log"] = _held_out_rmse(law, points, theta, options.huber, loco)
-        scores["largest_d_rmse_log"] = _held_out_rmse(law, points, theta, options.huber, [largest])
+              "loco_rmse_log": _number(record["loco_rmse_log"]),
+              "largest_d_rmse_log": _number(record["largest_d_rmse_log"])}  # fmt: skip
     provenance = {"ptq_eval": ptq_eval.__version__, "scipy": scipy.__version__, "points": len(points),
                   "resamples": options.resamples, "resamples_ok": int(np.isfinite(boot).all(axis=1).sum()),
                   "seed": options.seed, "huber_delta": options.huber, "censoring": options.censoring,

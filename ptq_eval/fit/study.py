@@ -22,7 +22,7 @@ from ptq_eval.fit.data import (
     select,
     stack,
 )
-from ptq_eval.fit.estimate import DEFAULTS, FitOptions, LawFit, fit_points, identify
+from ptq_eval.fit.estimate import DEFAULTS, EstimateCache, FitOptions, LawFit, fit_points, identify
 from ptq_eval.fit.laws import BASE, DELTA_LAWS, KUMAR, PHASE, PHASE_LAWS, PHASE_ONLY, RIVAL, per_bit_law
 
 NO_PHASE = "learning-rate phase (decay_done) unknown for this checkpoint"
@@ -39,8 +39,10 @@ def _bound_violations(fit: LawFit, usable: pd.DataFrame, excluded: pd.DataFrame)
     return int(np.sum(predicted > bounded.delta_ci_high.to_numpy()))
 
 
-def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions = DEFAULTS) -> LawFit:
-    """Fit one of DELTA_LAWS to the results of one key (its open fields must hold one value)."""
+def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions = DEFAULTS,
+              cache: EstimateCache | None = None) -> LawFit:  # fmt: skip
+    """Fit one of DELTA_LAWS to the results of one key (its open fields must hold one value); `cache`: see
+    `fit_points`."""
     if law not in DELTA_LAWS:
         raise FitError(f"unknown law {law!r}; accepted: {', '.join(DELTA_LAWS)}")
     usable, excluded = select(results, key, options.censoring)
@@ -62,12 +64,13 @@ def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions 
         unknown = usable.decay_done.isna() if "decay_done" in usable else pd.Series(True, usable.index)
         excluded = pd.concat([excluded, usable[unknown].assign(reason=NO_PHASE)])
         usable = usable[~unknown]
-    fit = fit_points(chosen, delta_points(usable), excluded, key, options, results.checkpoint.unique())
+    fit = fit_points(chosen, delta_points(usable), excluded, key, options, results.checkpoint.unique(), cache)
     fit.scores["bound_violations"] = _bound_violations(fit, usable, excluded)
     return fit
 
 
-def fit_base(results: pd.DataFrame, key: FitKey, options: FitOptions = DEFAULTS) -> LawFit:
+def fit_base(results: pd.DataFrame, key: FitKey, options: FitOptions = DEFAULTS,
+             cache: EstimateCache | None = None) -> LawFit:  # fmt: skip
     """Fit L = E + A/N^α + B/D^β to the full-precision value (in nats) of the key's eval and metric."""
     key = FitKey(key.eval, key.metric)
     rows = results[key.matches(results)]
@@ -84,7 +87,7 @@ def fit_base(results: pd.DataFrame, key: FitKey, options: FitOptions = DEFAULTS)
     reason = np.where(rows.tokens.isna(), UNKNOWN_D, "D = 0, or full-precision loss missing or <= 0")
     excluded = rows[~good].assign(reason=reason[~good.to_numpy()])
     universe = results.checkpoint.unique()
-    return fit_points(BASE, points(rows[good], rows.fp_value[good]), excluded, key, options, universe)
+    return fit_points(BASE, points(rows[good], rows.fp_value[good]), excluded, key, options, universe, cache)
 
 
 @dataclass
@@ -136,8 +139,9 @@ class StudyFit:
 
 
 def fit_study(results: pd.DataFrame, where: FitKey = ANY, options: FitOptions = DEFAULTS,
-              laws=(*DELTA_LAWS, "base")) -> StudyFit:  # fmt: skip
-    """Fit each law to every key of the losses `where` matches, and the base law to each (eval, metric)."""
+              laws=(*DELTA_LAWS, "base"), cache: EstimateCache | None = None) -> StudyFit:  # fmt: skip
+    """Fit each law to every key of the losses `where` matches, and the base law to each (eval, metric);
+    `cache` (a study's store) keeps every estimate for the next fit of the same results."""
     keys, skipped = fit_keys(results, where)
     if not keys:
         found = f" ({'; '.join(skipped)})" if skipped else ""
@@ -153,13 +157,13 @@ def fit_study(results: pd.DataFrame, where: FitKey = ANY, options: FitOptions = 
         )
     for key, law in itertools.product(keys, delta_laws):
         try:
-            fits.append(fit_delta(results, law, key, options))
+            fits.append(fit_delta(results, law, key, options, cache))
         except FitError as error:
             failures[f"{law} {key.label()}"] = str(error)
     losses = dict.fromkeys(FitKey(key.eval, key.metric) for key in keys) if "base" in laws else {}
     for loss in losses:
         try:
-            bases.append(fit_base(results, loss, options))
+            bases.append(fit_base(results, loss, options, cache))
         except FitError as error:
             failures[f"base {loss.label()}"] = str(error)
     if not fits if delta_laws else not bases:
@@ -167,14 +171,15 @@ def fit_study(results: pd.DataFrame, where: FitKey = ANY, options: FitOptions = 
     return StudyFit(fits, bases, failures, skipped)
 
 
-def compare_censoring(results: pd.DataFrame, fitted: StudyFit, options: FitOptions) -> pd.DataFrame:
+def compare_censoring(results: pd.DataFrame, fitted: StudyFit, options: FitOptions,
+                      cache: EstimateCache | None = None) -> pd.DataFrame:  # fmt: skip
     """Each Kumar fit's parameters beside a refit under the other censoring option (value [95% CI]), with the
     points each fitted, censored and excluded."""
     other = "exclude" if options.censoring == "censor" else "censor"
     rows = []
     for fit in (fit for fit in fitted.fits if fit.law.name == "kumar"):
         try:
-            refit = fit_delta(results, "kumar", fit.key, replace(options, censoring=other, validate=False))
+            refit = fit_delta(results, "kumar", fit.key, replace(options, censoring=other, validate=False), cache)
         except FitError as error:
             refit = str(error)
         pairs = {options.censoring: fit, other: refit}

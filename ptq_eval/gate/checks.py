@@ -24,6 +24,7 @@ weight was left in full precision without an exclude pattern naming it, or when 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -43,16 +44,17 @@ DECISIONS = ("pass", "fail", "undecided")
 ForecastFits = dict[tuple[int, FitKey], LawFit | str]  # (budget index, eval and config) -> fit or why not
 
 
-def _fit_source(budget: Budget, default_store: Path) -> pd.DataFrame:
-    """The results a forecast fits on: a results CSV, or the stored results of a study YAML."""
+def _fit_source(budget: Budget, default_store: Path) -> tuple[pd.DataFrame, Path | None]:
+    """The results a forecast fits on, from a results CSV or the stored results of a study YAML; and the store
+    (which keeps the estimates) or None."""
     if budget.fit.endswith(".csv"):
-        return pd.read_csv(budget.fit)
+        return pd.read_csv(budget.fit), None
     study = load_study(budget.fit)
     path = Path(budget.store) if budget.store else default_store
     if not path.is_file():
         raise FitError(f"no store at {path} for {budget.fit}: run `ptq-eval run {budget.fit} --store {path}`")
     with Store(path) as store:
-        return study_results(study, store)
+        return study_results(study, store), path
 
 
 def fit_key(config: QuantConfig, eval_name: str, metric: str) -> FitKey:
@@ -64,16 +66,17 @@ def fit_key(config: QuantConfig, eval_name: str, metric: str) -> FitKey:
 
 def _budget_fits(budget: Budget, keys: list[FitKey], default_store: Path, seed: int) -> dict[FitKey, LawFit | str]:
     try:
-        results = _fit_source(budget, default_store)
+        results, path = _fit_source(budget, default_store)
     except (StudyError, FitError, FileNotFoundError) as error:
         return dict.fromkeys(keys, str(error))
     options = FitOptions(resamples=budget.resamples, seed=seed, validate=False)
     fits = {}
-    for key in keys:
-        try:
-            fits[key] = fit_delta(results, budget.law, key, options)
-        except FitError as error:
-            fits[key] = str(error)
+    with Store(path) if path else contextlib.nullcontext() as cache:
+        for key in keys:
+            try:
+                fits[key] = fit_delta(results, budget.law, key, options, cache)
+            except FitError as error:
+                fits[key] = str(error)
     return fits
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
 
 from ptq_eval.ladder.config import LadderConfig, ModelSize
 
@@ -45,6 +45,6 @@ def model_config(size: ModelSize, cfg: LadderConfig, eos_token_id: int):
 
 
 def build_model(size: ModelSize, cfg: LadderConfig, eos_token_id: int) -> torch.nn.Module:
-    """A freshly initialised model of this size (seeded by the caller)."""
-    model_class = LlamaForCausalLM if cfg.architecture == "llama" else GPTNeoXForCausalLM
-    return model_class(model_config(size, cfg, eos_token_id))
+    """A freshly initialised model of this size (seeded by the caller); the modelling code is imported here, not
+    when the package is (it costs seconds at every command's start)."""
+    return AutoModelForCausalLM.from_config(model_config(size, cfg, eos_token_id))

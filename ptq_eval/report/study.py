@@ -76,11 +76,11 @@ def _suffix(losses: dict, name: str, metric: str) -> str:
     return "" if len(losses) == 1 else "_" + re.sub(r"[^A-Za-z0-9]+", "_", f"{name}_{metric}").strip("_")
 
 
-def _fits_sections(results: pd.DataFrame, losses: dict, skipped: list[str],
-                   options: ReportOptions) -> tuple[list[Section], list]:  # fmt: skip
+def _fits_sections(results: pd.DataFrame, losses: dict, skipped: list[str], options: ReportOptions,
+                   store: Store) -> tuple[list[Section], list]:  # fmt: skip
     fit_options = FitOptions(options.resamples, options.seed)
     try:
-        fitted = fit_study(results, options=fit_options)
+        fitted = fit_study(results, options=fit_options, cache=store)
     except FitError as error:
         return [Section("Scaling-law fits", [f"No law could be fitted: {error}"])], []
     phase = _phase_section(fitted, losses, options)
@@ -98,7 +98,7 @@ def _fits_sections(results: pd.DataFrame, losses: dict, skipped: list[str],
     notes += [f"Not fitted: {note}." for note in fitted.skipped if note not in skipped]  # the rest: in the overview
     tables = [Table("Parameters", fitted.table()), Table("Goodness of fit and held-out error", fitted.goodness())]
     if kumar:
-        comparison = compare_censoring(results, fitted, fit_options)
+        comparison = compare_censoring(results, fitted, fit_options, store)
         tables.append(Table("Kumar et al. parameters, censored vs excluded (value [95% CI])", comparison))
     fits = Section("Scaling-law fits", notes, tables)
     frames = []
@@ -126,20 +126,13 @@ def _phase_section(fitted: StudyFit, losses: dict, options: ReportOptions) -> Se
     table = compare_phase(fitted)
     if table.empty:
         return None
-    kumar, only, both = (table[table.law == law].reset_index(drop=True) for law in ("kumar", "phase_only", "phase"))
     paragraphs = [
         "Kumar et al.'s law explains δ by tokens (D^γ_D); `phase_only` replaces D by the learning-rate phase "
         "(δ ∝ exp(β·(φ − 1)), φ = decay_done, the fraction of the way the rate has come down from peak to floor); "
         "`phase` multiplies Kumar's law by the same term. Held-out errors (leave-one-checkpoint-out, and "
-        "leave-largest-D-out) compare them on points none of them was fitted to."
+        "leave-largest-D-out) compare them on points none of them was fitted to.",
+        phase_verdict(fitted),
     ]
-    if len(kumar) == len(only) == len(both):
-        better = int((only.loco_rmse_log < kumar.loco_rmse_log).sum())
-        adds = int((both.loco_rmse_log < kumar.loco_rmse_log).sum())
-        paragraphs.append(
-            f"Measured here: phase alone predicts held-out checkpoints better than tokens in {better} of "
-            f"{len(kumar)} configs; phase on top of tokens improves on tokens alone in {adds} of {len(kumar)}."
-        )
     figures = []
     phase_fits = [fit for fit in fitted.fits if fit.law.name == "phase"]
     for (name, metric), loss in losses.items():
@@ -150,6 +143,34 @@ def _phase_section(fitted: StudyFit, losses: dict, options: ReportOptions) -> Se
             figures.append(plots.delta_by_phase(loss, fits, bits, nats_label(metric), f"delta_by_phase{suffix}"))
     return Section(
         "Learning-rate phase or tokens", paragraphs, [Table("Tokens, phase and both (value [95% CI])", table)], figures
+    )
+
+
+def phase_verdict(fitted: StudyFit) -> str:
+    """What the fits say, counted over the configs with a Kumar fit: does phase beat tokens, does it add to them."""
+    by_key: dict = {}
+    for fit in fitted.fits:
+        by_key.setdefault(fit.key, {})[fit.law.name] = fit
+    configs = [fits for fits in by_key.values() if "kumar" in fits]
+
+    def held_out(fits: dict, law: str) -> float:
+        return fits[law].scores["loco_rmse_log"]
+
+    only = [fits for fits in configs if "phase_only" in fits]
+    both = [fits for fits in configs if "phase" in fits]
+    beats = sum(held_out(fits, "phase_only") < held_out(fits, "kumar") for fits in only)
+    adds = sum(held_out(fits, "phase") < held_out(fits, "kumar") for fits in both)
+    beta = [fits["phase"].table().set_index("parameter").loc["beta"] for fits in both]
+    resolved = sum(row.ci_low > 0 or row.ci_high < 0 for row in beta)
+    text = (
+        f"Measured here, over {len(configs)} configs: phase alone predicts held-out checkpoints better than tokens "
+        f"in {beats} of the {len(only)} where it could be fitted"
+    )
+    if len(only) < len(configs):
+        text += f" (in {len(configs) - len(only)} it could not; the fit notes above say why)"
+    return text + (
+        f"; phase on top of tokens improves the held-out error in {adds} of {len(both)}, and its β's 95% interval "
+        f"excludes 0 in {resolved} of {len(both)}."
     )
 
 
@@ -246,7 +267,7 @@ def study_report(study: Study, store: Store, options: ReportOptions = ReportOpti
     finished = len(store.finished(job.key for job in jobs))
     sections = [_overview(study, results, len(jobs), finished, losses, skipped)]
     if losses:
-        fit_sections, kumar = _fits_sections(results, losses, skipped, options)
+        fit_sections, kumar = _fits_sections(results, losses, skipped, options, store)
         sections += _figure_sections(losses, kumar)
         layer_section = _layer_section(frame, next(iter(losses.values())), options)
         sections += ([layer_section] if layer_section else []) + fit_sections
