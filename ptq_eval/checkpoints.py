@@ -12,6 +12,7 @@ directory is identified by the SHA-256 of its config and weight files.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ptq_eval import in_memory
 from ptq_eval.errors import UserError
 from ptq_eval.families import tokens_of
 from ptq_eval.quant import embedding_weights
@@ -211,7 +213,10 @@ def hub_commit(ref: CheckpointRef) -> str:
 
 
 def weights_identity(reference: str) -> str:
-    """`sha256:...` of a local checkpoint's files, or `git:<commit>` of a hub revision."""
+    """`sha256:...` of a local checkpoint's files (or an in-memory model's tensors), or `git:<commit>` of a hub
+    revision."""
+    if in_memory.is_held(reference):
+        return in_memory.held(reference).weights_id
     ref = CheckpointRef.parse(reference)
     return _local_weights_id(Path(ref.repo)) if ref.is_local else f"git:{hub_commit(ref)}"
 
@@ -232,6 +237,8 @@ def load_tokenizer(reference: str, trust_remote_code: bool = False, commit: str 
     """The checkpoint's tokenizer (at `commit` when given, for a hub reference)."""
     from transformers import AutoTokenizer
 
+    if in_memory.is_held(reference):
+        return in_memory.held(reference).tokenizer
     ref = CheckpointRef.parse(reference)
     revision = commit or ref.revision
     try:
@@ -253,6 +260,10 @@ def load_model(
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
+    if in_memory.is_held(reference):  # a copy: the caller's model is never quantized
+        held = in_memory.held(reference)
+        model = copy.deepcopy(held.model).to(device)
+        return (model if dtype == "auto" else model.to(getattr(torch, dtype))).eval(), held.tokenizer
     ref = CheckpointRef.parse(reference)
     if commit is not None:
         ref = CheckpointRef(ref.repo, commit)
@@ -274,6 +285,9 @@ def load_model(
 
 def checkpoint_tokens(reference: str, tokens: int | None = None) -> tuple[int | None, str, dict]:
     """D, where it came from, and the schedule facts of a checkpoint (its metadata file read and checked)."""
+    if in_memory.is_held(reference):
+        known = tokens if tokens is not None else in_memory.held(reference).tokens
+        return (None, "unknown", {}) if known is None else (int(known), "api", {})
     ref = CheckpointRef.parse(reference)
     metadata = read_local_facts(Path(ref.repo)) if ref.is_local else {}
     return resolve_tokens(ref, metadata, tokens)

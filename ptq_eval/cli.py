@@ -12,26 +12,14 @@ import sys
 from pathlib import Path
 
 from ptq_eval.errors import EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, EXIT_UNDECIDED, UserError
+from ptq_eval.store import existing_store, store_path
 
-DEFAULT_STORE_DIR = Path("runs")
 GATE_EXIT_CODES = {"pass": EXIT_OK, "fail": EXIT_FAIL, "undecided": EXIT_UNDECIDED}
 SUMMARY_NOTE = (
     "δ = quantized − full-precision value, paired: validation loss (nats/token) over the same tokens with a "
     "95% bootstrap CI over windows; lm-eval task metrics over the same documents with a 95% paired bootstrap "
     "CI over documents."
 )
-
-
-def _store_path(store: str | None, study) -> Path:
-    return Path(store) if store else DEFAULT_STORE_DIR / f"{study.name}.sqlite"
-
-
-def _existing_store(study_file: str, store: str | None, study) -> Path:
-    """The study's store, which must exist: reading commands never create an empty one."""
-    path = _store_path(store, study)
-    if not path.is_file():
-        raise UserError(f"no store at {path}: run `ptq-eval run {study_file}` first, or pass --store")
-    return path
 
 
 def _slug(name: str) -> str:
@@ -91,7 +79,7 @@ def cmd_run(args) -> int:
     study = load_study(args.study)
     shard = parse_shard(args.shard) if args.shard else None
     executor = _executor(args, study)
-    with Store(_store_path(args.store, study)) as store:
+    with Store(store_path(args.store, study.name)) as store:
         summary = _run_missing(study, store, executor, shard)
         results = study_results(study, store)
     tables = summary_tables(results)
@@ -146,7 +134,7 @@ def _results_of(study_file: str, store: str | None):
     from ptq_eval.store import Store
 
     study = load_study(study_file)
-    path = _existing_store(study_file, store, study)
+    path = existing_store(study_file, store, study.name)
     with Store(path) as opened:
         return study_results(study, opened), study.name, path
 
@@ -196,9 +184,9 @@ def cmd_fit(args) -> int:
 
     points = [_parse_point(p) for p in args.predict]  # before any work: a typo fails at once
     options = FitOptions(args.resamples, args.seed, censoring=args.censoring)
-    results, name, store_path = _fit_input(args)
+    results, name, fits_store = _fit_input(args)
     where = FitKey(args.eval, args.metric, args.method, args.group_size)
-    with Store(store_path) if store_path else contextlib.nullcontext() as store:
+    with Store(fits_store) if fits_store else contextlib.nullcontext() as store:
         fitted = fit_study(results, where, options, cache=store)
         if store is not None:
             fitted.save(store, name)
@@ -222,23 +210,28 @@ def cmd_fit(args) -> int:
     if not forecasts.empty:
         print(f"\n## Forecasts ({args.law} law)\n")
         print(markdown_table(forecasts.map(cell)), end="")
-    if store_path:
-        print(f"saved {len(fitted.all())} fits to {store_path}", file=sys.stderr)
+    if fits_store:
+        print(f"saved {len(fitted.all())} fits to {fits_store}", file=sys.stderr)
     return 0
 
 
 def cmd_report(args) -> int:
-    from ptq_eval.report.document import write
-    from ptq_eval.report.study import ReportOptions, study_report
+    from ptq_eval.report.document import is_current, write
+    from ptq_eval.report.study import ReportOptions, report_digest, study_report
     from ptq_eval.spec import load_study
     from ptq_eval.store import Store
 
     study = load_study(args.study)
     options = ReportOptions(args.resamples, args.seed, args.budget, args.bits, args.checkpoint)
-    with Store(_existing_store(args.study, args.store, study)) as store:
-        document = study_report(study, store, options)
     out = Path(args.out or Path("reports") / study.name)
-    written = write(document, out)
+    with Store(existing_store(args.study, args.store, study.name)) as store:
+        digest = report_digest(study, store, options)
+        if is_current(out, digest) and not args.screenshot:
+            print(f"{out}/report.md and report.html are up to date (same stored results, options and code)",
+                  file=sys.stderr)  # fmt: skip
+            return 0
+        document = study_report(study, store, options)
+    written = write(document, out, digest=digest)
     print(f"wrote {out}/report.md and {out}/report.html ({len(written) - 2} figures)", file=sys.stderr)
     return _check_rendering(document, out / "report.html") if args.screenshot else 0
 
@@ -291,7 +284,7 @@ def cmd_gate(args) -> int:
     _quiet_transformers()
     policy = load_policy(args.policy)
     study = gate_study(policy, args.checkpoint)
-    path = _store_path(args.store or policy.store, study)
+    path = store_path(args.store or policy.store, study.name)
     if args.no_run and not path.is_file():
         raise UserError(f"no store at {path}: drop --no-run to run the missing jobs, or pass --store")
     with Store(path) as store:
@@ -307,13 +300,13 @@ def cmd_gate(args) -> int:
     return _publish_verdict(verdict, args, path)
 
 
-def _publish_verdict(verdict, args, store_path: Path) -> int:
+def _publish_verdict(verdict, args, verdict_store: Path) -> int:
     """Markdown to stdout and the step summaries, JSON to --out; returns the gate's exit code."""
     from ptq_eval.report.verdict import publish_verdict
 
     code = GATE_EXIT_CODES[verdict.decision]
     out = Path(args.out or Path("reports") / "gate" / f"{_slug(verdict.checkpoint)}.json")
-    record = {"exit_code": code, "policy_file": args.policy, "store": str(store_path)}
+    record = {"exit_code": code, "policy_file": args.policy, "store": str(verdict_store)}
     print(publish_verdict(verdict, out, [args.summary], record), end="")
     print(f"wrote {out}; verdict {verdict.decision} (exit {code})", file=sys.stderr)
     return code

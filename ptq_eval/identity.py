@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ptq_eval.checkpoints import load_tokenizer, weights_identity, weights_stamp
 from ptq_eval.corpus import Corpus, load_corpus
-from ptq_eval.evaluate.windows import start_token
+from ptq_eval.evals.windows import start_token
 from ptq_eval.spec import Job, PerplexityEval, Study
 
 WHAT = {

@@ -47,6 +47,8 @@ FORMATS = ("csv", "json", "md")
 # differ in one are never pooled into one fit), the checkpoint's learning-rate schedule and how far its decay had
 # come (NaN: unknown), the job's time
 EXTRA = ["granularity", *GPTQ_OPTIONS, "schedule", "decay_done", "seconds"]
+# config fields a printed table shows only where they vary (CSV and JSON always carry them)
+VARYING = ["symmetric", *GPTQ_OPTIONS, "eval", "schedule"]
 
 
 def coverage_columns(provenance: str) -> dict:
@@ -93,8 +95,16 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
+def varying(rows: pd.DataFrame, columns=VARYING) -> list[str]:
+    """The columns among `columns` with more than one value in these rows (a table leaves the others out); a GPTQ
+    option varies only if it does between GPTQ rows (other methods have none)."""
+    gptq = rows[rows.method == "gptq"] if "method" in rows else rows
+    return [c for c in columns if c in rows and (gptq if c in GPTQ_OPTIONS else rows)[c].astype(str).nunique() > 1]
+
+
 def summary_table(results: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
-    """The compact view: one row per checkpoint × quant config, δ with its 95% CI."""
+    """The compact view: one row per checkpoint × quant config, δ with its 95% CI, and a column for each config
+    field that varies."""
     rows = results[results.metric == metric]
     return pd.DataFrame(
         {
@@ -105,7 +115,7 @@ def summary_table(results: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
             "method": rows.method,
             "bits": rows.bits.astype(int),
             "granularity": rows.granularity,
-            **({"sequential": rows.sequential} if rows.sequential.nunique() > 1 else {}),
+            **{column: rows[column] for column in varying(rows)},
             f"fp {metric}": rows.fp_value.map(_fmt),
             f"quant {metric}": rows.quant_value.map(_fmt),
             "δ [95% CI]": [
@@ -135,10 +145,12 @@ def summary_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 def render(results: pd.DataFrame, fmt: str) -> str:
+    """CSV and JSON carry every column (a results file refits with GPTQ's options and the learning-rate phase)."""
     if fmt == "csv":
-        return results[COLUMNS].to_csv(index=False)
+        return results[COLUMNS + EXTRA].to_csv(index=False)
     if fmt == "json":
-        return results[COLUMNS].to_json(orient="records", indent=2) + "\n"
+        return results[COLUMNS + EXTRA].to_json(orient="records", indent=2) + "\n"
     if fmt == "md":
-        return markdown_table(results[COLUMNS])
+        fixed = [c for c in COLUMNS if c not in VARYING or c in varying(results)]
+        return markdown_table(results[fixed + varying(results, [c for c in VARYING if c not in COLUMNS])])
     raise UserError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ptq_eval.checkpoints import checkpoint_tokens
 from ptq_eval.claims import DEFAULT_LEASE_SECONDS, Claims
 from ptq_eval.corpus import Corpus, load_corpus, shared_documents
-from ptq_eval.evaluate.harness import load_tasks
+from ptq_eval.evals.harness import load_tasks
 from ptq_eval.executors import Executor, GroupEnd, InProcess, shard_checkpoints
 from ptq_eval.identity import CheckpointIdentity, checkpoint_identity, data_identities, job_inputs, stale_reason
 from ptq_eval.spec import CheckpointSpec, Job, LmEvalEval, PerplexityEval, Study, StudyError, expand_jobs

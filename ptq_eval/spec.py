@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from ptq_eval.corpus import STDLIB
 from ptq_eval.errors import UserError
-from ptq_eval.evaluate.task_files import is_task_file, task_file_name
+from ptq_eval.evals.task_files import is_task_file, task_file_name
 from ptq_eval.families import get_family, hub_revisions, ladder_revisions, pick
 from ptq_eval.quant import DEFAULT_EXCLUDE, GPTQ_OPTIONS, METHODS, QuantConfig
 from ptq_eval.quant.grid import MAX_BITS, MIN_BITS
@@ -171,7 +171,7 @@ class PerplexityEval(Strict):
     the first `documents` of them, adding lm-eval's word/byte perplexity and bits per byte;
     `stride` < `seq_len` overlaps the windows. `autocast: bfloat16` trades exactness for speed.
     `bos`: whether a BOS token starts each window (`auto`: as the tokenizer encodes text; see
-    `evaluate/windows.py: start_token`); the token used is recorded with the results.
+    `evals/windows.py: start_token`); the token used is recorded with the results.
     """
 
     kind: Literal["perplexity"]

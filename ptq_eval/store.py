@@ -89,9 +89,23 @@ CREATE TABLE IF NOT EXISTS estimates (
     created_at TEXT NOT NULL
 );
 """
+DEFAULT_STORE_DIR = Path("runs")
 FIT_JSON = ("params", "goodness", "provenance")
 FIT_KEY = ("eval", "metric", "symmetric", "options")  # columns read from a fit's provenance
 JOB_COLUMNS = ["job_key", "job", "facts", "provenance", "seconds", "finished_at"]
+
+
+def store_path(store: str | Path | None, study_name: str) -> Path:
+    """The store a study's results are kept in: the one given, or `runs/<study name>.sqlite`."""
+    return Path(store) if store else DEFAULT_STORE_DIR / f"{study_name}.sqlite"
+
+
+def existing_store(study_file: str | Path, store: str | Path | None, study_name: str) -> Path:
+    """The study's store, which must exist: reading never creates an empty one."""
+    path = store_path(store, study_name)
+    if not path.is_file():
+        raise StoreError(f"no store at {path}: run `ptq-eval run {study_file}` first, or pass --store")
+    return path
 
 
 def json_ready(value):

@@ -18,10 +18,10 @@ from ptq_eval import __version__
 from ptq_eval.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint, weights_stamp
 from ptq_eval.corpus import load_corpus, token_stream
 from ptq_eval.errors import UserError
-from ptq_eval.evaluate.evaluators import HarnessEvaluator, PerplexityEvaluator, Scored
-from ptq_eval.evaluate.harness import load_tasks
-from ptq_eval.evaluate.paired import paired_metrics
-from ptq_eval.evaluate.windows import Windows, make_windows, rolling_windows, start_token
+from ptq_eval.evals.evaluators import HarnessEvaluator, PerplexityEvaluator, Scored
+from ptq_eval.evals.harness import load_tasks
+from ptq_eval.evals.paired import paired_metrics
+from ptq_eval.evals.windows import Windows, make_windows, rolling_windows, start_token
 from ptq_eval.identity import tokenizer_identity
 from ptq_eval.quant import QuantConfig, QuantError, quantizable_weights, quantize
 from ptq_eval.quant.calibration import calibration_tokens

@@ -12,6 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+from ptq_eval.results import study_results
+from ptq_eval.spec import Study, load_study
+from ptq_eval.store import Store
+
 
 def stored_jobs(store: Path) -> int:
     if not store.exists():
@@ -21,6 +25,13 @@ def stored_jobs(store: Path) -> int:
             return db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
+
+
+def comparable_rows(study: Path | Study, store: Path) -> str:
+    """A study's stored results as CSV, without each job's own time (which differs from run to run)."""
+    with Store(store) as opened:
+        frame = study_results(study if isinstance(study, Study) else load_study(study), opened)
+    return frame.drop(columns="seconds").to_csv(index=False)
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:

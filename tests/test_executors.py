@@ -15,12 +15,13 @@ import time
 
 import pytest
 import torch
+from kill_resume import comparable_rows as rows
 from kill_resume import stored_jobs
 
 from ptq_eval.claims import Claims
 from ptq_eval.errors import StoreError, UserError
 from ptq_eval.executors import parse_shard, shard_checkpoints
-from ptq_eval.results import render, study_results
+from ptq_eval.results import study_results
 from ptq_eval.runner import run_study
 from ptq_eval.spec import CheckpointSpec, load_study
 from ptq_eval.store import Store, merge_stores
@@ -36,13 +37,6 @@ calibration: {{samples: 8, seq_len: 32}}
 evals:
   - {{kind: perplexity, tokens: 2048, seq_len: 32}}
 """
-
-
-def rows(study, store_path) -> str:
-    """The study's results as CSV, minus the per-run timing columns."""
-    with Store(store_path) as store:
-        frame = study_results(study, store)
-    return render(frame.drop(columns=[c for c in frame.columns if "seconds" in c]), "csv")
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from in_process import cli
 
-from ptq_eval.evaluate.harness import HarnessError, evaluate_task, load_tasks
-from ptq_eval.evaluate.paired import paired_metrics
-from ptq_eval.evaluate.perplexity import document_metrics, window_losses
-from ptq_eval.evaluate.windows import rolling_windows
+from ptq_eval.evals.harness import HarnessError, evaluate_task, load_tasks
+from ptq_eval.evals.paired import paired_metrics
+from ptq_eval.evals.perplexity import document_metrics, window_losses
+from ptq_eval.evals.windows import rolling_windows
 from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantize
 from ptq_eval.spec import LmEvalEval
 

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from ptq_eval.evaluate.paired import UnitMetric, paired_metrics
-from ptq_eval.evaluate.perplexity import WindowLosses, loss_metrics
+from ptq_eval.evals.paired import UnitMetric, paired_metrics
+from ptq_eval.evals.perplexity import WindowLosses, loss_metrics
 
 
 def paired_loss_metrics(fp, quant, **options):
@@ -112,7 +112,7 @@ def test_documents_must_be_the_same_ones():
 
 
 def test_bootstrap_draws_do_not_depend_on_chunking(monkeypatch):
-    import ptq_eval.evaluate.paired as paired
+    import ptq_eval.evals.paired as paired
 
     rng = np.random.default_rng(5)
     fp, quant = losses(rng.uniform(20, 40, 64)), losses(rng.uniform(20, 40, 64))

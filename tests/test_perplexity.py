@@ -5,9 +5,9 @@ import pytest
 import torch
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-import ptq_eval.evaluate.perplexity as perplexity
-from ptq_eval.evaluate.perplexity import document_metrics, window_losses
-from ptq_eval.evaluate.windows import make_windows, rolling_windows
+import ptq_eval.evals.perplexity as perplexity
+from ptq_eval.evals.perplexity import document_metrics, window_losses
+from ptq_eval.evals.windows import make_windows, rolling_windows
 
 
 class CharTokenizer:
@@ -115,7 +115,7 @@ class StubTokenizer:
 
 
 def test_bos_rules_follow_the_tokenizer_unless_told():
-    from ptq_eval.evaluate.windows import start_token
+    from ptq_eval.evals.windows import start_token
 
     llama, neox = StubTokenizer(1, 2, adds_bos=True), StubTokenizer(0, 0, adds_bos=False)
     assert [start_token(llama, rule, False) for rule in ("auto", "always", "never")] == [1, 1, None]

@@ -1,6 +1,7 @@
 """Reports and comparisons on constructed store contents: sections, figures, escaping, significance."""
 
 import html
+import io
 import re
 from dataclasses import replace
 
@@ -13,7 +14,8 @@ from ptq_eval.report.browser import chromium, render, shows_all
 from ptq_eval.report.compare import compare_results, difference_ci
 from ptq_eval.report.document import Document, to_html, write
 from ptq_eval.report.study import ReportOptions, study_report
-from ptq_eval.results import study_results
+from ptq_eval.results import COLUMNS, EXTRA, study_results, summary_table
+from ptq_eval.results import render as render_results
 from ptq_eval.store import Store
 
 EVIL = "ladder/<script>alert(1)</script>/tpp80"
@@ -114,8 +116,14 @@ def test_compare_marks_only_separated_deltas_significant(study_store):
 def test_cli_report_and_compare(study_store, tmp_path, capsys):
     study, path = study_store
     yaml_file = str(path.with_suffix(".yaml"))
-    assert main(["report", yaml_file, "--store", str(path), "--out", str(tmp_path / "r"), "--resamples", "4"]) == 0
-    assert (tmp_path / "r" / "report.html").is_file()
+    report = ["report", yaml_file, "--store", str(path), "--out", str(tmp_path / "r"), "--resamples", "8"]
+    assert main(report) == 0  # the fits' estimates: stored by the module's report (same points and options)
+    assert (tmp_path / "r" / "report.html").is_file() and "report.md" in capsys.readouterr().err
+    assert main(report) == 0 and "up to date" in capsys.readouterr().err  # nothing changed: nothing rebuilt
+    (tmp_path / "r" / "figures" / "delta_heatmap.png").unlink()
+    assert main(report) == 0 and "up to date" not in capsys.readouterr().err  # a file gone: written again
+    assert (tmp_path / "r" / "figures" / "delta_heatmap.png").is_file()
+    assert main([*report, "--budget", "0.1"]) == 0 and "up to date" not in capsys.readouterr().err
     args = ["compare", yaml_file, "--store-a", str(path), "--out", str(tmp_path / "c")]
     assert main(args + ["--checkpoints", "n20k/tpp10", "n20k/tpp40"]) == 0
     out = capsys.readouterr().out
@@ -138,3 +146,18 @@ def test_report_renders_in_headless_chromium(written, tmp_path):
     (tmp_path / "plotless.html").write_text(to_html(plotless))
     problems = shows_all(render(tmp_path / "plotless.html", tmp_path / "p.png", height=3000), 4, rows)
     assert problems == ["0 images (0 embedded), expected 4", "only 0.00% coloured pixels: the plots did not draw"]
+
+
+def test_tables_show_the_config_fields_that_vary_and_only_those(study_store):
+    study, path = study_store
+    with Store(path) as store:
+        loss = study_results(study, store).query("metric == 'loss'").reset_index(drop=True)
+    assert not {"symmetric", "act_order", "eval", "schedule"} & set(summary_table(loss).columns)
+    plain = render_results(loss, "md")
+    assert plain.startswith("| checkpoint | params |") and "| symmetric |" not in plain
+    odd = loss.index % 2 == 1
+    mixed = loss.assign(symmetric=odd, act_order=loss.act_order.where(loss.method != "gptq", odd))
+    assert {"symmetric", "act_order"} <= set(summary_table(mixed).columns)
+    header = render_results(mixed, "md").splitlines()[0]
+    assert "| symmetric |" in header and "| act_order |" in header and "| eval |" not in header
+    assert list(pd.read_csv(io.StringIO(render_results(loss, "csv"))).columns) == COLUMNS + EXTRA  # CSV: every column

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,9 +120,20 @@ def to_html(document: Document) -> str:
     )
 
 
-def write(document: Document, out: str | Path, stem: str = "report") -> list[Path]:
-    """Write `stem.md` (+ figures/*.png) and the self-contained `stem.html` into `out`."""
+def is_current(out: str | Path, digest: str, stem: str = "report") -> bool:
+    """Whether `out` holds the report `write` wrote for this digest, every file of it still there."""
     out = Path(out)
+    kept, markdown, page = (out / f"{stem}.{suffix}" for suffix in ("digest", "md", "html"))
+    if not (kept.is_file() and kept.read_text().strip() == digest and markdown.is_file() and page.is_file()):
+        return False
+    return all((out / name).is_file() for name in re.findall(r"\]\((figures/[^)]+\.png)\)", markdown.read_text()))
+
+
+def write(document: Document, out: str | Path, stem: str = "report", digest: str | None = None) -> list[Path]:
+    """Write `stem.md` (+ figures/*.png) and the self-contained `stem.html` into `out`; with a digest (what the
+    report was made from), `stem.digest` last, so `is_current` can tell a finished report from a partial one."""
+    out = Path(out)
+    (out / f"{stem}.digest").unlink(missing_ok=True)
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     written = []
@@ -133,4 +145,6 @@ def write(document: Document, out: str | Path, stem: str = "report") -> list[Pat
     for path, text in ((out / f"{stem}.md", to_markdown(document)), (out / f"{stem}.html", to_html(document))):
         path.write_text(text, encoding="utf-8")
         written.append(path)
+    if digest is not None:
+        (out / f"{stem}.digest").write_text(digest + "\n")
     return written

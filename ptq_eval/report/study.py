@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import matplotlib
 import pandas as pd
 
+import ptq_eval
 from ptq_eval.errors import UserError
 from ptq_eval.fit import (
     FitError,
@@ -254,6 +258,18 @@ def _figure_sections(losses: dict, kumar: list) -> list[Section]:
         Section("Degradation against tokens per parameter", figures=degradation),
         Section("Loss through training", figures=training),
     ]
+
+
+def report_digest(study: Study, store: Store, options: ReportOptions) -> str:
+    """What a study's report is a function of: the study, every stored row of its jobs (with their provenance),
+    the options, ptq-eval's code and the plotting library; an unchanged digest means an unchanged report."""
+    digest = hashlib.sha256()
+    for source in sorted(Path(ptq_eval.__file__).parent.rglob("*.py")):
+        digest.update(source.read_bytes())
+    head = {"study": study.model_dump(mode="json"), "options": asdict(options), "matplotlib": matplotlib.__version__}
+    digest.update(json.dumps(head, sort_keys=True).encode())
+    digest.update(store.frame(job.key for job in expand_jobs(study)).to_csv(index=False).encode())
+    return digest.hexdigest()
 
 
 def study_report(study: Study, store: Store, options: ReportOptions = ReportOptions()) -> Document:

@@ -39,7 +39,7 @@ METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte")
 
 
 def _texts(corpus: str, data_dir: str | None) -> list[str]:
-    from ptq_eval.evaluate.task_data import corpus_documents, wikitext_articles
+    from ptq_eval.evals.task_data import corpus_documents, wikitext_articles
 
     if corpus == "stdlib_python":
         return list(corpus_documents()["validation"]["text"])
@@ -58,9 +58,9 @@ def worker(args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ptq_eval.evaluate.harness import evaluate_task, load_tasks
-    from ptq_eval.evaluate.perplexity import document_metrics, window_losses
-    from ptq_eval.evaluate.windows import rolling_windows
+    from ptq_eval.evals.harness import evaluate_task, load_tasks
+    from ptq_eval.evals.perplexity import document_metrics, window_losses
+    from ptq_eval.evals.windows import rolling_windows
     from ptq_eval.spec import LmEvalEval
 
     torch.set_num_threads(args.threads)

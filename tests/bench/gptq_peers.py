@@ -35,9 +35,9 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from ptq_eval.corpus import load_corpus, token_stream  # noqa: E402
-from ptq_eval.evaluate.paired import paired_metrics  # noqa: E402
-from ptq_eval.evaluate.perplexity import loss_metrics, window_losses  # noqa: E402
-from ptq_eval.evaluate.windows import make_windows  # noqa: E402
+from ptq_eval.evals.paired import paired_metrics  # noqa: E402
+from ptq_eval.evals.perplexity import loss_metrics, window_losses  # noqa: E402
+from ptq_eval.evals.windows import make_windows  # noqa: E402
 from ptq_eval.export import dequantize_packed  # noqa: E402
 from ptq_eval.quant import QuantConfig, quantizable_linears  # noqa: E402
 from ptq_eval.quant.calibration import calibration_tokens  # noqa: E402

@@ -79,8 +79,8 @@ def measure(path: Path, device: str, eval_tokens: int, eval_len: int, calibratio
 
     from ptq_eval.checkpoints import load_checkpoint
     from ptq_eval.corpus import load_corpus, token_stream
-    from ptq_eval.evaluate.evaluators import PerplexityEvaluator
-    from ptq_eval.evaluate.windows import make_windows
+    from ptq_eval.evals.evaluators import PerplexityEvaluator
+    from ptq_eval.evals.windows import make_windows
     from ptq_eval.quant import QuantConfig, quantize
     from ptq_eval.quant.calibration import calibration_tokens
     from ptq_eval.spec import PerplexityEval

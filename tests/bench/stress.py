@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kill_resume import cli, interrupted_run  # noqa: E402
+from kill_resume import cli, comparable_rows, interrupted_run  # noqa: E402
 
 STUDY = """name: stress
 ladder: [tasks/ladders/demo/*/tpp*]
@@ -36,8 +36,8 @@ def main() -> int:
         study.write_text(STUDY)
         cli("run", str(study), "--store", str(root / "reference.sqlite"))
         kills = interrupted_run(study, root / "killed.sqlite", args.kills, args.seed, args.longest)
-        reference = cli("results", str(study), "--store", str(root / "reference.sqlite"), "--format", "csv").stdout
-        resumed = cli("results", str(study), "--store", str(root / "killed.sqlite"), "--format", "csv").stdout
+        reference = comparable_rows(study, root / "reference.sqlite")
+        resumed = comparable_rows(study, root / "killed.sqlite")
     print("| kill | seconds after the run's first new job | jobs stored |\n|---|---|---|")
     for index, (delay, jobs) in enumerate(kills, 1):
         print(f"| {index} | {delay:.1f} | {jobs} |")

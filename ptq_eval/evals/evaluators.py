@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ptq_eval.evaluate.harness import LoadedTasks, evaluate_task, restore_scores
-from ptq_eval.evaluate.paired import UnitMetric
-from ptq_eval.evaluate.perplexity import WindowLosses, document_metrics, loss_metrics, window_losses
-from ptq_eval.evaluate.windows import Windows
+from ptq_eval.evals.harness import LoadedTasks, evaluate_task, restore_scores
+from ptq_eval.evals.paired import UnitMetric
+from ptq_eval.evals.perplexity import WindowLosses, document_metrics, loss_metrics, window_losses
+from ptq_eval.evals.windows import Windows
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ptq_eval.errors import UserError
-from ptq_eval.evaluate.paired import Transform, UnitMetric
-from ptq_eval.evaluate.task_files import is_task_file
+from ptq_eval.evals.paired import Transform, UnitMetric
+from ptq_eval.evals.task_files import is_task_file
 
 if TYPE_CHECKING:
     from ptq_eval.spec import LmEvalEval

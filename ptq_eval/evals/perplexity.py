@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from ptq_eval.errors import UserError
-from ptq_eval.evaluate.paired import UnitMetric
-from ptq_eval.evaluate.windows import Windows
+from ptq_eval.evals.paired import UnitMetric
+from ptq_eval.evals.windows import Windows
 
 LOGITS_PER_CHUNK = 2**24  # logits (positions × vocabulary) computed at once: 64 MiB in float32
 AUTOCAST = ("bfloat16",)
