@@ -12,8 +12,8 @@ from constructed import constructed_store
 from ptq_eval.cli import main
 from ptq_eval.report.browser import chromium, render, shows_all
 from ptq_eval.report.compare import compare_results, difference_ci
-from ptq_eval.report.document import Document, to_html, write
-from ptq_eval.report.study import ReportOptions, study_report
+from ptq_eval.report.document import Document, is_current, to_html, write
+from ptq_eval.report.study import ReportOptions, report_digest, study_report
 from ptq_eval.results import COLUMNS, EXTRA, study_results, summary_table
 from ptq_eval.results import render as render_results
 from ptq_eval.store import Store
@@ -47,6 +47,7 @@ def test_report_has_every_section_and_figure(written):
     document, files, out = written
     titles = [section.title for section in document.sections]
     assert titles == [
+        "Summary",
         "Study constructed",
         "Degradation against tokens per parameter",
         "Loss through training",
@@ -57,6 +58,11 @@ def test_report_has_every_section_and_figure(written):
         "Coverage",
         "Provenance",
     ]
+    summary = document.sections[0]  # the first screen: the finding, the numbers a gate reads, the figure
+    assert re.fullmatch(r"4-bit RTN \(channel\): δ grows as D\^0\.\d\d \[.*\] at fixed N; at D/N 80 .*\(measured\)\.",
+                        summary.paragraphs[0])  # fmt: skip
+    assert re.match(r"At that checkpoint .*: 3 bits .*; 4 bits .*; 6 bits .*; ", summary.paragraphs[1])
+    assert [figure.name for figure in summary.figures] == ["delta_vs_tokens_per_param"]
     coverage = document.sections[-2].tables[0].frame
     assert set(coverage.coverage) == {"97.0%"} and set(coverage.matrices) == {8}
     figures = {p.name for p in (out / "figures").iterdir()}
@@ -120,10 +126,12 @@ def test_cli_report_and_compare(study_store, tmp_path, capsys):
     assert main(report) == 0  # the fits' estimates: stored by the module's report (same points and options)
     assert (tmp_path / "r" / "report.html").is_file() and "report.md" in capsys.readouterr().err
     assert main(report) == 0 and "up to date" in capsys.readouterr().err  # nothing changed: nothing rebuilt
+    with Store(path) as store:  # other options, or a file of the report gone: written again
+        digest = report_digest(study, store, ReportOptions(resamples=8))
+        assert report_digest(study, store, ReportOptions(resamples=8, budget=0.1)) != digest
+    assert is_current(tmp_path / "r", digest)
     (tmp_path / "r" / "figures" / "delta_heatmap.png").unlink()
-    assert main(report) == 0 and "up to date" not in capsys.readouterr().err  # a file gone: written again
-    assert (tmp_path / "r" / "figures" / "delta_heatmap.png").is_file()
-    assert main([*report, "--budget", "0.1"]) == 0 and "up to date" not in capsys.readouterr().err
+    assert not is_current(tmp_path / "r", digest)
     args = ["compare", yaml_file, "--store-a", str(path), "--out", str(tmp_path / "c")]
     assert main(args + ["--checkpoints", "n20k/tpp10", "n20k/tpp40"]) == 0
     out = capsys.readouterr().out

@@ -260,6 +260,54 @@ def _figure_sections(losses: dict, kumar: list) -> list[Section]:
     ]
 
 
+def _headline(loss: pd.DataFrame, kumar: list, unit: str, options: ReportOptions) -> list[str]:
+    """The study's finding in a sentence, from the data: how δ grows with D at the report's bit width for the
+    first configuration (RTN per channel when measured), and what it costs at the most over-trained checkpoint
+    of the largest model; then δ per bit width there, and the smallest width within the budget."""
+    configs = loss[["method", "granularity"]].drop_duplicates()
+    preferred = configs[(configs.method == "rtn") & (configs.granularity == "channel")]
+    method, granularity = (preferred if len(preferred) else configs).iloc[0]
+    rows = loss[(loss.method == method) & (loss.granularity == granularity)]
+    largest = rows[rows.nonembedding_params == rows.nonembedding_params.max()]
+    top = largest[largest.tokens_per_param == largest.tokens_per_param.max()]
+    if "decay_done" in top:  # two ladders may reach the same N and D/N: the annealed one, else the first named
+        top = top.sort_values(["decay_done", "checkpoint"], ascending=[False, True], na_position="last")
+    last = top[top.checkpoint == top.checkpoint.iloc[0]].sort_values("bits")
+    bits = options.bits if options.bits in set(last.bits) else int(last.bits.iloc[0])
+    at = last[last.bits == bits].iloc[0]
+    label = f"{bits}-bit {method.upper()} ({granularity})"
+    cost = (
+        f"at D/N {at.tokens_per_param:.0f} (N = {at.nonembedding_params:,.0f}) it costs δ = {at.delta:.3g} "
+        f"[{at.delta_ci_low:.3g}, {at.delta_ci_high:.3g}] in {unit} (measured)"
+    )
+    fit = next((f for f in kumar if (f.key.method, f.key.group_size) == (method, int(at.group_size))), None)
+    if fit is not None:
+        gamma = fit.table().set_index("parameter").loc["gamma_D"]
+        grows = f"δ grows as D^{gamma.value:.2f} [{gamma.ci_low:.2f}, {gamma.ci_high:.2f}] at fixed N"
+        sentence = f"{label}: {grows}; {cost}."
+    else:
+        sentence = f"{label}: {cost}; no scaling law could be fitted (see the fits below)."
+    within = last[last.delta_ci_high <= options.budget].bits
+    budget = (
+        f"the smallest bit width whose δ CI stays within {options.budget:g} {unit} there: {int(within.min())}"
+        if len(within)
+        else f"no measured bit width keeps δ within {options.budget:g} {unit} there"
+    )
+    widths = "; ".join(f"{r.bits} bits {r.delta:.3g} [{r.delta_ci_low:.3g}, {r.delta_ci_high:.3g}]"
+                       for r in last.itertuples())  # fmt: skip
+    note = f"At that checkpoint ({at.checkpoint}), {method.upper()} {granularity}, δ by bit width: {widths}; {budget}."
+    return [sentence, note]
+
+
+def _summary_section(losses: dict, kumar: list, figures: list, options: ReportOptions) -> Section:
+    """The first screen: the finding, the gate-relevant numbers and the figure that shows them."""
+    (name, metric), loss = next(iter(losses.items()))
+    paragraphs = _headline(loss, kumar, nats_label(metric), options)
+    if len(losses) > 1:
+        paragraphs.append(f"For {name}: {metric}; the other evals are in the sections below.")
+    return Section("Summary", paragraphs, figures=figures[:1])
+
+
 def report_digest(study: Study, store: Store, options: ReportOptions) -> str:
     """What a study's report is a function of: the study, every stored row of its jobs (with their provenance),
     the options, ptq-eval's code and the plotting library; an unchanged digest means an unchanged report."""
@@ -284,7 +332,10 @@ def study_report(study: Study, store: Store, options: ReportOptions = ReportOpti
     sections = [_overview(study, results, len(jobs), finished, losses, skipped)]
     if losses:
         fit_sections, kumar = _fits_sections(results, losses, skipped, options, store)
-        sections += _figure_sections(losses, kumar)
+        degradation, training = _figure_sections(losses, kumar)
+        sections.insert(0, _summary_section(losses, kumar, degradation.figures, options))
+        degradation.figures = degradation.figures[1:]  # the first is on the summary
+        sections += [degradation, training]
         layer_section = _layer_section(frame, next(iter(losses.values())), options)
         sections += ([layer_section] if layer_section else []) + fit_sections
     sections.append(Section("Results", tables=_results_tables(results)))
