@@ -156,8 +156,9 @@ def _check_above(law: Law, theta: np.ndarray, points: Points) -> None:
         if above[rows].sum() <= k:
             raise FitError(
                 f"{law.name}{where}: the censored fit lies below the detection limit of all but {above[rows].sum()} "
-                f"of {len(measured.y[rows])} measured points, so they no longer identify it (CIs too wide for "
-                "their δ); measure more eval tokens, or fit with censoring exclude"
+                f"of {len(measured.y[rows])} measured points, so they no longer identify it: either their CIs are "
+                "too wide for their δ (measure more eval tokens) or the law cannot follow them (its held-out error "
+                "with censoring exclude tells which)"
             )
 
 

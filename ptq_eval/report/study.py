@@ -69,7 +69,7 @@ def _overview(study: Study, results: pd.DataFrame, jobs: int, finished: int, los
     if losses:
         shown = "; ".join(f"{name}: {nats_label(metric)}" for name, metric in losses)
         paragraphs.append(f"Figures and fits, one set per eval and loss metric: {shown}.")
-    paragraphs += [f"Not fitted: {note}." for note in skipped]
+    paragraphs += [f"{note}." for note in skipped]
     if finished < jobs:
         paragraphs.append(f"{jobs - finished} jobs are not in the store yet: run `ptq-eval run` on the study.")
     return Section(f"Study {study.name}", paragraphs)
@@ -99,7 +99,7 @@ def _fits_sections(results: pd.DataFrame, losses: dict, skipped: list[str], opti
         "leave-one-checkpoint-out and leave-largest-D-out RMSE of log δ."
     ]
     notes += [f"{law} not fitted: {message}" for law, message in fitted.failures.items()]
-    notes += [f"Not fitted: {note}." for note in fitted.skipped if note not in skipped]  # the rest: in the overview
+    notes += [f"{note}." for note in fitted.skipped if note not in skipped]  # the rest: in the overview
     tables = [Table("Parameters", fitted.table()), Table("Goodness of fit and held-out error", fitted.goodness())]
     if kumar:
         comparison = compare_censoring(results, fitted, fit_options, store)

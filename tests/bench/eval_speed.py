@@ -152,7 +152,8 @@ def _measure(args, corpus: str, implementation: str, documents: int) -> dict:
 
 def _report(args, results: dict) -> str:
     lines = [
-        "# Rolling-window perplexity: ours vs lm-eval",
+        f"# Rolling-window perplexity: ours vs lm-eval ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs)",
         "",
         f"Checkpoint `{args.checkpoint}`, batch size {args.batch_size}, {args.threads} CPU threads "
         f"({platform.processor() or platform.machine()}), best and median of {args.repeats} runs each, "

@@ -16,7 +16,10 @@ coverage of the 95% bootstrap interval (nominal 0.95) and the median interval wi
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +76,8 @@ def main() -> None:
     parser.add_argument("--bits", type=lambda text: tuple(int(b) for b in text.split(",")), default=(3, 4, 5, 6, 7, 8))
     args = parser.parse_args()
     summary, points = recovery(args)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    print(f"# Fit recovery, censored vs excluded ({time.strftime('%Y-%m-%d')}, {machine})\n")
     print(
         f"{args.law}: {args.seeds} seeds, {args.resamples} resamples, law scatter σ={args.noise}, measurement "
         f"σ={args.measurement} nats, bits {','.join(map(str, args.bits))}\n"
