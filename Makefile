@@ -32,10 +32,10 @@ demo-llama: $(STAMP)
 	$(BIN)/ptq-eval run tasks/demo-llama.yaml --report-dir reports/demo-llama
 	$(BIN)/ptq-eval report tasks/demo-llama.yaml --out reports/demo-llama
 
-# Perplexity beside lm-eval tasks (a local rolling-perplexity task, ARC-Easy from ../shared/data) on the demo
+# Perplexity beside lm-eval tasks (a local rolling-perplexity task, ARC-Easy from $PTQ_EVAL_DATA) on the demo
 # ladder, RTN at 3/4/8 bits: δ with paired CIs for every metric -> reports/demo-lm-eval/
 demo-lm-eval: $(STAMP)
-	test -f ../shared/data/eval/arc_easy.jsonl || (echo "tasks/demo-lm-eval.yaml reads ../shared/data/eval" && false)
+	test -f "$(PTQ_EVAL_DATA)/eval/arc_easy.jsonl" || (echo "set PTQ_EVAL_DATA to the folder holding eval/arc_easy.jsonl" && false)
 	$(BIN)/ptq-eval run tasks/demo-lm-eval.yaml --report-dir reports/demo-lm-eval
 
 # GPTQ calibrated block by block (default) beside layer-sequential, 3 and 4 bits, on the demo ladder; the block jobs
@@ -114,9 +114,9 @@ bench-gptq-llmcompressor:
 # Our rolling-window perplexity beside lm-eval's loglikelihood_rolling (tokens/s, peak memory, agreement) on a demo
 # checkpoint, 100k+ tokens of the reference corpus and of WikiText-2 when DATA_DIR holds it -> reports/bench/eval.md;
 # then on a 50k-vocabulary model, where logits dominate memory -> reports/bench/eval_wide.md
-DATA_DIR ?= ../shared/data
+DATA_DIR ?= $(PTQ_EVAL_DATA)
 bench-eval: $(STAMP)
-	nice -n 10 $(BIN)/python tests/bench/eval_speed.py --data-dir $(DATA_DIR) --out reports/bench/eval.md
+	nice -n 10 $(BIN)/python tests/bench/eval_speed.py $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --out reports/bench/eval.md
 	nice -n 10 $(BIN)/python tests/bench/eval_speed.py --wide-vocabulary --tokens 30000 --batch-size 8 \
 		--out reports/bench/eval_wide.md
 

@@ -25,7 +25,7 @@ def _data_file(data_dir: str | None, name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no such data file (data_dir={data_dir!r}); give data_dir, the folder that holds {name} "
-            "(e.g. ../shared/data, see its SOURCES.md)"
+            "(in a study: data_dir: DIR, or ${PTQ_EVAL_DATA} with that variable set)"
         )
     return path
 
