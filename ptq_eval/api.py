@@ -42,23 +42,28 @@ def evaluate(
     `store`: an SQLite file that keeps the results (a second call reuses them); default a temporary one.
     Returns the `ptq-eval results` columns, one row per config × eval metric. Raises UserError on bad input,
     or when the checkpoint fails (with why)."""
+    built = {"name", "ladder", "quant", "evals"} & set(study)
+    if built:
+        raise UserError(f"{', '.join(sorted(built))}: given by evaluate's own arguments, not as study fields")
     if isinstance(model, torch.nn.Module):
-        reference = in_memory.hold(model, tokenizer, tokens)
-        entry: str | dict = reference
+        reference = in_memory.hold(model, tokenizer)
     else:
         if tokenizer is not None:
             raise UserError("tokenizer= is for a model in memory; a checkpoint reference brings its own")
         reference = str(model)
-        entry = {"checkpoint": reference, "tokens": tokens} if tokens is not None else reference
+    entry = {"checkpoint": reference, "tokens": tokens} if tokens is not None else reference
     document = {"name": name, "ladder": [entry], "quant": list(quant), "evals": list(evals), **study}
-    spec = parse_study(document, "ptq_eval.evaluate")
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(store) if store is not None else Path(scratch) / f"{name}.sqlite"
-        with Store(path) as opened:
-            summary = run_study(spec, opened)
-            if summary.failed:
-                raise UserError(f"{reference}: {summary.failed[reference]}")
-            return study_results(spec, opened)
+    try:
+        spec = parse_study(document, "ptq_eval.evaluate")
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(store) if store is not None else Path(scratch) / f"{name}.sqlite"
+            with Store(path) as opened:
+                summary = run_study(spec, opened)
+                if summary.failed:
+                    raise UserError("; ".join(f"{where}: {why}" for where, why in summary.failed.items()))
+                return study_results(spec, opened)
+    finally:
+        in_memory.release(reference)
 
 
 def load_results(study: str | Path, store: str | Path | None = None) -> pd.DataFrame:

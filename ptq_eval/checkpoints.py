@@ -260,10 +260,11 @@ def load_model(
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    if in_memory.is_held(reference):  # a copy: the caller's model is never quantized
+    if in_memory.is_held(reference):  # copies: the caller's model and tokenizer are never changed
         held = in_memory.held(reference)
         model = copy.deepcopy(held.model).to(device)
-        return (model if dtype == "auto" else model.to(getattr(torch, dtype))).eval(), held.tokenizer
+        model = model if dtype == "auto" else model.to(getattr(torch, dtype))
+        return model.eval(), copy.deepcopy(held.tokenizer)
     ref = CheckpointRef.parse(reference)
     if commit is not None:
         ref = CheckpointRef(ref.repo, commit)
@@ -285,9 +286,8 @@ def load_model(
 
 def checkpoint_tokens(reference: str, tokens: int | None = None) -> tuple[int | None, str, dict]:
     """D, where it came from, and the schedule facts of a checkpoint (its metadata file read and checked)."""
-    if in_memory.is_held(reference):
-        known = tokens if tokens is not None else in_memory.held(reference).tokens
-        return (None, "unknown", {}) if known is None else (int(known), "api", {})
+    if in_memory.is_held(reference):  # D only as the study gives it
+        return (None, "unknown", {}) if tokens is None else (int(tokens), "spec", {})
     ref = CheckpointRef.parse(reference)
     metadata = read_local_facts(Path(ref.repo)) if ref.is_local else {}
     return resolve_tokens(ref, metadata, tokens)

@@ -18,7 +18,6 @@ PREFIX = "memory:"
 class HeldModel:
     model: torch.nn.Module
     tokenizer: object
-    tokens: int | None
     weights_id: str
 
 
@@ -26,8 +25,11 @@ _HELD: dict[str, HeldModel] = {}
 
 
 def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 over every parameter and buffer, by name, dtype, shape and bytes."""
-    digest = hashlib.sha256()
+    """SHA-256 over the model's class and config (as a local checkpoint's config.json is hashed) and every
+    parameter and buffer, by name, dtype, shape and bytes."""
+    digest = hashlib.sha256(type(model).__qualname__.encode())
+    config = getattr(model, "config", None)
+    digest.update((config.to_json_string() if hasattr(config, "to_json_string") else repr(config)).encode())
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}".encode())
@@ -35,18 +37,21 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def hold(model: torch.nn.Module, tokenizer, tokens: int | None = None) -> str:
-    """Register a model and its tokenizer; returns its reference (the same weights give the same reference)."""
+def hold(model: torch.nn.Module, tokenizer) -> str:
+    """Register a model and its tokenizer; returns its reference (the same weights and config give the same
+    reference). `release` it when done: a held model stays alive until then."""
     if not isinstance(model, torch.nn.Module):
         raise UserError(f"expected a torch model (e.g. from AutoModelForCausalLM), not {type(model).__name__}")
     if tokenizer is None:
         raise UserError("an in-memory model needs its tokenizer: pass tokenizer=")
-    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens <= 0):
-        raise UserError(f"tokens must be a positive whole number (tokens seen in training, D), not {tokens!r}")
     digest = weights_digest(model)
     reference = f"{PREFIX}{digest[:16]}"
-    _HELD[reference] = HeldModel(model, tokenizer, tokens, f"sha256:{digest}")
+    _HELD[reference] = HeldModel(model, tokenizer, f"sha256:{digest}")
     return reference
+
+
+def release(reference: str) -> None:
+    _HELD.pop(reference, None)
 
 
 def is_held(reference: str) -> bool:

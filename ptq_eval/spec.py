@@ -10,8 +10,6 @@ import glob
 import hashlib
 import itertools
 import json
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
@@ -220,8 +218,9 @@ class LmEvalEval(Strict):
     """Any lm-eval task on the model in memory: a name lm-eval knows (hub data) or a local task YAML.
 
     `data_dir` is handed to the task's dataset loader (the shipped YAMLs under tasks/lm_eval
-    read their files relative to it); environment variables in it are expanded (`${PTQ_EVAL_DATA}`), so a
-    shared study need not name one machine's folder. `limit`, `num_fewshot`, `batch_size` as in lm-eval.
+    read their files relative to it); environment variables in it (`${PTQ_EVAL_DATA}`) are expanded when the
+    task loads, so a shared study need not name one machine's folder and its job keys do not depend on it.
+    `limit`, `num_fewshot`, `batch_size` as in lm-eval.
     """
 
     kind: Literal["lm_eval"]
@@ -237,20 +236,6 @@ class LmEvalEval(Strict):
         if is_task_file(task) and not Path(task).is_file():
             raise ValueError(f"{task!r}: no such task YAML file; give a file path or an lm-eval task name")
         return task
-
-    @field_validator("data_dir")
-    @classmethod
-    def _expand_variables(cls, data_dir: str | None) -> str | None:
-        if data_dir is None:
-            return None
-        expanded = os.path.expandvars(data_dir)
-        unset = re.findall(r"\$\{?(\w+)", expanded)
-        if unset:
-            raise ValueError(
-                f"{data_dir!r}: environment variable {unset[0]} is not set; set it to the folder holding the "
-                "task's data files, or give the folder itself"
-            )
-        return expanded
 
     @property
     def name(self) -> str:

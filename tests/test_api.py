@@ -45,12 +45,15 @@ def test_an_in_memory_model_is_copied_and_its_results_are_reused_from_a_store(mi
     assert first.checkpoint.str.startswith("memory:").all() and (first.tokens == 123_456).all()
     again = ptq_eval.evaluate(model, tokenizer, store=store, tokens=123_456, **args)
     assert again.drop(columns="seconds").equals(first.drop(columns="seconds"))
+    other_d = ptq_eval.evaluate(model, tokenizer, store=store, tokens=654_321, **args)  # never a stale D
+    assert (other_d.tokens == 654_321).all() and other_d.delta.equals(first.delta)
     with torch.no_grad():
         next(model.parameters()).add_(0.01)  # other weights: another checkpoint, measured afresh
     changed = ptq_eval.evaluate(model, tokenizer, store=store, tokens=123_456, **args)
     assert set(changed.checkpoint) != set(first.checkpoint)
     study = tmp_path / "api.yaml"  # the API's study is an ordinary one: a YAML file naming it reads the same rows
-    study.write_text(yaml.safe_dump({"name": "api", "ladder": [first.checkpoint[0]], **args}))
+    entry = {"checkpoint": first.checkpoint[0], "tokens": 123_456}
+    study.write_text(yaml.safe_dump({"name": "api", "ladder": [entry], **args}))
     assert ptq_eval.load_results(study, store=store).drop(columns="seconds").equals(first.drop(columns="seconds"))
 
 
@@ -59,5 +62,7 @@ def test_bad_arguments_are_clear_errors(micro_checkpoint):
         ptq_eval.evaluate(torch.nn.Linear(2, 2), quant=[{"method": "rtn", "bits": 4}])
     with pytest.raises(UserError, match=r"quant\[0\]\.bits: 1 is not in 2..16"):
         ptq_eval.evaluate(str(micro_checkpoint), quant=[{"method": "rtn", "bits": 1}])
+    with pytest.raises(UserError, match="ladder: given by evaluate's own arguments"):
+        ptq_eval.evaluate(str(micro_checkpoint), quant=[{"method": "rtn", "bits": 4}], ladder=["x"])
     with pytest.raises(UserError, match="no store at"):
         ptq_eval.load_results(ROOT / "tasks" / "demo.yaml", store=ROOT / "missing.sqlite")

@@ -148,16 +148,17 @@ def test_a_missing_data_dir_is_a_clear_error(tmp_path):
         load_tasks(lm_eval("tasks/lm_eval/arc_easy_local.yaml", data_dir=str(tmp_path)))
 
 
-def test_data_dir_expands_environment_variables_and_names_an_unset_one(monkeypatch, tmp_path):
-    from ptq_eval.spec import StudyError, load_study
+def test_data_dir_expands_environment_variables_when_the_task_loads(monkeypatch, tmp_path):
+    from ptq_eval.spec import load_study
 
+    shipped = load_study(ROOT / "tasks" / "demo-lm-eval.yaml").evals[-1]  # names no machine's folder
+    assert shipped.data_dir == "${PTQ_EVAL_DATA}"  # and its job keys do not depend on one
+    monkeypatch.delenv("PTQ_EVAL_DATA", raising=False)
+    with pytest.raises(HarnessError, match=r"'\$\{PTQ_EVAL_DATA\}': environment variable PTQ_EVAL_DATA is not set"):
+        load_tasks(shipped)
     monkeypatch.setenv("PTQ_EVAL_DATA", str(tmp_path))
-    assert lm_eval("tasks/lm_eval/arc_easy_local.yaml", data_dir="${PTQ_EVAL_DATA}/x").data_dir == f"{tmp_path}/x"
-    shipped = ROOT / "tasks" / "demo-lm-eval.yaml"  # a study that names no machine's folder
-    assert load_study(shipped).evals[-1].data_dir == str(tmp_path)
-    monkeypatch.delenv("PTQ_EVAL_DATA")
-    with pytest.raises(StudyError, match=r"evals\[3\]\.data_dir: .*environment variable PTQ_EVAL_DATA is not set"):
-        load_study(shipped)
+    with pytest.raises(HarnessError, match=f"{tmp_path}/eval/arc_easy.jsonl: no such data file"):
+        load_tasks(shipped)
 
 
 STUDY = """

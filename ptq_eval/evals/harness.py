@@ -21,6 +21,8 @@ import hashlib
 import importlib.metadata
 import io
 import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,8 +86,23 @@ class LoadedTasks:
         return {metric: function.__name__ for metric, function in self.tasks[task].aggregation().items()}
 
 
+def data_folder(data_dir: str | None) -> str | None:
+    """The eval's data_dir with environment variables expanded, as an absolute path; an unset variable is an
+    error naming it."""
+    if data_dir is None:
+        return None
+    expanded = os.path.expandvars(data_dir)
+    unset = re.findall(r"\$\{?(\w+)", expanded)
+    if unset:
+        raise HarnessError(
+            f"data_dir {data_dir!r}: environment variable {unset[0]} is not set; set it to the folder holding "
+            "the task's data files, or give the folder itself"
+        )
+    return str(Path(expanded).resolve())
+
+
 def _manager_for(evaluation: LmEvalEval):
-    data_dir = str(Path(evaluation.data_dir).resolve()) if evaluation.data_dir else None
+    data_dir = data_folder(evaluation.data_dir)
     if is_task_file(evaluation.task):
         return _task_manager(str(Path(evaluation.task).resolve().parent), data_dir)
     return _task_manager(None, data_dir)

@@ -9,7 +9,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pandas as pd
+import scipy
 
 import ptq_eval
 from ptq_eval.errors import UserError
@@ -26,7 +28,7 @@ from ptq_eval.fit import (
     nats_label,
     stack,
 )
-from ptq_eval.quant import QuantConfig
+from ptq_eval.quant import GPTQ_OPTIONS, QuantConfig
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
 from ptq_eval.results import coverage_label, study_results, summary_table
@@ -261,13 +263,20 @@ def _figure_sections(losses: dict, kumar: list) -> list[Section]:
 
 
 def _headline(loss: pd.DataFrame, kumar: list, unit: str, options: ReportOptions) -> list[str]:
-    """The study's finding in a sentence, from the data: how δ grows with D at the report's bit width for the
-    first configuration (RTN per channel when measured), and what it costs at the most over-trained checkpoint
-    of the largest model; then δ per bit width there, and the smallest width within the budget."""
-    configs = loss[["method", "granularity"]].drop_duplicates()
+    """The study's finding in a sentence, from the data: how δ grows with D at the report's bit width for one
+    quant config (RTN per channel when measured, else the first), and what it costs at the most over-trained
+    checkpoint of the largest model; then δ per bit width there, and the smallest width within the budget.
+    `kumar`: the fits of this eval and metric."""
+    fields = [c for c in ("method", "granularity", "symmetric", *GPTQ_OPTIONS) if c in loss]
+    known = loss[loss.tokens_per_param.notna()]
+    if known.empty:
+        return ["D is unknown for every checkpoint, so no growth with D can be shown; the results are below."]
+    labels = known[fields].astype(object).fillna("").astype(str)  # one text per config field, NaN as ""
+    configs = labels.drop_duplicates()
     preferred = configs[(configs.method == "rtn") & (configs.granularity == "channel")]
-    method, granularity = (preferred if len(preferred) else configs).iloc[0]
-    rows = loss[(loss.method == method) & (loss.granularity == granularity)]
+    config = (preferred if len(preferred) else configs).iloc[0]
+    rows = known[(labels == config).all(axis=1)]
+    method, granularity = config.method, config.granularity
     largest = rows[rows.nonembedding_params == rows.nonembedding_params.max()]
     top = largest[largest.tokens_per_param == largest.tokens_per_param.max()]
     if "decay_done" in top:  # two ladders may reach the same N and D/N: the annealed one, else the first named
@@ -280,13 +289,13 @@ def _headline(loss: pd.DataFrame, kumar: list, unit: str, options: ReportOptions
         f"at D/N {at.tokens_per_param:.0f} (N = {at.nonembedding_params:,.0f}) it costs δ = {at.delta:.3g} "
         f"[{at.delta_ci_low:.3g}, {at.delta_ci_high:.3g}] in {unit} (measured)"
     )
-    fit = next((f for f in kumar if (f.key.method, f.key.group_size) == (method, int(at.group_size))), None)
+    fit = next((f for f in kumar if f.key.matches(rows).all()), None)  # the fit of exactly these rows' config
     if fit is not None:
         gamma = fit.table().set_index("parameter").loc["gamma_D"]
         grows = f"δ grows as D^{gamma.value:.2f} [{gamma.ci_low:.2f}, {gamma.ci_high:.2f}] at fixed N"
         sentence = f"{label}: {grows}; {cost}."
     else:
-        sentence = f"{label}: {cost}; no scaling law could be fitted (see the fits below)."
+        sentence = f"{label}: {cost}; no scaling law could be fitted to this config (see the fits below)."
     within = last[last.delta_ci_high <= options.budget].bits
     budget = (
         f"the smallest bit width whose δ CI stays within {options.budget:g} {unit} there: {int(within.min())}"
@@ -302,7 +311,8 @@ def _headline(loss: pd.DataFrame, kumar: list, unit: str, options: ReportOptions
 def _summary_section(losses: dict, kumar: list, figures: list, options: ReportOptions) -> Section:
     """The first screen: the finding, the gate-relevant numbers and the figure that shows them."""
     (name, metric), loss = next(iter(losses.items()))
-    paragraphs = _headline(loss, kumar, nats_label(metric), options)
+    fits = [fit for fit in kumar if (fit.key.eval, fit.key.metric) == (name, metric)]
+    paragraphs = _headline(loss, fits, nats_label(metric), options)
     if len(losses) > 1:
         paragraphs.append(f"For {name}: {metric}; the other evals are in the sections below.")
     return Section("Summary", paragraphs, figures=figures[:1])
@@ -314,9 +324,12 @@ def report_digest(study: Study, store: Store, options: ReportOptions) -> str:
     digest = hashlib.sha256()
     for source in sorted(Path(ptq_eval.__file__).parent.rglob("*.py")):
         digest.update(source.read_bytes())
-    head = {"study": study.model_dump(mode="json"), "options": asdict(options), "matplotlib": matplotlib.__version__}
+    keys = sorted(job.key for job in expand_jobs(study))  # the jobs a glob or family expands to, done or not
+    versions = {module.__name__: module.__version__ for module in (matplotlib, np, pd, scipy)}
+    head = {"study": study.model_dump(mode="json"), "options": asdict(options), "versions": versions,
+            "jobs": keys, "finished": sorted(store.finished(keys))}  # fmt: skip
     digest.update(json.dumps(head, sort_keys=True).encode())
-    digest.update(store.frame(job.key for job in expand_jobs(study)).to_csv(index=False).encode())
+    digest.update(store.frame(keys).to_csv(index=False).encode())
     return digest.hexdigest()
 
 
