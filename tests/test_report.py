@@ -62,11 +62,13 @@ def test_report_has_every_section_and_figure(written):
     assert re.fullmatch(r"4-bit RTN \(channel\): δ grows as D\^0\.\d\d \[.*\] at fixed N; at D/N 80 .*\(measured\)\.",
                         summary.paragraphs[0])  # fmt: skip
     assert re.match(r"At that checkpoint .*: 3 bits .*; 4 bits .*; 6 bits .*; ", summary.paragraphs[1])
-    assert [figure.name for figure in summary.figures] == ["delta_vs_tokens_per_param"]
+    assert [figure.name for figure in summary.figures] == ["headline_delta"]
+    assert summary.figures[0].caption.startswith("4-bit rtn channel: ") and "fitted Kumar" in summary.figures[0].caption
     coverage = document.sections[-2].tables[0].frame
     assert set(coverage.coverage) == {"97.0%"} and set(coverage.matrices) == {8}
     figures = {p.name for p in (out / "figures").iterdir()}
     assert figures == {
+        "headline_delta.png",
         "delta_vs_tokens_per_param.png",
         "delta_heatmap.png",
         "loss_through_training.png",
@@ -76,7 +78,7 @@ def test_report_has_every_section_and_figure(written):
     markdown = (out / "report.md").read_text()
     assert all(f"(figures/{name})" in markdown for name in figures)
     page = (out / "report.html").read_text()
-    assert page.count("<img src='data:image/png;base64,") == 4 and "http" not in page.replace("http-equiv", "")
+    assert page.count("<img src='data:image/png;base64,") == 5 and "http" not in page.replace("http-equiv", "")
     # 7 checkpoints x (3 bits x 2 groups RTN + 2 GPTQ) = 56 rows in each of the loss and perplexity tables
     results = next(s for s in document.sections if s.title == "Results")
     assert [len(t.frame) for t in results.tables] == [56, 56]
@@ -148,12 +150,13 @@ def test_report_renders_in_headless_chromium(written, tmp_path):
     document, _, out = written
     rendering = render(out / "report.html", tmp_path / "shot.png", height=3000)
     rows = sum(len(t.frame) for s in document.sections for t in s.tables)
-    assert shows_all(rendering, figures=4, table_rows=rows) == []
+    figures = sum(len(s.figures) for s in document.sections)
+    assert figures == 5 and shows_all(rendering, figures=figures, table_rows=rows) == []
     assert rendering.tables == sum(len(s.tables) for s in document.sections)
     plotless = Document(document.title, [replace(s, figures=[]) for s in document.sections])
     (tmp_path / "plotless.html").write_text(to_html(plotless))
-    problems = shows_all(render(tmp_path / "plotless.html", tmp_path / "p.png", height=3000), 4, rows)
-    assert problems == ["0 images (0 embedded), expected 4", "only 0.00% coloured pixels: the plots did not draw"]
+    problems = shows_all(render(tmp_path / "plotless.html", tmp_path / "p.png", height=3000), figures, rows)
+    assert problems == ["0 images (0 embedded), expected 5", "only 0.00% coloured pixels: the plots did not draw"]
 
 
 def test_tables_show_the_config_fields_that_vary_and_only_those(study_store):

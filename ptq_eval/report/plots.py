@@ -52,6 +52,20 @@ def _configs(loss: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return configs
 
 
+def _log_error_bars(points: pd.DataFrame) -> list[pd.Series]:
+    """δ's 95% CI as error-bar lengths for a log axis (the lower bar cut at δ/10)."""
+    low = (points.delta - points.delta_ci_low.clip(lower=points.delta / 10)).clip(lower=0)
+    return [low, (points.delta_ci_high - points.delta).clip(lower=0)]
+
+
+def _draw_band(ax, fit: LawFit, params: float, ratios: pd.Series, bits: int, color) -> None:
+    """The fitted law at N = `params` and `bits` with its 95% band, over the span of `ratios` (D/N) and a little."""
+    span = np.geomspace(ratios.min() / 1.5, ratios.max() * 1.5, 60)
+    value, low, high = fit.band(params, params * span, bits)
+    ax.plot(span, value, color=color, lw=1.2)
+    ax.fill_between(span, low, high, color=color, alpha=0.15, lw=0)
+
+
 def delta_vs_tokens_per_param(loss: pd.DataFrame, fits: list[LawFit], unit: str = "loss (nats/token)",
                               name: str = "delta_vs_tokens_per_param") -> Figure:  # fmt: skip
     """δ against D/N (log–log) per bit width: one row of panels per config, one column per model size;
@@ -72,16 +86,11 @@ def delta_vs_tokens_per_param(loss: pd.DataFrame, fits: list[LawFit], unit: str 
                 hidden += len(points) - len(shown)
                 color = colors[int(bits)]
                 for significant, own in shown.groupby(shown.delta_ci_low > 0):
-                    low = (own.delta - own.delta_ci_low.clip(lower=own.delta / 10)).clip(lower=0)
-                    high = (own.delta_ci_high - own.delta).clip(lower=0)
-                    ax.errorbar(own.tokens_per_param, own.delta, yerr=[low, high], fmt="o", ms=4, capsize=2,
+                    ax.errorbar(own.tokens_per_param, own.delta, yerr=_log_error_bars(own), fmt="o", ms=4, capsize=2,
                                 color=color, mfc=color if significant else "white",
                                 label=f"{int(bits)}-bit" if significant else None)  # fmt: skip
                 if fit is not None:
-                    ratios = np.geomspace(points.tokens_per_param.min() / 1.5, points.tokens_per_param.max() * 1.5, 60)
-                    value, lo, hi = fit.band(params, params * ratios, bits)
-                    ax.plot(ratios, value, color=color, lw=1.2)
-                    ax.fill_between(ratios, lo, hi, color=color, alpha=0.15, lw=0)
+                    _draw_band(ax, fit, params, points.tokens_per_param, bits, color)
             ax.set(xscale="log", yscale="log", title=f"{title}, {size_label(params)}")
             if row == len(configs) - 1:
                 ax.set_xlabel("tokens per parameter D/N")
@@ -92,6 +101,40 @@ def delta_vs_tokens_per_param(loss: pd.DataFrame, fits: list[LawFit], unit: str 
         f"Increase δ of {unit} from quantization against tokens per parameter, log–log, with 95% CIs (hollow: "
         "the CI reaches zero, so the fit treats δ as censored: known only to lie below its detection limit; "
         "lower bars cut at δ/10); lines: the fitted Kumar et al. law with its 95% bootstrap band."
+    )
+    if hidden:
+        caption += f" {hidden} points with δ ≤ 0 cannot be drawn on a log axis and are not shown."
+    return Figure(name, _png(figure), caption)
+
+
+def headline_delta(rows: pd.DataFrame, fit: LawFit | None, bits: int, unit: str = "loss (nats/token)",
+                   name: str = "headline_delta") -> Figure:  # fmt: skip
+    """The summary's figure: δ against D/N (log–log) at one bit width for one quant config's `rows`, one colour
+    per model size, measured points with their 95% CIs and `fit` (when there is one) with its 95% band."""
+    points = rows[rows.bits == bits]
+    sizes = sorted(points.nonembedding_params.unique())
+    cmap = colormaps["plasma"]
+    figure = MplFigure(figsize=(6.4, 4.0), layout="constrained")
+    ax = figure.subplots()
+    hidden = 0
+    for i, params in enumerate(sizes):
+        own = points[points.nonembedding_params == params].sort_values("tokens_per_param")
+        color = cmap(i / max(1, len(sizes) - 1) * 0.85)
+        shown = own[own.delta > 0]
+        hidden += len(own) - len(shown)
+        ax.errorbar(shown.tokens_per_param, shown.delta, yerr=_log_error_bars(shown), fmt="o", ms=5, capsize=2,
+                    color=color, label=size_label(params))  # fmt: skip
+        if fit is not None:
+            _draw_band(ax, fit, params, own.tokens_per_param, bits, color)
+    first = rows.iloc[0]
+    title = f"{bits}-bit {config_label(first.method, first.granularity, bool(first.symmetric))}"
+    ax.set(xscale="log", yscale="log", xlabel="tokens per parameter D/N", ylabel=f"δ {unit}", title=title)
+    ax.legend(fontsize=8, title="model size", title_fontsize=8)
+    caption = (
+        f"{title}: increase δ of {unit} from quantization against tokens per parameter, one colour per model size, "
+        "with 95% CIs (lower bars cut at δ/10)"
+        + ("; lines: the fitted Kumar et al. law with its 95% bootstrap band." if fit is not None else ".")
+        + " Every config, bit width and size: under Degradation against tokens per parameter."
     )
     if hidden:
         caption += f" {hidden} points with δ ≤ 0 cannot be drawn on a log axis and are not shown."

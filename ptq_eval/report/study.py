@@ -18,6 +18,7 @@ from ptq_eval.errors import UserError
 from ptq_eval.fit import (
     FitError,
     FitOptions,
+    LawFit,
     StudyFit,
     compare_censoring,
     compare_phase,
@@ -262,60 +263,75 @@ def _figure_sections(losses: dict, kumar: list) -> list[Section]:
     ]
 
 
-def _headline(loss: pd.DataFrame, kumar: list, unit: str, options: ReportOptions) -> list[str]:
-    """The study's finding in a sentence, from the data: how δ grows with D at the report's bit width for one
-    quant config (RTN per channel when measured, else the first), and what it costs at the most over-trained
-    checkpoint of the largest model; then δ per bit width there, and the smallest width within the budget.
-    `kumar`: the fits of this eval and metric."""
+def _headline_rows(loss: pd.DataFrame, kumar: list) -> tuple[pd.DataFrame, LawFit | None]:
+    """The rows of one quant config with known D (RTN per channel when measured, else the first) and the fit of
+    exactly that config among `kumar` (the fits of this eval and metric); no rows when D is unknown for all."""
     fields = [c for c in ("method", "granularity", "symmetric", *GPTQ_OPTIONS) if c in loss]
     known = loss[loss.tokens_per_param.notna()]
     if known.empty:
-        return ["D is unknown for every checkpoint, so no growth with D can be shown; the results are below."]
+        return known, None
     labels = known[fields].astype(object).fillna("").astype(str)  # one text per config field, NaN as ""
     configs = labels.drop_duplicates()
     preferred = configs[(configs.method == "rtn") & (configs.granularity == "channel")]
     config = (preferred if len(preferred) else configs).iloc[0]
     rows = known[(labels == config).all(axis=1)]
-    method, granularity = config.method, config.granularity
+    return rows, next((f for f in kumar if f.key.matches(rows).all()), None)
+
+
+def _most_overtrained(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the largest model's most over-trained checkpoint, by bit width (of two ladders reaching the
+    same N and D/N: the annealed one, else the first named)."""
     largest = rows[rows.nonembedding_params == rows.nonembedding_params.max()]
     top = largest[largest.tokens_per_param == largest.tokens_per_param.max()]
-    if "decay_done" in top:  # two ladders may reach the same N and D/N: the annealed one, else the first named
+    if "decay_done" in top:
         top = top.sort_values(["decay_done", "checkpoint"], ascending=[False, True], na_position="last")
-    last = top[top.checkpoint == top.checkpoint.iloc[0]].sort_values("bits")
-    bits = options.bits if options.bits in set(last.bits) else int(last.bits.iloc[0])
+    return top[top.checkpoint == top.checkpoint.iloc[0]].sort_values("bits")
+
+
+def _headline(rows: pd.DataFrame, fit: LawFit | None, bits: int, unit: str, budget: float) -> list[str]:
+    """The study's finding in a sentence, from the data: how δ grows with D at `bits` for one quant config's
+    `rows` and what it costs at the most over-trained checkpoint of the largest model; then δ per bit width
+    there, and the smallest width within the budget."""
+    last = _most_overtrained(rows)
+    method, granularity = rows.method.iloc[0], rows.granularity.iloc[0]
     at = last[last.bits == bits].iloc[0]
     label = f"{bits}-bit {method.upper()} ({granularity})"
     cost = (
         f"at D/N {at.tokens_per_param:.0f} (N = {at.nonembedding_params:,.0f}) it costs δ = {at.delta:.3g} "
         f"[{at.delta_ci_low:.3g}, {at.delta_ci_high:.3g}] in {unit} (measured)"
     )
-    fit = next((f for f in kumar if f.key.matches(rows).all()), None)  # the fit of exactly these rows' config
     if fit is not None:
         gamma = fit.table().set_index("parameter").loc["gamma_D"]
         grows = f"δ grows as D^{gamma.value:.2f} [{gamma.ci_low:.2f}, {gamma.ci_high:.2f}] at fixed N"
         sentence = f"{label}: {grows}; {cost}."
     else:
         sentence = f"{label}: {cost}; no scaling law could be fitted to this config (see the fits below)."
-    within = last[last.delta_ci_high <= options.budget].bits
-    budget = (
-        f"the smallest bit width whose δ CI stays within {options.budget:g} {unit} there: {int(within.min())}"
+    within = last[last.delta_ci_high <= budget].bits
+    verdict = (
+        f"the smallest bit width whose δ CI stays within {budget:g} {unit} there: {int(within.min())}"
         if len(within)
-        else f"no measured bit width keeps δ within {options.budget:g} {unit} there"
+        else f"no measured bit width keeps δ within {budget:g} {unit} there"
     )
     widths = "; ".join(f"{r.bits} bits {r.delta:.3g} [{r.delta_ci_low:.3g}, {r.delta_ci_high:.3g}]"
                        for r in last.itertuples())  # fmt: skip
-    note = f"At that checkpoint ({at.checkpoint}), {method.upper()} {granularity}, δ by bit width: {widths}; {budget}."
+    note = f"At that checkpoint ({at.checkpoint}), {method.upper()} {granularity}, δ by bit width: {widths}; {verdict}."
     return [sentence, note]
 
 
-def _summary_section(losses: dict, kumar: list, figures: list, options: ReportOptions) -> Section:
-    """The first screen: the finding, the gate-relevant numbers and the figure that shows them."""
+def _summary_section(losses: dict, kumar: list, options: ReportOptions) -> Section:
+    """The first screen: the finding, the gate-relevant numbers and the one figure that shows them."""
     (name, metric), loss = next(iter(losses.items()))
-    fits = [fit for fit in kumar if (fit.key.eval, fit.key.metric) == (name, metric)]
-    paragraphs = _headline(loss, fits, nats_label(metric), options)
+    unit = nats_label(metric)
+    rows, fit = _headline_rows(loss, [f for f in kumar if (f.key.eval, f.key.metric) == (name, metric)])
+    if rows.empty:
+        paragraphs = ["D is unknown for every checkpoint, so no growth with D can be shown; the results are below."]
+        return Section("Summary", paragraphs)
+    widths = set(_most_overtrained(rows).bits)
+    bits = options.bits if options.bits in widths else int(min(widths))
+    paragraphs = _headline(rows, fit, bits, unit, options.budget)
     if len(losses) > 1:
         paragraphs.append(f"For {name}: {metric}; the other evals are in the sections below.")
-    return Section("Summary", paragraphs, figures=figures[:1])
+    return Section("Summary", paragraphs, figures=[plots.headline_delta(rows, fit, bits, unit)])
 
 
 def report_digest(study: Study, store: Store, options: ReportOptions) -> str:
@@ -346,8 +362,7 @@ def study_report(study: Study, store: Store, options: ReportOptions = ReportOpti
     if losses:
         fit_sections, kumar = _fits_sections(results, losses, skipped, options, store)
         degradation, training = _figure_sections(losses, kumar)
-        sections.insert(0, _summary_section(losses, kumar, degradation.figures, options))
-        degradation.figures = degradation.figures[1:]  # the first is on the summary
+        sections.insert(0, _summary_section(losses, kumar, options))
         sections += [degradation, training]
         layer_section = _layer_section(frame, next(iter(losses.values())), options)
         sections += ([layer_section] if layer_section else []) + fit_sections

@@ -150,12 +150,19 @@ def _measure(args, corpus: str, implementation: str, documents: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _model_label(args) -> str:
+    """What was scored, as the table states it (the wide model lives in a temporary folder)."""
+    if args.wide_vocabulary:
+        return "A GPT-NeoX of Pythia-14m's shape (vocabulary 50,304, random weights, seed 0; context 512)"
+    return f"Checkpoint `{args.checkpoint}`"
+
+
 def _report(args, results: dict) -> str:
     lines = [
         f"# Rolling-window perplexity: ours vs lm-eval ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs)",
         "",
-        f"Checkpoint `{args.checkpoint}`, batch size {args.batch_size}, {args.threads} CPU threads "
+        f"{_model_label(args)}, batch size {args.batch_size}, {args.threads} CPU threads "
         f"({platform.processor() or platform.machine()}), best and median of {args.repeats} runs each, "
         "implementations alternating, each run a fresh process. Tokens/s counts predicted tokens; peak memory "
         "is the growth of the resident set while scoring. Tokens per CPU-second (all threads) is less sensitive to "
