@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
@@ -39,9 +41,8 @@ from ptq_eval.evals.paired import paired_metrics  # noqa: E402
 from ptq_eval.evals.perplexity import loss_metrics, window_losses  # noqa: E402
 from ptq_eval.evals.windows import make_windows  # noqa: E402
 from ptq_eval.export import dequantize_packed  # noqa: E402
-from ptq_eval.quant import QuantConfig, quantizable_linears  # noqa: E402
+from ptq_eval.quant import QuantConfig, WeightMatrix, quantizable_weights, quantize  # noqa: E402
 from ptq_eval.quant.calibration import calibration_tokens  # noqa: E402
-from ptq_eval.quant.gptq import quantize_gptq  # noqa: E402
 
 LADDER = Path("tasks/ladders/demo")
 CHECKPOINTS = ["n25k/tpp320", "n100k/tpp40", "n100k/tpp320"]
@@ -52,7 +53,7 @@ def ours(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, workd
     """Our GPTQ: the quantized model and the seconds it took."""
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     started = time.perf_counter()
-    quantize_gptq(model, config, EXCLUDE, calibration)
+    quantize(model, config, EXCLUDE, calibration)
     return model, time.perf_counter() - started
 
 
@@ -100,7 +101,7 @@ def llmcompressor(checkpoint: Path, config: QuantConfig, calibration: torch.Tens
         group_size=config.group_size if grouped else None,
     )
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
-    linears = quantizable_linears(model, EXCLUDE)
+    linears = _matrices(model)
     recipe = GPTQModifier(  # targets: exactly the Linears ours quantizes
         config_groups={"weights": QuantizationScheme(targets=list(linears), weights=weights)},
         actorder="weight" if config.act_order else None,  # its default is "static", even when not asked
@@ -113,24 +114,27 @@ def llmcompressor(checkpoint: Path, config: QuantConfig, calibration: torch.Tens
         model=model, dataset=batches, recipe=recipe, pipeline="sequential", num_calibration_samples=len(calibration)
     )
     seconds = time.perf_counter() - started
-    return _fp32_copy(checkpoint, lambda name: linears[name].weight), seconds
+    return _fp32_copy(checkpoint, lambda name: linears[name].read()), seconds
+
+
+def _matrices(model: torch.nn.Module) -> dict[str, WeightMatrix]:
+    """The matrices ours quantizes (every Linear of the demo's GPT-NeoX but the head), by module name."""
+    return {weight.name: weight for weight in quantizable_weights(model, EXCLUDE)}
 
 
 def _fp32_copy(checkpoint: Path, weight_of: Callable[[str], torch.Tensor]) -> torch.nn.Module:
-    """A fresh float32 copy of the checkpoint with each quantized Linear's weight from `weight_of(name)`."""
+    """A fresh float32 copy of the checkpoint with each quantized matrix from `weight_of(name)`."""
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     with torch.no_grad():
-        for name, linear in quantizable_linears(model, EXCLUDE).items():
-            linear.weight.copy_(weight_of(name))
+        for name, weight in _matrices(model).items():
+            weight.read().copy_(weight_of(name))
     return model
 
 
 def max_weight_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
-    """The largest |Δw| between the two models' quantized Linears."""
-    theirs = quantizable_linears(b, EXCLUDE)
-    return max(
-        (mine.weight - theirs[name].weight).abs().max().item() for name, mine in quantizable_linears(a, EXCLUDE).items()
-    )
+    """The largest |Δw| between the two models' quantized matrices."""
+    theirs = _matrices(b)
+    return max((mine.read() - theirs[name].read()).abs().max().item() for name, mine in _matrices(a).items())
 
 
 @dataclass(frozen=True)
@@ -138,15 +142,16 @@ class Peer:
     """A maintained GPTQ, the grid options on which it matches ours, and where its table goes."""
 
     label: str
+    package: str
     quantize: Callable
     static_groups: bool
     out: str
 
 
 PEERS = {
-    "gptqmodel": Peer("GPTQModel", gptqmodel, static_groups=False, out="reports/bench/gptq.md"),
+    "gptqmodel": Peer("GPTQModel", "gptqmodel", gptqmodel, static_groups=False, out="reports/bench/gptq.md"),
     "llmcompressor": Peer(
-        "llm-compressor", llmcompressor, static_groups=True, out="reports/bench/gptq_llmcompressor.md"
+        "llm-compressor", "llmcompressor", llmcompressor, static_groups=True, out="reports/bench/gptq_llmcompressor.md"
     ),
 }
 
@@ -166,6 +171,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     peer = PEERS[args.peer]
     lines = [
+        f"# Our GPTQ beside {peer.label} {version(peer.package)} ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs; torch {torch.__version__}, transformers {version('transformers')})",
+        "",
+        f"Demo-ladder checkpoints, 128 calibration windows of 128 tokens (stdlib-python train), 65,536 eval tokens "
+        "in windows of 128 (validation); "
         f"act_order=True, static_groups={peer.static_groups}, symmetric, damp 0.01, block 128, float32, "
         f"{args.threads} torch thread(s); "
         "δ = mean paired loss difference (nats/token) with its 95% bootstrap CI over windows; s = quantization "
