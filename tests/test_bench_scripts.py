@@ -30,4 +30,4 @@ def test_bench_script_imports_resolve(script):
 def test_every_bench_script_is_checked():
     assert {s.name for s in SCRIPTS} >= {"eval_speed.py", "gptq_peers.py", "scale.py", "fit_recovery.py"}
     found = _ptq_eval_imports(Path(__file__).parent / "bench" / "scale.py")  # imported inside a function
-    assert ("ptq_eval.quant", "quantize") in found and len(found) == 8
+    assert ("ptq_eval.quant", "quantize") in found and len(found) == 9

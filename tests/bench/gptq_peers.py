@@ -7,7 +7,9 @@ and the largest difference between their quantized weights.
 
 - GPTQModel quantizes in float32 like ours (its CPU default is bf16); its packed output is decoded
   into a float32 copy of the model for evaluation (its CPU kernels run only in fp16/bf16). Its
-  `desc_act` is our `act_order` with groups taken along the act-order permutation.
+  `desc_act` is our `act_order` with groups taken along the act-order permutation; its
+  `true_sequential` (inputs re-collected within a block after each group of layers sharing an input)
+  is our `sequential: layer`; both modes are compared.
 - llm-compressor's `GPTQModifier` runs with explicit `QuantizationArgs` (its preset schemes use
   group 128) in its sequential pipeline (each block calibrated on the quantized blocks' outputs, as
   ours). Its `actorder="weight"` (alias "static") orders columns by the Hessian diagonal but keeps
@@ -21,6 +23,7 @@ Each peer runs in a throwaway venv that its make target builds; neither is a pro
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import tempfile
@@ -68,6 +71,7 @@ def gptqmodel(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, 
         sym=config.symmetric,
         damp_percent=config.damp,
         act_group_aware=False,
+        true_sequential=config.sequential == "layer",
         offload_to_disk=False,
     )
     model = GPTQModel.load(str(checkpoint), settings, dtype=torch.float32)  # its CPU default is bf16
@@ -145,13 +149,14 @@ class Peer:
     package: str
     quantize: Callable
     static_groups: bool
+    sequential: tuple[str, ...]  # our modes the peer also has
     out: str
 
 
 PEERS = {
-    "gptqmodel": Peer("GPTQModel", "gptqmodel", gptqmodel, static_groups=False, out="reports/bench/gptq.md"),
+    "gptqmodel": Peer("GPTQModel", "gptqmodel", gptqmodel, False, ("block", "layer"), "reports/bench/gptq.md"),
     "llmcompressor": Peer(
-        "llm-compressor", "llmcompressor", llmcompressor, static_groups=True, out="reports/bench/gptq_llmcompressor.md"
+        "llm-compressor", "llmcompressor", llmcompressor, True, ("block",), "reports/bench/gptq_llmcompressor.md"
     ),
 }
 
@@ -181,9 +186,9 @@ def main() -> None:
         "δ = mean paired loss difference (nats/token) with its 95% bootstrap CI over windows; s = quantization "
         "wall time; max abs Δw = the largest difference between the two quantized weights.",
         "",
-        "| checkpoint | bits | group | ours δ [95% CI] | ours s | "
+        "| checkpoint | sequential | bits | group | ours δ [95% CI] | ours s | "
         f"{peer.label} δ [95% CI] | {peer.label} s | max abs Δw |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.checkpoints:
@@ -192,18 +197,19 @@ def main() -> None:
             windows = make_windows(token_stream(tokenizer, load_corpus("stdlib-python", "validation")), 128, 65536)
             calibration = calibration_tokens(tokenizer, "stdlib-python", "train", 128, 128, 0)
             fp = loss_metrics(window_losses(AutoModelForCausalLM.from_pretrained(checkpoint).eval(), windows))
-            for bits in (3, 4):
-                for group in (-1, 32):
-                    config = QuantConfig("gptq", bits, group, act_order=True, static_groups=peer.static_groups)
-                    cells, models = [], []
-                    for run in (ours, peer.quantize):
-                        model, seconds = run(checkpoint, config, calibration, workdir)
-                        loss = paired_metrics(fp, loss_metrics(window_losses(model, windows)))[0]
-                        cells += [f"{loss.delta:.4f} [{loss.ci_low:.4f}, {loss.ci_high:.4f}]", f"{seconds:.2f}"]
-                        models.append(model)
-                    cells.append(f"{max_weight_difference(*models):.1e}")
-                    lines.append(f"| {name} | {bits} | {group} | " + " | ".join(cells) + " |")
-                    print(lines[-1], flush=True)
+            for sequential, bits, group in itertools.product(peer.sequential, (3, 4), (-1, 32)):
+                config = QuantConfig(
+                    "gptq", bits, group, act_order=True, static_groups=peer.static_groups, sequential=sequential
+                )
+                cells, models = [], []
+                for run in (ours, peer.quantize):
+                    model, seconds = run(checkpoint, config, calibration, workdir)
+                    loss = paired_metrics(fp, loss_metrics(window_losses(model, windows)))[0]
+                    cells += [f"{loss.delta:.4f} [{loss.ci_low:.4f}, {loss.ci_high:.4f}]", f"{seconds:.2f}"]
+                    models.append(model)
+                cells.append(f"{max_weight_difference(*models):.1e}")
+                lines.append(f"| {name} | {sequential} | {bits} | {group} | " + " | ".join(cells) + " |")
+                print(lines[-1], flush=True)
     out = Path(args.out or peer.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
