@@ -107,6 +107,9 @@ def delta_vs_tokens_per_param(loss: pd.DataFrame, fits: list[LawFit], unit: str 
     return Figure(name, _png(figure), caption)
 
 
+SCHEDULE_MARKERS = {"wsd": "o", "cosine": "^"}
+
+
 def headline_delta(rows: pd.DataFrame, fit: LawFit | None, bits: int, unit: str = "loss (nats/token)",
                    name: str = "headline_delta") -> Figure:  # fmt: skip
     """The summary's figure: δ against D/N (log–log) at one bit width for one quant config's `rows`, one colour
@@ -114,34 +117,40 @@ def headline_delta(rows: pd.DataFrame, fit: LawFit | None, bits: int, unit: str 
     points = rows[rows.bits == bits]
     sizes = sorted(points.nonembedding_params.unique())
     cmap = colormaps["plasma"]
-    figure = MplFigure(figsize=(6.4, 4.0), layout="constrained")
+    figure = MplFigure(figsize=(7.6, 4.0), layout="constrained")
     ax = figure.subplots()
     hidden = 0
+    schedules = points.schedule.fillna("").unique() if "schedule" in points else [""]
     for i, params in enumerate(sizes):
         own = points[points.nonembedding_params == params].sort_values("tokens_per_param")
         color = cmap(i / max(1, len(sizes) - 1) * 0.85)
         shown = own[own.delta > 0]
         hidden += len(own) - len(shown)
-        ax.errorbar(shown.tokens_per_param, shown.delta, yerr=_log_error_bars(shown), fmt="o", ms=5, capsize=2,
-                    color=color, label=size_label(params))  # fmt: skip
+        for schedule in schedules:  # one marker per learning-rate schedule where the study has several
+            mine = shown[shown.schedule.fillna("") == schedule] if len(schedules) > 1 else shown
+            label = size_label(params) + (f", {schedule}" if len(schedules) > 1 else "")
+            parts = sorted(mine.groupby(mine.delta_ci_low > 0), key=lambda part: not part[0])  # filled first
+            for j, (significant, part) in enumerate(parts):  # hollow: censored
+                ax.errorbar(part.tokens_per_param, part.delta, yerr=_log_error_bars(part), capsize=2, ms=5, ls="none",
+                            marker=SCHEDULE_MARKERS.get(schedule, "o"), color=color,
+                            mfc=color if significant else "white", label=None if j else label)  # fmt: skip
         if fit is not None:
             _draw_band(ax, fit, params, own.tokens_per_param, bits, color)
     first = rows.iloc[0]
     title = f"{bits}-bit {config_label(first.method, first.granularity, bool(first.symmetric))}"
     ax.set(xscale="log", yscale="log", xlabel="tokens per parameter D/N", ylabel=f"δ {unit}", title=title)
-    ax.legend(fontsize=8, title="model size", title_fontsize=8)
+    ax.legend(fontsize=8, title="model size" + (", schedule" if len(schedules) > 1 else ""), title_fontsize=8,
+              loc="upper left", bbox_to_anchor=(1.01, 1))  # fmt: skip
     caption = (
-        f"{title}: increase δ of {unit} from quantization against tokens per parameter, one colour per model size, "
-        "with 95% CIs (lower bars cut at δ/10)"
+        f"{title}: increase δ of {unit} from quantization against tokens per parameter, one colour per model size"
+        + (", one marker per learning-rate schedule" if len(schedules) > 1 else "")
+        + ", with 95% CIs (hollow: the CI reaches zero, censored in the fit; lower bars cut at δ/10)"
         + ("; lines: the fitted Kumar et al. law with its 95% bootstrap band." if fit is not None else ".")
         + " Every config, bit width and size: under Degradation against tokens per parameter."
     )
     if hidden:
         caption += f" {hidden} points with δ ≤ 0 cannot be drawn on a log axis and are not shown."
     return Figure(name, _png(figure), caption)
-
-
-SCHEDULE_MARKERS = {"wsd": "o", "cosine": "^"}
 
 
 def delta_by_phase(loss: pd.DataFrame, fits: list[LawFit], bits: int, unit: str = "loss (nats/token)",

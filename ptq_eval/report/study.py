@@ -297,8 +297,8 @@ def _headline(rows: pd.DataFrame, fit: LawFit | None, bits: int, unit: str, budg
     at = last[last.bits == bits].iloc[0]
     label = f"{bits}-bit {method.upper()} ({granularity})"
     cost = (
-        f"at D/N {at.tokens_per_param:.0f} (N = {at.nonembedding_params:,.0f}) it costs δ = {at.delta:.3g} "
-        f"[{at.delta_ci_low:.3g}, {at.delta_ci_high:.3g}] in {unit} (measured)"
+        f"at D/N {at.tokens_per_param:.0f} (N = {at.nonembedding_params:,.0f}) it costs δ = {at.delta:#.3g} "
+        f"[{at.delta_ci_low:#.3g}, {at.delta_ci_high:#.3g}] in {unit} (measured)"
     )
     if fit is not None:
         gamma = fit.table().set_index("parameter").loc["gamma_D"]
@@ -312,7 +312,7 @@ def _headline(rows: pd.DataFrame, fit: LawFit | None, bits: int, unit: str, budg
         if len(within)
         else f"no measured bit width keeps δ within {budget:g} {unit} there"
     )
-    widths = "; ".join(f"{r.bits} bits {r.delta:.3g} [{r.delta_ci_low:.3g}, {r.delta_ci_high:.3g}]"
+    widths = "; ".join(f"{r.bits} bits {r.delta:#.3g} [{r.delta_ci_low:#.3g}, {r.delta_ci_high:#.3g}]"
                        for r in last.itertuples())  # fmt: skip
     note = f"At that checkpoint ({at.checkpoint}), {method.upper()} {granularity}, δ by bit width: {widths}; {verdict}."
     return [sentence, note]
