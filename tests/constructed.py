@@ -46,7 +46,7 @@ def constructed_store(
     with Store(path) as store:
         for job in expand_jobs(study):
             params, tokens = checkpoints[job.checkpoint.reference]
-            fp = 2.0 + 100.0 / params**0.3 + 50.0 / tokens**0.3
+            fp = 2.0 + 100.0 / params**0.3 + 50.0 / max(tokens, 1.0) ** 0.3  # D = 0: an untrained checkpoint
             d = delta(params, tokens, job.quant.bits, job.quant.method) * math.exp(rng.normal(0, 0.05))
             low, high = d - ci_half_width * abs(d), d + ci_half_width * abs(d)
             rows = [

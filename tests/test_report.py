@@ -10,6 +10,7 @@ import pytest
 from constructed import constructed_store
 
 from ptq_eval.cli import main
+from ptq_eval.report import plots
 from ptq_eval.report.browser import chromium, render, shows_all
 from ptq_eval.report.compare import compare_results, difference_ci
 from ptq_eval.report.document import Document, is_current, to_html, write
@@ -59,9 +60,9 @@ def test_report_has_every_section_and_figure(written):
         "Provenance",
     ]
     summary = document.sections[0]  # the first screen: the finding, the numbers a gate reads, the figure
-    assert re.fullmatch(r"4-bit RTN \(channel\): δ grows as D\^0\.\d\d \[.*\] at fixed N; at D/N 80 .*\(measured\)\.",
+    assert re.fullmatch(r"4-bit rtn channel: δ grows as D\^0\.\d\d \[.*\] at fixed N; at D/N 80 .*\(measured\)\.",
                         summary.paragraphs[0])  # fmt: skip
-    assert re.match(r"At that checkpoint .*: 3 bits .*; 4 bits .*; 6 bits .*; ", summary.paragraphs[1])
+    assert re.match(r"At that checkpoint .*, rtn channel, .*: 3 bits .*; 4 bits .*; 6 bits .*; ", summary.paragraphs[1])
     assert [figure.name for figure in summary.figures] == ["headline_delta"]
     assert summary.figures[0].caption.startswith("4-bit rtn channel: ") and "fitted Kumar" in summary.figures[0].caption
     coverage = document.sections[-2].tables[0].frame
@@ -89,6 +90,35 @@ def test_report_has_every_section_and_figure(written):
     assert fits.tables[2].caption.startswith("Kumar et al. parameters, censored vs excluded")
     assert list(censoring.columns[-2:]) == ["censor", "exclude"] and len(censoring) == 3 * 5
     assert censoring.censor[("rtn", -1, "gamma_D")].startswith("0.")
+
+
+def test_report_draws_around_an_untrained_checkpoint(tmp_path):
+    """A revision at step 0 has D = 0: no point or band on a log axis, never a crash; the fit leaves it out."""
+    checkpoints = {f"ladder/n{n // 1000}k/tpp{r}": (float(n), float(n * r)) for n in (20_000, 50_000) for r in (10, 40)}
+    checkpoints["ladder/n50k/step0"] = (50_000.0, 0.0)
+    study = constructed_store(tmp_path / "s.sqlite", checkpoints, [{"method": "rtn", "bits": [3, 4, 6]}])
+    with Store(tmp_path / "s.sqlite") as store:
+        document = study_report(study, store, ReportOptions(resamples=8))
+    summary = document.sections[0]
+    assert "at D/N 40 (N = 50,000)" in summary.paragraphs[0] and "fitted Kumar" in summary.figures[0].caption
+    grid = next(s for s in document.sections if s.title.startswith("Degradation")).figures[0]
+    assert "3 points with δ ≤ 0 or D = 0" in grid.caption
+
+
+def test_summary_figure_names_its_config_and_marks_each_schedule(study_store):
+    study, path = study_store
+    with Store(path) as store:
+        loss = study_results(study, store).query("metric == 'loss' and method == 'gptq'")
+    in_n20k, in_tpp10 = loss.checkpoint.str.contains("n20k"), loss.checkpoint.str.contains("tpp10")
+    split = loss.assign(sequential=in_n20k.map({True: "layer", False: "block"}),
+                        schedule=in_tpp10.map({True: "linear", False: "wsd"}))  # fmt: skip
+    titles = [title for title, _ in plots.quant_configs(split)]
+    assert titles == ["gptq channel sequential=block", "gptq channel sequential=layer"]
+    assert len(set(plots.schedule_markers(["wsd", "cosine", "linear", ""]).values())) == 4
+    figure = plots.headline_delta(titles[0], split[split.sequential == "block"], None, 4)
+    assert figure.caption.startswith("4-bit gptq channel sequential=block: ") and "one marker per" in figure.caption
+    assert "censored" not in figure.caption  # no fit: nothing is censored in one
+    assert plots.headline_delta(titles[0], split.assign(delta=-split.delta), None, 4) is None  # nothing to draw
 
 
 def test_html_escapes_names_it_did_not_write(written):

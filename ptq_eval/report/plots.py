@@ -40,7 +40,7 @@ def _bit_colors(bits) -> dict[int, tuple]:
     return {b: cmap(i / max(1, len(values) - 1) * 0.9) for i, b in enumerate(values)}
 
 
-def _configs(loss: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def quant_configs(loss: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(title, rows) per quant config, GPTQ options included where they differ (never pooled, as in the fits)."""
     grids = loss.groupby(CONFIG, dropna=False)
     options = [c for c in GPTQ_OPTIONS if c in loss and (grids[c].nunique(dropna=False) > 1).any()]
@@ -58,11 +58,20 @@ def _log_error_bars(points: pd.DataFrame) -> list[pd.Series]:
     return [low, (points.delta_ci_high - points.delta).clip(lower=0)]
 
 
-def _draw_band(ax, fit: LawFit, params: float, ratios: pd.Series, bits: int, color) -> None:
-    """The fitted law at N = `params` and `bits` with its 95% band, over the span of `ratios` (D/N) and a little."""
+def _censored(points: pd.DataFrame) -> pd.Series:
+    """Points whose δ CI reaches zero, which the fit treats as censored (drawn hollow); a missing CI is not."""
+    return points.delta_ci_low <= 0
+
+
+def _draw_band(ax, fit: LawFit, params: float, ratios: pd.Series, bits: int, color, label: str | None = None) -> None:
+    """The fitted law at N = `params` and `bits` with its 95% band, over the span of the positive `ratios` (D/N)
+    and a little; nothing when there is none (an untrained checkpoint has D/N = 0)."""
+    ratios = ratios[ratios > 0]
+    if ratios.empty:
+        return
     span = np.geomspace(ratios.min() / 1.5, ratios.max() * 1.5, 60)
     value, low, high = fit.band(params, params * span, bits)
-    ax.plot(span, value, color=color, lw=1.2)
+    ax.plot(span, value, color=color, lw=1.2, label=label)
     ax.fill_between(span, low, high, color=color, alpha=0.15, lw=0)
 
 
@@ -71,7 +80,7 @@ def delta_vs_tokens_per_param(loss: pd.DataFrame, fits: list[LawFit], unit: str 
     """δ against D/N (log–log) per bit width: one row of panels per config, one column per model size;
     measured points with their 95% CIs, and the fitted law (the one of `fits` whose key covers the config's
     rows) with its 95% bootstrap band where there is one. `loss` holds one eval and metric, in nats."""
-    configs, sizes = _configs(loss), sorted(loss.nonembedding_params.unique())
+    configs, sizes = quant_configs(loss), sorted(loss.nonembedding_params.unique())
     colors = _bit_colors(loss.bits)
     figure = MplFigure(figsize=(4.2 * len(sizes), 3.3 * len(configs)), layout="constrained")
     axes = figure.subplots(len(configs), len(sizes), squeeze=False, sharex=True)
@@ -82,10 +91,10 @@ def delta_vs_tokens_per_param(loss: pd.DataFrame, fits: list[LawFit], unit: str 
             ax = axes[row][col]
             for bits, points in rows[rows.nonembedding_params == params].groupby("bits"):
                 points = points.sort_values("tokens_per_param")
-                shown = points[points.delta > 0]
+                shown = points[(points.delta > 0) & (points.tokens_per_param > 0)]
                 hidden += len(points) - len(shown)
                 color = colors[int(bits)]
-                for significant, own in shown.groupby(shown.delta_ci_low > 0):
+                for significant, own in shown.groupby(~_censored(shown)):
                     ax.errorbar(own.tokens_per_param, own.delta, yerr=_log_error_bars(own), fmt="o", ms=4, capsize=2,
                                 color=color, mfc=color if significant else "white",
                                 label=f"{int(bits)}-bit" if significant else None)  # fmt: skip
@@ -103,49 +112,66 @@ def delta_vs_tokens_per_param(loss: pd.DataFrame, fits: list[LawFit], unit: str 
         "lower bars cut at δ/10); lines: the fitted Kumar et al. law with its 95% bootstrap band."
     )
     if hidden:
-        caption += f" {hidden} points with δ ≤ 0 cannot be drawn on a log axis and are not shown."
+        caption += f" {hidden} points with δ ≤ 0 or D = 0 cannot be drawn on a log axis and are not shown."
     return Figure(name, _png(figure), caption)
 
 
 SCHEDULE_MARKERS = {"wsd": "o", "cosine": "^"}
+OTHER_MARKERS = ("s", "D", "v", "P", "X")
 
 
-def headline_delta(rows: pd.DataFrame, fit: LawFit | None, bits: int, unit: str = "loss (nats/token)",
-                   name: str = "headline_delta") -> Figure:  # fmt: skip
-    """The summary's figure: δ against D/N (log–log) at one bit width for one quant config's `rows`, one colour
-    per model size, measured points with their 95% CIs and `fit` (when there is one) with its 95% band."""
-    points = rows[rows.bits == bits]
+def schedule_markers(schedules) -> dict[str, str]:
+    """A distinct marker per learning-rate schedule: WSD and cosine their own, any other (or unknown, "") the
+    next of OTHER_MARKERS."""
+    others = iter(OTHER_MARKERS * 4)
+    return {s: SCHEDULE_MARKERS[s] if s in SCHEDULE_MARKERS else next(others) for s in sorted(set(schedules))}
+
+
+def headline_delta(title: str, rows: pd.DataFrame, fit: LawFit | None, bits: int, unit: str = "loss (nats/token)",
+                   name: str = "headline_delta") -> Figure | None:  # fmt: skip
+    """The summary's figure: δ against D/N (log–log) at one bit width for one quant config's `rows` (`title`
+    names it), one colour per model size, measured points with their 95% CIs and `fit` (when there is one)
+    with its 95% band; None when there is nothing to draw (no fit and no δ > 0)."""
+    points = rows[(rows.bits == bits) & (rows.tokens_per_param > 0)]
+    schedules = points.schedule.fillna("") if "schedule" in points else pd.Series("", index=points.index)
+    markers = schedule_markers(schedules)
+    several = len(markers) > 1
     sizes = sorted(points.nonembedding_params.unique())
+    if fit is None and not (points.delta > 0).any():
+        return None
     cmap = colormaps["plasma"]
     figure = MplFigure(figsize=(7.6, 4.0), layout="constrained")
     ax = figure.subplots()
-    hidden = 0
-    schedules = points.schedule.fillna("").unique() if "schedule" in points else [""]
     for i, params in enumerate(sizes):
-        own = points[points.nonembedding_params == params].sort_values("tokens_per_param")
         color = cmap(i / max(1, len(sizes) - 1) * 0.85)
-        shown = own[own.delta > 0]
-        hidden += len(own) - len(shown)
-        for schedule in schedules:  # one marker per learning-rate schedule where the study has several
-            mine = shown[shown.schedule.fillna("") == schedule] if len(schedules) > 1 else shown
-            label = size_label(params) + (f", {schedule}" if len(schedules) > 1 else "")
-            parts = sorted(mine.groupby(mine.delta_ci_low > 0), key=lambda part: not part[0])  # filled first
-            for j, (significant, part) in enumerate(parts):  # hollow: censored
+        own = points.nonembedding_params == params
+        drawn = False
+        for schedule, marker in markers.items():  # one marker per learning-rate schedule where there are several
+            shown = points[own & (schedules == schedule) & (points.delta > 0)]
+            label = size_label(params) + (f", {schedule or 'unknown'}" if several else "")
+            for j, (censored, part) in enumerate(shown.groupby(_censored(shown), sort=True)):  # filled first
                 ax.errorbar(part.tokens_per_param, part.delta, yerr=_log_error_bars(part), capsize=2, ms=5, ls="none",
-                            marker=SCHEDULE_MARKERS.get(schedule, "o"), color=color,
-                            mfc=color if significant else "white", label=None if j else label)  # fmt: skip
-        if fit is not None:
-            _draw_band(ax, fit, params, own.tokens_per_param, bits, color)
-    first = rows.iloc[0]
-    title = f"{bits}-bit {config_label(first.method, first.granularity, bool(first.symmetric))}"
+                            marker=marker, color=color, mfc="white" if censored else color,
+                            label=None if j else label)  # fmt: skip
+                drawn = True
+        if fit is not None:  # the band carries the size's legend entry when none of its points could be drawn
+            _draw_band(ax, fit, params, points[own].tokens_per_param, bits, color,
+                       label=None if drawn else size_label(params))  # fmt: skip
+    title = f"{bits}-bit {title}"
     ax.set(xscale="log", yscale="log", xlabel="tokens per parameter D/N", ylabel=f"δ {unit}", title=title)
-    ax.legend(fontsize=8, title="model size" + (", schedule" if len(schedules) > 1 else ""), title_fontsize=8,
+    ax.legend(fontsize=8, title="model size" + (", schedule" if several else ""), title_fontsize=8,
               loc="upper left", bbox_to_anchor=(1.01, 1))  # fmt: skip
+    hidden = int((points.delta <= 0).sum())
     caption = (
         f"{title}: increase δ of {unit} from quantization against tokens per parameter, one colour per model size"
-        + (", one marker per learning-rate schedule" if len(schedules) > 1 else "")
-        + ", with 95% CIs (hollow: the CI reaches zero, censored in the fit; lower bars cut at δ/10)"
-        + ("; lines: the fitted Kumar et al. law with its 95% bootstrap band." if fit is not None else ".")
+        + (", one marker per learning-rate schedule" if several else "")
+        + ", with 95% CIs (lower bars cut at δ/10"
+        + (
+            "; hollow: the CI reaches zero, so the fit treats δ as censored); lines: the fitted Kumar et al. law "
+            "with its 95% bootstrap band."
+            if fit is not None
+            else "; hollow: the CI reaches zero)."
+        )  # fmt: skip
         + " Every config, bit width and size: under Degradation against tokens per parameter."
     )
     if hidden:
@@ -159,7 +185,8 @@ def delta_by_phase(loss: pd.DataFrame, fits: list[LawFit], bits: int, unit: str 
     marker per schedule: one row of panels per config, one column per model size. Dashed: the `phase` law
     (of `fits`) at each measured checkpoint, so a mid-decay run's curve bends with its phase."""
     loss = loss[(loss.bits == bits) & loss.decay_done.notna()]
-    configs, sizes = _configs(loss), sorted(loss.nonembedding_params.unique())
+    configs, sizes = quant_configs(loss), sorted(loss.nonembedding_params.unique())
+    markers = schedule_markers(loss.schedule)
     cmap, norm = colormaps["plasma"], Normalize(0.0, 1.0)
     figure = MplFigure(figsize=(4.2 * len(sizes), 3.3 * len(configs)), layout="constrained")
     axes = figure.subplots(len(configs), len(sizes), squeeze=False, sharex=True)
@@ -169,10 +196,10 @@ def delta_by_phase(loss: pd.DataFrame, fits: list[LawFit], bits: int, unit: str 
             ax = axes[row][col]
             for schedule, points in rows[rows.nonembedding_params == params].groupby("schedule"):
                 points = points.sort_values("tokens_per_param")
-                marker = SCHEDULE_MARKERS.get(schedule, "s")
-                shown = points[points.delta > 0]
+                marker = markers[schedule]
+                shown = points[(points.delta > 0) & (points.tokens_per_param > 0)]
                 ax.plot(shown.tokens_per_param, shown.delta, color="grey", lw=0.6)
-                significant = (shown.delta_ci_low > 0).to_numpy()
+                significant = (~_censored(shown)).to_numpy()
                 colors = cmap(norm(shown.decay_done.to_numpy()))
                 ax.scatter(shown.tokens_per_param, shown.delta, marker=marker, s=30, edgecolors=colors,
                            facecolors=np.where(significant[:, None], colors, 1.0), label=schedule)  # fmt: skip
@@ -200,7 +227,7 @@ def delta_by_phase(loss: pd.DataFrame, fits: list[LawFit], bits: int, unit: str 
 def loss_through_training(loss: pd.DataFrame, unit: str = "loss (nats/token)",
                           name: str = "loss_through_training") -> Figure:  # fmt: skip
     """Full-precision and quantized loss against training tokens, one panel per model size and config."""
-    configs, sizes = _configs(loss), sorted(loss.nonembedding_params.unique())
+    configs, sizes = quant_configs(loss), sorted(loss.nonembedding_params.unique())
     colors = _bit_colors(loss.bits)
     figure = MplFigure(figsize=(4.2 * len(sizes), 3.1 * len(configs)), layout="constrained")
     axes = figure.subplots(len(configs), len(sizes), squeeze=False, sharex="col")
@@ -235,7 +262,7 @@ def short_names(names) -> dict[str, str]:
 
 def delta_heatmap(loss: pd.DataFrame, unit: str = "loss (nats/token)", name: str = "delta_heatmap") -> Figure:
     """δ over (checkpoint × bits), one panel per config (two per row); cells annotated with δ."""
-    configs = _configs(loss)
+    configs = quant_configs(loss)
     checkpoints = loss.sort_values(["nonembedding_params", "tokens"]).checkpoint.unique()
     labels = short_names(checkpoints)
     positive = loss.delta[loss.delta > 0]

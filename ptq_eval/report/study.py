@@ -29,7 +29,7 @@ from ptq_eval.fit import (
     nats_label,
     stack,
 )
-from ptq_eval.quant import GPTQ_OPTIONS, QuantConfig
+from ptq_eval.quant import QuantConfig
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
 from ptq_eval.results import coverage_label, study_results, summary_table
@@ -143,7 +143,7 @@ def _phase_section(fitted: StudyFit, losses: dict, options: ReportOptions) -> Se
     figures = []
     phase_fits = [fit for fit in fitted.fits if fit.law.name == "phase"]
     for (name, metric), loss in losses.items():
-        bits = options.bits if options.bits in set(loss.bits) else int(sorted(loss.bits.unique())[0])
+        bits = _shown_bits(options, loss.bits)
         fits = [fit for fit in phase_fits if (fit.key.eval, fit.key.metric) == (name, metric)]
         suffix = _suffix(losses, name, metric)
         if loss.decay_done.nunique() > 1:
@@ -263,19 +263,19 @@ def _figure_sections(losses: dict, kumar: list) -> list[Section]:
     ]
 
 
-def _headline_rows(loss: pd.DataFrame, kumar: list) -> tuple[pd.DataFrame, LawFit | None]:
-    """The rows of one quant config with known D (RTN per channel when measured, else the first) and the fit of
-    exactly that config among `kumar` (the fits of this eval and metric); no rows when D is unknown for all."""
-    fields = [c for c in ("method", "granularity", "symmetric", *GPTQ_OPTIONS) if c in loss]
-    known = loss[loss.tokens_per_param.notna()]
+def _headline_config(loss: pd.DataFrame, kumar: list) -> tuple[str, pd.DataFrame, LawFit | None]:
+    """One quant config's title (GPTQ options named where they vary, as in the figures), its rows with D > 0
+    and the fit of exactly those rows among `kumar`: RTN per channel when measured, else the first (symmetric
+    grids before asymmetric ones).
+    No rows when D is unknown or zero for every checkpoint."""
+    known = loss[loss.tokens_per_param > 0]
     if known.empty:
-        return known, None
-    labels = known[fields].astype(object).fillna("").astype(str)  # one text per config field, NaN as ""
-    configs = labels.drop_duplicates()
-    preferred = configs[(configs.method == "rtn") & (configs.granularity == "channel")]
-    config = (preferred if len(preferred) else configs).iloc[0]
-    rows = known[(labels == config).all(axis=1)]
-    return rows, next((f for f in kumar if f.key.matches(rows).all()), None)
+        return "", known, None
+    configs = plots.quant_configs(known)
+    preference = [(r.method.iloc[0] == "rtn" and r.granularity.iloc[0] == "channel", bool(r.symmetric.iloc[0]))
+                  for _, r in configs]  # fmt: skip
+    title, rows = configs[preference.index(max(preference))]
+    return title, rows, next((f for f in kumar if f.key.matches(rows).all()), None)
 
 
 def _most_overtrained(rows: pd.DataFrame) -> pd.DataFrame:
@@ -288,14 +288,18 @@ def _most_overtrained(rows: pd.DataFrame) -> pd.DataFrame:
     return top[top.checkpoint == top.checkpoint.iloc[0]].sort_values("bits")
 
 
-def _headline(rows: pd.DataFrame, fit: LawFit | None, bits: int, unit: str, budget: float) -> list[str]:
-    """The study's finding in a sentence, from the data: how δ grows with D at `bits` for one quant config's
-    `rows` and what it costs at the most over-trained checkpoint of the largest model; then δ per bit width
-    there, and the smallest width within the budget."""
-    last = _most_overtrained(rows)
-    method, granularity = rows.method.iloc[0], rows.granularity.iloc[0]
+def _shown_bits(options: ReportOptions, measured) -> int:
+    """The bit width a figure or sentence shows: the report's, when measured, else the smallest measured."""
+    widths = {int(b) for b in measured}
+    return options.bits if options.bits in widths else min(widths)
+
+
+def _headline(title: str, last: pd.DataFrame, fit: LawFit | None, bits: int, unit: str, budget: float) -> list[str]:
+    """The study's finding in a sentence, from the data: how δ grows with D at `bits` for the quant config
+    `title` names, and what it costs at its most over-trained checkpoint `last` (rows by bit width); then δ
+    per bit width there, and the smallest width within the budget."""
     at = last[last.bits == bits].iloc[0]
-    label = f"{bits}-bit {method.upper()} ({granularity})"
+    label = f"{bits}-bit {title}"
     cost = (
         f"at D/N {at.tokens_per_param:.0f} (N = {at.nonembedding_params:,.0f}) it costs δ = {at.delta:#.3g} "
         f"[{at.delta_ci_low:#.3g}, {at.delta_ci_high:#.3g}] in {unit} (measured)"
@@ -312,9 +316,9 @@ def _headline(rows: pd.DataFrame, fit: LawFit | None, bits: int, unit: str, budg
         if len(within)
         else f"no measured bit width keeps δ within {budget:g} {unit} there"
     )
-    widths = "; ".join(f"{r.bits} bits {r.delta:#.3g} [{r.delta_ci_low:#.3g}, {r.delta_ci_high:#.3g}]"
-                       for r in last.itertuples())  # fmt: skip
-    note = f"At that checkpoint ({at.checkpoint}), {method.upper()} {granularity}, δ by bit width: {widths}; {verdict}."
+    by_width = "; ".join(f"{r.bits} bits {r.delta:#.3g} [{r.delta_ci_low:#.3g}, {r.delta_ci_high:#.3g}]"
+                         for r in last.itertuples())  # fmt: skip
+    note = f"At that checkpoint ({at.checkpoint}), {title}, δ by bit width: {by_width}; {verdict}."
     return [sentence, note]
 
 
@@ -322,16 +326,20 @@ def _summary_section(losses: dict, kumar: list, options: ReportOptions) -> Secti
     """The first screen: the finding, the gate-relevant numbers and the one figure that shows them."""
     (name, metric), loss = next(iter(losses.items()))
     unit = nats_label(metric)
-    rows, fit = _headline_rows(loss, [f for f in kumar if (f.key.eval, f.key.metric) == (name, metric)])
+    title, rows, fit = _headline_config(loss, [f for f in kumar if (f.key.eval, f.key.metric) == (name, metric)])
     if rows.empty:
-        paragraphs = ["D is unknown for every checkpoint, so no growth with D can be shown; the results are below."]
+        paragraphs = ["D is unknown or zero for every checkpoint, so no growth with D can be shown; the results "
+                      "are below."]  # fmt: skip
         return Section("Summary", paragraphs)
-    widths = set(_most_overtrained(rows).bits)
-    bits = options.bits if options.bits in widths else int(min(widths))
-    paragraphs = _headline(rows, fit, bits, unit, options.budget)
+    last = _most_overtrained(rows)
+    bits = _shown_bits(options, last.bits)
+    paragraphs = _headline(title, last, fit, bits, unit, options.budget)
     if len(losses) > 1:
         paragraphs.append(f"For {name}: {metric}; the other evals are in the sections below.")
-    return Section("Summary", paragraphs, figures=[plots.headline_delta(rows, fit, bits, unit)])
+    figure = plots.headline_delta(title, rows, fit, bits, unit)
+    if figure is None:
+        paragraphs.append(f"No {bits}-bit δ is above zero and no law was fitted, so there is no figure to draw.")
+    return Section("Summary", paragraphs, figures=[figure] if figure else [])
 
 
 def report_digest(study: Study, store: Store, options: ReportOptions) -> str:

@@ -50,6 +50,8 @@ from ptq_eval.quant.calibration import calibration_tokens  # noqa: E402
 LADDER = Path("tasks/ladders/demo")
 CHECKPOINTS = ["n25k/tpp320", "n100k/tpp40", "n100k/tpp320"]
 EXCLUDE = ("lm_head",)
+CALIBRATION = (128, 128)  # windows, tokens each (stdlib-python train, seed 0)
+EVAL_LEN, EVAL_TOKENS = 128, 65_536  # stdlib-python validation
 
 
 def ours(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, workdir: str):
@@ -131,7 +133,7 @@ def _fp32_copy(checkpoint: Path, weight_of: Callable[[str], torch.Tensor]) -> to
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     with torch.no_grad():
         for name, weight in _matrices(model).items():
-            weight.read().copy_(weight_of(name))
+            weight.write(weight_of(name))
     return model
 
 
@@ -154,9 +156,21 @@ class Peer:
 
 
 PEERS = {
-    "gptqmodel": Peer("GPTQModel", "gptqmodel", gptqmodel, False, ("block", "layer"), "reports/bench/gptq.md"),
+    "gptqmodel": Peer(
+        "GPTQModel",
+        "gptqmodel",
+        gptqmodel,
+        static_groups=False,
+        sequential=("block", "layer"),
+        out="reports/bench/gptq.md",
+    ),
     "llmcompressor": Peer(
-        "llm-compressor", "llmcompressor", llmcompressor, True, ("block",), "reports/bench/gptq_llmcompressor.md"
+        "llm-compressor",
+        "llmcompressor",
+        llmcompressor,
+        static_groups=True,
+        sequential=("block",),
+        out="reports/bench/gptq_llmcompressor.md",
     ),
 }
 
@@ -179,8 +193,8 @@ def main() -> None:
         f"# Our GPTQ beside {peer.label} {version(peer.package)} ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs; torch {torch.__version__}, transformers {version('transformers')})",
         "",
-        f"Demo-ladder checkpoints, 128 calibration windows of 128 tokens (stdlib-python train), 65,536 eval tokens "
-        "in windows of 128 (validation); "
+        f"Demo-ladder checkpoints, {CALIBRATION[0]} calibration windows of {CALIBRATION[1]} tokens (stdlib-python "
+        f"train), {EVAL_TOKENS:,} eval tokens in windows of {EVAL_LEN} (validation); "
         f"act_order=True, static_groups={peer.static_groups}, symmetric, damp 0.01, block 128, float32, "
         f"{args.threads} torch thread(s); "
         "δ = mean paired loss difference (nats/token) with its 95% bootstrap CI over windows; s = quantization "
@@ -194,8 +208,9 @@ def main() -> None:
         for name in args.checkpoints:
             checkpoint = LADDER / name
             tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-            windows = make_windows(token_stream(tokenizer, load_corpus("stdlib-python", "validation")), 128, 65536)
-            calibration = calibration_tokens(tokenizer, "stdlib-python", "train", 128, 128, 0)
+            stream = token_stream(tokenizer, load_corpus("stdlib-python", "validation"))
+            windows = make_windows(stream, EVAL_LEN, EVAL_TOKENS)
+            calibration = calibration_tokens(tokenizer, "stdlib-python", "train", *CALIBRATION, 0)
             fp = loss_metrics(window_losses(AutoModelForCausalLM.from_pretrained(checkpoint).eval(), windows))
             for sequential, bits, group in itertools.product(peer.sequential, (3, 4), (-1, 32)):
                 config = QuantConfig(
