@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -153,14 +154,25 @@ def cmd_results(args) -> int:
     return 0
 
 
+def _positive(text: str) -> float:
+    """An argparse type: a finite number above zero (a budget, N or D/N)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
 def _parse_point(text: str) -> dict[str, float]:
     """`N=1e5,D=3e7,P=4` -> {"N": 1e5, "D": 3e7, "P": 4.0}."""
     try:
         point = {key.strip(): float(value) for key, value in (item.split("=") for item in text.split(","))}
     except ValueError:
         point = {}
-    if set(point) != {"N", "D", "P"}:
-        raise UserError(f"--predict {text!r}: expected N=...,D=...,P=... (e.g. N=1e5,D=3e7,P=4)")
+    if set(point) != {"N", "D", "P"} or not all(math.isfinite(v) and v > 0 for v in point.values()):
+        raise UserError(f"--predict {text!r}: expected N=...,D=...,P=..., each a number > 0 (e.g. N=1e5,D=3e7,P=4)")
     return point
 
 
@@ -435,10 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--law", choices=DELTA_LAWS, default="kumar", help="law for the forecasts (phase laws: at decay_done 1)"
     )
     fit.add_argument("--predict", action="append", default=[], metavar="N=..,D=..,P=..", help="forecast δ here")
-    fit.add_argument("--budget", type=float, help="δ budget (nats/token) for the D/N and bits forecasts")
-    fit.add_argument("--params", type=float, help="N (non-embedding parameters) for the budget forecasts")
+    fit.add_argument("--budget", type=_positive, help="δ budget (nats/token) for the D/N and bits forecasts")
+    fit.add_argument("--params", type=_positive, help="N (non-embedding parameters) for the budget forecasts")
     fit.add_argument("--bits", type=int, help="P: with --budget, the largest D/N; with a base fit, the critical D")
-    fit.add_argument("--tokens-per-param", type=float, help="D/N: with --budget, the smallest bit width")
+    fit.add_argument("--tokens-per-param", type=_positive, help="D/N: with --budget, the smallest bit width")
     fit.add_argument("--format", choices=["md", "json"], default="md")
     fit.set_defaults(func=cmd_fit)
 
@@ -448,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="output directory (default: reports/<study name>)")
     report.add_argument("--resamples", type=int, default=100, help="bootstrap resamples of each fit")
     report.add_argument("--seed", type=int, default=0)
-    report.add_argument("--budget", type=float, default=0.05, help="δ budget (nats/token) for the forecasts")
+    report.add_argument("--budget", type=_positive, default=0.05, help="δ budget (nats/token) for the forecasts")
     report.add_argument("--bits", type=int, default=4, help="precision of the forecasts")
     report.add_argument("--checkpoint", help="checkpoint whose GPTQ per-layer errors are shown")
     report.add_argument(

@@ -46,6 +46,8 @@ FORMATS = ("csv", "json", "md")
 # what study_results adds to COLUMNS: the grid cell's label, GPTQ's options (empty for other methods: rows that
 # differ in one are never pooled into one fit), the checkpoint's learning-rate schedule and how far its decay had
 # come (NaN: unknown), the job's time
+NUMERIC = ["params", "nonembedding_params", "tokens", "tokens_per_param", "fp_value", "quant_value", "delta",
+           "delta_ci_low", "delta_ci_high"]  # fmt: skip
 EXTRA = ["granularity", *GPTQ_OPTIONS, "schedule", "decay_done", "seconds"]
 # config fields a printed table shows only where they vary (CSV and JSON always carry them)
 VARYING = ["symmetric", *GPTQ_OPTIONS, "eval", "schedule"]
@@ -78,6 +80,7 @@ def study_results(study: Study, store: Store) -> pd.DataFrame:
     stored = frame["sequential"] if "sequential" in frame else pd.Series(None, index=frame.index, dtype=object)
     frame["sequential"] = stored.where(stored.notna(), frame.method.map({"gptq": "block"})).fillna("")
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *GPTQ_OPTIONS])))
+    frame[NUMERIC] = frame[NUMERIC].astype(float)  # a column stored NULL in every row would otherwise be object
     order = ["nonembedding_params", "tokens", "method", "bits", "group_size", "sequential", "eval", "metric"]
     frame = frame.sort_values(order)
     return frame[COLUMNS + EXTRA].reset_index(drop=True)
@@ -111,7 +114,7 @@ def summary_table(results: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
             "checkpoint": rows.checkpoint,
             "N": rows.nonembedding_params,
             "D": rows.tokens,
-            "D/N": rows.tokens_per_param.map(lambda v: f"{v:.1f}"),
+            "D/N": rows.tokens_per_param.map(lambda v: f"{v:.3g}"),  # a step-1 checkpoint's 0.02 is not 0.0
             "method": rows.method,
             "bits": rows.bits.astype(int),
             "granularity": rows.granularity,

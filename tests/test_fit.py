@@ -400,3 +400,23 @@ def test_a_fit_of_results_already_fitted_loads_its_estimates_from_the_store(tmp_
         fit_study(results.assign(delta=results.delta * 1.01), options=options, laws=("kumar",), cache=store)
         fit_study(results, options=FitOptions(resamples=6, seed=1), laws=("kumar",), cache=store)
         assert len(computed) == 4
+
+
+def test_intervals_are_withheld_when_few_bootstrap_resamples_can_be_refit():
+    """Every size at one D/N and one checkpoint off it: a resample without that checkpoint cannot identify γ_D,
+    and the resamples that can all hold it, so their interval would be far too narrow."""
+    on_ratio = kumar_results(sizes=SIZES, ratios=(20,), bits=(3, 4, 6))
+    results = pd.concat([on_ratio, kumar_results(sizes=(5e4,), ratios=(160,), bits=(3, 4, 6))], ignore_index=True)
+    fitted = fit_study(results, options=FitOptions(resamples=40, validate=False), laws=("kumar",))
+    fit = fitted.fits[0]
+    assert fit.scores["resamples_refit"] < 36 and fit.table().ci_low.isna().all()
+    assert any("intervals withheld: only" in note for note in fitted.notes())
+    assert fit_delta(kumar_results(), "kumar", SIM, FAST).scores["resamples_refit"] == 40  # a full ladder: all refit
+
+
+def test_smallest_bit_width_is_unknown_across_widths_a_per_bit_law_did_not_fit():
+    results = kumar_results(bits=(3, 8))
+    per_bit = fit_delta(results, "per_bit", SIM, FAST)
+    assert math.isnan(min_bits(per_bit, 1e5, 100, 0.05).value)  # 3 bits is over budget; 4-7 were never fitted
+    assert math.isnan(max_tokens_per_param(per_bit, 1e5, 5, 0.05).value)  # no law at 5 bits: no answer, no crash
+    assert min_bits(fit_delta(results, "kumar", SIM, FAST), 1e5, 100, 0.05).value == 5

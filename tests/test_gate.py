@@ -81,7 +81,8 @@ def decisions(verdict) -> list[str]:
         ("strict", (0.009, 0.006, 0.012), "fail"),
         ("point", (0.009, 0.006, 0.012), "pass"),
         ("point", (0.011, 0.009, 0.013), "fail"),
-        ("ci", (math.nan, math.nan, math.nan), "undecided"),
+        ("point", (math.nan, math.nan, math.nan), "fail"),  # the quantized loss is NaN, full precision's is not
+        ("ci", (math.inf, math.inf, math.inf), "fail"),  # it overflowed
     ],
 )
 def test_absolute_budget_under_each_uncertainty_rule(uncertainty, measured, expected):
@@ -89,6 +90,13 @@ def test_absolute_budget_under_each_uncertainty_rule(uncertainty, measured, expe
         policy({"kind": "absolute", "max": 0.01}, uncertainty=uncertainty), "m", results(row("m", *measured))
     )
     assert decisions(verdict) == [expected] and verdict.decision == expected
+
+
+def test_a_value_missing_on_both_sides_is_undecided_not_failed():
+    verdict = decide(policy({"kind": "absolute", "max": 0.01}), "m", results(row("m", *[math.nan] * 3, fp=math.nan)))
+    assert decisions(verdict) == ["undecided"] and verdict.checks[0].reason == "no finite value"
+    diverged = decide(policy({"kind": "absolute", "max": 0.01}), "m", results(row("m", *[math.nan] * 3)))
+    assert diverged.checks[0].reason.startswith("not finite: the quantized model's value")
 
 
 def test_judge_explains_the_decision():

@@ -2,6 +2,7 @@
 
 import html
 import io
+import math
 import re
 from dataclasses import replace
 
@@ -202,3 +203,58 @@ def test_tables_show_the_config_fields_that_vary_and_only_those(study_store):
     header = render_results(mixed, "md").splitlines()[0]
     assert "| symmetric |" in header and "| act_order |" in header and "| eval |" not in header
     assert list(pd.read_csv(io.StringIO(render_results(loss, "csv"))).columns) == COLUMNS + EXTRA  # CSV: every column
+
+
+GRID = {f"ladder/n{n // 1000}k/tpp{r}": (float(n), float(n * r)) for n in (20_000, 50_000, 100_000) for r in (10, 40)}
+
+
+def test_compare_and_the_layer_figure_keep_gptq_variants_apart(tmp_path, monkeypatch):
+    variants = [{"method": "gptq", "bits": [3, 4], "act_order": flag} for flag in (True, False)]
+    study = constructed_store(tmp_path / "s.sqlite", GRID, variants)
+    with Store(tmp_path / "s.sqlite") as store:
+        results = study_results(study, store)
+        drawn, draw = {}, plots.layer_errors
+        monkeypatch.setattr(
+            plots, "layer_errors", lambda layers, checkpoint: drawn.update(layers) or draw(layers, checkpoint)
+        )
+        study_report(study, store, ReportOptions(resamples=8))
+    assert sorted(drawn) == [f"{b}-bit gptq channel act_order={flag}" for b in (3, 4) for flag in (False, True)]
+    low, high = (results[results.checkpoint == f"ladder/n100k/tpp{r}"] for r in (10, 40))
+    table = compare_results(low, high)
+    assert len(table) == 2 * 2 * 2  # bits x act_order x metric: an act_order row is never paired with the other
+    assert (table.act_order.astype(bool) == table.act_order).all()
+    from ptq_eval.report.compare import compare_document
+
+    shown = compare_document(table, ("a", "b")).sections[1].tables[0].frame
+    assert "act_order" in shown and "damp" not in shown and "symmetric" not in shown
+
+
+def test_reports_survive_missing_intervals_and_a_width_that_diverged_everywhere(tmp_path):
+    nan = math.nan
+    no_ci = constructed_store(tmp_path / "a.sqlite", GRID, QUANT[:1], ci_half_width=nan)  # every CI stored NULL
+
+    def two_bits_diverge(params, tokens, bits, method):
+        return nan if bits == 2 else 0.02 * tokens**0.6 / params**0.4
+
+    diverged = constructed_store(
+        tmp_path / "b.sqlite", GRID, [{"method": "rtn", "bits": [2, 3, 4]}], delta=two_bits_diverge
+    )
+    for study, path in ((no_ci, tmp_path / "a.sqlite"), (diverged, tmp_path / "b.sqlite")):
+        with Store(path) as store:
+            results = study_results(study, store)
+            document = study_report(study, store, ReportOptions(resamples=8))
+        assert results.delta_ci_low.dtype == float and document.sections[0].title == "Summary"
+    low, high = (results[results.checkpoint == f"ladder/n100k/tpp{r}"] for r in (10, 40))
+    assert compare_results(low, high).difference.notna().sum() == 2 * 2  # 3 and 4 bits, loss and perplexity
+
+
+def test_cli_budgets_and_sizes_must_be_positive(study_store, capsys):
+    study, path = study_store
+    yaml_file = str(path.with_suffix(".yaml"))
+    for bad in (["fit", yaml_file, "--budget", "-0.1"], ["report", yaml_file, "--budget", "0"],
+                ["fit", yaml_file, "--params", "nan"]):  # fmt: skip
+        with pytest.raises(SystemExit) as stopped:
+            main(bad)
+        assert stopped.value.code == 3 and "expected a finite number > 0" in capsys.readouterr().err
+    assert main(["fit", yaml_file, "--store", str(path), "--predict", "N=0,D=1e6,P=4"]) == 3
+    assert "each a number > 0" in capsys.readouterr().err

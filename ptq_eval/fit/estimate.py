@@ -55,6 +55,9 @@ CENSORING = ("censor", "exclude")
 FIT_CODE = hashlib.sha256(b"".join((Path(__file__).parent / f).read_bytes() for f in ("laws.py", "estimate.py")))
 
 
+MIN_REFIT = 0.9  # below this share of bootstrap resamples refitted, a fit's intervals are withheld (NaN)
+
+
 @dataclass(frozen=True)
 class FitOptions:
     resamples: int = 200  # bootstrap resamples over checkpoints
@@ -325,15 +328,18 @@ def fit_points(law: Law, points: Points, excluded: pd.DataFrame, key: FitKey = A
             cache.save_estimate_record(digest, record)
     theta = np.array(record["theta"], dtype=float)
     boot = np.array(record["boot"], dtype=float).reshape(options.resamples, len(theta))
+    refit = int(np.isfinite(boot).all(axis=1).sum())
+    if refit < MIN_REFIT * options.resamples:  # the resamples that refit are a biased few: their interval is too narrow
+        boot = np.full_like(boot, np.nan)
     residual = residuals(law, theta, points)
     spread = ((points.y - points.y.mean()) ** 2).sum()
     scores = {"n_points": len(points), "censored": int(points.censored.sum()), "excluded": len(excluded),
               "rmse_log": float(np.sqrt(np.mean(residual**2))),
               "r2": float(1 - (residual**2).sum() / spread) if spread > 0 else float("nan"),
               "loco_rmse_log": _number(record["loco_rmse_log"]),
-              "largest_d_rmse_log": _number(record["largest_d_rmse_log"])}  # fmt: skip
+              "largest_d_rmse_log": _number(record["largest_d_rmse_log"]), "resamples_refit": refit}  # fmt: skip
     provenance = {"ptq_eval": ptq_eval.__version__, "scipy": scipy.__version__, "points": len(points),
-                  "resamples": options.resamples, "resamples_ok": int(np.isfinite(boot).all(axis=1).sum()),
+                  "resamples": options.resamples, "resamples_ok": refit,
                   "seed": options.seed, "huber_delta": options.huber, "censoring": options.censoring,
                   "key": key.record()}  # fmt: skip
     return LawFit(law, key, theta, boot, points, excluded, scores, provenance)

@@ -28,6 +28,8 @@ def max_tokens_per_param(fit: LawFit, params: float, bits: int, budget: float, s
             return fit.law.model(theta, query(params, params * np.exp(u), bits))[0][0] - np.log(budget)
 
         low, high = np.log(search)
+        if not (np.isfinite(excess(low)) and np.isfinite(excess(high))):  # a width the law has no value for
+            return np.nan
         if excess(high) <= 0:
             return np.inf
         return 0.0 if excess(low) > 0 else float(np.exp(optimize.brentq(excess, low, high, xtol=1e-12)))
@@ -36,11 +38,19 @@ def max_tokens_per_param(fit: LawFit, params: float, bits: int, budget: float, s
 
 
 def min_bits(fit: LawFit, params: float, tokens_per_param: float, budget: float) -> Estimate:
-    """The smallest integer P in 2..16 with δ ≤ budget at this N and D/N (inf: none)."""
+    """The smallest integer P in 2..16 with δ ≤ budget at this N and D/N (inf: none), from the lowest width the
+    law has a value for (per_bit: the lowest fitted); NaN when a width it has no value for lies below the answer
+    (per_bit fitted at 3 and 8 bits cannot say whether 5 would do)."""
 
     def solve(theta):
         delta = np.exp(fit.law.model(theta, query(params, params * tokens_per_param, BIT_RANGE))[0])
-        return float(next((p for p, d in zip(BIT_RANGE, delta, strict=True) if d <= budget), np.inf))
+        known = np.isfinite(delta)
+        for p, d, gap in zip(BIT_RANGE, delta, ~known & (np.cumsum(known) > 0), strict=True):
+            if gap:
+                return np.nan
+            if d <= budget:
+                return float(p)
+        return np.inf
 
     return fit.estimate(solve)
 

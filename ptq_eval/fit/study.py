@@ -22,7 +22,7 @@ from ptq_eval.fit.data import (
     select,
     stack,
 )
-from ptq_eval.fit.estimate import DEFAULTS, EstimateCache, FitOptions, LawFit, fit_points, identify
+from ptq_eval.fit.estimate import DEFAULTS, MIN_REFIT, EstimateCache, FitOptions, LawFit, fit_points, identify
 from ptq_eval.fit.laws import BASE, DELTA_LAWS, KUMAR, PHASE, PHASE_LAWS, PHASE_ONLY, RIVAL, per_bit_law
 
 NO_PHASE = "learning-rate phase (decay_done) unknown for this checkpoint"
@@ -124,6 +124,10 @@ class StudyFit:
             label = f"{fit.law.name} {fit.key.label()}"
             if fit.scores.get("censored"):
                 notes.append(f"{label}: {fit.scores['censored']} points censored (delta CI reaches zero)")
+            refit, resamples = fit.scores["resamples_refit"], fit.provenance["resamples"]
+            if refit < MIN_REFIT * resamples:
+                notes.append(f"{label}: intervals withheld: only {refit} of {resamples} bootstrap resamples could be "
+                             f"refit (under {MIN_REFIT:.0%}; those few would give too narrow an interval)")  # fmt: skip
             if len(fit.excluded):
                 reasons = ", ".join(f"{n} with {reason}" for reason, n in fit.excluded.reason.value_counts().items())
                 notes.append(f"{label}: {len(fit.excluded)} points excluded: {reasons}")

@@ -149,6 +149,8 @@ class Verdict:
 def judge(estimate: Estimate, limit: float, uncertainty: str) -> tuple[str, str]:
     """pass, fail or undecided for `value ≤ limit` under an uncertainty rule, with the reason."""
     value, low, high = estimate.value, estimate.ci_low, estimate.ci_high
+    if value == math.inf:
+        return "fail", "not finite: the quantized model's value overflowed or is NaN where full precision's is not"
     if not math.isfinite(value):
         return "undecided", "no finite value"
     if uncertainty == "point":
@@ -205,6 +207,8 @@ def _measured(
     row = rows.iloc[0][["delta", "delta_ci_low", "delta_ci_high", "fp_value"]].astype(float)
     if budget.higher_is_better:
         row = pd.Series([-row.delta, -row.delta_ci_high, -row.delta_ci_low, row.fp_value], index=row.index)
+    if math.isfinite(row.fp_value) and not math.isfinite(float(rows.iloc[0].quant_value)):  # it diverged: worst
+        row = pd.Series([math.inf, math.inf, math.inf, row.fp_value], index=row.index)
     return row
 
 

@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 
 from ptq_eval.errors import UserError
+from ptq_eval.quant import GPTQ_OPTIONS
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
+from ptq_eval.results import varying
 
 CONFIG = ["method", "granularity", "bits", "group_size", "symmetric", "eval", "metric"]
 
@@ -36,7 +38,8 @@ def compare_results(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     """One row per config both sides measured: each δ with its CI, the difference B − A, its CI and whether it
     is significant (the CI excludes zero). Checkpoints are matched by name unless each side has only one."""
     single = a.checkpoint.nunique() == 1 and b.checkpoint.nunique() == 1
-    keys = CONFIG if single else ["checkpoint", *CONFIG]
+    config = CONFIG + [c for c in GPTQ_OPTIONS if c in a and c in b]  # GPTQ variants are never paired across
+    keys = config if single else ["checkpoint", *config]
     columns = keys + ["delta", "delta_ci_low", "delta_ci_high"]
     joined = a[columns].merge(b[columns], on=keys, suffixes=("_a", "_b"))
     if joined.empty:
@@ -73,7 +76,8 @@ def compare_document(table: pd.DataFrame, labels: tuple[str, str]) -> Document:
     )
     redundant = (table.metric == "perplexity") & table["eval"].isin(table["eval"][table.metric == "loss"])
     plotted = table[~redundant]  # perplexity is exp(loss): its panel would repeat the loss panel
-    shown = table.drop(columns=["granularity", "symmetric"])
+    same = [c for c in ("symmetric", *GPTQ_OPTIONS) if c in table and c not in varying(table)]
+    shown = table.drop(columns=["granularity", *same])  # a config field is shown where it tells rows apart
     if (shown.checkpoint == "").all():
         shown = shown.drop(columns="checkpoint")
     shown = shown.assign(significant=shown.significant.map({True: "yes", False: "no"}))

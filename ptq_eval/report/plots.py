@@ -275,7 +275,8 @@ def delta_heatmap(loss: pd.DataFrame, unit: str = "loss (nats/token)", name: str
     image = None
     for ax, (title, rows) in zip(axes, configs, strict=False):
         bits = sorted(rows.bits.unique())
-        grid = rows.pivot_table(index="checkpoint", columns="bits", values="delta").reindex(checkpoints)[bits]
+        grid = rows.pivot_table(index="checkpoint", columns="bits", values="delta")
+        grid = grid.reindex(index=checkpoints, columns=bits)  # a width NaN at every checkpoint keeps its column
         values = grid.to_numpy(dtype=float)
         image = ax.imshow(np.where(values > 0, values, np.nan), aspect="auto", cmap="magma_r", norm=norm)
         for (i, j), value in np.ndenumerate(values):

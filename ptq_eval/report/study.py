@@ -29,7 +29,7 @@ from ptq_eval.fit import (
     nats_label,
     stack,
 )
-from ptq_eval.quant import QuantConfig
+from ptq_eval.quant import GPTQ_OPTIONS, QuantConfig
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
 from ptq_eval.results import coverage_label, study_results, summary_table
@@ -187,16 +187,18 @@ def _layer_section(frame: pd.DataFrame, loss: pd.DataFrame, options: ReportOptio
         return None
     checkpoint = options.layers_checkpoint
     if checkpoint is None:
-        ordered = loss[loss.method == "gptq"].sort_values(["nonembedding_params", "tokens"])
+        ordered = loss[loss.method == "gptq"].sort_values(["nonembedding_params", "tokens"], na_position="first")
         checkpoint = ordered.checkpoint.iloc[-1] if len(ordered) else gptq.checkpoint.iloc[0]
     chosen = gptq[gptq.checkpoint == checkpoint].drop_duplicates("job_key")
     if chosen.empty:
         known = ", ".join(sorted(gptq.checkpoint.unique()))
         raise UserError(f"no GPTQ results for checkpoint {checkpoint!r}; GPTQ was run on: {known}")
     layers = {}
+    options = [c for c in GPTQ_OPTIONS if c in chosen and chosen[c].astype(str).nunique() > 1]  # named where they vary
     for row in chosen.sort_values(["bits", "group_size"]).itertuples():
         granularity = QuantConfig(row.method, int(row.bits), int(row.group_size)).granularity
         label = f"{int(row.bits)}-bit " + plots.config_label(row.method, granularity, bool(row.symmetric))
+        label += "".join(f" {c}={getattr(row, c)}" for c in options)
         layers[label] = json.loads(row.provenance).get("quant_report", {}).get("layers", [])
     return Section("GPTQ per-layer error", figures=[plots.layer_errors(layers, checkpoint)])
 
