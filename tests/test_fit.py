@@ -420,3 +420,9 @@ def test_smallest_bit_width_is_unknown_across_widths_a_per_bit_law_did_not_fit()
     assert math.isnan(min_bits(per_bit, 1e5, 100, 0.05).value)  # 3 bits is over budget; 4-7 were never fitted
     assert math.isnan(max_tokens_per_param(per_bit, 1e5, 5, 0.05).value)  # no law at 5 bits: no answer, no crash
     assert min_bits(fit_delta(results, "kumar", SIM, FAST), 1e5, 100, 0.05).value == 5
+
+
+def test_with_d_unknown_everywhere_the_error_asks_for_tokens_not_more_measurements():
+    unknown = kumar_results().assign(tokens=math.nan, tokens_per_param=math.nan)
+    with pytest.raises(FitError, match=r"give each checkpoint's tokens seen \(D\) in the study"):
+        fit_delta(unknown, "kumar", SIM, FAST)

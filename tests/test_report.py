@@ -103,7 +103,7 @@ def test_report_draws_around_an_untrained_checkpoint(tmp_path):
     summary = document.sections[0]
     assert "at D/N 40 (N = 50,000)" in summary.paragraphs[0] and "fitted Kumar" in summary.figures[0].caption
     grid = next(s for s in document.sections if s.title.startswith("Degradation")).figures[0]
-    assert "3 points with δ ≤ 0 or D = 0" in grid.caption
+    assert "3 points with δ ≤ 0 or D unknown or 0" in grid.caption
 
 
 def test_summary_figure_names_its_config_and_marks_each_schedule(study_store):
@@ -120,6 +120,7 @@ def test_summary_figure_names_its_config_and_marks_each_schedule(study_store):
     assert figure.caption.startswith("4-bit gptq channel sequential=block: ") and "one marker per" in figure.caption
     assert "censored" not in figure.caption  # no fit: nothing is censored in one
     assert plots.headline_delta(titles[0], split.assign(delta=-split.delta), None, 4) is None  # nothing to draw
+    assert [plots.size_label(n) for n in (7e4, 1.4e8, 7e9, 7e10)] == ["N=70k", "N=140M", "N=7B", "N=70B"]
 
 
 def test_html_escapes_names_it_did_not_write(written):

@@ -217,9 +217,15 @@ def select(results: pd.DataFrame, key: FitKey, censoring: str = "censor") -> tup
     if not (~usable.censored).any():
         counts = ", ".join(f"{n} with {r}" for r, n in excluded.reason.value_counts().items())
         counts += f", {int(usable.censored.sum())} censored (delta CI reaches zero)" if usable.censored.any() else ""
+        unknown = (excluded.reason == UNKNOWN_D).sum()
+        advice = (
+            "give each checkpoint's tokens seen (D) in the study (`tokens:`)"
+            if unknown and unknown + (rows.tokens <= 0).sum() == len(rows)
+            else "measure lower bit widths, longer-trained checkpoints or more eval tokens"
+        )
         raise FitError(
             f"none of the {len(rows)} {key.label()} points has δ significantly above zero ({counts.strip(', ')}); "
-            "measure lower bit widths, longer-trained checkpoints or more eval tokens"
+            + advice
         )
     return usable, excluded
 

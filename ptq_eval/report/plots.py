@@ -25,7 +25,9 @@ def config_label(method: str, granularity: str, symmetric: bool = True) -> str:
 
 
 def size_label(params: float) -> str:
-    return f"N={params / 1e3:.0f}k" if params < 1e6 else f"N={params / 1e6:.3g}M"
+    if params < 1e6:
+        return f"N={params / 1e3:.0f}k"
+    return f"N={params / 1e6:.3g}M" if params < 1e9 else f"N={params / 1e9:.3g}B"
 
 
 def _png(figure: MplFigure) -> bytes:
@@ -108,11 +110,12 @@ def delta_vs_tokens_per_param(loss: pd.DataFrame, fits: list[LawFit], unit: str 
         axes[row][-1].legend(fontsize=8, loc="lower right")
     caption = (
         f"Increase δ of {unit} from quantization against tokens per parameter, log–log, with 95% CIs (hollow: "
-        "the CI reaches zero, so the fit treats δ as censored: known only to lie below its detection limit; "
-        "lower bars cut at δ/10); lines: the fitted Kumar et al. law with its 95% bootstrap band."
+        "the CI reaches zero, so a fit treats δ as censored: known only to lie below its detection limit; "
+        "lower bars cut at δ/10)"
+        + ("; lines: the fitted Kumar et al. law with its 95% bootstrap band." if fits else "; no law was fitted.")
     )
     if hidden:
-        caption += f" {hidden} points with δ ≤ 0 or D = 0 cannot be drawn on a log axis and are not shown."
+        caption += f" {hidden} points with δ ≤ 0 or D unknown or 0 cannot be drawn on a log axis and are not shown."
     return Figure(name, _png(figure), caption)
 
 

@@ -89,7 +89,7 @@ def _fits_sections(results: pd.DataFrame, losses: dict, skipped: list[str], opti
     try:
         fitted = fit_study(results, options=fit_options, cache=store)
     except FitError as error:
-        return [Section("Scaling-law fits", [f"No law could be fitted: {error}"])], []
+        return [Section("Scaling-law fits", [f"{str(error)[0].upper()}{str(error)[1:]}."])], []
     phase = _phase_section(fitted, losses, options)
     kumar = [fit for fit in fitted.fits if fit.law.name == "kumar"]
     notes = [
