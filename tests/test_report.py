@@ -218,7 +218,8 @@ def test_compare_and_the_layer_figure_keep_gptq_variants_apart(tmp_path, monkeyp
         monkeypatch.setattr(
             plots, "layer_errors", lambda layers, checkpoint: drawn.update(layers) or draw(layers, checkpoint)
         )
-        study_report(study, store, ReportOptions(resamples=8))
+        document = study_report(study, store, ReportOptions(resamples=8))
+    assert "D/N 10 to 40) × 4 quantization configs × 1 evals" in document.sections[1].paragraphs[0]
     assert sorted(drawn) == [f"{b}-bit gptq channel act_order={flag}" for b in (3, 4) for flag in (False, True)]
     low, high = (results[results.checkpoint == f"ladder/n100k/tpp{r}"] for r in (10, 40))
     table = compare_results(low, high)
@@ -245,6 +246,9 @@ def test_reports_survive_missing_intervals_and_a_width_that_diverged_everywhere(
             results = study_results(study, store)
             document = study_report(study, store, ReportOptions(resamples=8))
         assert results.delta_ci_low.dtype == float and document.sections[0].title == "Summary"
+    with Store(tmp_path / "b.sqlite") as store:
+        at_two_bits = study_report(diverged, store, ReportOptions(resamples=8, bits=2)).sections[0].paragraphs
+    assert "δ is not finite: the quantized model's loss (nats/token) overflowed or is NaN" in at_two_bits[0]
     low, high = (results[results.checkpoint == f"ladder/n100k/tpp{r}"] for r in (10, 40))
     assert compare_results(low, high).difference.notna().sum() == 2 * 2  # 3 and 4 bits, loss and perplexity
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,12 +60,15 @@ def _losses(results: pd.DataFrame) -> tuple[dict[tuple[str, str], pd.DataFrame],
 
 
 def _overview(study: Study, results: pd.DataFrame, jobs: int, finished: int, losses: dict, skipped: list) -> Section:
-    ratios = results.tokens_per_param
+    ratios = results.drop_duplicates("checkpoint").tokens_per_param
+    span = f"D/N {ratios.min():.3g} to {ratios.max():.3g}" if ratios.notna().any() else "D unknown"
+    if ratios.notna().any() and ratios.isna().any():
+        span += f", D unknown for {int(ratios.isna().sum())}"
     sizes = ", ".join(plots.size_label(n) for n in sorted(results.nonembedding_params.unique()))
-    configs = results.drop_duplicates(plots.CONFIG + ["bits"])
+    configs = results.drop_duplicates([*plots.CONFIG, "bits", *(c for c in GPTQ_OPTIONS if c in results)])
     paragraphs = [
-        f"{results.checkpoint.nunique()} checkpoints ({sizes} non-embedding parameters; D/N "
-        f"{ratios.min():.3g} to {ratios.max():.3g}) × {len(configs)} quantization configs × "
+        f"{results.checkpoint.nunique()} checkpoints ({sizes} non-embedding parameters; {span}) "
+        f"× {len(configs)} quantization configs × "
         f"{results['eval'].nunique()} evals: {finished} of {jobs} jobs finished.",
         "δ is the quantized minus the full-precision value on exactly the same tokens (or documents), with a "
         "95% paired bootstrap CI.",
@@ -302,6 +306,10 @@ def _headline(title: str, last: pd.DataFrame, fit: LawFit | None, bits: int, uni
     per bit width there, and the smallest width within the budget."""
     at = last[last.bits == bits].iloc[0]
     label = f"{bits}-bit {title}"
+    if not math.isfinite(at.delta):
+        return [f"{label}: at its most over-trained checkpoint of the largest model ({at.checkpoint}, D/N "
+                f"{at.tokens_per_param:.0f}) δ is not finite: the quantized model's {unit} overflowed or is NaN; "
+                "see the results below."]  # fmt: skip
     cost = (
         f"at D/N {at.tokens_per_param:.0f} (N = {at.nonembedding_params:,.0f}) it costs δ = {at.delta:#.3g} "
         f"[{at.delta_ci_low:#.3g}, {at.delta_ci_high:#.3g}] in {unit} (measured)"
