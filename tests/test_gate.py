@@ -202,6 +202,17 @@ def test_forecast_budget_fits_the_law_of_its_eval_and_config_and_decides_on_its_
     assert unknown_n.decision == "undecided" and unknown_n.reason.startswith("N unknown")
 
 
+def test_a_per_bit_forecast_at_a_width_it_was_not_fitted_to_says_so(tmp_path):
+    simulated = simulate_results(KUMAR, KUMAR_TRUE, (3e4, 1e5, 3e5), (10, 40, 160), (3, 6), noise=0.02)
+    path = tmp_path / "ladder.csv"
+    simulated.assign(method="rtn", eval=EVAL).reindex(columns=COLUMNS).to_csv(path, index=False)
+    budget = {"kind": "forecast", "law": "per_bit", "tokens_per_param": 640, "fit": str(path), "max": 1.0}
+    rules = policy(budget | {"resamples": 10})
+    check = decide(rules, "m", results(row("m", 0.001, 0, 0.002)), fit_forecasts(rules, tmp_path / "x.sqlite")).checks[0]
+    assert check.decision == "undecided"
+    assert check.reason == "the per_bit law was fitted at 3, 6 bits, not 4: it has no value there"
+
+
 def test_forecast_of_a_study_without_a_stored_store_is_undecided(tmp_path):
     study = tmp_path / "s.yaml"
     study.write_text("name: s\nladder: [a@b]\nquant: [{method: rtn, bits: 4}]\nevals: [{kind: perplexity}]\n")

@@ -222,6 +222,9 @@ def _forecast(budget: Budget, fit: LawFit | str | None, params: float | None, bi
         return f"no forecast: {fit or 'not fitted'}"
     if params is None:
         return "N unknown: no stored result for the checkpoint; give params in the budget"
+    fitted = sorted({int(b) for b in fit.points.bits})
+    if fit.law.name == "per_bit" and bits not in fitted:
+        return f"the per_bit law was fitted at {', '.join(map(str, fitted))} bits, not {bits}: it has no value there"
     return predict_delta(fit, params, params * budget.tokens_per_param, bits)
 
 
