@@ -208,7 +208,8 @@ def test_a_per_bit_forecast_at_a_width_it_was_not_fitted_to_says_so(tmp_path):
     simulated.assign(method="rtn", eval=EVAL).reindex(columns=COLUMNS).to_csv(path, index=False)
     budget = {"kind": "forecast", "law": "per_bit", "tokens_per_param": 640, "fit": str(path), "max": 1.0}
     rules = policy(budget | {"resamples": 10})
-    check = decide(rules, "m", results(row("m", 0.001, 0, 0.002)), fit_forecasts(rules, tmp_path / "x.sqlite")).checks[0]
+    fits = fit_forecasts(rules, tmp_path / "x.sqlite")
+    check = decide(rules, "m", results(row("m", 0.001, 0, 0.002)), fits).checks[0]
     assert check.decision == "undecided"
     assert check.reason == "the per_bit law was fitted at 3, 6 bits, not 4: it has no value there"
 
