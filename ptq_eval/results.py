@@ -80,7 +80,8 @@ def study_results(study: Study, store: Store) -> pd.DataFrame:
     stored = frame["sequential"] if "sequential" in frame else pd.Series(None, index=frame.index, dtype=object)
     frame["sequential"] = stored.where(stored.notna(), frame.method.map({"gptq": "block"})).fillna("")
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *GPTQ_OPTIONS])))
-    frame[NUMERIC] = frame[NUMERIC].astype(float)  # a column stored NULL in every row would otherwise be object
+    for column in NUMERIC:  # a column stored NULL in every row would otherwise be object; integers stay integers
+        frame[column] = pd.to_numeric(frame[column])
     order = ["nonembedding_params", "tokens", "method", "bits", "group_size", "sequential", "eval", "metric"]
     frame = frame.sort_values(order)
     return frame[COLUMNS + EXTRA].reset_index(drop=True)
@@ -114,7 +115,7 @@ def summary_table(results: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
             "checkpoint": rows.checkpoint,
             "N": rows.nonembedding_params,
             "D": rows.tokens,
-            "D/N": rows.tokens_per_param.map(lambda v: f"{v:.3g}"),  # a step-1 checkpoint's 0.02 is not 0.0
+            "D/N": rows.tokens_per_param.map(lambda v: f"{v:,.0f}" if v >= 1000 else f"{v:.3g}"),  # 0.02, not 0.0
             "method": rows.method,
             "bits": rows.bits.astype(int),
             "granularity": rows.granularity,

@@ -92,6 +92,14 @@ def test_absolute_budget_under_each_uncertainty_rule(uncertainty, measured, expe
     assert decisions(verdict) == [expected] and verdict.decision == expected
 
 
+def test_a_diverged_candidate_fails_a_baseline_budget_and_a_diverged_baseline_is_named():
+    rules = policy({"kind": "baseline", "checkpoint": "base", "max": 0.01})
+    diverged, fine = row("m", *[math.inf] * 3), row("base", 0.004, 0.003, 0.005)
+    assert decisions(decide(rules, "m", results(diverged, fine))) == ["fail"]
+    check = decide(rules, "m", results(row("m", 0.004, 0.003, 0.005), row("base", *[math.inf] * 3))).checks[0]
+    assert check.decision == "undecided" and check.reason.startswith("the baseline's quantized value is not finite")
+
+
 def test_a_value_missing_on_both_sides_is_undecided_not_failed():
     verdict = decide(policy({"kind": "absolute", "max": 0.01}), "m", results(row("m", *[math.nan] * 3, fp=math.nan)))
     assert decisions(verdict) == ["undecided"] and verdict.checks[0].reason == "no finite value"

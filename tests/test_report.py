@@ -229,6 +229,13 @@ def test_compare_and_the_layer_figure_keep_gptq_variants_apart(tmp_path, monkeyp
 
     shown = compare_document(table, ("a", "b")).sections[1].tables[0].frame
     assert "act_order" in shown and "damp" not in shown and "symmetric" not in shown
+    rtn_only = constructed_store(tmp_path / "r.sqlite", GRID, [{"method": "rtn", "bits": [3, 4]}], name="rtn")
+    both = constructed_store(tmp_path / "m.sqlite", GRID, [*variants, {"method": "rtn", "bits": [3, 4]}], name="m")
+    with Store(tmp_path / "r.sqlite") as store_r, Store(tmp_path / "m.sqlite") as store_m:
+        rtn, mixed = study_results(rtn_only, store_r), study_results(both, store_m)
+    assert rtn.act_order.dtype == float and mixed.act_order.dtype == object  # RTN-only: no GPTQ option anywhere
+    shared = compare_results(mixed, rtn)  # a study's RTN rows still pair with another's
+    assert len(shared) == 6 * 2 * 2 and set(shared.method) == {"rtn"}
 
 
 def test_reports_survive_missing_intervals_and_a_width_that_diverged_everywhere(tmp_path):

@@ -239,6 +239,10 @@ def _compared(budget: Budget, candidate: pd.Series | str, baseline: pd.Series | 
     if budget.kind == "baseline":
         if isinstance(baseline, str):
             return baseline
+        if candidate.delta == math.inf:  # diverged: fails whatever the baseline did
+            return Estimate(math.inf, math.inf, math.inf)
+        if baseline.delta == math.inf:
+            return "the baseline's quantized value is not finite: no difference to judge against it"
         return Estimate(*(float(v) for v in difference_ci(baseline, candidate)))
     return Estimate(candidate.delta, candidate.delta_ci_low, candidate.delta_ci_high)
 

@@ -38,14 +38,15 @@ def compare_results(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     """One row per config both sides measured: each δ with its CI, the difference B − A, its CI and whether it
     is significant (the CI excludes zero). Checkpoints are matched by name unless each side has only one."""
     single = a.checkpoint.nunique() == 1 and b.checkpoint.nunique() == 1
-    config = CONFIG + [c for c in GPTQ_OPTIONS if c in a and c in b]  # GPTQ variants are never paired across
-    keys = config if single else ["checkpoint", *config]
+    options = [c for c in GPTQ_OPTIONS if c in a and c in b]  # GPTQ variants are never paired across
+    keys = [*CONFIG, *options] if single else ["checkpoint", *CONFIG, *options]
     columns = keys + ["delta", "delta_ci_low", "delta_ci_high"]
+    a, b = (side.astype(dict.fromkeys(options, object)) for side in (a, b))  # an RTN-only side holds float NaN
     joined = a[columns].merge(b[columns], on=keys, suffixes=("_a", "_b"))
     if joined.empty:
         raise UserError(
-            "the two sides share no (checkpoint, method, bits, group size, eval, metric); compare studies that "
-            "measured the same configs, or pick one checkpoint on each side"
+            f"the two sides share no (checkpoint, method, bits, group size, symmetry, {', '.join(GPTQ_OPTIONS)}, "
+            "eval, metric); compare studies that measured the same configs, or pick one checkpoint on each side"
         )
 
     def side(suffix: str) -> pd.DataFrame:

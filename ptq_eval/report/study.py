@@ -93,7 +93,8 @@ def _fits_sections(results: pd.DataFrame, losses: dict, skipped: list[str], opti
     try:
         fitted = fit_study(results, options=fit_options, cache=store)
     except FitError as error:
-        return [Section("Scaling-law fits", [f"{str(error)[0].upper()}{str(error)[1:]}."])], []
+        text = str(error).rstrip(".")
+        return [Section("Scaling-law fits", [f"{text[:1].upper()}{text[1:]}."])], []
     phase = _phase_section(fitted, losses, options)
     kumar = [fit for fit in fitted.fits if fit.law.name == "kumar"]
     notes = [
@@ -198,11 +199,11 @@ def _layer_section(frame: pd.DataFrame, loss: pd.DataFrame, options: ReportOptio
         known = ", ".join(sorted(gptq.checkpoint.unique()))
         raise UserError(f"no GPTQ results for checkpoint {checkpoint!r}; GPTQ was run on: {known}")
     layers = {}
-    options = [c for c in GPTQ_OPTIONS if c in chosen and chosen[c].astype(str).nunique() > 1]  # named where they vary
+    varied = [c for c in GPTQ_OPTIONS if c in chosen and chosen[c].astype(str).nunique() > 1]  # named where they vary
     for row in chosen.sort_values(["bits", "group_size"]).itertuples():
         granularity = QuantConfig(row.method, int(row.bits), int(row.group_size)).granularity
         label = f"{int(row.bits)}-bit " + plots.config_label(row.method, granularity, bool(row.symmetric))
-        label += "".join(f" {c}={getattr(row, c)}" for c in options)
+        label += "".join(f" {c}={getattr(row, c)}" for c in varied)
         layers[label] = json.loads(row.provenance).get("quant_report", {}).get("layers", [])
     return Section("GPTQ per-layer error", figures=[plots.layer_errors(layers, checkpoint)])
 
