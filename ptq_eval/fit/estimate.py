@@ -58,6 +58,11 @@ FIT_CODE = hashlib.sha256(b"".join((Path(__file__).parent / f).read_bytes() for 
 MIN_REFIT = 0.9  # below this share of bootstrap resamples refitted, a fit's intervals are withheld (NaN)
 
 
+def intervals_withheld(refit: int, resamples: int) -> bool:
+    """Whether too few resamples refit for an interval: those that do are a biased few (too narrow)."""
+    return refit < MIN_REFIT * resamples
+
+
 @dataclass(frozen=True)
 class FitOptions:
     resamples: int = 200  # bootstrap resamples over checkpoints
@@ -329,7 +334,7 @@ def fit_points(law: Law, points: Points, excluded: pd.DataFrame, key: FitKey = A
     theta = np.array(record["theta"], dtype=float)
     boot = np.array(record["boot"], dtype=float).reshape(options.resamples, len(theta))
     refit = int(np.isfinite(boot).all(axis=1).sum())
-    if refit < MIN_REFIT * options.resamples:  # the resamples that refit are a biased few: their interval is too narrow
+    if intervals_withheld(refit, options.resamples):
         boot = np.full_like(boot, np.nan)
     residual = residuals(law, theta, points)
     spread = ((points.y - points.y.mean()) ** 2).sum()

@@ -22,7 +22,16 @@ from ptq_eval.fit.data import (
     select,
     stack,
 )
-from ptq_eval.fit.estimate import DEFAULTS, MIN_REFIT, EstimateCache, FitOptions, LawFit, fit_points, identify
+from ptq_eval.fit.estimate import (
+    DEFAULTS,
+    MIN_REFIT,
+    EstimateCache,
+    FitOptions,
+    LawFit,
+    fit_points,
+    identify,
+    intervals_withheld,
+)
 from ptq_eval.fit.laws import BASE, DELTA_LAWS, KUMAR, PHASE, PHASE_LAWS, PHASE_ONLY, RIVAL, per_bit_law
 
 NO_PHASE = "learning-rate phase (decay_done) unknown for this checkpoint"
@@ -125,7 +134,7 @@ class StudyFit:
             if fit.scores.get("censored"):
                 notes.append(f"{label}: {fit.scores['censored']} points censored (delta CI reaches zero)")
             refit, resamples = fit.scores["resamples_refit"], fit.provenance["resamples"]
-            if refit < MIN_REFIT * resamples:
+            if intervals_withheld(refit, resamples):
                 notes.append(f"{label}: intervals withheld: only {refit} of {resamples} bootstrap resamples could be "
                              f"refit (under {MIN_REFIT:.0%}; those few would give too narrow an interval)")  # fmt: skip
             if len(fit.excluded):

@@ -222,9 +222,9 @@ def _forecast(budget: Budget, fit: LawFit | str | None, params: float | None, bi
         return f"no forecast: {fit or 'not fitted'}"
     if params is None:
         return "N unknown: no stored result for the checkpoint; give params in the budget"
-    fitted = sorted({int(b) for b in fit.points.bits})
-    if fit.law.name == "per_bit" and bits not in fitted:
-        return f"the per_bit law was fitted at {', '.join(map(str, fitted))} bits, not {bits}: it has no value there"
+    if fit.law.per_bits and bits not in fit.law.per_bits:  # a law of separate widths has none at the others
+        widths = ", ".join(map(str, fit.law.per_bits))
+        return f"the {fit.law.name} law was fitted at {widths} bits, not {bits}: it has no value there"
     return predict_delta(fit, params, params * budget.tokens_per_param, bits)
 
 
