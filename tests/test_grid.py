@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from ptq_eval.errors import UserError
 from ptq_eval.quant.grid import fit_grid, quantize_tensor
 
 
@@ -9,13 +10,44 @@ def weights(rows=8, columns=64, seed=0, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_16_bits_round_trips_within_dtype_precision(symmetric, dtype):
-    w = weights(dtype=dtype)
+def test_16_bits_round_trips_within_float32_precision(symmetric):
+    w = weights()
     q = quantize_tensor(w, 16, -1, symmetric)
-    assert q.dtype == dtype
-    scale = w.float().abs().amax(dim=1, keepdim=True)
-    assert torch.all((q.float() - w.float()).abs() <= scale * (2 * torch.finfo(dtype).eps + 2 / 65535))
+    assert q.dtype == torch.float32
+    scale = w.abs().amax(dim=1, keepdim=True)
+    assert torch.all((q - w).abs() <= scale * (2 * torch.finfo(torch.float32).eps + 2 / 65535))
+
+
+@pytest.mark.parametrize(("dtype", "bits", "symmetric"), [(torch.bfloat16, 10, True), (torch.bfloat16, 9, False),
+                                                          (torch.float16, 13, True), (torch.float16, 16, False)])  # fmt: skip
+def test_widths_whose_levels_do_not_fit_a_half_dtype_are_refused(dtype, bits, symmetric):
+    with pytest.raises(UserError, match=f"bits={bits} .* cannot be held exactly in .*use at most"):
+        quantize_tensor(weights(dtype=dtype), bits, -1, symmetric)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
+def test_half_precision_grids_hold_every_level_exactly(dtype, symmetric, bits):
+    """Every point s·(q − zero) of the grid is a value of the dtype, so no rounding follows the grid's."""
+    w = weights(rows=64, columns=256, dtype=dtype) * 0.05
+    grid = fit_grid(w, bits, symmetric, dtype)
+    points = grid.scale * (torch.arange(2**bits, dtype=torch.float32) - grid.zero)
+    assert torch.equal(points.to(dtype).float(), points)
+    quantized = quantize_tensor(w, bits, 32, symmetric)
+    assert quantized.dtype == dtype
+    float_grid = quantize_tensor(w.float(), bits, 32, symmetric)  # the same grid rule, without the exactness
+    assert (quantized.float() - w.float()).norm() <= 2.5 * (float_grid - w.float()).norm()
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_scales_are_correctly_rounded_quotients(bits):
+    """The scale is (high − low) / maxq rounded once, as IEEE division gives it on every device (a reciprocal
+    multiply, which CUDA uses for a Python-number divisor, is one ulp off for some rows)."""
+    w = weights(rows=4096, columns=32, seed=3)
+    grid = fit_grid(w, bits, symmetric=True)
+    span = 2 * w.abs().amax(dim=1, keepdim=True)
+    assert torch.equal(grid.scale, (span.double() / (2**bits - 1)).float())
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])

@@ -40,16 +40,20 @@ class GPTQResult:
     group_index: torch.Tensor
 
 
-def _grid_for(weight: torch.Tensor, config: QuantConfig) -> Grid:
+def _grid_for(weight: torch.Tensor, config: QuantConfig, dtype: torch.dtype) -> Grid:
     if config.group_size == PER_TENSOR:
-        return fit_grid(weight.reshape(1, -1), config.bits, config.symmetric)
-    return fit_grid(weight, config.bits, config.symmetric)
+        return fit_grid(weight.reshape(1, -1), config.bits, config.symmetric, dtype)
+    return fit_grid(weight, config.bits, config.symmetric, dtype)
 
 
 @torch.no_grad()
-def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig) -> GPTQResult:
-    """GPTQ for one Linear, given its input Hessian: de-quantized weights (float32) and their grids."""
+def gptq_weight(
+    weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig, dtype: torch.dtype | None = None
+) -> GPTQResult:
+    """GPTQ for one Linear, given its input Hessian: de-quantized weights (float32) and their grids, whose points
+    are exact in `dtype` (default: the weight's; see `quant/grid.py`)."""
     check_group_size(config.group_size)
+    dtype = weight.dtype if dtype is None else dtype
     W = weight.float().clone()
     H = hessian.clone()
     rows, columns = W.shape
@@ -61,7 +65,8 @@ def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig
     static = None
     if group and config.static_groups:
         static = [
-            fit_grid(W[:, start : start + group], config.bits, config.symmetric) for start in range(0, columns, group)
+            fit_grid(W[:, start : start + group], config.bits, config.symmetric, dtype)
+            for start in range(0, columns, group)
         ]
     order = (
         torch.argsort(torch.diag(H), descending=True) if config.act_order else torch.arange(columns, device=W.device)
@@ -71,7 +76,7 @@ def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig
     H += config.damp * torch.mean(torch.diag(H)) * torch.eye(columns, device=W.device)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
 
-    grid = None if group else _grid_for(W, config)
+    grid = None if group else _grid_for(W, config, dtype)
     grids = [] if group and static is None else (static or [grid])
     group_of_position = torch.zeros(columns, dtype=torch.int32)
     Q = torch.zeros_like(W)
@@ -87,7 +92,7 @@ def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig
             elif group:
                 if column % group == 0:
                     # As the reference GPTQ does: fitted on the weights as they stood before this block's updates.
-                    grid = fit_grid(W[:, column : column + group], config.bits, config.symmetric)
+                    grid = fit_grid(W[:, column : column + group], config.bits, config.symmetric, dtype)
                     grids.append(grid)
                 group_of_position[column] = len(grids) - 1
             q = grid.fake_quantize(W1[:, i : i + 1]).flatten()
@@ -116,9 +121,10 @@ def _gptq_matrix(weight: WeightMatrix, hessian: Hessian, config: QuantConfig, re
     if hessian.samples == 0:
         report.layers.append(rtn_matrix(weight, config, fallback=NO_INPUT))
         return
-    original, matrix = weight.read().float(), hessian.matrix
-    result = gptq_weight(original, matrix, config)
-    rtn = quantize_tensor(original, config.bits, config.group_size, config.symmetric)
+    stored, matrix = weight.read(), hessian.matrix
+    original = stored.float()
+    result = gptq_weight(original, matrix, config, stored.dtype)
+    rtn = quantize_tensor(stored, config.bits, config.group_size, config.symmetric).float()
     report.grids[weight.name] = (result.scales.to(home), result.zeros.to(home), result.group_index)
     report.layers.append(
         LayerReport(

@@ -12,6 +12,24 @@ One rule for every width: the last group of a row holds the columns that are lef
 shorter when g does not divide the width, and it is the whole row when g exceeds it (a matrix
 narrower than g is quantized per channel). RTN, GPTQ and export follow it; a job's key
 records g as given, which with this rule says exactly what was done.
+
+Device independence: every step is one IEEE-754 operation on tensors of one device (min, max,
+subtraction, correctly rounded division, round-half-to-even, multiplication), so CPU and CUDA give
+bit-identical grids and levels. Never divide by a Python number here: CUDA computes `t / 7` as
+`t * (1/7)`, one ulp off the quotient for some values, and the symmetric grid puts each row's
+largest weight exactly on a rounding tie (±maxq/2 steps from the zero point), where one ulp moves
+that weight by a whole grid step.
+
+Half precision: a model held in bfloat16 or float16 cannot hold an arbitrary grid point s·k
+(k = q − zero); rounding it to the dtype after the grid adds a second rounding the grid does
+not have (+20% weight error at 8 bits in bfloat16). So for those dtypes the scale is rounded up
+to the few significant bits that keep every s·k exact in the dtype: the dtype's precision minus
+the bits of the largest |k| (at least one bit: a power of two, as MX formats use). Every kernel
+that stores the integer levels and this scale computes exactly these weights, whether it
+de-quantizes into the dtype or scales its output. The step grows by less than 2^−t for t
+significant bits (bfloat16: ≤ 1/16 at 4 bits, < 2x at 8 bits). float32 is left as it was
+(one rounding of s·k to float32, as the peers do). Widths whose levels alone do not fit the
+dtype (more than 8 bits in bfloat16) are refused.
 """
 
 from __future__ import annotations
@@ -24,6 +42,9 @@ from ptq_eval.errors import UserError
 
 MIN_BITS, MAX_BITS = 2, 16
 PER_CHANNEL, PER_TENSOR = -1, 0
+# Significand bits (with the implicit one) of the dtypes whose grids are made exact in them.
+HALF_PRECISION_BITS = {torch.bfloat16: 8, torch.float16: 11}
+FLOAT32_BITS = 24
 
 
 @dataclass(frozen=True)
@@ -57,8 +78,41 @@ def check_group_size(group_size: int) -> None:
         raise UserError(f"group_size={group_size} is not accepted; use -1 (per channel), 0 (per tensor) or g > 0")
 
 
-def fit_grid(x: torch.Tensor, bits: int, symmetric: bool) -> Grid:
-    """Fit one grid per row of x ([rows, k]) from its range."""
+def level_bits(bits: int, symmetric: bool) -> int:
+    """Bits of the largest |q − zero| (symmetric: 2^(bits−1) is one bit, the rest at most bits − 1)."""
+    return bits - 1 if symmetric else bits
+
+
+def check_dtype(bits: int, symmetric: bool, dtype: torch.dtype) -> None:
+    """Half-precision grids need their integer levels exact in the dtype."""
+    precision = HALF_PRECISION_BITS.get(dtype)
+    if precision is not None and level_bits(bits, symmetric) > precision:
+        widest = precision + 1 if symmetric else precision
+        kind = "symmetric" if symmetric else "asymmetric"
+        raise UserError(
+            f"bits={bits} ({kind}) cannot be held exactly in {str(dtype).removeprefix('torch.')}: "
+            f"its levels need {level_bits(bits, symmetric)} significant bits, the dtype has {precision}; "
+            f"use at most {widest} bits or dtype float32"
+        )
+
+
+def _exact_scale(scale: torch.Tensor, bits: int, symmetric: bool, dtype: torch.dtype) -> torch.Tensor:
+    """The scale rounded up to the significant bits that keep every s·k exact in a half-precision dtype."""
+    precision = HALF_PRECISION_BITS.get(dtype)
+    if precision is None:
+        return scale
+    check_dtype(bits, symmetric, dtype)
+    dropped = FLOAT32_BITS - max(1, precision - level_bits(bits, symmetric))
+    # Integer arithmetic on the float32 bit pattern (exact on every device): round the positive scale's
+    # significand up to the kept bits; a carry moves into the exponent, as it should.
+    pattern = scale.float().contiguous().view(torch.int32)
+    pattern = (pattern + ((1 << dropped) - 1)) & ~((1 << dropped) - 1)
+    return pattern.view(torch.float32)
+
+
+def fit_grid(x: torch.Tensor, bits: int, symmetric: bool, dtype: torch.dtype = torch.float32) -> Grid:
+    """Fit one grid per row of x ([rows, k]) from its range; its points exact in `dtype` when that is half
+    precision (see the module's docstring)."""
     check_bits(bits)
     maxq = 2**bits - 1
     x = x.float()
@@ -70,7 +124,8 @@ def fit_grid(x: torch.Tensor, bits: int, symmetric: bool) -> Grid:
     flat = high == low
     low = torch.where(flat, torch.full_like(low, -1.0), low)
     high = torch.where(flat, torch.ones_like(high), high)
-    scale = (high - low) / maxq
+    scale = (high - low) / torch.full_like(high, maxq)  # a tensor divisor: true division on every device
+    scale = _exact_scale(scale, bits, symmetric, dtype)
     if symmetric:
         zero = torch.full_like(scale, (maxq + 1) / 2)
     else:
@@ -79,13 +134,13 @@ def fit_grid(x: torch.Tensor, bits: int, symmetric: bool) -> Grid:
 
 
 def _round_rows(x: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
-    return fit_grid(x, bits, symmetric).fake_quantize(x)
+    return fit_grid(x, bits, symmetric, x.dtype).fake_quantize(x)
 
 
 def quantize_tensor(
     weight: torch.Tensor, bits: int, group_size: int = PER_CHANNEL, symmetric: bool = True
 ) -> torch.Tensor:
-    """Round-to-nearest on the grid; returns de-quantized weights in weight's dtype and shape."""
+    """Round-to-nearest on the grid; returns de-quantized weights in weight's dtype and shape (exact in it)."""
     check_group_size(group_size)
     if group_size == PER_TENSOR:
         return _round_rows(weight.reshape(1, -1), bits, symmetric).reshape(weight.shape).to(weight.dtype)
