@@ -284,6 +284,22 @@ def load_model(
     return model.to(device).eval(), tokenizer
 
 
+def check_vocabulary(model: torch.nn.Module, tokenizer, reference: str) -> None:
+    """Every id the tokenizer can emit must have an embedding row (else the first forward fails deep in torch)."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocabulary = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    if embedding is None or not vocabulary:
+        return
+    largest = max(vocabulary.values())
+    if largest >= embedding.num_embeddings:
+        token = max(vocabulary, key=vocabulary.get)
+        raise CheckpointError(
+            f"{reference}: the tokenizer's largest id is {largest} ({token!r}) but the model's embedding has "
+            f"{embedding.num_embeddings} rows (ids 0..{embedding.num_embeddings - 1}); pair the checkpoint with "
+            "the tokenizer it was trained with"
+        )
+
+
 def checkpoint_tokens(reference: str, tokens: int | None = None) -> tuple[int | None, str, dict]:
     """D, where it came from, and the schedule facts of a checkpoint (its metadata file read and checked)."""
     if in_memory.is_held(reference):  # D only as the study gives it
@@ -308,6 +324,7 @@ def load_checkpoint(
     weights_id = weights_id or weights_identity(reference)
     commit = weights_id.removeprefix("git:") if weights_id.startswith("git:") else None
     model, tokenizer = load_model(reference, allow_pickle, trust_remote_code, dtype, device, commit)
+    check_vocabulary(model, tokenizer, str(ref))
     params, nonembedding = count_params(model)
     facts = CheckpointFacts(str(ref), params, nonembedding, resolved_tokens, source, schedule, weights_id)
     return LoadedCheckpoint(model, tokenizer, facts)

@@ -21,7 +21,7 @@ from ptq_eval.errors import UserError
 from ptq_eval.evals.task_files import is_task_file, task_file_name
 from ptq_eval.families import get_family, hub_revisions, ladder_revisions, pick
 from ptq_eval.quant import DEFAULT_EXCLUDE, GPTQ_OPTIONS, METHODS, QuantConfig
-from ptq_eval.quant.grid import MAX_BITS, MIN_BITS
+from ptq_eval.quant.grid import MAX_BITS, MIN_BITS, check_dtype
 from ptq_eval.yaml_files import read_yaml
 
 
@@ -291,6 +291,18 @@ class Study(Strict):
                     f"{device!r} is not a device torch knows; accepted: auto, cpu, cuda, cuda:N, mps"
                 ) from None
         return device
+
+    @model_validator(mode="after")
+    def _bits_fit_the_dtype(self):
+        import torch
+
+        for grid in self.quant:
+            for config in grid.configs():
+                try:
+                    check_dtype(config.bits, config.symmetric, getattr(torch, self.dtype))
+                except UserError as error:
+                    raise ValueError(f"quant: {error}") from None
+        return self
 
     @model_validator(mode="after")
     def _calibration_is_not_evaluation(self):

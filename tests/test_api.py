@@ -66,3 +66,14 @@ def test_bad_arguments_are_clear_errors(micro_checkpoint):
         ptq_eval.evaluate(str(micro_checkpoint), quant=[{"method": "rtn", "bits": 4}], ladder=["x"])
     with pytest.raises(UserError, match="no store at"):
         ptq_eval.load_results(ROOT / "tasks" / "demo.yaml", store=ROOT / "missing.sqlite")
+
+
+def test_a_tokenizer_with_ids_beyond_the_embedding_is_refused_before_any_scoring(micro_checkpoint, tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(micro_checkpoint)
+    largest = max(tokenizer.get_vocab().values())
+    assert largest >= tiny_model.get_input_embeddings().num_embeddings  # 64 rows
+    args = {"quant": [{"method": "rtn", "bits": 3}], "evals": [{"kind": "perplexity", "tokens": 2048, "seq_len": 16}]}
+    with pytest.raises(UserError, match=rf"the tokenizer's largest id is {largest} .* embedding has 64 rows"):
+        ptq_eval.evaluate(tiny_model, tokenizer, store=tmp_path / "api.sqlite", **args)

@@ -70,6 +70,11 @@ def test_a_good_study_expands_into_jobs_with_stable_keys(tmp_path):
         ),
         ({"ladder": [{"checkpoint": "x", "tokens": 0}]}, "ladder[0].tokens: Input should be greater than 0"),
         ({"dtype": "int8"}, "dtype: Input should be 'float32', 'bfloat16' or 'float16'"),
+        (
+            {"dtype": "bfloat16", "quant": [{"method": "rtn", "bits": [4, 12]}]},
+            "quant: bits=12 (symmetric) cannot be held exactly in bfloat16: its levels need 11 significant bits, "
+            "the dtype has 8; use at most 9 bits or dtype float32",
+        ),
         ({"colour": "red"}, "colour: unknown key"),
     ],
 )
