@@ -68,7 +68,7 @@ def test_bad_arguments_are_clear_errors(micro_checkpoint):
         ptq_eval.load_results(ROOT / "tasks" / "demo.yaml", store=ROOT / "missing.sqlite")
 
 
-def test_a_tokenizer_with_ids_beyond_the_embedding_is_refused_before_any_scoring(micro_checkpoint, tiny_model, tmp_path):
+def test_a_tokenizer_with_ids_beyond_the_embedding_is_refused(micro_checkpoint, tiny_model, tmp_path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(micro_checkpoint)

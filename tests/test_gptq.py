@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantizable_weights, quantize
+from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantize
 from ptq_eval.quant.gptq import gptq_weight, output_error
 from ptq_eval.quant.grid import quantize_tensor
 from ptq_eval.quant.hessians import Hessian
@@ -114,24 +114,12 @@ def test_returned_grids_reproduce_the_weights_from_integer_codes(group_size, act
         assert torch.equal(result.group_index, torch.arange(128, dtype=torch.int32) // 32)
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-
 def quantized_copy(model, bits, device=None, move_model_to="cpu"):
     """GPTQ (group 16, act-order) of a copy of the model, optionally offloading blocks to `device`."""
     model = copy.deepcopy(model).to(move_model_to)
     calibration = torch.randint(0, 64, (16, 16), generator=torch.Generator().manual_seed(0))
     config = QuantConfig("gptq", bits, 16, act_order=True)
     return model, quantize(model, config, DEFAULT_EXCLUDE, calibration, device=device)
-
-
-def assert_close_to_cpu(model, reference):
-    """Float noise between devices may flip a rounding decision, which GPTQ then compensates for in the
-    columns after it: at 8 bits, 1e-7 relative noise in the weights moved no layer by 0.2% of its norm."""
-    theirs = {weight.name: weight.read() for weight in quantizable_weights(reference)}
-    for weight in quantizable_weights(model):
-        mine = weight.read().cpu()
-        assert (mine - theirs[weight.name]).norm() < 0.01 * theirs[weight.name].norm(), weight.name
 
 
 def test_block_offload_to_the_models_own_device_is_bit_identical(tiny_model):
@@ -143,25 +131,6 @@ def test_block_offload_to_the_models_own_device_is_bit_identical(tiny_model):
     assert offloaded_report.layers == plain_report.layers
     for name, grids in plain_report.grids.items():
         assert all(torch.equal(a, b) for a, b in zip(grids, offloaded_report.grids[name], strict=True))
-
-
-@cuda
-def test_block_offload_to_cuda_matches_cpu_and_leaves_the_model_on_cpu(tiny_model):
-    reference, _ = quantized_copy(tiny_model, 8)
-    torch.cuda.reset_peak_memory_stats()
-    offloaded, report = quantized_copy(tiny_model, 8, device="cuda")
-    assert torch.cuda.max_memory_allocated() > 0  # the blocks were quantized there
-    assert all(p.device.type == "cpu" for p in offloaded.parameters())
-    assert all(t.device.type == "cpu" for grids in report.grids.values() for t in grids)
-    assert_close_to_cpu(offloaded, reference)
-
-
-@cuda
-def test_gptq_of_a_model_on_cuda_matches_cpu(tiny_model):
-    reference, _ = quantized_copy(tiny_model, 8)
-    on_cuda, _ = quantized_copy(tiny_model, 8, move_model_to="cuda")
-    assert all(p.device.type == "cuda" for p in on_cuda.parameters())
-    assert_close_to_cpu(on_cuda, reference)
 
 
 def _quantized_copy(model, config, calibration, cache=None):

@@ -18,8 +18,11 @@ def test_16_bits_round_trips_within_float32_precision(symmetric):
     assert torch.all((q - w).abs() <= scale * (2 * torch.finfo(torch.float32).eps + 2 / 65535))
 
 
-@pytest.mark.parametrize(("dtype", "bits", "symmetric"), [(torch.bfloat16, 10, True), (torch.bfloat16, 9, False),
-                                                          (torch.float16, 13, True), (torch.float16, 16, False)])  # fmt: skip
+TOO_WIDE = [(torch.bfloat16, 10, True), (torch.bfloat16, 9, False), (torch.float16, 13, True),
+            (torch.float16, 16, False)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("dtype", "bits", "symmetric"), TOO_WIDE)
 def test_widths_whose_levels_do_not_fit_a_half_dtype_are_refused(dtype, bits, symmetric):
     with pytest.raises(UserError, match=f"bits={bits} .* cannot be held exactly in .*use at most"):
         quantize_tensor(weights(dtype=dtype), bits, -1, symmetric)

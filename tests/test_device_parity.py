@@ -1,0 +1,112 @@
+"""The same quantization gives the same weights whatever path or device it takes.
+
+On every machine: a model and its copy quantized on the CPU by different paths (in place, blocks offloaded to
+the model's own device, calibration inputs cached across configs, half precision) are bit-identical.
+With CUDA (skipped elsewhere; `make gpu-check` runs them): RTN is bit-identical to the CPU's in every dtype, and
+GPTQ moves a weight to another grid level for at most `LEVEL_SHARE` of the weights. That bound comes from GPTQ's
+own sensitivity, measured on the CPU: Hessians perturbed by 1e-6 relative noise (about what cuBLAS and a CPU
+BLAS differ by when they sum 2048 products in float32) moved 0.04% (4-bit, groups of 32) and 0.07% (8-bit) of a
+1024 x 512 matrix's weights by a level, and 1e-5 moved a micro study's δ by at most 9e-5.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import transformers
+
+from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantizable_weights, quantize
+
+LEVEL_SHARE = 0.01
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+RTN_CONFIGS = [QuantConfig("rtn", 3, 32), QuantConfig("rtn", 3, -1), QuantConfig("rtn", 4, -1),
+               QuantConfig("rtn", 8, 32), QuantConfig("rtn", 4, 16, symmetric=False)]  # fmt: skip
+GPTQ_CONFIGS = [QuantConfig("gptq", 4, 16, act_order=True), QuantConfig("gptq", 3, -1)]
+
+
+def llama() -> transformers.LlamaForCausalLM:
+    """A seeded Llama shaped like stories260K (grouped KV heads, tied embeddings), smaller."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=4, max_position_embeddings=64, tie_word_embeddings=True,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def calibration(vocabulary: int) -> torch.Tensor:
+    return torch.randint(0, vocabulary, (8, 32), generator=torch.Generator().manual_seed(0))
+
+
+def quantized(model, config, home="cpu", dtype=torch.float32, **options):
+    """The quantized matrices of a copy of the model (held on `home`, in `dtype`), on the CPU, and the report;
+    `options` go to `quantize` (`device`: where GPTQ runs each block; `cache`)."""
+    model = copy.deepcopy(model).to(device=home, dtype=dtype)
+    tokens = calibration(model.config.vocab_size) if config.needs_calibration else None
+    report = quantize(model, config, DEFAULT_EXCLUDE, tokens, **options)
+    return {weight.name: weight.read().detach().cpu() for weight in quantizable_weights(model)}, report
+
+
+def assert_identical(mine: dict, theirs: dict) -> None:
+    different = {name: int((mine[name] != theirs[name]).sum()) for name in theirs}
+    assert not any(different.values()), {name: count for name, count in different.items() if count}
+
+
+def levels_moved(mine: dict, theirs: dict, report) -> float:
+    """Share of weights a grid level or more apart (|Δ| ≥ half the step of the weight's group in `report`)."""
+    moved = total = 0
+    for name, reference in theirs.items():
+        scales, _, group_index = report.grids[name]
+        step = scales.cpu()[group_index.long()].T
+        moved += int(((mine[name] - reference).abs() >= step / 2).sum())
+        total += reference.numel()
+    return moved / total
+
+
+@pytest.mark.parametrize("config", GPTQ_CONFIGS, ids=str)
+def test_gptq_on_the_cpu_is_bit_identical_in_place_offloaded_and_from_cached_inputs(config):
+    model = llama()
+    plain, report = quantized(model, config)
+    offloaded, offloaded_report = quantized(model, config, device="cpu")  # blocks "offloaded" to their own device
+    assert_identical(offloaded, plain)
+    cache: dict = {}
+    quantized(model, QuantConfig("gptq", 5, -1), cache=cache)  # fills the cache with this checkpoint's inputs
+    cached, _ = quantized(model, config, cache=cache)
+    assert_identical(cached, plain)
+    assert offloaded_report.layers == report.layers
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("config", RTN_CONFIGS, ids=str)
+def test_rtn_of_a_model_and_of_its_copy_is_bit_identical(config, dtype):
+    model = llama()
+    first, _ = quantized(model, config, dtype=dtype)
+    second, _ = quantized(copy.deepcopy(model), config, dtype=dtype)
+    assert_identical(second, first)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("config", RTN_CONFIGS, ids=str)
+def test_rtn_on_cuda_is_bit_identical_to_the_cpu(config, dtype):
+    model = llama()
+    on_cpu, _ = quantized(model, config, dtype=dtype)
+    on_cuda, _ = quantized(model, config, home="cuda", dtype=dtype)
+    assert_identical(on_cuda, on_cpu)
+
+
+@cuda
+@pytest.mark.parametrize("where", ["model on cuda", "blocks offloaded to cuda"])
+@pytest.mark.parametrize("config", GPTQ_CONFIGS, ids=str)
+def test_gptq_on_cuda_moves_few_weights_to_another_level(config, where):
+    model = llama()
+    on_cpu, report = quantized(model, config)
+    options = {"home": "cuda"} if where == "model on cuda" else {"device": "cuda"}
+    torch.cuda.reset_peak_memory_stats()
+    on_cuda, cuda_report = quantized(model, config, **options)
+    assert torch.cuda.max_memory_allocated() > 0  # the blocks were quantized there
+    home = "cuda" if where == "model on cuda" else "cpu"  # offloading leaves the model and its grids at home
+    assert all(t.device.type == home for grids in cuda_report.grids.values() for t in grids[:2])
+    assert levels_moved(on_cuda, on_cpu, report) <= LEVEL_SHARE
