@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 LADDER := tasks/ladders/demo
 
 .PHONY: install test demo demo-llama ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
-	demo-lm-eval demo-sequential demo-shared-hessians demo-ray bench-eval bench-fit bench-scale bench stress
+	demo-lm-eval demo-sequential demo-shared-hessians demo-ray bench-eval bench-fit bench-scale bench stress \
+	gpu-check gpu-check-prepare
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -140,6 +141,33 @@ stress: $(STAMP)
 
 # Every benchmark (peers in throwaway venvs): speed and agreement tables under reports/bench/
 bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-fit bench-scale
+
+# The GPU path in one command (at most 8 minutes on one H100/H200; run it first whenever a CUDA machine is at
+# hand): CUDA tests, RTN/GPTQ weights CPU vs CUDA, the stories260K study on both devices in float32 and bfloat16,
+# evaluation speed (ours / lm-eval HFLM / bare forward) and GPTQ time per size -> reports/bench/gpu.md. Without CUDA
+# it runs its CPU parts and says what it skipped. A bare GPU machine has torch and transformers but no network:
+# `make gpu-check-prepare` (here) copies what the check reads from ../shared/data and downloads the wheels it
+# lacks into .gpu-check/ (about 18 MiB; carry it), and `make gpu-check` there installs them from it.
+GPU_CHECK := .gpu-check
+GPU_CHECK_DATA := models/stories260K-hf text/tinystories/tinystories_val_sample.txt text/gutenberg/war_and_peace.txt \
+	tokenizers/gpt2/encoder.json tokenizers/gpt2/vocab.bpe
+GPU_CHECK_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	lm-eval==0.4.13 dill==0.4.1
+SHARED_DATA ?= ../shared/data
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check-prepare:
+	for path in $(GPU_CHECK_DATA); do mkdir -p $(GPU_CHECK)/data/$$(dirname $$path) && \
+	  cp -r $(SHARED_DATA)/$$path $(GPU_CHECK)/data/$$path || exit 1; done
+	chmod -R u+w $(GPU_CHECK)/data
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d $(GPU_CHECK)/wheels $(GPU_CHECK_WHEELS)
+
+gpu-check:
+	if [ -d $(GPU_CHECK)/wheels ] && ! $(GPU_PYTHON) -c "import pydantic, lm_eval" 2> /dev/null; then \
+	  $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --target $(GPU_CHECK)/site $(GPU_CHECK)/wheels/*.whl; fi
+	PYTHONPATH=$(CURDIR):$(CURDIR)/$(GPU_CHECK)/site PYTHONUNBUFFERED=1 $(GPU_PYTHON) tests/bench/gpu_check.py \
+		--data $(GPU_CHECK)/data --out reports/bench/gpu.md $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs reports

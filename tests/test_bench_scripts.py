@@ -38,3 +38,26 @@ def test_the_scan_sees_imports_inside_functions():
     found = _ptq_eval_imports(Path(__file__).parent / "bench" / "scale.py")  # scale.py imports inside measure()
     assert {("ptq_eval.quant", "quantize"), ("ptq_eval.checkpoints", "load_checkpoint")} <= set(found)
     assert {"eval_speed.py", "gptq_peers.py", "scale.py", "fit_recovery.py"} <= {s.name for s in SCRIPTS}
+
+
+def test_the_gpu_check_runs_its_cpu_parts_and_says_what_it_skipped(tmp_path):
+    """`make gpu-check` on a machine without CUDA (here: --quick sizes); with ../shared/data, its studies too."""
+    import subprocess
+    import sys
+
+    import torch
+
+    root, out = Path(__file__).resolve().parents[1], tmp_path / "gpu.md"
+    data = root.parent / "shared" / "data"
+    command = [sys.executable, "tests/bench/gpu_check.py", "--quick", "--data", str(data), "--out", str(out)]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = out.read_text()
+    assert "**Failed**" not in report, report
+    assert "| tiny | 98,304 |" in report  # GPTQ time per size ran
+    if not torch.cuda.is_available():
+        assert report.count("Skipped: no CUDA on this machine") == 2
+    if (data / "models" / "stories260K-hf").is_dir():
+        assert "| rtn 8-bit g32 |" in report and "| tiny | float32 |" in report
+    else:
+        assert "Skipped: no models/stories260K-hf" in report

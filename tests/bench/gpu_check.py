@@ -1,0 +1,340 @@
+"""make gpu-check: one prepared check of the GPU path, run first whenever a CUDA machine is at hand.
+
+It runs the CUDA tests; compares RTN and GPTQ weights quantized on the CPU and on CUDA (stories260K-hf and a
+Pythia-shaped GPT-NeoX); runs the stories260K study on both devices in float32 and bfloat16, δ side by side;
+times evaluation (ours, lm-eval's HFLM, a bare batched forward + cross-entropy) and GPTQ per size; and writes a
+dated Markdown table naming the machine (rewritten after every section, so a run cut short keeps what it did).
+Without CUDA it runs its CPU parts and says what it skipped; `--quick` shrinks every size (the test suite runs it).
+
+What it reads besides the project: `--data` holding `models/stories260K-hf`, `text/tinystories/
+tinystories_val_sample.txt`, `text/gutenberg/war_and_peace.txt` and `tokenizers/gpt2/{encoder.json,vocab.bpe}`
+(`make gpu-check-prepare` copies them from ../shared/data into .gpu-check/data, with the wheels a bare GPU machine
+lacks: pydantic and its three helpers, lm-eval and dill, listed in GPU_CHECK_WHEELS in the Makefile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import transformers
+
+from ptq_eval.evals.perplexity import window_losses
+from ptq_eval.evals.windows import rolling_windows
+from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantizable_weights, quantize
+from ptq_eval.results import study_results
+from ptq_eval.runner import run_study
+from ptq_eval.spec import parse_study
+from ptq_eval.store import Store
+
+CUDA = torch.cuda.is_available()
+STORIES = Path("models/stories260K-hf")
+EVAL_TEXT = Path("text/tinystories/tinystories_val_sample.txt")
+CALIBRATION_TEXT = Path("text/gutenberg/war_and_peace.txt")
+GPT2 = Path("tokenizers/gpt2")
+# Pythia shapes (hidden, layers, heads, MLP width) and the quick stand-in.
+SHAPES = {"tiny": (64, 2, 4, 256), "70m": (512, 6, 8, 2048), "160m": (768, 12, 12, 3072),
+          "410m": (1024, 24, 16, 4096), "1.4b": (2048, 24, 16, 8192)}  # fmt: skip
+RTN_CONFIGS = [QuantConfig("rtn", 3, 32), QuantConfig("rtn", 3, -1), QuantConfig("rtn", 4, -1),
+               QuantConfig("rtn", 8, 32), QuantConfig("rtn", 4, 128, symmetric=False)]  # fmt: skip
+GPTQ_CONFIGS = [QuantConfig("gptq", 4, 32, act_order=True), QuantConfig("gptq", 3, -1)]
+
+
+def synchronize() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable) -> tuple[float, object]:
+    synchronize()
+    started = time.perf_counter()
+    result = fn()
+    synchronize()
+    return time.perf_counter() - started, result
+
+
+def environment() -> list[str]:
+    def command(*args: str) -> str:
+        try:
+            return subprocess.run(args, capture_output=True, text=True, timeout=30).stdout.strip() or "unknown"
+        except (OSError, subprocess.TimeoutExpired):
+            return "unknown"
+
+    device = torch.cuda.get_device_name() if CUDA else f"no CUDA ({platform.processor() or platform.machine()})"
+    driver = command("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader") if CUDA else "none"
+    return [
+        f"# GPU check, {datetime.date.today().isoformat()}",
+        "",
+        f"- device: {device}; driver {driver}; CUDA {torch.version.cuda}",
+        f"- torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",
+        f"- project commit: {os.environ.get('PTQ_EVAL_COMMIT') or command('git', 'rev-parse', '--short', 'HEAD')}",
+        "- command: `make gpu-check` (tests/bench/gpu_check.py)",
+    ]
+
+
+def cuda_tests() -> list[str]:
+    if not CUDA:
+        return ["Skipped: no CUDA on this machine."]
+    tests = ["tests/test_device_parity.py", "tests/test_executors.py::test_cuda_studies_bf16_and_gptq_offloaded"]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", *tests],
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR", "SKIPPED"))]
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
+    return [f"`pytest {' '.join(tests)}`: **{summary}**", "", *[f"- {line}" for line in lines]]
+
+
+def stories(data: Path) -> transformers.PreTrainedModel:
+    return transformers.AutoModelForCausalLM.from_pretrained(data / STORIES, dtype=torch.float32).eval()
+
+
+def pythia_shaped(size: str, device: str = "cpu", vocabulary: int = 50304) -> transformers.PreTrainedModel:
+    hidden, layers, heads, inner = SHAPES[size]
+    config = transformers.GPTNeoXConfig(
+        vocab_size=vocabulary, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=inner, max_position_embeddings=2048, rotary_pct=0.25, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    with torch.device(device):
+        return transformers.GPTNeoXForCausalLM(config).eval()
+
+
+def _quantized_weights(model, config, device: str, dtype: torch.dtype, calibration) -> dict[str, torch.Tensor]:
+    model = copy.deepcopy(model).to(device=device, dtype=dtype)
+    quantize(model, config, DEFAULT_EXCLUDE, calibration.to(device) if config.needs_calibration else None)
+    return {weight.name: weight.read().detach().float().cpu() for weight in quantizable_weights(model)}
+
+
+def parity(models: dict[str, Callable], calibration_shape: tuple[int, int]) -> list[str]:
+    if not CUDA:
+        return ["Skipped: no CUDA on this machine (tests/test_device_parity.py holds the CPU paths bit-identical)."]
+    lines = ["| model | config | dtype | weights | differ | largest difference | moved a level | ‖ΔW‖/‖W‖ |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, build in models.items():
+        model = build()
+        generator = torch.Generator().manual_seed(0)
+        calibration = torch.randint(0, model.config.vocab_size, calibration_shape, generator=generator)
+        cases = [(c, d) for c in RTN_CONFIGS for d in (torch.float32, torch.bfloat16)]
+        cases += [(c, torch.float32) for c in GPTQ_CONFIGS]
+        for config, dtype in cases:
+            on_cpu = _quantized_weights(model, config, "cpu", dtype, calibration)
+            on_cuda = _quantized_weights(model, config, "cuda", dtype, calibration)
+            total = sum(w.numel() for w in on_cpu.values())
+            differ = sum(int((on_cuda[k] != w).sum()) for k, w in on_cpu.items())
+            largest = max(float((on_cuda[k] - w).abs().max()) for k, w in on_cpu.items())
+            moved = sum(int(_levels_apart(on_cpu[k], on_cuda[k], config, dtype).sum()) for k in on_cpu)
+            norm = sum(float((on_cuda[k] - w).pow(2).sum()) for k, w in on_cpu.items()) ** 0.5
+            norm /= sum(float(w.pow(2).sum()) for w in on_cpu.values()) ** 0.5
+            label = f"{config.method} {config.bits}-bit {config.granularity}" + ("" if config.symmetric else " asym")
+            lines.append(f"| {name} | {label} | {str(dtype)[6:]} | {total:,} | {differ:,} | {largest:.3g} | "
+                         f"{moved / total:.4%} | {norm:.2e} |")  # fmt: skip
+    return lines
+
+
+def _levels_apart(reference: torch.Tensor, other: torch.Tensor, config: QuantConfig, dtype) -> torch.Tensor:
+    """Where two quantized matrices differ by half a step of the reference's grid or more."""
+    from ptq_eval.quant.grid import fit_grid
+
+    group = reference.shape[1] if config.group_size < 0 else config.group_size
+    rows, columns = reference.shape
+    full = columns - columns % group
+    steps = [fit_grid(reference[:, :full].reshape(-1, group), config.bits, config.symmetric, dtype).scale]
+    steps = [steps[0].reshape(rows, -1).repeat_interleave(group, dim=1)]
+    if full < columns:
+        tail = fit_grid(reference[:, full:], config.bits, config.symmetric, dtype).scale
+        steps.append(tail.expand(rows, columns - full))
+    return (other - reference).abs() >= torch.cat(steps, dim=1) / 2
+
+
+def stories_study(data: Path, tokens: int) -> list[str]:
+    settings = [("cpu", "float32"), ("cuda", "float32"), ("cpu", "bfloat16"), ("cuda", "bfloat16")]
+    settings = [s for s in settings if CUDA or s[0] == "cpu"]
+    deltas = {}
+    for device, dtype in settings:
+        study = parse_study({
+            "name": f"gpu-check-{device}-{dtype}", "ladder": [str(data / STORIES)], "device": device, "dtype": dtype,
+            "quant": [{"method": "rtn", "bits": [3, 4, 8], "group_size": [32]},
+                      {"method": "gptq", "bits": [4], "group_size": [32], "act_order": True}],
+            "calibration": {"corpus": str(data / CALIBRATION_TEXT), "split": "train", "samples": 32, "seq_len": 256},
+            "evals": [{"kind": "perplexity", "corpus": str(data / EVAL_TEXT), "split": "validation",
+                       "tokens": tokens, "seq_len": 256}],
+        })  # fmt: skip
+        with tempfile.TemporaryDirectory() as folder, Store(Path(folder) / "store.sqlite") as store:
+            seconds, _ = timed(lambda study=study, store=store: run_study(study, store))
+            results = study_results(study, store)
+        loss = results[results.metric == "loss"]
+        for row in loss.itertuples():
+            deltas.setdefault(f"{row.method} {row.bits}-bit g{row.group_size}", {})[(device, dtype)] = row
+        deltas.setdefault("(seconds for the study)", {})[(device, dtype)] = seconds
+    heading = " | ".join(f"δ {device} {dtype}" for device, dtype in settings)
+    lines = [f"| config | {heading} | CUDA − CPU (float32) |", "|---|" + "---|" * (len(settings) + 1)]
+    for label, cells in deltas.items():
+        shown = []
+        for setting in settings:
+            row = cells.get(setting)
+            if isinstance(row, float):
+                shown.append(f"{row:.1f} s")
+            else:
+                shown.append(
+                    "n/a" if row is None else f"{row.delta:.4f} [{row.delta_ci_low:.4f}, {row.delta_ci_high:.4f}]"
+                )
+        both = [cells.get(s) for s in (("cpu", "float32"), ("cuda", "float32"))]
+        gap = f"{both[1].delta - both[0].delta:+.1e}" if all(hasattr(r, "delta") for r in both) else ""
+        lines.append(f"| {label} | {' | '.join(shown)} | {gap} |")
+    return lines
+
+
+def _lm_eval_rolling(model, tokenizer, texts: list[str], batch_size: int) -> Callable[[], float] | str:
+    """A scorer giving lm-eval HFLM's total negative log-likelihood of the texts, or why it cannot run here."""
+    try:
+        from lm_eval.api.instance import Instance
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as error:
+        return f"lm-eval not importable here ({error})"
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=2048)
+
+    def score() -> float:
+        requests = [
+            Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=index)
+            for index, text in enumerate(texts)
+        ]
+        return -sum(lm.loglikelihood_rolling(requests, disable_tqdm=True))
+
+    return score
+
+
+@torch.no_grad()
+def _bare_forward(model, windows, batch_size: int) -> float:
+    """Full logits for every position of a batch of windows, then cross-entropy at the scored ones."""
+    device = next(model.parameters()).device
+    tokens = windows.tokens.to(device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for batch in torch.arange(len(windows)).split(batch_size):
+        lengths, scored = windows.lengths[batch], windows.scored[batch]
+        positions = torch.arange(int(lengths.max()))
+        inside = positions < lengths[:, None]
+        index = torch.where(inside, windows.starts[batch, None] + positions, 0).to(device)
+        counted = (inside & (positions >= (lengths - scored)[:, None])).to(device).flatten()
+        logits = model(tokens[index]).logits.float().flatten(0, 1)
+        losses = torch.nn.functional.cross_entropy(logits, tokens[index + 1].flatten(), reduction="none")
+        total += losses[counted].double().sum()
+    return float(total)
+
+
+def gpt2_tokenizer(folder: Path) -> transformers.PreTrainedTokenizerBase:
+    """GPT-2's BPE (Pythia's is a close relative with the same vocabulary size class) from its two files."""
+    vocabulary = json.loads((folder / "encoder.json").read_text(encoding="utf-8"))
+    lines = (folder / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:]  # a version line first
+    return transformers.GPT2TokenizerFast(vocab=vocabulary, merges=[tuple(line.split()) for line in lines if line])
+
+
+def eval_speed(data: Path, cases: list[tuple[str, torch.dtype]], words: int, batch_size: int) -> list[str]:
+    device = "cuda" if CUDA else "cpu"
+    tokenizer = gpt2_tokenizer(data / GPT2)
+    text = (data / EVAL_TEXT).read_text(encoding="utf-8").split()
+    texts = [" ".join(text[start : start + 1500]) for start in range(0, min(words, len(text)), 1500)]
+    lines = [f"Rolling log-likelihood of {len(texts)} TinyStories documents (GPT-2 BPE, windows of 2048, batch "
+             f"{batch_size}), random weights, {device}; tokens/s" + (" (peak GiB allocated)." if CUDA else "."), "",
+             "| model | dtype | tokens | ours | lm-eval HFLM | bare forward + CE | ours / lm-eval | ours / bare | "
+             "NLL ours vs lm-eval |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for size, dtype in cases:
+        lines.append(_speed_row(size, dtype, tokenizer, texts, batch_size))
+        if CUDA:
+            torch.cuda.empty_cache()
+    return lines
+
+
+def _speed_row(size: str, dtype: torch.dtype, tokenizer, texts: list[str], batch_size: int) -> str:
+    model = pythia_shaped(size, "cuda" if CUDA else "cpu").to(dtype)
+    windows = rolling_windows(tokenizer, texts, 2048)
+    scorers = {"ours": lambda: float(window_losses(model, windows, batch_size).sums.sum()),
+               "bare": lambda: _bare_forward(model, windows, batch_size)}  # fmt: skip
+    lm_eval = _lm_eval_rolling(model, tokenizer, texts, batch_size)
+    if not isinstance(lm_eval, str):
+        scorers["lm-eval"] = lm_eval
+    measured = {}
+    for name, scorer in scorers.items():
+        scorer()  # warm-up: kernel selection, allocator
+        if CUDA:
+            torch.cuda.reset_peak_memory_stats()
+        seconds, nll = timed(scorer)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if CUDA else float("nan")
+        measured[name] = (windows.predictions / seconds, peak, nll)
+    cell = {name: f"{rate:,.0f}" + (f" ({peak:.1f})" if CUDA else "") for name, (rate, peak, _) in measured.items()}
+    ours, bare = measured["ours"], measured["bare"]
+    if "lm-eval" in measured:
+        ratio = f"{ours[0] / measured['lm-eval'][0]:.2f}x"
+        agree = f"{abs(ours[2] - measured['lm-eval'][2]) / abs(measured['lm-eval'][2]):.1e} relative"
+    else:
+        ratio, agree = "", lm_eval
+    return (f"| {size} | {str(dtype)[6:]} | {windows.predictions:,} | {cell['ours']} | {cell.get('lm-eval', 'n/a')} "
+            f"| {cell['bare']} | {ratio} | {ours[0] / bare[0]:.2f}x | {agree} |")  # fmt: skip
+
+
+def gptq_seconds(sizes: list[str], samples: int, length: int) -> list[str]:
+    device = "cuda" if CUDA else "cpu"
+    lines = [f"GPTQ 4-bit, groups of 128, act-order, {samples} x {length} calibration tokens, float32, {device} "
+             "(block inputs captured anew for each config).", "",
+             "| shape | quantized params | RTN 4-bit g128 (s) | GPTQ (s) |", "|---|---|---|---|"]  # fmt: skip
+    for size in sizes:
+        model = pythia_shaped(size, device)
+        pristine = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+        calibration = torch.randint(0, model.config.vocab_size, (samples, length),
+                                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+        params = sum(weight.numel for weight in quantizable_weights(model))
+        rtn, _ = timed(lambda model=model: quantize(model, QuantConfig("rtn", 4, 128)))
+        model.load_state_dict(pristine)
+        config = QuantConfig("gptq", 4, 128, act_order=True)
+        gptq, _ = timed(lambda m=model, c=calibration, q=config: quantize(m, q, DEFAULT_EXCLUDE, c.to(device)))
+        lines.append(f"| {size} | {params:,} | {rtn:.2f} | {gptq:.1f} |")
+        del model, pristine
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path(".gpu-check/data"), help="see the module docstring")
+    parser.add_argument("--out", type=Path, default=Path("reports/bench/gpu.md"))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (the test suite's CPU run)")
+    args = parser.parse_args()
+    quick = args.quick
+    have_data = (args.data / STORIES).is_dir()
+    models = {"stories260K-hf": lambda: stories(args.data)} if have_data else {}
+    models["GPT-NeoX " + ("tiny" if quick else "70m-shaped")] = lambda: pythia_shaped("tiny" if quick else "70m")
+    sections: list[tuple[str, Callable[[], list[str]]]] = [
+        ("CUDA tests", cuda_tests),
+        ("RTN and GPTQ weights, CPU vs CUDA", lambda: parity(models, (4, 32) if quick else (32, 256))),
+        ("stories260K study on each device and dtype (loss δ, paired 95% CI)",
+         lambda: stories_study(args.data, 4096 if quick else 65536) if have_data else [f"Skipped: no {STORIES}."]),
+        ("Evaluation speed",
+         lambda: eval_speed(args.data, [("tiny", torch.float32)] if quick else
+                            [("410m", torch.float32), ("1.4b", torch.bfloat16)], 3000 if quick else 150_000,
+                            4 if quick else 16) if (args.data / GPT2).is_dir() else [f"Skipped: no {GPT2}."]),
+        ("GPTQ time per size", lambda: gptq_seconds(["tiny"] if quick else ["160m", "410m"],
+                                                    4 if quick else 32, 64 if quick else 2048)),
+    ]  # fmt: skip
+    document = environment()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for title, section in sections:
+        started = time.perf_counter()
+        try:
+            lines = section()
+        except Exception as error:  # noqa: BLE001 - a section that breaks is reported, and the others still run
+            lines = [f"**Failed**: {type(error).__name__}: {error}"]
+        document += ["", f"## {title}", "", *lines, "", f"({time.perf_counter() - started:.0f} s)"]
+        args.out.write_text("\n".join(document) + "\n")
+        print(f"{title}: {time.perf_counter() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
