@@ -90,6 +90,7 @@ CREATE TABLE IF NOT EXISTS estimates (
 );
 """
 DEFAULT_STORE_DIR = Path("runs")
+BUSY_SECONDS = 60  # how long a connection waits for another process's lock
 FIT_JSON = ("params", "goodness", "provenance")
 FIT_KEY = ("eval", "metric", "symmetric", "options")  # columns read from a fit's provenance
 JOB_COLUMNS = ["job_key", "job", "facts", "provenance", "seconds", "finished_at"]
@@ -144,7 +145,7 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(f"{self.path}: cannot create its folder ({error})") from None
-        self._db = sqlite3.connect(self.path, timeout=60)
+        self._db = sqlite3.connect(self.path, timeout=BUSY_SECONDS)
         try:
             tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             columns = [row[1] for row in self._db.execute("PRAGMA table_info(jobs)")]
@@ -153,8 +154,7 @@ class Store:
                     f"{self.path}: an SQLite database of something else (tables: {', '.join(sorted(tables))}), not a "
                     "ptq-eval store; it is left untouched: give another --store path"
                 )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
+            self._create_tables()
         except sqlite3.OperationalError as error:
             self._db.close()
             raise StoreError(
@@ -165,6 +165,21 @@ class Store:
             raise StoreError(
                 f"{self.path}: not a ptq-eval store ({error}); it is left untouched: give another --store path"
             ) from None
+
+    def _create_tables(self) -> None:
+        """WAL mode and the schema. SQLite answers a journal-mode switch that races another process opening the
+        same new file with 'database is locked' at once, without waiting: retried here for as long as a busy
+        connection would wait."""
+        deadline = time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.executescript(SCHEMA)
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         self._db.close()

@@ -56,7 +56,7 @@ def test_the_gpu_check_runs_its_cpu_parts_and_says_what_it_skipped(tmp_path):
     assert "**Failed**" not in report, report
     assert "| tiny | 98,304 |" in report  # GPTQ time per size ran
     if not torch.cuda.is_available():
-        assert report.count("Skipped: no CUDA on this machine") == 2
+        assert "Skipped: no CUDA on this machine" in report and "CPU against CPU" in report
     if (data / "models" / "stories260K-hf").is_dir():
         assert "| rtn 8-bit g32 |" in report and "| tiny | float32 |" in report
     else:

@@ -15,6 +15,7 @@ lacks: pydantic and its three helpers, lm-eval and dill, listed in GPU_CHECK_WHE
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import json
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 import transformers
 
+import ptq_eval.quant.gptq as gptq
 from ptq_eval.evals.perplexity import window_losses
 from ptq_eval.evals.windows import rolling_windows
 from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantizable_weights, quantize
@@ -109,17 +111,57 @@ def pythia_shaped(size: str, device: str = "cpu", vocabulary: int = 50304) -> tr
         return transformers.GPTNeoXForCausalLM(config).eval()
 
 
-def _quantized_weights(model, config, device: str, dtype: torch.dtype, calibration) -> dict[str, torch.Tensor]:
+@contextlib.contextmanager
+def hessian_noise(relative: float):
+    """GPTQ with every Hessian multiplied by (1 + symmetric noise of this relative size): a CPU-only control for
+    how far float noise alone moves GPTQ's solution."""
+    exact = gptq.gptq_weight
+    generator = torch.Generator().manual_seed(1)
+
+    def noisy(weight, hessian, config, dtype=None):
+        noise = torch.randn(hessian.shape, generator=generator).to(hessian.device) * relative
+        return exact(weight, hessian * (1 + (noise + noise.T) / 2), config, dtype)
+
+    gptq.gptq_weight = noisy
+    try:
+        yield
+    finally:
+        gptq.gptq_weight = exact
+
+
+def _quantized(model, config, device: str, dtype: torch.dtype, calibration) -> tuple[dict[str, torch.Tensor], float]:
+    """The quantized matrices (float32, on the CPU) and GPTQ's mean output error ‖WX − ŴX‖² / ‖WX‖² (NaN for RTN)."""
     model = copy.deepcopy(model).to(device=device, dtype=dtype)
-    quantize(model, config, DEFAULT_EXCLUDE, calibration.to(device) if config.needs_calibration else None)
-    return {weight.name: weight.read().detach().float().cpu() for weight in quantizable_weights(model)}
+    report = quantize(model, config, DEFAULT_EXCLUDE, calibration.to(device) if config.needs_calibration else None)
+    errors = [layer.output_error for layer in report.layers if layer.output_error is not None]
+    weights = {weight.name: weight.read().detach().float().cpu() for weight in quantizable_weights(model)}
+    return weights, sum(errors) / len(errors) if errors else float("nan")
+
+
+def _difference(reference: dict, other: dict, config: QuantConfig, dtype: torch.dtype) -> dict[str, float]:
+    total = sum(w.numel() for w in reference.values())
+    moved = sum(int(_levels_apart(reference[k], other[k], config, dtype).sum()) for k in reference)
+    norm = sum(float((other[k] - w).pow(2).sum()) for k, w in reference.items()) ** 0.5
+    return {
+        "total": total,
+        "differ": sum(int((other[k] != w).sum()) for k, w in reference.items()),
+        "largest": max(float((other[k] - w).abs().max()) for k, w in reference.items()),
+        "moved": moved / total,
+        "norm": norm / sum(float(w.pow(2).sum()) for w in reference.values()) ** 0.5,
+    }
 
 
 def parity(models: dict[str, Callable], calibration_shape: tuple[int, int]) -> list[str]:
-    if not CUDA:
-        return ["Skipped: no CUDA on this machine (tests/test_device_parity.py holds the CPU paths bit-identical)."]
-    lines = ["| model | config | dtype | weights | differ | largest difference | moved a level | ‖ΔW‖/‖W‖ |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    """CPU vs CUDA; without CUDA, CPU vs CPU (which only shows this section still runs)."""
+    other = "cuda" if CUDA else "cpu"
+    lines = [] if CUDA else ["No CUDA on this machine: CPU against CPU, to keep this section running.", ""]
+    samples, length = calibration_shape
+    lines += [f"Calibration: {samples} x {length} random token ids. 'moved a level': weights "
+             "half a grid step or more apart. For GPTQ, the last columns are the control: the CPU against the CPU "
+             "with every Hessian perturbed by 1e-6 relative noise (about what two BLAS libraries differ by), and "
+             "GPTQ's mean output error ‖WX − ŴX‖²/‖WX‖² on each device.", "",
+             "| model | config | dtype | weights | differ | largest difference | moved a level | ‖ΔW‖/‖W‖ | "
+             f"control: moved a level | output error CPU / {other} |", "|---" * 10 + "|"]  # fmt: skip
     for name, build in models.items():
         model = build()
         generator = torch.Generator().manual_seed(0)
@@ -127,17 +169,19 @@ def parity(models: dict[str, Callable], calibration_shape: tuple[int, int]) -> l
         cases = [(c, d) for c in RTN_CONFIGS for d in (torch.float32, torch.bfloat16)]
         cases += [(c, torch.float32) for c in GPTQ_CONFIGS]
         for config, dtype in cases:
-            on_cpu = _quantized_weights(model, config, "cpu", dtype, calibration)
-            on_cuda = _quantized_weights(model, config, "cuda", dtype, calibration)
-            total = sum(w.numel() for w in on_cpu.values())
-            differ = sum(int((on_cuda[k] != w).sum()) for k, w in on_cpu.items())
-            largest = max(float((on_cuda[k] - w).abs().max()) for k, w in on_cpu.items())
-            moved = sum(int(_levels_apart(on_cpu[k], on_cuda[k], config, dtype).sum()) for k in on_cpu)
-            norm = sum(float((on_cuda[k] - w).pow(2).sum()) for k, w in on_cpu.items()) ** 0.5
-            norm /= sum(float(w.pow(2).sum()) for w in on_cpu.values()) ** 0.5
+            on_cpu, cpu_error = _quantized(model, config, "cpu", dtype, calibration)
+            on_cuda, cuda_error = _quantized(model, config, other, dtype, calibration)
+            found = _difference(on_cpu, on_cuda, config, dtype)
+            control = errors = ""
+            if config.needs_calibration:
+                with hessian_noise(1e-6):
+                    perturbed, _ = _quantized(model, config, "cpu", dtype, calibration)
+                control = f"{_difference(on_cpu, perturbed, config, dtype)['moved']:.4%}"
+                errors = f"{cpu_error:.4g} / {cuda_error:.4g}"
             label = f"{config.method} {config.bits}-bit {config.granularity}" + ("" if config.symmetric else " asym")
-            lines.append(f"| {name} | {label} | {str(dtype)[6:]} | {total:,} | {differ:,} | {largest:.3g} | "
-                         f"{moved / total:.4%} | {norm:.2e} |")  # fmt: skip
+            lines.append(f"| {name} | {label} | {str(dtype)[6:]} | {found['total']:,} | {found['differ']:,} | "
+                         f"{found['largest']:.3g} | {found['moved']:.4%} | {found['norm']:.2e} | {control} | "
+                         f"{errors} |")  # fmt: skip
     return lines
 
 
