@@ -109,6 +109,7 @@ class _CheckpointRun:
         self.facts = _facts(loaded)
         self.gptq_device = resolve_device(self.study.gptq_device) if self.study.gptq_device else None
         self.calibrated: dict = {}  # what calibration re-uses across this checkpoint's GPTQ configs (quant/blocks.py)
+        self.quant_configs = tuple(dict.fromkeys(job.quant for job in work.jobs if job.quant is not None))
 
     def windows(self, evaluation: PerplexityEval) -> tuple[Windows, dict]:
         """The eval's token windows; tokenized once per distinct tokenizer across the study."""
@@ -180,7 +181,10 @@ class _CheckpointRun:
     def quantized(self, config: QuantConfig, jobs: list[Job], baselines: dict[str, Scored]) -> Iterator[Finished]:
         self.restore()
         calibration = self.calibration() if config.needs_calibration else None
-        report = quantize(self.loaded.model, config, self.study.exclude, calibration, self.gptq_device, self.calibrated)
+        report = quantize(
+            self.loaded.model, config, self.study.exclude, calibration, self.gptq_device, self.calibrated,
+            share_with=self.quant_configs,
+        )  # fmt: skip
         report_facts = {
             "seconds": report.seconds,
             "layers": [asdict(layer) for layer in report.layers],

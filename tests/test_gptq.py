@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantize
-from ptq_eval.quant.gptq import gptq_weight, output_error
+from ptq_eval.quant.gptq import output_error
+from ptq_eval.quant.gptq_solve import gptq_weight
 from ptq_eval.quant.grid import quantize_tensor
 from ptq_eval.quant.hessians import Hessian
 

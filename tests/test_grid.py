@@ -93,7 +93,7 @@ def test_a_group_size_that_does_not_divide_leaves_a_shorter_last_group():
 
 def test_a_group_wider_than_the_matrix_is_its_whole_row_in_rtn_and_gptq():
     from ptq_eval.quant import QuantConfig
-    from ptq_eval.quant.gptq import gptq_weight
+    from ptq_eval.quant.gptq_solve import gptq_weight
 
     w = weights(columns=16)
     assert torch.equal(quantize_tensor(w, 3, 32), quantize_tensor(w, 3, -1))

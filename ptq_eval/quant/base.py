@@ -19,7 +19,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -329,20 +329,25 @@ def quantize(
     calibration: torch.Tensor | None = None,
     device: str | torch.device | None = None,
     cache: dict | None = None,
+    share_with: Sequence[QuantConfig] = (),
 ) -> QuantReport:
     """Quantize the model's weights in place with the configured method; the report carries the coverage.
 
     `device` (GPTQ only; not part of the config, so job keys do not depend on it): where each
     transformer block is quantized while the rest of the model stays where it is. `cache` (GPTQ only): one
     dict per checkpoint and calibration set, kept across configs, for what calibration can exactly re-use
-    (`quant/blocks.py`); the model's weights must be the pristine ones at each call.
+    (`quant/blocks.py`); the model's weights must be the pristine ones at each call. `share_with` (GPTQ under
+    `sequential: none`, with `cache`): the checkpoint's other configs, solved in the same loops and kept in `cache`
+    for their own calls (`quant/gptq.py`).
     """
     if config.method not in METHODS:
         raise QuantError(f"unknown quantization method {config.method!r}; accepted: {', '.join(METHODS)}")
     found = survey(model, exclude)
     check_selection(model, found)
     started = time.perf_counter()
-    report = METHODS[config.method](model, found.selected, config, calibration=calibration, device=device, cache=cache)
+    report = METHODS[config.method](
+        model, found.selected, config, calibration=calibration, device=device, cache=cache, share_with=share_with
+    )
     report.seconds = time.perf_counter() - started
     reported = {layer.name for layer in report.layers}
     missing = [weight.name for weight in found.selected if weight.name not in reported]

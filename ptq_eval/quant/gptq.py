@@ -1,110 +1,37 @@
-"""GPTQ (Frantar et al. 2022), native in torch, over the shared grid.
+"""GPTQ (Frantar et al. 2022) over a model: which matrices are solved together, from which Hessians.
 
-Per Linear: accumulate H = 2·XXᵀ/n from calibration inputs, damp it, take the upper
-Cholesky factor of H⁻¹, then quantize column by column, spreading each column's
-rounding error over the columns not yet quantized (lazy updates in blocks).
-
-Over a model (`quant/blocks.py`): block by block, each matrix quantized from the inputs it sees once
-the blocks before it (with `sequential="layer"`, also the layers before it in its block) are
-quantized. A matrix no calibration input reaches (an expert the router never chose) is rounded to
-nearest instead, and its report says so. With `device`, the model stays where it is (e.g. CPU) and
+The solve itself is `quant/gptq_solve.py`. Over a model (`quant/blocks.py`): block by block, each matrix
+quantized from the inputs it sees once the blocks before it (with `sequential="layer"`, also the layers before
+it in its block) are quantized. A matrix no calibration input reaches (an expert the router never chose) is
+rounded to nearest instead, and its report says so. With `device`, the model stays where it is (e.g. CPU) and
 only the block being quantized, the activations and its Hessians live on `device` (e.g. CUDA).
+
+Solved together: the matrices whose Hessians are equal (they read the same input: q/k/v, gate/up) share one
+column loop; and under `sequential="none"`, where every config of a checkpoint has the same Hessians, so do the
+configs in `share_with` (with the same solve options): one solve serves them all, the weights of the configs not
+asked for now kept (on the CPU, in the model's dtype) in the caller's per-checkpoint `cache` until they are.
+Each config's weights are bit-identical to its solve alone on the CPU (tests).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import itertools
+from collections.abc import Sequence
 
 import torch
 
 from ptq_eval.errors import UserError
 from ptq_eval.quant.base import LayerReport, QuantConfig, QuantError, QuantReport, WeightMatrix, register
 from ptq_eval.quant.blocks import calibrate
-from ptq_eval.quant.grid import PER_TENSOR, Grid, check_group_size, fit_grid, quantize_tensor
+from ptq_eval.quant.gptq_solve import gptq_solve, solve_key
+from ptq_eval.quant.grid import quantize_tensor
 from ptq_eval.quant.hessians import Hessian
-from ptq_eval.quant.rtn import relative_error, rtn_matrix
+from ptq_eval.quant.rtn import relative_error
 
 NO_INPUT = "rtn: the router sent it no calibration token"
-
-
-@dataclass(frozen=True)
-class GPTQResult:
-    """De-quantized weights, plus the grids that produced them (what a packed export needs).
-
-    `scales` and `zeros` are [groups, rows]; column j used group `group_index[j]`.
-    """
-
-    weight: torch.Tensor
-    scales: torch.Tensor
-    zeros: torch.Tensor
-    group_index: torch.Tensor
-
-
-def _grid_for(weight: torch.Tensor, config: QuantConfig, dtype: torch.dtype) -> Grid:
-    if config.group_size == PER_TENSOR:
-        return fit_grid(weight.reshape(1, -1), config.bits, config.symmetric, dtype)
-    return fit_grid(weight, config.bits, config.symmetric, dtype)
-
-
-@torch.no_grad()
-def gptq_weight(
-    weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig, dtype: torch.dtype | None = None
-) -> GPTQResult:
-    """GPTQ for one Linear, given its input Hessian: de-quantized weights (float32) and their grids, whose points
-    are exact in `dtype` (default: the weight's; see `quant/grid.py`)."""
-    check_group_size(config.group_size)
-    dtype = weight.dtype if dtype is None else dtype
-    W = weight.float().clone()
-    H = hessian.clone()
-    rows, columns = W.shape
-    group = config.group_size if config.group_size > 0 else 0
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-
-    static = None
-    if group and config.static_groups:
-        static = [
-            fit_grid(W[:, start : start + group], config.bits, config.symmetric, dtype)
-            for start in range(0, columns, group)
-        ]
-    order = (
-        torch.argsort(torch.diag(H), descending=True) if config.act_order else torch.arange(columns, device=W.device)
-    )
-    W, H = W[:, order], H[order][:, order]
-
-    H += config.damp * torch.mean(torch.diag(H)) * torch.eye(columns, device=W.device)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-
-    grid = None if group else _grid_for(W, config, dtype)
-    grids = [] if group and static is None else (static or [grid])
-    group_of_position = torch.zeros(columns, dtype=torch.int32)
-    Q = torch.zeros_like(W)
-    for start in range(0, columns, config.block_size):
-        end = min(start + config.block_size, columns)
-        W1, Hinv1 = W[:, start:end].clone(), Hinv[start:end, start:end]
-        errors = torch.zeros_like(W1)
-        for i in range(end - start):
-            column = start + i
-            if static is not None:
-                group_of_position[column] = int(order[column]) // group
-                grid = static[group_of_position[column]]
-            elif group:
-                if column % group == 0:
-                    # As the reference GPTQ does: fitted on the weights as they stood before this block's updates.
-                    grid = fit_grid(W[:, column : column + group], config.bits, config.symmetric, dtype)
-                    grids.append(grid)
-                group_of_position[column] = len(grids) - 1
-            q = grid.fake_quantize(W1[:, i : i + 1]).flatten()
-            Q[:, column] = q
-            error = (W1[:, i] - q) / Hinv1[i, i]
-            W1[:, i:] -= error[:, None] @ Hinv1[i : i + 1, i:]
-            errors[:, i] = error
-        W[:, end:] -= errors @ Hinv[start:end, end:]
-    inverse = torch.argsort(order)
-    scales = torch.cat([g.scale.expand(rows, 1) for g in grids], dim=1).T
-    zeros = torch.cat([g.zero.expand(rows, 1) for g in grids], dim=1).T
-    return GPTQResult(Q[:, inverse], scales, zeros, group_of_position[inverse.cpu()])
+Grids = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Solved = tuple[torch.Tensor, Grids | None, LayerReport]  # de-quantized weight, grids, layer report
 
 
 def output_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.Tensor) -> float:
@@ -115,28 +42,76 @@ def output_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.T
     return numerator / denominator if denominator else 0.0
 
 
+def _rtn_fallback(weight: WeightMatrix, config: QuantConfig) -> Solved:
+    stored = weight.read()
+    quantized = quantize_tensor(stored, config.bits, config.group_size, config.symmetric)
+    return quantized, None, LayerReport(weight.name, weight.shape, relative_error(stored, quantized), fallback=NO_INPUT)
+
+
+def equal_input_sets(group: list[WeightMatrix], hessians: dict[str, Hessian]) -> list[list[WeightMatrix]]:
+    """The group's matrices in sets with equal Hessians (they read the same input), in the group's order."""
+    sets: list[list[WeightMatrix]] = []
+    for weight in group:
+        mine = hessians[weight.name]
+        for members in sets:
+            theirs = hessians[members[0].name]
+            if mine.samples and theirs.samples == mine.samples and theirs.matrix.shape == mine.matrix.shape:
+                if torch.equal(theirs.matrix, mine.matrix):
+                    members.append(weight)
+                    break
+        else:
+            sets.append([weight])
+    return sets
+
+
 @torch.no_grad()
-def _gptq_matrix(weight: WeightMatrix, hessian: Hessian, config: QuantConfig, report: QuantReport, home) -> None:
-    """GPTQ one matrix in place (RTN when no input reached it), adding its layer report and grids."""
+def _solve_set(
+    members: list[WeightMatrix], hessian: Hessian, configs: list[QuantConfig], home
+) -> dict[QuantConfig, dict[str, Solved]]:
+    """GPTQ for matrices sharing one Hessian, for every config (one column loop per set of solve options)."""
+    solved: dict[QuantConfig, dict[str, Solved]] = {config: {} for config in configs}
     if hessian.samples == 0:
-        report.layers.append(rtn_matrix(weight, config, fallback=NO_INPUT))
-        return
-    stored, matrix = weight.read(), hessian.matrix
-    original = stored.float()
-    result = gptq_weight(original, matrix, config, stored.dtype)
-    rtn = quantize_tensor(stored, config.bits, config.group_size, config.symmetric).float()
-    report.grids[weight.name] = (result.scales.to(home), result.zeros.to(home), result.group_index)
-    report.layers.append(
-        LayerReport(
-            weight.name,
-            weight.shape,
-            relative_error(original, result.weight),
-            output_error(original, result.weight, matrix),
-            output_error(original, rtn, matrix),
-            hessian.samples,
-        )
-    )
-    weight.write(result.weight)
+        for config, weight in itertools.product(configs, members):
+            solved[config][weight.name] = _rtn_fallback(weight, config)
+        return solved
+    stored = {weight.name: weight.read() for weight in members}
+    for _, shared in itertools.groupby(sorted(configs, key=lambda c: str(solve_key(c))), key=solve_key):
+        pairs = list(itertools.product(list(shared), members))
+        results = gptq_solve([(stored[weight.name], config) for config, weight in pairs], hessian.matrix)
+        for (config, weight), result in zip(pairs, results, strict=True):
+            original = stored[weight.name].float()
+            rtn = quantize_tensor(stored[weight.name], config.bits, config.group_size, config.symmetric).float()
+            layer = LayerReport(
+                weight.name,
+                weight.shape,
+                relative_error(original, result.weight),
+                output_error(original, result.weight, hessian.matrix),
+                output_error(original, rtn, hessian.matrix),
+                hessian.samples,
+            )
+            grids = (result.scales.to(home), result.zeros.to(home), result.group_index)
+            solved[config][weight.name] = (result.weight, grids, layer)
+    return solved
+
+
+def _apply(weights: list[WeightMatrix], solved: dict[str, Solved], report: QuantReport) -> None:
+    """Write the solved weights into the model and their grids and layer reports into the report, in order."""
+    for weight in weights:
+        quantized, grids, layer = solved[weight.name]
+        weight.write(quantized)
+        if grids is not None:
+            report.grids[weight.name] = grids
+        report.layers.append(layer)
+
+
+def _kept(solved: dict[str, Solved], weights: list[WeightMatrix]) -> dict[str, Solved]:
+    """Results for a later call: weights on the CPU in the model's dtype (exact: the grid's points are in it)."""
+    dtypes = {weight.name: weight.read().dtype for weight in weights}
+    return {name: (w.to("cpu", dtypes[name]), grids, layer) for name, (w, grids, layer) in solved.items()}
+
+
+def _calibration_digest(calibration: torch.Tensor) -> str:
+    return hashlib.sha256(str(tuple(calibration.shape)).encode() + calibration.cpu().numpy().tobytes()).hexdigest()
 
 
 def check_inputs_reached(group: list[WeightMatrix], hessians: dict[str, Hessian]) -> None:
@@ -160,17 +135,35 @@ def quantize_gptq(
     device: str | torch.device | None = None,
     batch_size: int = 8,
     cache: dict | None = None,
+    share_with: Sequence[QuantConfig] = (),
 ) -> QuantReport:
-    """Quantize these matrices of the model in place with GPTQ, block by block (see `quant/blocks.py`)."""
+    """Quantize these matrices of the model in place with GPTQ, block by block (see `quant/blocks.py`); under
+    `sequential="none"`, solve the `share_with` configs in the same loops and keep their weights in `cache`."""
     if calibration is None or len(calibration) == 0:
         raise UserError("GPTQ needs calibration data (the study's calibration: section)")
     report = QuantReport(config)
     home = next(model.parameters()).device
+    key = ("gptq solved", tuple(weight.name for weight in weights), _calibration_digest(calibration))
+    kept = cache.get(key, {}) if cache is not None else {}
+    if config in kept:
+        _apply(weights, kept.pop(config), report)
+        return report
+    configs = [config]
+    if config.sequential == "none" and cache is not None:
+        configs += [c for c in dict.fromkeys(share_with) if c.method == "gptq" and c.sequential == "none"]
+        configs = list(dict.fromkeys(c for c in configs if c == config or c not in kept))
 
     def process(group: list[WeightMatrix], hessians: dict[str, Hessian]) -> None:
         check_inputs_reached(group, hessians)
-        for weight in group:
-            _gptq_matrix(weight, hessians[weight.name], config, report, home)
+        solved: dict[QuantConfig, dict[str, Solved]] = {c: {} for c in configs}
+        for members in equal_input_sets(group, hessians):
+            for c, results in _solve_set(members, hessians[members[0].name], configs, home).items():
+                solved[c].update(results)
+        _apply(group, solved.pop(config), report)
+        for other, results in solved.items():
+            kept.setdefault(other, {}).update(_kept(results, group))
 
     calibrate(model, weights, calibration, process, config.sequential, batch_size, device, cache)
+    if kept and cache is not None:
+        cache[key] = kept
     return report

@@ -325,23 +325,21 @@ def _speed_row(size: str, dtype: torch.dtype, tokenizer, texts: list[str], batch
             f"| {cell['bare']} | {ratio} | {ours[0] / bare[0]:.2f}x | {agree} |")  # fmt: skip
 
 
-def gptq_seconds(sizes: list[str], samples: int, length: int) -> list[str]:
+def gptq_seconds(cases: list[tuple[str, torch.dtype]], samples: int, length: int) -> list[str]:
+    """One GPTQ config alone, and the sweep's ten configs from one solve (sequential: none), per shape."""
+    from gptq_shared import HEADER, measure, row
+
     device = "cuda" if CUDA else "cpu"
-    lines = [f"GPTQ 4-bit, groups of 128, act-order, {samples} x {length} calibration tokens, float32, {device} "
-             "(block inputs captured anew for each config).", "",
-             "| shape | quantized params | RTN 4-bit g128 (s) | GPTQ (s) |", "|---|---|---|---|"]  # fmt: skip
-    for size in sizes:
-        model = pythia_shaped(size, device)
-        pristine = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-        calibration = torch.randint(0, model.config.vocab_size, (samples, length),
-                                    generator=torch.Generator().manual_seed(0))  # fmt: skip
-        params = sum(weight.numel for weight in quantizable_weights(model))
-        rtn, _ = timed(lambda model=model: quantize(model, QuantConfig("rtn", 4, 128)))
-        model.load_state_dict(pristine)
-        config = QuantConfig("gptq", 4, 128, act_order=True)
-        gptq, _ = timed(lambda m=model, c=calibration, q=config: quantize(m, q, DEFAULT_EXCLUDE, c.to(device)))
-        lines.append(f"| {size} | {params:,} | {rtn:.2f} | {gptq:.1f} |")
-        del model, pristine
+    lines = [f"{samples} x {length} calibration tokens, random weights, {device}; Hessians and the solve in float32. "
+             "Configs: 3/4/5/6/8 bits x per channel / groups of 128, act-order, sequential: none; 'one config' is "
+             "the first (3-bit per channel), its weights compared bit for bit with its share of the joint solve.", "",
+             *HEADER]  # fmt: skip
+    for size, dtype in cases:
+        model = pythia_shaped(size, device).to(dtype)
+        lines.append(row(f"Pythia-{size} shape", dtype, measure(model, samples, length, alone=1)))
+        del model
+        if CUDA:
+            torch.cuda.empty_cache()
     return lines
 
 
@@ -350,6 +348,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(".gpu-check/data"), help="see the module docstring")
     parser.add_argument("--out", type=Path, default=Path("reports/bench/gpu.md"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the test suite's CPU run)")
+    parser.add_argument("--only", nargs="+", metavar="WORD", help="run only the sections whose title has a word")
     args = parser.parse_args()
     quick = args.quick
     have_data = (args.data / STORIES).is_dir()
@@ -364,11 +363,15 @@ def main() -> None:
          lambda: eval_speed(args.data, [("tiny", torch.float32)] if quick else
                             [("410m", torch.float32), ("1.4b", torch.bfloat16)], 3000 if quick else 150_000,
                             4 if quick else 16) if (args.data / GPT2).is_dir() else [f"Skipped: no {GPT2}."]),
-        ("GPTQ time per size", lambda: gptq_seconds(["tiny"] if quick else ["160m", "410m"],
-                                                    4 if quick else 32, 64 if quick else 2048)),
+        ("GPTQ time per size", lambda: gptq_seconds([("tiny", torch.float32)] if quick else
+                                                    [("160m", torch.float32), ("410m", torch.float32)],
+                                                    4 if quick else 32,
+                                                    64 if quick else 2048)),
     ]  # fmt: skip
     document = environment()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.only:
+        sections = [(title, run) for title, run in sections if any(word in title for word in args.only)]
     for title, section in sections:
         started = time.perf_counter()
         try:

@@ -1,0 +1,93 @@
+"""One GPTQ solve for everything that shares a Hessian: each part bit-identical to its own solve (CPU)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import transformers
+
+from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantizable_weights, quantize
+from ptq_eval.quant import gptq_solve as solve_module
+from ptq_eval.quant.gptq_solve import gptq_solve, gptq_weight
+
+SWEEP = [
+    QuantConfig("gptq", bits, group, act_order=True, sequential="none") for bits in (3, 4, 8) for group in (-1, 16)
+]
+
+
+def problem(rows=48, columns=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, columns, generator=generator) @ torch.randn(columns, columns, generator=generator)
+    return torch.randn(rows, columns, generator=generator), 2 * x.T @ x / 256
+
+
+def assert_same(a, b):
+    assert torch.equal(a.weight, b.weight)
+    assert torch.equal(a.scales, b.scales) and torch.equal(a.zeros, b.zeros)
+    assert torch.equal(a.group_index, b.group_index)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("static_groups", [False, True])
+def test_a_stacked_solve_gives_every_part_its_own_solve_bit_for_bit(dtype, act_order, static_groups):
+    weight, hessian = problem()
+    other, _ = problem(rows=20, seed=1)  # a second matrix reading the same input (as k beside q)
+    options = {"act_order": act_order, "static_groups": static_groups}
+    grids = [(3, 16, True), (4, -1, True), (4, 16, False), (8, 0, True)]
+    configs = [QuantConfig("gptq", bits, group, symmetric, **options) for bits, group, symmetric in grids]
+    parts = [(w.to(dtype), c) for c in configs for w in (weight, other)]
+    stacked = gptq_solve(parts, hessian)
+    for (w, config), result in zip(parts, stacked, strict=True):
+        assert_same(result, gptq_weight(w, hessian, config))
+
+
+def test_parts_that_need_different_loops_are_refused():
+    weight, hessian = problem()
+    with pytest.raises(ValueError, match="act_order, static_groups, damp, block_size"):
+        gptq_solve([(weight, QuantConfig("gptq", 3, act_order=True)), (weight, QuantConfig("gptq", 3))], hessian)
+
+
+def llama() -> transformers.LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def quantized(model, config, cache=None, share_with=()):
+    model = copy.deepcopy(model)
+    calibration = torch.randint(0, 96, (8, 32), generator=torch.Generator().manual_seed(0))
+    report = quantize(model, config, DEFAULT_EXCLUDE, calibration, cache=cache, share_with=share_with)
+    return {w.name: w.read().detach().clone() for w in quantizable_weights(model)}, report
+
+
+def test_configs_sharing_their_hessians_are_solved_once_and_each_equals_its_own_run(monkeypatch):
+    model = llama()
+    loops = []
+    original = solve_module.gptq_solve
+    monkeypatch.setattr("ptq_eval.quant.gptq.gptq_solve", lambda *a, **k: loops.append(1) or original(*a, **k))
+    cache: dict = {}
+    shared = {config: quantized(model, config, cache, share_with=SWEEP) for config in SWEEP}
+    solves = len(loops)
+    assert solves == 2 * 4  # per block: q/k/v together, o, gate/up together, down; every config in each loop
+    assert not any(cache[key] for key in cache if key[0] == "gptq solved")  # every kept result was handed out
+    for config, (weights, report) in shared.items():
+        alone, alone_report = quantized(model, config)
+        assert all(torch.equal(weights[name], alone[name]) for name in alone), config
+        assert report.layers == alone_report.layers
+        assert all(torch.equal(a, b) for name in alone_report.grids
+                   for a, b in zip(report.grids[name], alone_report.grids[name], strict=True))  # fmt: skip
+    assert len(loops) - solves == 8 * len(SWEEP)  # alone: eight loops each
+
+
+def test_sequential_configs_are_not_shared():
+    model = llama()
+    cache: dict = {}
+    block = QuantConfig("gptq", 3, 16)
+    quantized(model, block, cache, share_with=[block, QuantConfig("gptq", 4, 16)])
+    assert not any(key[0] == "gptq solved" for key in cache)  # block-sequential Hessians differ per config
