@@ -286,7 +286,10 @@ def load_model(
 
 def check_vocabulary(model: torch.nn.Module, tokenizer, reference: str) -> None:
     """Every id the tokenizer can emit must have an embedding row (else the first forward fails deep in torch)."""
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    try:
+        embedding = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # remote-code models may not say
+        return
     vocabulary = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
     if embedding is None or not vocabulary:
         return

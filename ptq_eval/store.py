@@ -157,9 +157,12 @@ class Store:
             self._create_tables()
         except sqlite3.OperationalError as error:
             self._db.close()
-            raise StoreError(
-                f"{self.path}: cannot open the store ({error}); is the file or its folder read-only?"
-            ) from None
+            why = (
+                f"another process held it locked for {BUSY_SECONDS} s"
+                if "locked" in str(error)
+                else "is the file or its folder read-only?"
+            )
+            raise StoreError(f"{self.path}: cannot open the store ({error}); {why}") from None
         except sqlite3.DatabaseError as error:
             self._db.close()
             raise StoreError(

@@ -189,6 +189,7 @@ class _CheckpointRun:
             "seconds": report.seconds,
             "layers": [asdict(layer) for layer in report.layers],
             "coverage": report.coverage.as_dict(),
+            "solved_together": report.solved_together,
         }
         label = f"{self.loaded.facts.name} {config.method} {config.bits}b {config.granularity}"
         for job in jobs:

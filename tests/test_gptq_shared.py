@@ -59,25 +59,28 @@ def llama() -> transformers.LlamaForCausalLM:
     return transformers.LlamaForCausalLM(config).eval()
 
 
-def quantized(model, config, cache=None, share_with=()):
-    model = copy.deepcopy(model)
+def quantized(model, config, cache=None, share_with=(), dtype=torch.float32):
+    model = copy.deepcopy(model).to(dtype)
     calibration = torch.randint(0, 96, (8, 32), generator=torch.Generator().manual_seed(0))
     report = quantize(model, config, DEFAULT_EXCLUDE, calibration, cache=cache, share_with=share_with)
     return {w.name: w.read().detach().clone() for w in quantizable_weights(model)}, report
 
 
-def test_configs_sharing_their_hessians_are_solved_once_and_each_equals_its_own_run(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_configs_sharing_their_hessians_are_solved_once_and_each_equals_its_own_run(monkeypatch, dtype):
     model = llama()
     loops = []
     original = solve_module.gptq_solve
     monkeypatch.setattr("ptq_eval.quant.gptq.gptq_solve", lambda *a, **k: loops.append(1) or original(*a, **k))
     cache: dict = {}
-    shared = {config: quantized(model, config, cache, share_with=SWEEP) for config in SWEEP}
+    shared = {config: quantized(model, config, cache, SWEEP, dtype) for config in SWEEP}
     solves = len(loops)
     assert solves == 2 * 4  # per block: q/k/v together, o, gate/up together, down; every config in each loop
     assert not any(cache[key] for key in cache if key[0] == "gptq solved")  # every kept result was handed out
+    assert all(report.solved_together == len(SWEEP) for _, report in shared.values())
     for config, (weights, report) in shared.items():
-        alone, alone_report = quantized(model, config)
+        assert all(w.dtype == dtype for w in weights.values())
+        alone, alone_report = quantized(model, config, dtype=dtype)
         assert all(torch.equal(weights[name], alone[name]) for name in alone), config
         assert report.layers == alone_report.layers
         assert all(torch.equal(a, b) for name in alone_report.grids
@@ -91,3 +94,53 @@ def test_sequential_configs_are_not_shared():
     block = QuantConfig("gptq", 3, 16)
     quantized(model, block, cache, share_with=[block, QuantConfig("gptq", 4, 16)])
     assert not any(key[0] == "gptq solved" for key in cache)  # block-sequential Hessians differ per config
+
+
+def test_a_stack_over_its_budget_is_solved_in_several_loops_with_the_same_weights(monkeypatch):
+    model = llama()
+    monkeypatch.setattr("ptq_eval.quant.gptq.STACK_ELEMENTS", 64 * 200)  # about three 64-row parts per loop
+    loops = []
+    original = solve_module.gptq_solve
+    monkeypatch.setattr("ptq_eval.quant.gptq.gptq_solve", lambda *a, **k: loops.append(1) or original(*a, **k))
+    cache: dict = {}
+    shared = {config: quantized(model, config, cache, SWEEP)[0] for config in SWEEP}
+    assert len(loops) > 2 * 4
+    for config, weights in shared.items():
+        alone, _ = quantized(model, config)
+        assert all(torch.equal(weights[name], alone[name]) for name in alone), config
+
+
+SHARED_STUDY = """
+name: shared-solve
+ladder:
+  - {ladder}/n7k/tpp160
+quant:
+  - {{method: gptq, bits: [3, 4], group_size: [8], sequential: none}}
+calibration: {{samples: 8, seq_len: 32}}
+evals:
+  - {{kind: perplexity, tokens: 2048, seq_len: 32}}
+"""
+
+
+def test_the_runner_solves_a_checkpoints_sequential_none_configs_together(write_study, tmp_path):
+    import json
+    import sqlite3
+
+    from ptq_eval.results import study_results
+    from ptq_eval.runner import run_study
+    from ptq_eval.spec import load_study
+    from ptq_eval.store import Store
+
+    both = load_study(write_study("shared-solve", SHARED_STUDY))
+    alone = both.model_copy(update={"quant": [both.quant[0].model_copy(update={"bits": 4})]})
+    deltas = []
+    for study, path in ((both, tmp_path / "both.sqlite"), (alone, tmp_path / "alone.sqlite")):
+        with Store(path) as store:
+            run_study(study, store)
+            results = study_results(study, store)
+        deltas.append(results[(results.metric == "loss") & (results.bits == 4)].delta.item())
+        with sqlite3.connect(path) as db:
+            reports = [json.loads(row[0]).get("quant_report") for row in db.execute("SELECT provenance FROM jobs")]
+        together = sorted(report["solved_together"] for report in reports if report)
+        assert together == ([2, 2] if study is both else [1])
+    assert deltas[0] == deltas[1]  # the 4-bit weights from the shared solve are the 4-bit weights alone

@@ -170,13 +170,17 @@ class Coverage:
 
 @dataclass
 class QuantReport:
-    """Per-layer errors, coverage, the time quantization took, and (GPTQ) the grids behind the weights."""
+    """Per-layer errors, coverage, the time quantization took, and (GPTQ) the grids behind the weights and how
+    many configs shared their solve."""
 
     config: QuantConfig
     layers: list[LayerReport] = field(default_factory=list)
     seconds: float = 0.0
     grids: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     coverage: Coverage | None = None
+    # Configs whose weights came from the same solve (GPTQ, sequential: none): the config that ran it holds its
+    # seconds, the others only the time to write their weights.
+    solved_together: int = 1
 
     @property
     def mean_relative_error(self) -> float:

@@ -30,6 +30,7 @@ from ptq_eval.quant.hessians import Hessian
 from ptq_eval.quant.rtn import relative_error
 
 NO_INPUT = "rtn: the router sent it no calibration token"
+STACK_ELEMENTS = 2**28  # rows x columns of one stacked solve (1 GiB in float32); more parts wait for another loop
 Grids = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 Solved = tuple[torch.Tensor, Grids | None, LayerReport]  # de-quantized weight, grids, layer report
 
@@ -48,49 +49,84 @@ def _rtn_fallback(weight: WeightMatrix, config: QuantConfig) -> Solved:
     return quantized, None, LayerReport(weight.name, weight.shape, relative_error(stored, quantized), fallback=NO_INPUT)
 
 
+def _fingerprint(hessian: Hessian) -> tuple:
+    """A cheap summary that equal Hessians share (one host sync per matrix), so few pairs need a full compare."""
+    if not hessian.samples:
+        return (0,)
+    return hessian.samples, tuple(hessian.matrix.shape), float(hessian.matrix.diagonal().sum())
+
+
 def equal_input_sets(group: list[WeightMatrix], hessians: dict[str, Hessian]) -> list[list[WeightMatrix]]:
     """The group's matrices in sets with equal Hessians (they read the same input), in the group's order."""
     sets: list[list[WeightMatrix]] = []
+    by_fingerprint: dict[tuple, list[list[WeightMatrix]]] = {}
     for weight in group:
         mine = hessians[weight.name]
-        for members in sets:
-            theirs = hessians[members[0].name]
-            if mine.samples and theirs.samples == mine.samples and theirs.matrix.shape == mine.matrix.shape:
-                if torch.equal(theirs.matrix, mine.matrix):
-                    members.append(weight)
-                    break
+        key = _fingerprint(mine)
+        for members in by_fingerprint.get(key, []) if mine.samples else []:
+            if torch.equal(hessians[members[0].name].matrix, mine.matrix):
+                members.append(weight)
+                break
         else:
             sets.append([weight])
+            by_fingerprint.setdefault(key, []).append(sets[-1])
     return sets
+
+
+def _chunks(
+    pairs: list[tuple[QuantConfig, WeightMatrix]], columns: int
+) -> list[list[tuple[QuantConfig, WeightMatrix]]]:
+    """The pairs in runs whose stacked rows fit STACK_ELEMENTS (at least one pair each), in order."""
+    chunks: list[list[tuple[QuantConfig, WeightMatrix]]] = [[]]
+    rows = 0
+    for pair in pairs:
+        if chunks[-1] and (rows + pair[1].shape[0]) * columns > STACK_ELEMENTS:
+            chunks.append([])
+            rows = 0
+        chunks[-1].append(pair)
+        rows += pair[1].shape[0]
+    return chunks
 
 
 @torch.no_grad()
 def _solve_set(
-    members: list[WeightMatrix], hessian: Hessian, configs: list[QuantConfig], home
+    members: list[WeightMatrix], hessian: Hessian, configs: list[QuantConfig], current: QuantConfig, home
 ) -> dict[QuantConfig, dict[str, Solved]]:
-    """GPTQ for matrices sharing one Hessian, for every config (one column loop per set of solve options)."""
+    """GPTQ for matrices sharing one Hessian, for every config (one column loop per set of solve options and
+    stack budget). The other configs' weights move to the CPU, in the model's dtype (exact: the grid's points are
+    in it), as each loop ends."""
     solved: dict[QuantConfig, dict[str, Solved]] = {config: {} for config in configs}
+    stored = {weight.name: weight.read() for weight in members}
+
+    def keep(config: QuantConfig, weight: WeightMatrix, result: Solved) -> None:
+        quantized, grids, layer = result
+        if config != current:
+            quantized = quantized.to("cpu", stored[weight.name].dtype)
+        solved[config][weight.name] = (quantized, grids, layer)
+
     if hessian.samples == 0:
         for config, weight in itertools.product(configs, members):
-            solved[config][weight.name] = _rtn_fallback(weight, config)
+            keep(config, weight, _rtn_fallback(weight, config))
         return solved
-    stored = {weight.name: weight.read() for weight in members}
     for _, shared in itertools.groupby(sorted(configs, key=lambda c: str(solve_key(c))), key=solve_key):
-        pairs = list(itertools.product(list(shared), members))
-        results = gptq_solve([(stored[weight.name], config) for config, weight in pairs], hessian.matrix)
-        for (config, weight), result in zip(pairs, results, strict=True):
-            original = stored[weight.name].float()
-            rtn = quantize_tensor(stored[weight.name], config.bits, config.group_size, config.symmetric).float()
-            layer = LayerReport(
-                weight.name,
-                weight.shape,
-                relative_error(original, result.weight),
-                output_error(original, result.weight, hessian.matrix),
-                output_error(original, rtn, hessian.matrix),
-                hessian.samples,
-            )
-            grids = (result.scales.to(home), result.zeros.to(home), result.group_index)
-            solved[config][weight.name] = (result.weight, grids, layer)
+        for pairs in _chunks(list(itertools.product(list(shared), members)), hessian.matrix.shape[0]):
+            results = gptq_solve([(stored[weight.name], config) for config, weight in pairs], hessian.matrix)
+            for (config, weight), result in zip(pairs, results, strict=True):
+                original = stored[weight.name].float()
+                rtn = quantize_tensor(stored[weight.name], config.bits, config.group_size, config.symmetric).float()
+                layer = LayerReport(
+                    weight.name,
+                    weight.shape,
+                    relative_error(original, result.weight),
+                    output_error(original, result.weight, hessian.matrix),
+                    output_error(original, rtn, hessian.matrix),
+                    hessian.samples,
+                )
+                keep(
+                    config,
+                    weight,
+                    (result.weight, (result.scales.to(home), result.zeros.to(home), result.group_index), layer),
+                )
     return solved
 
 
@@ -102,12 +138,6 @@ def _apply(weights: list[WeightMatrix], solved: dict[str, Solved], report: Quant
         if grids is not None:
             report.grids[weight.name] = grids
         report.layers.append(layer)
-
-
-def _kept(solved: dict[str, Solved], weights: list[WeightMatrix]) -> dict[str, Solved]:
-    """Results for a later call: weights on the CPU in the model's dtype (exact: the grid's points are in it)."""
-    dtypes = {weight.name: weight.read().dtype for weight in weights}
-    return {name: (w.to("cpu", dtypes[name]), grids, layer) for name, (w, grids, layer) in solved.items()}
 
 
 def _calibration_digest(calibration: torch.Tensor) -> str:
@@ -143,10 +173,12 @@ def quantize_gptq(
         raise UserError("GPTQ needs calibration data (the study's calibration: section)")
     report = QuantReport(config)
     home = next(model.parameters()).device
-    key = ("gptq solved", tuple(weight.name for weight in weights), _calibration_digest(calibration))
+    names = tuple((weight.name, weight.read().dtype) for weight in weights)
+    key = ("gptq solved", names, _calibration_digest(calibration))
     kept = cache.get(key, {}) if cache is not None else {}
     if config in kept:
-        _apply(weights, kept.pop(config), report)
+        report.solved_together, results = kept.pop(config)
+        _apply(weights, results, report)
         return report
     configs = [config]
     if config.sequential == "none" and cache is not None:
@@ -155,14 +187,14 @@ def quantize_gptq(
 
     def process(group: list[WeightMatrix], hessians: dict[str, Hessian]) -> None:
         check_inputs_reached(group, hessians)
-        solved: dict[QuantConfig, dict[str, Solved]] = {c: {} for c in configs}
         for members in equal_input_sets(group, hessians):
-            for c, results in _solve_set(members, hessians[members[0].name], configs, home).items():
-                solved[c].update(results)
-        _apply(group, solved.pop(config), report)
-        for other, results in solved.items():
-            kept.setdefault(other, {}).update(_kept(results, group))
+            for other, results in _solve_set(members, hessians[members[0].name], configs, config, home).items():
+                if other == config:
+                    _apply(members, results, report)  # written at once: the next set's loop needs the memory
+                else:
+                    kept.setdefault(other, (len(configs), {}))[1].update(results)
 
+    report.solved_together = len(configs)
     calibrate(model, weights, calibration, process, config.sequential, batch_size, device, cache)
     if kept and cache is not None:
         cache[key] = kept

@@ -26,10 +26,12 @@ not have (+20% weight error at 8 bits in bfloat16). So for those dtypes the scal
 to the few significant bits that keep every s·k exact in the dtype: the dtype's precision minus
 the bits of the largest |k| (at least one bit: a power of two, as MX formats use). Every kernel
 that stores the integer levels and this scale computes exactly these weights, whether it
-de-quantizes into the dtype or scales its output. The step grows by less than 2^−t for t
-significant bits (bfloat16: ≤ 1/16 at 4 bits, < 2x at 8 bits). float32 is left as it was
-(one rounding of s·k to float32, as the peers do). Widths whose levels alone do not fit the
-dtype (more than 8 bits in bfloat16) are refused.
+de-quantizes into the dtype or scales its output. The step grows by less than 2^−(t−1) for t
+significant bits (bfloat16, symmetric: < 1/16 at 4 bits, < 2x at 8 bits; asymmetric grids need one
+bit more for their levels, so twice that). In float16 the scale is also a multiple of 2^−24, so
+levels among its subnormals stay exact. float32 is left as it was (one rounding of s·k to float32,
+as the peers do). Widths whose levels alone do not fit the dtype (more than 9 bits symmetric, 8
+asymmetric, in bfloat16) are refused.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ MIN_BITS, MAX_BITS = 2, 16
 PER_CHANNEL, PER_TENSOR = -1, 0
 # Significand bits (with the implicit one) of the dtypes whose grids are made exact in them.
 HALF_PRECISION_BITS = {torch.bfloat16: 8, torch.float16: 11}
+# float16's subnormal spacing: a scale that is a multiple of it keeps levels below 2^-14 exact too (bfloat16 has
+# float32's exponent range, so only levels under 1e-38 could miss, and none is that small in a weight matrix).
+FLOAT16_QUANTUM = 2.0**-24
 FLOAT32_BITS = 24
 
 
@@ -107,7 +112,11 @@ def _exact_scale(scale: torch.Tensor, bits: int, symmetric: bool, dtype: torch.d
     # significand up to the kept bits; a carry moves into the exponent, as it should.
     pattern = scale.float().contiguous().view(torch.int32)
     pattern = (pattern + ((1 << dropped) - 1)) & ~((1 << dropped) - 1)
-    return pattern.view(torch.float32)
+    scale = pattern.view(torch.float32)
+    if dtype == torch.float16:
+        quantum = torch.full_like(scale, FLOAT16_QUANTUM)  # a power of two: both steps below are exact
+        scale = torch.ceil(scale / quantum) * quantum
+    return scale
 
 
 def fit_grid(x: torch.Tensor, bits: int, symmetric: bool, dtype: torch.dtype = torch.float32) -> Grid:

@@ -115,18 +115,18 @@ def pythia_shaped(size: str, device: str = "cpu", vocabulary: int = 50304) -> tr
 def hessian_noise(relative: float):
     """GPTQ with every Hessian multiplied by (1 + symmetric noise of this relative size): a CPU-only control for
     how far float noise alone moves GPTQ's solution."""
-    exact = gptq.gptq_weight
+    exact = gptq.gptq_solve
     generator = torch.Generator().manual_seed(1)
 
-    def noisy(weight, hessian, config, dtype=None):
+    def noisy(parts, hessian, dtype=None):
         noise = torch.randn(hessian.shape, generator=generator).to(hessian.device) * relative
-        return exact(weight, hessian * (1 + (noise + noise.T) / 2), config, dtype)
+        return exact(parts, hessian * (1 + (noise + noise.T) / 2), dtype)
 
-    gptq.gptq_weight = noisy
+    gptq.gptq_solve = noisy
     try:
         yield
     finally:
-        gptq.gptq_weight = exact
+        gptq.gptq_solve = exact
 
 
 def _quantized(model, config, device: str, dtype: torch.dtype, calibration) -> tuple[dict[str, torch.Tensor], float]:
