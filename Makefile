@@ -7,7 +7,7 @@ LADDER := tasks/ladders/demo
 
 .PHONY: install test demo demo-llama ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
 	demo-lm-eval demo-sequential demo-shared-hessians demo-ray bench-eval bench-fit bench-scale bench stress \
-	gpu-check gpu-check-prepare
+	gpu-check gpu-check-prepare bench-gptq-shared
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -112,6 +112,11 @@ bench-gptq-llmcompressor:
 	$(BENCH_LLMC_VENV)/bin/pip install --quiet torch==2.13.0 llmcompressor==0.14.0.1 -e .
 	$(BENCH_LLMC_VENV)/bin/python tests/bench/gptq_peers.py --peer llmcompressor --out reports/bench/gptq_llmcompressor.md
 
+# The sweep's ten GPTQ configs of a Pythia-160m-shaped model under sequential: none, each alone and all from one
+# solve (seconds, identical weights; about 13 minutes on the 2-core CPU) -> reports/bench/gptq_shared.md
+bench-gptq-shared: $(STAMP)
+	OMP_NUM_THREADS=2 nice -n 5 $(BIN)/python tests/bench/gptq_shared.py --size 160m --samples 8 --length 512
+
 # Our rolling-window perplexity beside lm-eval's loglikelihood_rolling (tokens/s, peak memory, agreement) on a demo
 # checkpoint, 100k+ tokens of the reference corpus and of WikiText-2 when DATA_DIR holds it -> reports/bench/eval.md;
 # then on a 50k-vocabulary model, where logits dominate memory -> reports/bench/eval_wide.md
@@ -140,7 +145,7 @@ stress: $(STAMP)
 	$(BIN)/python tests/bench/stress.py --kills 12
 
 # Every benchmark (peers in throwaway venvs): speed and agreement tables under reports/bench/
-bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-fit bench-scale
+bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-gptq-shared bench-fit bench-scale
 
 # The GPU path in one command (at most 8 minutes on one H100/H200; run it first whenever a CUDA machine is at
 # hand): CUDA tests, RTN/GPTQ weights CPU vs CUDA, the stories260K study on both devices in float32 and bfloat16,
