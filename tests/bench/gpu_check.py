@@ -343,6 +343,15 @@ def gptq_seconds(cases: list[tuple[str, torch.dtype]], samples: int, length: int
     return lines
 
 
+def speed_or_skip(section: Callable[[], list[str]], quick: bool, have_data: bool = True) -> list[str]:
+    """A timing section: on CUDA, or at --quick sizes; the full shapes on a CPU would take hours."""
+    if not have_data:
+        return [f"Skipped: no {GPT2}."]
+    if not (CUDA or quick):
+        return ["Skipped: timing the 410m and 1.4b shapes needs CUDA (--quick times tiny shapes on this CPU)."]
+    return section()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path(".gpu-check/data"), help="see the module docstring")
@@ -359,14 +368,12 @@ def main() -> None:
         ("RTN and GPTQ weights, CPU vs CUDA", lambda: parity(models, (4, 32) if quick else (32, 256))),
         ("stories260K study on each device and dtype (loss δ, paired 95% CI)",
          lambda: stories_study(args.data, 4096 if quick else 65536) if have_data else [f"Skipped: no {STORIES}."]),
-        ("Evaluation speed",
-         lambda: eval_speed(args.data, [("tiny", torch.float32)] if quick else
-                            [("410m", torch.float32), ("1.4b", torch.bfloat16)], 3000 if quick else 150_000,
-                            4 if quick else 16) if (args.data / GPT2).is_dir() else [f"Skipped: no {GPT2}."]),
-        ("GPTQ time per size", lambda: gptq_seconds([("tiny", torch.float32)] if quick else
-                                                    [("160m", torch.float32), ("410m", torch.float32)],
-                                                    4 if quick else 32,
-                                                    64 if quick else 2048)),
+        ("Evaluation speed", lambda: speed_or_skip(lambda: eval_speed(
+            args.data, [("tiny", torch.float32)] if quick else [("410m", torch.float32), ("1.4b", torch.bfloat16)],
+            3000 if quick else 150_000, 4 if quick else 16), quick, (args.data / GPT2).is_dir())),
+        ("GPTQ time per size", lambda: speed_or_skip(lambda: gptq_seconds(
+            [("tiny", torch.float32)] if quick else [("160m", torch.float32), ("410m", torch.float32)],
+            4 if quick else 32, 64 if quick else 2048), quick)),
     ]  # fmt: skip
     document = environment()
     args.out.parent.mkdir(parents=True, exist_ok=True)
