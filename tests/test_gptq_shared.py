@@ -144,3 +144,22 @@ def test_the_runner_solves_a_checkpoints_sequential_none_configs_together(write_
         together = sorted(report["solved_together"] for report in reports if report)
         assert together == ([2, 2] if study is both else [1])
     assert deltas[0] == deltas[1]  # the 4-bit weights from the shared solve are the 4-bit weights alone
+
+
+def test_a_solve_that_fails_midway_keeps_nothing_for_the_other_configs(monkeypatch):
+    from ptq_eval.quant import gptq
+
+    model, calls = llama(), []
+    original = gptq._solve_set
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory")
+        return original(*args)
+
+    monkeypatch.setattr(gptq, "_solve_set", failing)
+    cache: dict = {}
+    with pytest.raises(RuntimeError, match="out of memory"):
+        quantized(model, SWEEP[0], cache, SWEEP)
+    assert not any(key[0] == "gptq solved" for key in cache)  # no half-solved config is ever handed out

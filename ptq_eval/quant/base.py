@@ -178,8 +178,8 @@ class QuantReport:
     seconds: float = 0.0
     grids: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     coverage: Coverage | None = None
-    # Configs whose weights came from the same solve (GPTQ, sequential: none): the config that ran it holds its
-    # seconds, the others only the time to write their weights.
+    # Configs served by one shared GPTQ pass (sequential: none; one calibration pass, their column loops shared
+    # where their solve options agree): the config that ran it holds its seconds, the others the time to write.
     solved_together: int = 1
 
     @property

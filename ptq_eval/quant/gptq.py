@@ -102,6 +102,7 @@ def _solve_set(
         quantized, grids, layer = result
         if config != current:
             quantized = quantized.to("cpu", stored[weight.name].dtype)
+            grids = None if grids is None else tuple(t.to("cpu") for t in grids)
         solved[config][weight.name] = (quantized, grids, layer)
 
     if hessian.samples == 0:
@@ -174,16 +175,20 @@ def quantize_gptq(
     report = QuantReport(config)
     home = next(model.parameters()).device
     names = tuple((weight.name, weight.read().dtype) for weight in weights)
-    key = ("gptq solved", names, _calibration_digest(calibration))
+    key = ("gptq solved", names, _calibration_digest(calibration), str(device), batch_size)
     kept = cache.get(key, {}) if cache is not None else {}
     if config in kept:
         report.solved_together, results = kept.pop(config)
         _apply(weights, results, report)
+        report.grids = {name: grids if grids is None else tuple(t.to(home) for t in grids)
+                        for name, grids in report.grids.items()}  # fmt: skip
         return report
     configs = [config]
     if config.sequential == "none" and cache is not None:
         configs += [c for c in dict.fromkeys(share_with) if c.method == "gptq" and c.sequential == "none"]
         configs = list(dict.fromkeys(c for c in configs if c == config or c not in kept))
+
+    fresh: dict[QuantConfig, tuple[int, dict[str, Solved]]] = {}  # kept only once every matrix is solved
 
     def process(group: list[WeightMatrix], hessians: dict[str, Hessian]) -> None:
         check_inputs_reached(group, hessians)
@@ -192,10 +197,13 @@ def quantize_gptq(
                 if other == config:
                     _apply(members, results, report)  # written at once: the next set's loop needs the memory
                 else:
-                    kept.setdefault(other, (len(configs), {}))[1].update(results)
+                    fresh.setdefault(other, (len(configs), {}))[1].update(results)
 
     report.solved_together = len(configs)
     calibrate(model, weights, calibration, process, config.sequential, batch_size, device, cache)
-    if kept and cache is not None:
-        cache[key] = kept
+    position = {weight.name: index for index, weight in enumerate(weights)}  # the report in the weights' order
+    report.layers.sort(key=lambda layer: position[layer.name])
+    report.grids = dict(sorted(report.grids.items(), key=lambda item: position[item[0]]))
+    if fresh and cache is not None:
+        cache[key] = kept | fresh
     return report
