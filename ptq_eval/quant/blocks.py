@@ -197,7 +197,7 @@ def _process_outside(model, weights: list[WeightMatrix], batches, stop_at, proce
 
 
 @torch.no_grad()
-def _fingerprint(batches: list[torch.Tensor]) -> str:
+def fingerprint(batches: list[torch.Tensor]) -> str:
     """The calibration batches' shapes and content: cached calibration is re-used for the very same tokens only."""
     digest = hashlib.sha256()
     for batch in batches:
@@ -207,7 +207,7 @@ def _fingerprint(batches: list[torch.Tensor]) -> str:
 
 def _full_precision_hessians(model, weights: list[WeightMatrix], batches, cache: dict) -> dict[str, Hessian]:
     """Every matrix's Hessian from one pass over the (full-precision) model; computed once per cache."""
-    key = ("hessians", tuple(weight.name for weight in weights), _fingerprint(batches))
+    key = ("hessians", tuple(weight.name for weight in weights), fingerprint(batches))
     if key not in cache:
         with eager_experts(model), hessians_of(weights) as hessians:
             _forward_until(model, batches, None)
@@ -217,7 +217,7 @@ def _full_precision_hessians(model, weights: list[WeightMatrix], batches, cache:
 
 def _recorded_calls(model, blocks, batches, device: torch.device, cache: dict) -> list[list[Call]]:
     """What every block is called with (step 2), on `device`, as a copy: the cache keeps its own on the CPU."""
-    key = ("calls", _fingerprint(batches))
+    key = ("calls", fingerprint(batches))
     if key not in cache:
         cache[key] = _to(_block_calls(model, blocks, batches), torch.device("cpu"), {})
     return _to(cache[key], device, {}, copy=True)

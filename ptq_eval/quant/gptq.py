@@ -15,7 +15,6 @@ Each config's weights are bit-identical to its solve alone on the CPU (tests).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Sequence
 
@@ -23,11 +22,11 @@ import torch
 
 from ptq_eval.errors import UserError
 from ptq_eval.quant.base import LayerReport, QuantConfig, QuantError, QuantReport, WeightMatrix, register
-from ptq_eval.quant.blocks import calibrate
+from ptq_eval.quant.blocks import calibrate, fingerprint
 from ptq_eval.quant.gptq_solve import gptq_solve, solve_key
 from ptq_eval.quant.grid import quantize_tensor
 from ptq_eval.quant.hessians import Hessian
-from ptq_eval.quant.rtn import relative_error
+from ptq_eval.quant.rtn import relative_error, rtn_result
 
 NO_INPUT = "rtn: the router sent it no calibration token"
 STACK_ELEMENTS = 2**28  # rows x columns of one stacked solve (1 GiB in float32); more parts wait for another loop
@@ -44,9 +43,8 @@ def output_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.T
 
 
 def _rtn_fallback(weight: WeightMatrix, config: QuantConfig) -> Solved:
-    stored = weight.read()
-    quantized = quantize_tensor(stored, config.bits, config.group_size, config.symmetric)
-    return quantized, None, LayerReport(weight.name, weight.shape, relative_error(stored, quantized), fallback=NO_INPUT)
+    quantized, layer = rtn_result(weight, config, fallback=NO_INPUT)
+    return quantized, None, layer
 
 
 def _fingerprint(hessian: Hessian) -> tuple:
@@ -141,10 +139,6 @@ def _apply(weights: list[WeightMatrix], solved: dict[str, Solved], report: Quant
         report.layers.append(layer)
 
 
-def _calibration_digest(calibration: torch.Tensor) -> str:
-    return hashlib.sha256(str(tuple(calibration.shape)).encode() + calibration.cpu().numpy().tobytes()).hexdigest()
-
-
 def check_inputs_reached(group: list[WeightMatrix], hessians: dict[str, Hessian]) -> None:
     """Only an expert may see no calibration input, and only when others of its tensor saw some (the router
     chose them): anything else means its inputs were not captured, which must not pass as a rounding."""
@@ -175,7 +169,7 @@ def quantize_gptq(
     report = QuantReport(config)
     home = next(model.parameters()).device
     names = tuple((weight.name, weight.read().dtype) for weight in weights)
-    key = ("gptq solved", names, _calibration_digest(calibration), str(device), batch_size)
+    key = ("gptq solved", names, fingerprint([calibration]), str(device), batch_size)
     kept = cache.get(key, {}) if cache is not None else {}
     if config in kept:
         report.solved_together, results = kept.pop(config)

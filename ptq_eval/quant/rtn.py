@@ -16,11 +16,18 @@ def relative_error(original: torch.Tensor, quantized: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def rtn_matrix(weight: WeightMatrix, config: QuantConfig, fallback: str | None = None) -> LayerReport:
-    """Round one matrix in place; its report."""
+def rtn_result(
+    weight: WeightMatrix, config: QuantConfig, fallback: str | None = None
+) -> tuple[torch.Tensor, LayerReport]:
+    """One matrix rounded to nearest (not written), and its report."""
     original = weight.read()
     quantized = quantize_tensor(original, config.bits, config.group_size, config.symmetric)
-    report = LayerReport(weight.name, weight.shape, relative_error(original, quantized), fallback=fallback)
+    return quantized, LayerReport(weight.name, weight.shape, relative_error(original, quantized), fallback=fallback)
+
+
+def rtn_matrix(weight: WeightMatrix, config: QuantConfig) -> LayerReport:
+    """Round one matrix in place; its report."""
+    quantized, report = rtn_result(weight, config)
     weight.write(quantized)
     return report
 
