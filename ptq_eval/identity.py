@@ -2,8 +2,9 @@
 
 A job's inputs are the checkpoint's weights (hub commit SHA or the hash of its files), its tokenizer's
 definition, the eval's text (the corpus split's hash; an lm-eval task is identified by its config only:
-its datasets are lm-eval's), and for GPTQ the calibration text's hash. A stored job (a baseline included)
-whose recorded inputs differ from the current ones, or that recorded none, is computed again.
+its datasets are lm-eval's), the lm-eval backend that scores a task, and for GPTQ the calibration text's
+hash. A stored job (a baseline included) whose recorded inputs differ from the current ones, or that
+recorded none, is computed again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from ptq_eval.checkpoints import load_tokenizer, weights_identity, weights_stamp
 from ptq_eval.corpus import Corpus, load_corpus
 from ptq_eval.evals.windows import start_token
-from ptq_eval.spec import Job, PerplexityEval, Study
+from ptq_eval.spec import Job, LmEvalEval, PerplexityEval, Study
 
 WHAT = {
     "weights": "checkpoint weights",
@@ -24,7 +25,9 @@ WHAT = {
     "eval_data": "eval text",
     "calibration_data": "calibration text",
     "window_start": "window start token (bos rule)",
+    "scorer": "lm-eval backend",
 }
+RECORDED_BEFORE = {"scorer": "hflm"}  # inputs recorded only since a later version, and what they were before
 
 
 def tokenizer_identity(tokenizer) -> str:
@@ -71,6 +74,8 @@ def job_inputs(job: Job, checkpoint: CheckpointIdentity, data: dict) -> dict:
     if isinstance(job.eval, PerplexityEval):  # the token each window starts with (the `bos` rule, resolved)
         rolling = job.eval.windows == "rolling"
         inputs["window_start"] = start_token(checkpoint.tokenizer_object, job.eval.bos, rolling)
+    if isinstance(job.eval, LmEvalEval):
+        inputs["scorer"] = job.eval.backend
     if job.quant is not None and job.quant.needs_calibration:
         inputs["calibration_data"] = data["calibration"]
     return inputs
@@ -80,5 +85,5 @@ def stale_reason(stored: dict | None, wanted: dict) -> str | None:
     """Why a stored job cannot be re-used (None when it can)."""
     if stored is None:
         return "stored without a record of its inputs (an older ptq-eval)"
-    changed = [WHAT[key] for key, value in wanted.items() if stored.get(key) != value]
+    changed = [WHAT[key] for key, value in wanted.items() if stored.get(key, RECORDED_BEFORE.get(key)) != value]
     return f"{', '.join(changed)} changed since it was stored" if changed else None

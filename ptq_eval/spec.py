@@ -220,7 +220,9 @@ class LmEvalEval(Strict):
     `data_dir` is handed to the task's dataset loader (the shipped YAMLs under tasks/lm_eval
     read their files relative to it); environment variables in it (`${PTQ_EVAL_DATA}`) are expanded when the
     task loads, so a shared study need not name one machine's folder and its job keys do not depend on it.
-    `limit`, `num_fewshot`, `batch_size` as in lm-eval.
+    `limit`, `num_fewshot`, `batch_size` as in lm-eval. `backend`: the lm-eval model that scores it,
+    `ptq_eval` (the packed scorer: lm-eval's HFLM with faster loglikelihood scoring, the same answers up to
+    float rounding) or `hflm` (lm-eval's own); it is one of a job's inputs (`identity.py`), not of its key.
     """
 
     kind: Literal["lm_eval"]
@@ -229,6 +231,7 @@ class LmEvalEval(Strict):
     num_fewshot: int | None = Field(default=None, ge=0)
     batch_size: int = Field(default=16, gt=0)
     data_dir: str | None = None
+    backend: Literal["ptq_eval", "hflm"] = "ptq_eval"
 
     @field_validator("task")
     @classmethod
@@ -242,7 +245,7 @@ class LmEvalEval(Strict):
         return task_file_name(self.task) if is_task_file(self.task) else self.task
 
     def key_config(self) -> dict:
-        return self.model_dump()
+        return self.model_dump(exclude={"backend"})
 
 
 EvalSpec = Annotated[PerplexityEval | LmEvalEval, Field(discriminator="kind")]

@@ -73,9 +73,10 @@ def lm_eval(task: Path | str, **options) -> LmEvalEval:
     return LmEvalEval(kind="lm_eval", task=str(task), **options)
 
 
-def test_our_rolling_perplexity_reproduces_lm_eval(micro, tmp_path):
+@pytest.mark.parametrize("backend", ["hflm", "ptq_eval"])
+def test_our_rolling_perplexity_reproduces_lm_eval(micro, tmp_path, backend):
     model, tokenizer = micro
-    evaluation = lm_eval(rolling_task(tmp_path, readme_documents()), batch_size=8)
+    evaluation = lm_eval(rolling_task(tmp_path, readme_documents()), batch_size=8, backend=backend)
     theirs = evaluate_task(model, tokenizer, load_tasks(evaluation), evaluation)
     windows = rolling_windows(tokenizer, readme_documents(), model.config.max_position_embeddings)
     ours = {m.name: m for m in document_metrics(window_losses(model, windows, batch_size=8), windows)}

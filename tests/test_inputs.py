@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from ptq_eval.corpus import stdlib_root
 from ptq_eval.fit import UNKNOWN_D, FitError, FitKey, fit_base, select
+from ptq_eval.identity import stale_reason
 from ptq_eval.results import study_results
 from ptq_eval.runner import run_study
 from ptq_eval.spec import parse_study
@@ -115,3 +116,11 @@ def test_a_checkpoint_rewritten_after_it_was_hashed_fails_alone(root, monkeypatc
         summary = run_study(study_of(root, ("small",)), store)
         assert summary.ran == 0 and "its files changed while the study ran" in summary.failed[str(root / "small")]
         assert store._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0  # nothing stored for it
+
+
+def test_lm_eval_results_are_reused_only_from_the_backend_that_scored_them():
+    recorded = {"weights": "w", "tokenizer": "t", "eval_data": None}  # stored before the backend was recorded
+    wanted = recorded | {"scorer": "ptq_eval"}
+    assert stale_reason(recorded, wanted) == "lm-eval backend changed since it was stored"
+    assert stale_reason(recorded, recorded | {"scorer": "hflm"}) is None  # what scored them then
+    assert stale_reason(wanted, wanted) is None

@@ -5,7 +5,7 @@ import pytest
 import torch
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-import ptq_eval.evals.perplexity as perplexity
+import ptq_eval.evals.model_parts as model_parts
 from ptq_eval.evals.perplexity import document_metrics, window_losses
 from ptq_eval.evals.windows import make_windows, rolling_windows
 
@@ -84,7 +84,7 @@ def test_batched_chunked_scores_equal_one_window_at_a_time(micro_model, monkeypa
     model, tokenizer = micro_model
     texts = ["def f(x):\n    return x + 1\n" * 3, "import os\n", "class A:\n    pass\n" * 9]
     windows = rolling_windows(tokenizer, texts, seq_len=16, stride=5)
-    monkeypatch.setattr(perplexity, "LOGITS_PER_CHUNK", 7 * model.config.vocab_size)  # 7 positions per chunk
+    monkeypatch.setattr(model_parts, "LOGITS_PER_CHUNK", 7 * model.config.vocab_size)  # 7 positions per chunk
     losses = window_losses(model, windows, batch_size=3)
     assert losses.counts.tolist() == windows.scored.tolist() and losses.nonfinite == 0
     np.testing.assert_allclose(losses.sums, naive_losses(model, windows), rtol=1e-5)

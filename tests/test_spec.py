@@ -114,6 +114,22 @@ def test_perplexity_evals_written_before_the_rolling_options_keep_their_job_keys
     assert expand_jobs(rolling)[0].describe()["eval_config"]["windows"] == "rolling"
 
 
+def test_lm_eval_jobs_keep_their_keys_whichever_backend_scores_them():
+    keys = {
+        backend: expand_jobs(
+            parse_study(
+                with_changes(
+                    ladder=["a/b@step1000"],
+                    quant=[{"method": "rtn", "bits": 4}],
+                    evals=[{"kind": "lm_eval", "task": "arc_easy", "limit": 50, "backend": backend}],
+                )
+            )
+        )[0].key
+        for backend in ("ptq_eval", "hflm")
+    }
+    assert keys == {"ptq_eval": "b3cd764c0219ce4cc1d91f8e", "hflm": "b3cd764c0219ce4cc1d91f8e"}  # as before `backend`
+
+
 @pytest.mark.parametrize(
     ("evaluation", "message"),
     [
@@ -124,6 +140,7 @@ def test_perplexity_evals_written_before_the_rolling_options_keep_their_job_keys
         ({"kind": "lm_eval"}, "evals[0].task: required key is missing"),
         ({"kind": "lm_eval", "task": "nope/missing.yaml"}, "'nope/missing.yaml': no such task YAML file"),
         ({"kind": "lm_eval", "task": "arc_easy", "limit": 0}, "evals[0].limit: Input should be greater than 0"),
+        ({"kind": "lm_eval", "task": "arc_easy", "backend": "vllm"}, "evals[0].backend: Input should be 'ptq_eval'"),
     ],
 )
 def test_bad_eval_options_are_named(tmp_path, evaluation, message):

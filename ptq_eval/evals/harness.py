@@ -1,7 +1,8 @@
 """lm-eval bridge: any lm-eval task, by name or local YAML, scored on the model in memory.
 
-The model is wrapped in lm-eval's `HFLM` as it is (quantized weights and all, never saved
-and reloaded) and run through `simple_evaluate` with per-document logging. Each metric
+The model is wrapped as it is (quantized weights and all, never saved and reloaded) in an lm-eval
+model backend, ptq-eval's packed scorer (`lm_backend.py`) unless the eval asks for lm-eval's own
+`HFLM`, and run through `simple_evaluate` with per-document logging. Each metric
 comes back as per-document (value, weight) pairs, so the full-precision and quantized runs
 pair document by document (see `paired.py`): accuracies are means of 0/1 per document,
 lm-eval's perplexities and bits per byte ratios of summed log-likelihoods to words, bytes
@@ -205,7 +206,7 @@ def _collect(loaded: LoadedTasks, samples: dict) -> tuple[dict[str, tuple[list, 
     return columns, unpaired
 
 
-def _summary(out: dict, unpaired: set[str], samples: dict) -> dict:
+def _summary(out: dict, unpaired: set[str], samples: dict, backend: str) -> dict:
     """lm-eval's own numbers (value and stderr per metric), versions and the documents' identity."""
     digest = hashlib.sha256()
     for task in sorted(samples):
@@ -215,6 +216,7 @@ def _summary(out: dict, unpaired: set[str], samples: dict) -> dict:
     return {
         "lm_eval": {
             "version": importlib.metadata.version("lm_eval"),
+            "backend": backend,
             "results": results,
             "n_samples": {task: out["n-samples"][task] for task in samples},
             "n_shot": {task: out["n-shot"].get(task) for task in samples},
@@ -232,12 +234,20 @@ def _silenced():
         yield
 
 
+def lm_backend(name: str) -> type:
+    """The lm-eval model class a `backend` names: ptq-eval's packed scorer, or lm-eval's own HFLM."""
+    from lm_eval.models.huggingface import HFLM
+
+    from ptq_eval.evals.lm_backend import PackedLM
+
+    return {"ptq_eval": PackedLM, "hflm": HFLM}[name]
+
+
 def evaluate_task(model, tokenizer, loaded: LoadedTasks, evaluation: LmEvalEval, seed: int = 0) -> TaskScores:
     """Run the eval's tasks on `model` as it is in memory; per-document results for pairing."""
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=evaluation.batch_size)
+    lm = lm_backend(evaluation.backend)(pretrained=model, tokenizer=tokenizer, batch_size=evaluation.batch_size)
     try:
         with _silenced():
             out = simple_evaluate(
@@ -262,4 +272,4 @@ def evaluate_task(model, tokenizer, loaded: LoadedTasks, evaluation: LmEvalEval,
     keys = sorted(columns)
     names = _display_names(loaded, keys)
     metrics = [_unit_metric(loaded, key, names[key], *columns[key]) for key in keys]
-    return TaskScores(metrics, keys, _summary(out, unpaired, out["samples"]))
+    return TaskScores(metrics, keys, _summary(out, unpaired, out["samples"], evaluation.backend))

@@ -17,7 +17,6 @@ losses pair token by token. Where the time and memory go, and what is done about
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -25,10 +24,10 @@ import numpy as np
 import torch
 
 from ptq_eval.errors import UserError
+from ptq_eval.evals.model_parts import head_chunk, model_parts
 from ptq_eval.evals.paired import UnitMetric
 from ptq_eval.evals.windows import Windows
 
-LOGITS_PER_CHUNK = 2**24  # logits (positions × vocabulary) computed at once: 64 MiB in float32
 AUTOCAST = ("bfloat16",)
 
 
@@ -45,25 +44,7 @@ class WindowLosses:
         return int(self.counts.sum())
 
 
-def _hidden_and_head(model: torch.nn.Module, device: torch.device) -> tuple[Callable, Callable]:
-    """The model up to its last hidden state, and its output head, when logits are exactly
-    head(hidden) (checked on a probe); otherwise the full model and the identity."""
-
-    def full(ids: torch.Tensor) -> torch.Tensor:
-        return model(input_ids=ids, use_cache=False).logits
-
-    body, head = getattr(model, "base_model", model), model.get_output_embeddings()
-    if body is model or head is None:
-        return full, torch.nn.Identity()
-
-    def hidden(ids: torch.Tensor) -> torch.Tensor:
-        return body(input_ids=ids, use_cache=False).last_hidden_state
-
-    probe = (torch.arange(8, device=device) % head.weight.shape[0])[None]
-    return (hidden, head) if torch.equal(head(hidden(probe)), full(probe)) else (full, torch.nn.Identity())
-
-
-def _token_losses(head: Callable, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+def _token_losses(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
     """Cross-entropy (float32) of each position, computing the logits `chunk` positions at a time."""
     losses = [
         torch.nn.functional.cross_entropy(
@@ -82,9 +63,8 @@ def window_losses(
     if autocast is not None and autocast not in AUTOCAST:
         raise UserError(f"autocast={autocast!r} is not accepted; use one of {AUTOCAST} or none")
     device = next(model.parameters()).device
-    hidden_of, head = _hidden_and_head(model, device)
-    output = model.get_output_embeddings()
-    chunk = max(1, LOGITS_PER_CHUNK // (output.weight.shape[0] if output is not None else model.config.vocab_size))
+    parts = model_parts(model, device)
+    chunk = head_chunk(model, device)
     cast = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext()
     tokens = windows.tokens.to(device)
     sums = torch.zeros(len(windows), dtype=torch.float64, device=device)
@@ -97,8 +77,8 @@ def window_losses(
         index = torch.where(inside, windows.starts[batch, None] + positions, 0).to(device)
         counted = (inside & (positions >= (lengths - scored)[:, None])).to(device)
         with cast:
-            hidden = hidden_of(tokens[index])
-            losses = _token_losses(head, hidden[counted], tokens[index + 1][counted], chunk)
+            hidden = parts.states(parts.body(tokens[index]))
+            losses = _token_losses(parts.head, hidden[counted], tokens[index + 1][counted], chunk)
         nonfinite += (~torch.isfinite(losses)).sum()
         rows = counted.nonzero()[:, 0]
         sums.index_add_(0, batch.to(device)[rows], losses.double())
