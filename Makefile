@@ -152,10 +152,10 @@ bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-gptq-shared bench-fi
 # evaluation speed (ours / lm-eval HFLM / bare forward) and GPTQ time per size -> reports/bench/gpu.md. Without CUDA
 # it runs its CPU parts and says what it skipped. A bare GPU machine has torch and transformers but no network:
 # `make gpu-check-prepare` (here) copies what the check reads from ../shared/data and downloads the wheels it
-# lacks into .gpu-check/ (about 18 MiB; carry it), and `make gpu-check` there installs them from it.
+# lacks into .gpu-check/ (about 30 MiB; carry it), and `make gpu-check` there installs them from it.
 GPU_CHECK := .gpu-check
 GPU_CHECK_DATA := models/stories260K-hf text/tinystories/tinystories_val_sample.txt text/gutenberg/war_and_peace.txt \
-	tokenizers/gpt2/encoder.json tokenizers/gpt2/vocab.bpe
+	tokenizers/gpt2/encoder.json tokenizers/gpt2/vocab.bpe eval/arc_easy.jsonl eval/piqa.jsonl eval/hellaswag/hellaswag_val.jsonl
 GPU_CHECK_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
 	lm-eval==0.4.13 dill==0.4.1
 SHARED_DATA ?= ../shared/data

@@ -7,7 +7,9 @@ losses pair token by token. Where the time and memory go, and what is done about
   right, so padding changes no scored position; no attention mask is needed);
 - only the scored positions go through the output head, in chunks, so the
   [batch, length, vocabulary] logits never exist at once: peak memory is the model's
-  activations plus one chunk of logits;
+  activations plus one chunk of logits (small on a CPU; on a GPU sized from its free
+  memory, `model_parts.head_chunk`); the positions are picked on the CPU, and not at all
+  when every position of a batch counts, so nothing waits on the device;
 - `torch.inference_mode`, no KV cache, and one pass of tensor indexing per batch (no
   Python work per window);
 - optional bfloat16 autocast; the default keeps the model's dtype (exact, and what the
@@ -75,13 +77,17 @@ def window_losses(
         positions = torch.arange(int(lengths.max()))
         inside = positions < lengths[:, None]
         index = torch.where(inside, windows.starts[batch, None] + positions, 0).to(device)
-        counted = (inside & (positions >= (lengths - scored)[:, None])).to(device)
+        counted = inside & (positions >= (lengths - scored)[:, None])
+        # which positions to score, worked out on the CPU: no device sync, and no gather when all of them count
+        picked = None if bool(counted.all()) else counted.flatten().nonzero()[:, 0].to(device)
         with cast:
-            hidden = parts.states(parts.body(tokens[index]))
-            losses = _token_losses(parts.head, hidden[counted], tokens[index + 1][counted], chunk)
+            hidden = parts.states(parts.body(tokens[index])).flatten(0, 1)
+            targets = tokens[index + 1].flatten()
+            if picked is not None:
+                hidden, targets = hidden[picked], targets[picked]
+            losses = _token_losses(parts.head, hidden, targets, chunk)
         nonfinite += (~torch.isfinite(losses)).sum()
-        rows = counted.nonzero()[:, 0]
-        sums.index_add_(0, batch.to(device)[rows], losses.double())
+        sums.index_add_(0, batch.repeat_interleave(counted.sum(1)).to(device), losses.double())
     return WindowLosses(sums.cpu().numpy(), windows.scored.numpy().astype(np.int64), int(nonfinite))
 
 

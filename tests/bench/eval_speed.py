@@ -75,7 +75,12 @@ def worker(args) -> dict:
             task = CORPORA[args.corpus][0]
             batch_size = 1 if args.implementation.endswith("batch1") else args.batch_size
             evaluation = LmEvalEval(
-                kind="lm_eval", task=task, limit=documents, batch_size=batch_size, data_dir=args.data_dir
+                kind="lm_eval",
+                task=task,
+                limit=documents,
+                batch_size=batch_size,
+                data_dir=args.data_dir,
+                backend="hflm",
             )
             return {m.name: m.value for m in evaluate_task(model, tokenizer, loaded, evaluation).metrics}
         windows = rolling_windows(tokenizer, texts[:documents], context)

@@ -72,7 +72,7 @@ HEADER = ["| model | dtype | one config (s) | ten alone (s) | ten shared (s) (fi
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from gpu_check import pythia_shaped
+    from shapes import pythia_shaped
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="160m")

@@ -2,14 +2,16 @@
 
 It runs the CUDA tests; compares RTN and GPTQ weights quantized on the CPU and on CUDA (stories260K-hf and a
 Pythia-shaped GPT-NeoX); runs the stories260K study on both devices in float32 and bfloat16, δ side by side;
-times evaluation (ours, lm-eval's HFLM, a bare batched forward + cross-entropy) and GPTQ per size; and writes a
-dated Markdown table naming the machine (rewritten after every section, so a run cut short keeps what it did).
+times evaluation (ours, lm-eval's HFLM, a bare batched forward + cross-entropy), multiple-choice scoring (our
+lm-eval backend beside HFLM) and GPTQ per size; and writes a dated Markdown table naming the machine (rewritten
+after every section, so a run cut short keeps what it did).
 Without CUDA it runs its CPU parts and says what it skipped; `--quick` shrinks every size (the test suite runs it).
 
 What it reads besides the project: `--data` holding `models/stories260K-hf`, `text/tinystories/
-tinystories_val_sample.txt`, `text/gutenberg/war_and_peace.txt` and `tokenizers/gpt2/{encoder.json,vocab.bpe}`
-(`make gpu-check-prepare` copies them from ../shared/data into .gpu-check/data, with the wheels a bare GPU machine
-lacks: pydantic and its three helpers, lm-eval and dill, listed in GPU_CHECK_WHEELS in the Makefile).
+tinystories_val_sample.txt`, `text/gutenberg/war_and_peace.txt`, `tokenizers/gpt2/{encoder.json,vocab.bpe}` and
+`eval/{arc_easy,piqa,hellaswag/hellaswag_val}.jsonl` (`make gpu-check-prepare` copies them from ../shared/data
+into .gpu-check/data, with the wheels a bare GPU machine lacks: pydantic and its three helpers, lm-eval and dill,
+listed in GPU_CHECK_WHEELS in the Makefile).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import argparse
 import contextlib
 import copy
 import datetime
-import json
 import os
 import platform
 import subprocess
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from shapes import GPT2, gpt2_tokenizer, pythia_shaped
 
 import ptq_eval.quant.gptq as gptq
 from ptq_eval.evals.perplexity import window_losses
@@ -44,10 +46,6 @@ CUDA = torch.cuda.is_available()
 STORIES = Path("models/stories260K-hf")
 EVAL_TEXT = Path("text/tinystories/tinystories_val_sample.txt")
 CALIBRATION_TEXT = Path("text/gutenberg/war_and_peace.txt")
-GPT2 = Path("tokenizers/gpt2")
-# Pythia shapes (hidden, layers, heads, MLP width) and the quick stand-in.
-SHAPES = {"tiny": (64, 2, 4, 256), "70m": (512, 6, 8, 2048), "160m": (768, 12, 12, 3072),
-          "410m": (1024, 24, 16, 4096), "1.4b": (2048, 24, 16, 8192)}  # fmt: skip
 RTN_CONFIGS = [QuantConfig("rtn", 3, 32), QuantConfig("rtn", 3, -1), QuantConfig("rtn", 4, -1),
                QuantConfig("rtn", 8, 32), QuantConfig("rtn", 4, 128, symmetric=False)]  # fmt: skip
 GPTQ_CONFIGS = [QuantConfig("gptq", 4, 32, act_order=True), QuantConfig("gptq", 3, -1)]
@@ -98,17 +96,6 @@ def cuda_tests() -> list[str]:
 
 def stories(data: Path) -> transformers.PreTrainedModel:
     return transformers.AutoModelForCausalLM.from_pretrained(data / STORIES, dtype=torch.float32).eval()
-
-
-def pythia_shaped(size: str, device: str = "cpu", vocabulary: int = 50304) -> transformers.PreTrainedModel:
-    hidden, layers, heads, inner = SHAPES[size]
-    config = transformers.GPTNeoXConfig(
-        vocab_size=vocabulary, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=inner, max_position_embeddings=2048, rotary_pct=0.25, tie_word_embeddings=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    with torch.device(device):
-        return transformers.GPTNeoXForCausalLM(config).eval()
 
 
 @contextlib.contextmanager
@@ -275,13 +262,6 @@ def _bare_forward(model, windows, batch_size: int) -> float:
     return float(total)
 
 
-def gpt2_tokenizer(folder: Path) -> transformers.PreTrainedTokenizerBase:
-    """GPT-2's BPE (Pythia's is a close relative with the same vocabulary size class) from its two files."""
-    vocabulary = json.loads((folder / "encoder.json").read_text(encoding="utf-8"))
-    lines = (folder / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:]  # a version line first
-    return transformers.GPT2TokenizerFast(vocab=vocabulary, merges=[tuple(line.split()) for line in lines if line])
-
-
 def eval_speed(data: Path, cases: list[tuple[str, torch.dtype]], words: int, batch_size: int) -> list[str]:
     device = "cuda" if CUDA else "cpu"
     tokenizer = gpt2_tokenizer(data / GPT2)
@@ -325,6 +305,35 @@ def _speed_row(size: str, dtype: torch.dtype, tokenizer, texts: list[str], batch
             f"| {cell['bare']} | {ratio} | {ours[0] / bare[0]:.2f}x | {agree} |")  # fmt: skip
 
 
+def task_speed(data: Path, cases: list[tuple[str, torch.dtype]], items: int, batch_size: int) -> list[str]:
+    """Multiple-choice scoring through lm-eval's loglikelihood: HFLM beside our backend, same answers."""
+    from task_speed import CHOICE_PROMPTS, choice_requests, time_requests
+
+    device = "cuda" if CUDA else "cpu"
+    tokenizer = gpt2_tokenizer(data / GPT2)
+    lines = [f"The first {items} items of each task (GPT-2 BPE, batch {batch_size}), random weights, {device}; "
+             "lm-eval's `loglikelihood` on the same requests through each backend; items/s"
+             + (" (peak GiB allocated)." if CUDA else "."), "",
+             "| model | dtype | task | items | lm-eval HFLM | ours | ours / HFLM | max \\|Δ log-likelihood\\| |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for size, dtype in cases:
+        model = pythia_shaped(size, device).to(dtype)
+        for task in CHOICE_PROMPTS:
+            pairs, count = choice_requests(data, task, items)
+            runs = {
+                backend: time_requests(model, tokenizer, pairs, backend, batch_size) for backend in ("hflm", "ptq_eval")
+            }
+            rate = {backend: count / run["seconds"] for backend, run in runs.items()}
+            cell = {b: f"{rate[b]:,.1f}" + (f" ({runs[b]['peak_gib']:.1f})" if CUDA else "") for b in runs}
+            largest = max(abs(a - b) for a, b in zip(runs["ptq_eval"]["answers"], runs["hflm"]["answers"], strict=True))
+            lines.append(f"| {size} | {str(dtype)[6:]} | {task} | {count} | {cell['hflm']} | {cell['ptq_eval']} "
+                         f"| {rate['ptq_eval'] / rate['hflm']:.2f}x | {largest:.1e} |")  # fmt: skip
+        del model
+        if CUDA:
+            torch.cuda.empty_cache()
+    return lines
+
+
 def gptq_seconds(cases: list[tuple[str, torch.dtype]], samples: int, length: int) -> list[str]:
     """One GPTQ config alone, and the sweep's ten configs from one solve (sequential: none), per shape."""
     from gptq_shared import HEADER, measure, row
@@ -361,6 +370,7 @@ def main() -> None:
     args = parser.parse_args()
     quick = args.quick
     have_data = (args.data / STORIES).is_dir()
+    have_eval = (args.data / "eval").is_dir()
     models = {"stories260K-hf": lambda: stories(args.data)} if have_data else {}
     models["GPT-NeoX " + ("tiny" if quick else "70m-shaped")] = lambda: pythia_shaped("tiny" if quick else "70m")
     sections: list[tuple[str, Callable[[], list[str]]]] = [
@@ -371,6 +381,9 @@ def main() -> None:
         ("Evaluation speed", lambda: speed_or_skip(lambda: eval_speed(
             args.data, [("tiny", torch.float32)] if quick else [("410m", torch.float32), ("1.4b", torch.bfloat16)],
             3000 if quick else 150_000, 4 if quick else 16), quick, (args.data / GPT2).is_dir())),
+        ("lm-eval multiple-choice speed", lambda: speed_or_skip(lambda: task_speed(
+            args.data, [("tiny", torch.float32)] if quick else [("410m", torch.float32), ("1.4b", torch.bfloat16)],
+            8 if quick else 1000, 4 if quick else 16), quick, (args.data / GPT2).is_dir() and have_eval)),
         ("GPTQ time per size", lambda: speed_or_skip(lambda: gptq_seconds(
             [("tiny", torch.float32)] if quick else [("160m", torch.float32), ("410m", torch.float32)],
             4 if quick else 32, 64 if quick else 2048), quick)),
