@@ -119,12 +119,15 @@ bench-gptq-shared: $(STAMP)
 
 # Our rolling-window perplexity beside lm-eval's loglikelihood_rolling (tokens/s, peak memory, agreement) on a demo
 # checkpoint, 100k+ tokens of the reference corpus and of WikiText-2 when DATA_DIR holds it -> reports/bench/eval.md;
-# then on a 50k-vocabulary model, where logits dominate memory -> reports/bench/eval_wide.md
+# then on a 50k-vocabulary model, where logits dominate memory -> reports/bench/eval_wide.md; then lm-eval tasks
+# (ARC-Easy, HellaSwag, PIQA, LAMBADA, WinoGrande) through our backend beside HFLM -> reports/bench/eval_tasks.md
 DATA_DIR ?= $(PTQ_EVAL_DATA)
 bench-eval: $(STAMP)
 	nice -n 10 $(BIN)/python tests/bench/eval_speed.py $(if $(DATA_DIR),--data-dir $(DATA_DIR)) --out reports/bench/eval.md
 	nice -n 10 $(BIN)/python tests/bench/eval_speed.py --wide-vocabulary --tokens 30000 --batch-size 8 \
 		--out reports/bench/eval_wide.md
+	nice -n 10 $(BIN)/python tests/bench/task_speed.py --data-dir $(or $(DATA_DIR),$(SHARED_DATA)) \
+		--out reports/bench/eval_tasks.md
 
 # Bias and 95%-interval coverage of the fitter on synthetic data whose high-bit CIs reach zero, censored vs
 # excluded (about 65 CPU-minutes: 47 min on the 2-core CI machine) -> reports/bench/fit_recovery.md

@@ -45,6 +45,12 @@ def _continuation_picks(first: int, targets: Sequence[int], slot: int) -> list[P
     return [(first + offset, target, slot) for offset, target in enumerate(targets)]
 
 
+def _worth_sharing(context: int, continuations: list[int]) -> bool:
+    """Read a context once when that saves more tokens than its continuations' second pass reads (measured: a
+    second pass over few tokens costs about what re-reading a short context does)."""
+    return (len(continuations) - 1) * context > sum(n - 1 for n in continuations)
+
+
 def _rows(requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int, share: bool):
     """The first pass's rows, longest first, and each request's answer slot (identical requests share one)."""
     slots: dict[tuple[tuple[int, ...], int], int] = {}
@@ -63,11 +69,13 @@ def _rows(requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: i
         groups.setdefault(prefix if share else (prefix, slot), []).append((whole, n, slot))
     rows = []
     for members in groups.values():
-        if len(members) == 1:
-            ((whole, n, slot),) = members
-            rows.append(_Row(whole[:-1], _continuation_picks(len(whole) - 1 - n, whole[-n:], slot), []))
-            continue
         prefix = members[0][0][: len(members[0][0]) - members[0][1]]
+        if not _worth_sharing(len(prefix), [n for _, n, _ in members]):
+            rows += [
+                _Row(whole[:-1], _continuation_picks(len(whole) - 1 - n, whole[-n:], slot), [])
+                for whole, n, slot in members
+            ]
+            continue
         firsts = [(len(prefix) - 1, whole[-n], slot) for whole, n, slot in members]
         tails = [(whole[-n:-1], _continuation_picks(0, whole[1 - n :], slot)) for whole, n, slot in members if n > 1]
         rows.append(_Row(prefix, firsts, tails))
@@ -111,18 +119,20 @@ def can_share_contexts(parts: ModelParts, device: torch.device) -> bool:
 
 
 def _tails(
-    parts: ModelParts, cache: DynamicCache, batch: list[_Row], lengths: torch.Tensor, tally: _Tally, budget: int
+    parts: ModelParts, cache: DynamicCache, batch: list[_Row], lengths: torch.Tensor, tally: _Tally, rows: int
 ) -> None:
-    """Each shared row's continuations, read on from its keys and values, about `budget` tokens a pass."""
+    """Each shared row's continuations, read on from its keys and values: at least `rows` a pass, more while
+    they hold fewer tokens than the first pass read."""
     device = lengths.device
     layers = [(layer.keys, layer.values) for layer in cache.layers]
     read = layers[0][0].shape[2]
+    tokens = len(batch) * read
     tails = sorted(
         ((index, *tail) for index, row in enumerate(batch) for tail in row.tails), key=lambda t: len(t[1]), reverse=True
     )
     start = 0
     while start < len(tails):
-        group = tails[start : start + max(1, budget // len(tails[start][1]))]
+        group = tails[start : start + max(rows, tokens // len(tails[start][1]))]
         start += len(group)
         owner = torch.tensor([index for index, _, _ in group], device=device)
         ids, _ = _padded([tokens for _, tokens, _ in group], device)
@@ -158,6 +168,6 @@ def score_requests(
         output = parts.body(ids, use_cache=shared)
         tally.add(parts.states(output), [row.picks for row in batch])
         if shared:
-            _tails(parts, parts.cache(output), batch, lengths, tally, ids.numel())
+            _tails(parts, parts.cache(output), batch, lengths, tally, batch_size)
     logprob, misses = tally.logprob.cpu().tolist(), tally.misses.cpu().tolist()
     return [(logprob[slot], misses[slot] == 0) for slot in slot_of]
