@@ -1,0 +1,46 @@
+"""Every method's job keys, pinned as they were before methods carried their options and configs a format:
+a store written by an earlier version keeps finding its results."""
+
+import pytest
+
+from ptq_eval.spec import expand_jobs, parse_study
+
+CALIBRATION = {"corpus": "stdlib-python", "samples": 16, "seq_len": 64}
+BASELINE_KEY = "c6e96c3785bfda1f4b0ecf62"
+
+
+def job_of(grid: dict):
+    study = parse_study(
+        {
+            "name": "s",
+            "ladder": ["a/b@step1000"],
+            "quant": [grid],
+            "evals": [{"kind": "perplexity", "tokens": 1024, "seq_len": 64}],
+            "calibration": CALIBRATION,
+        }
+    )
+    (job,) = expand_jobs(study)
+    return job
+
+
+@pytest.mark.parametrize(
+    ("grid", "key"),
+    [
+        ({"method": "rtn", "bits": 4}, "26275f652f32b75f59fcc49c"),
+        ({"method": "rtn", "bits": 3, "group_size": 128}, "fee8f0882e1759e5bd32c539"),
+        ({"method": "rtn", "bits": 8, "group_size": 0, "symmetric": False}, "5145d96d7124659b71c57fa5"),
+        ({"method": "gptq", "bits": 4}, "9b92c1103f68aeb45d1adeb6"),
+        (
+            {"method": "gptq", "bits": 4, "group_size": 128, "act_order": True, "static_groups": True},
+            "e0492810fd5a235e4ab2ff41",
+        ),
+        ({"method": "gptq", "bits": 3, "damp": 0.1, "block_size": 64, "symmetric": False}, "473f1a5aeda0160485b5fb34"),
+        ({"method": "gptq", "bits": 4, "sequential": "layer"}, "a9801d78738da84895ec5e41"),
+        ({"method": "gptq", "bits": 4, "sequential": "block"}, "9b92c1103f68aeb45d1adeb6"),
+        ({"method": "gptq", "bits": 5, "group_size": 32, "sequential": "none"}, "df2e7ab441df7269e0edfcd1"),
+    ],
+)
+def test_job_keys_are_the_ones_stores_already_hold(grid, key):
+    job = job_of(grid)
+    assert job.key == key
+    assert job.baseline().key == BASELINE_KEY
