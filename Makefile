@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LADDER := tasks/ladders/demo
 
 .PHONY: install test demo demo-llama ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
-	demo-lm-eval demo-sequential demo-shared-hessians demo-ray bench-eval bench-fit bench-scale bench stress \
+	demo-lm-eval demo-sequential demo-shared-hessians demo-ray demo-formats bench-formats bench-eval bench-fit bench-scale bench stress \
 	gpu-check gpu-check-prepare bench-gptq-shared
 
 $(STAMP): pyproject.toml
@@ -48,6 +48,11 @@ demo-sequential: $(STAMP)
 # default, 3 and 4 bits, per channel and group 32; the default's jobs are the demo's own (run make demo first)
 demo-shared-hessians: $(STAMP)
 	$(BIN)/ptq-eval run tasks/demo-shared-hessians.yaml --store runs/demo.sqlite --report-dir reports/demo-shared-hessians
+
+# Number formats (INT4 per channel and g32, FP4 e2m1 g32, MXFP4, NVFP4, FP8 e4m3; RTN and GPTQ) on the demo
+# ladder: γ_D per format and which degrades least at D/N 320 -> reports/demo-formats/
+demo-formats: $(STAMP)
+	$(BIN)/ptq-eval run tasks/demo-formats.yaml --report-dir reports/demo-formats
 
 # The demo study on a local Ray instance (2 CPUs: one checkpoint group per CPU), into its own store
 demo-ray: $(STAMP)
@@ -112,6 +117,15 @@ bench-gptq-llmcompressor:
 	$(BENCH_LLMC_VENV)/bin/pip install --quiet torch==2.13.0 llmcompressor==0.14.0.1 -e .
 	$(BENCH_LLMC_VENV)/bin/python tests/bench/gptq_peers.py --peer llmcompressor --out reports/bench/gptq_llmcompressor.md
 
+# Our number formats beside torchao 0.18's MX and NVFP4 reference quantizers, value for value (a throwaway venv;
+# never a project dependency) -> reports/bench/formats.md
+BENCH_FORMATS_VENV := .venv-bench-formats
+bench-formats:
+	$(PYTHON) -m venv $(BENCH_FORMATS_VENV)
+	$(BENCH_FORMATS_VENV)/bin/pip install --quiet torch==2.13.0
+	$(BENCH_FORMATS_VENV)/bin/pip install --quiet torchao==0.18.0 -e .
+	$(BENCH_FORMATS_VENV)/bin/python tests/bench/formats_reference.py --data-dir "$(DATA_DIR)" --out reports/bench/formats.md
+
 # The sweep's ten GPTQ configs of a Pythia-160m-shaped model under sequential: none, each alone and all from one
 # solve (seconds, identical weights; about 13 minutes on the 2-core CPU) -> reports/bench/gptq_shared.md
 bench-gptq-shared: $(STAMP)
@@ -148,7 +162,7 @@ stress: $(STAMP)
 	$(BIN)/python tests/bench/stress.py --kills 12
 
 # Every benchmark (peers in throwaway venvs): speed and agreement tables under reports/bench/
-bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-gptq-shared bench-fit bench-scale
+bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-gptq-shared bench-formats bench-fit bench-scale
 
 # The GPU path in one command (at most 8 minutes on one H100/H200; run it first whenever a CUDA machine is at
 # hand): CUDA tests, RTN/GPTQ weights CPU vs CUDA, the stories260K study on both devices in float32 and bfloat16,

@@ -197,7 +197,9 @@ def cmd_fit(args) -> int:
     points = [_parse_point(p) for p in args.predict]  # before any work: a typo fails at once
     options = FitOptions(args.resamples, args.seed, censoring=args.censoring)
     results, name, fits_store = _fit_input(args)
-    where = FitKey(args.eval, args.metric, args.method, args.group_size)
+    where = FitKey(
+        eval=args.eval, metric=args.metric, method=args.method, format=args.number_format, group_size=args.group_size
+    )
     with Store(fits_store) if fits_store else contextlib.nullcontext() as store:
         fitted = fit_study(results, where, options, cache=store)
         if store is not None:
@@ -356,12 +358,16 @@ def cmd_ladder_show(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from ptq_eval.export import export_gptq
+    from ptq_eval.export import check_packable_format, export_gptq
     from ptq_eval.quant import QuantConfig
     from ptq_eval.spec import Calibration
 
+    check_packable_format(args.format)
     _quiet_transformers()
-    config = QuantConfig(args.method, args.bits, args.group_size, True, args.act_order, args.static_groups, args.damp)
+    options = {"act_order": args.act_order, "static_groups": args.static_groups, "damp": args.damp}
+    config = QuantConfig(
+        method=args.method, format=args.format, bits=args.bits, group_size=args.group_size, options=options
+    )
     calibration = Calibration(
         corpus=args.calibration_corpus, split=args.calibration_split, samples=args.samples, seq_len=args.seq_len
     ).model_dump()
@@ -389,7 +395,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from ptq_eval.fit.laws import DELTA_LAWS
     from ptq_eval.ladder.config import preset_names
-    from ptq_eval.results import FORMATS
+    from ptq_eval.results import OUTPUT_FORMATS
 
     parser = _Parser(
         prog="ptq-eval",
@@ -424,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     results = commands.add_parser("results", help="print a study's results, one row per checkpoint × config × metric")
     results.add_argument("study", help="study YAML file")
     results.add_argument("--store", help="SQLite store (default: runs/<study name>.sqlite)")
-    results.add_argument("--format", choices=FORMATS, default="md")
+    results.add_argument("--format", choices=OUTPUT_FORMATS, default="md")
     results.set_defaults(func=cmd_results)
 
     fit = commands.add_parser("fit", help="fit scaling laws of δ(N, D, P) to a study's results, with forecasts")
@@ -436,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--eval", help="fit only this eval (default: each eval with a loss metric)")
     fit.add_argument("--metric", help="fit only this metric (default: each loss: loss, perplexities, bits_per_byte)")
     fit.add_argument("--method", help="fit only this method (default: each method present)")
+    fit.add_argument("--number-format", help="fit only this number format, e.g. nvfp4 (default: each present)")
     fit.add_argument("--group-size", type=int, help="fit only this group size (default: each present)")
     fit.add_argument(
         "--censoring", choices=["censor", "exclude"], default="censor",
@@ -449,7 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--predict", action="append", default=[], metavar="N=..,D=..,P=..", help="forecast δ here")
     fit.add_argument("--budget", type=_positive, help="δ budget (nats/token) for the D/N and bits forecasts")
     fit.add_argument("--params", type=_positive, help="N (non-embedding parameters) for the budget forecasts")
-    fit.add_argument("--bits", type=int, help="P: with --budget, the largest D/N; with a base fit, the critical D")
+    fit.add_argument(
+        "--bits",
+        type=float,
+        help="P (bits per weight, scales counted): with --budget, the largest D/N; with a base fit, the critical D",
+    )
     fit.add_argument("--tokens-per-param", type=_positive, help="D/N: with --budget, the smallest bit width")
     fit.add_argument("--format", choices=["md", "json"], default="md")
     fit.set_defaults(func=cmd_fit)
@@ -509,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="quantize with our GPTQ and write a packed GPTQ checkpoint")
     export.add_argument("checkpoint", help="local directory or hub-id@revision")
     export.add_argument("--method", choices=["gptq"], default="gptq")
+    export.add_argument("--format", default="int", help="int (the one format the packed GPTQ layout holds)")
     export.add_argument("--bits", type=int, default=4, help="2, 3, 4 or 8 (the widths the packed format holds)")
     export.add_argument("--group-size", type=int, default=128)
     export.add_argument("--act-order", action="store_true")

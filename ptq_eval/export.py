@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from ptq_eval.checkpoints import load_model
 from ptq_eval.errors import UserError
-from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, QuantError, quantizable_weights, quantize
+from ptq_eval.quant import DEFAULT_EXCLUDE, FORMATS, INT, QuantConfig, QuantError, quantizable_weights, quantize
 from ptq_eval.quant.calibration import calibration_tokens
 
 PACKABLE_BITS = (2, 3, 4, 8)
@@ -102,6 +102,17 @@ def _unique_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return unique
 
 
+def check_packable_format(format: str) -> None:
+    """Only integer grids have a packed GPTQ layout; any other format is refused before any work."""
+    if format != INT:
+        accepted = ", ".join(FORMATS)
+        known = f"format {format}" if format in FORMATS else f"unknown format {format!r} (accepted: {accepted})"
+        raise UserError(
+            f"export writes packed integer (GPTQ) checkpoints only; {known} has no such layout here: "
+            "evaluate it with `ptq-eval run` (simulated quantization) instead"
+        )
+
+
 def export_gptq(
     reference: str,
     out_dir: str | Path,
@@ -111,6 +122,7 @@ def export_gptq(
     trust_remote_code: bool = False,
 ) -> dict:
     """Quantize with our GPTQ and write a packed checkpoint; returns its quantization_config."""
+    check_packable_format(config.format)
     if config.method != "gptq":
         raise UserError(f"export supports method gptq only, not {config.method!r}")
     if config.bits not in PACKABLE_BITS:

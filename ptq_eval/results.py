@@ -8,7 +8,7 @@ import math
 import pandas as pd
 
 from ptq_eval.errors import UserError
-from ptq_eval.quant import GPTQ_OPTIONS, QuantConfig
+from ptq_eval.quant import INT, METHOD_OPTIONS, granularity, later_option_defaults, number_format
 from ptq_eval.spec import Study, expand_jobs
 from ptq_eval.store import Store
 
@@ -19,7 +19,9 @@ COLUMNS = [
     "tokens",
     "tokens_per_param",
     "method",
+    "format",
     "bits",
+    "bits_per_weight",
     "group_size",
     "symmetric",
     "eval",
@@ -42,15 +44,15 @@ COVERAGE = {
     "coverage": "fraction",
     "left_out_params": "left_out_params",
 }
-FORMATS = ("csv", "json", "md")
-# what study_results adds to COLUMNS: the grid cell's label, GPTQ's options (empty for other methods: rows that
-# differ in one are never pooled into one fit), the checkpoint's learning-rate schedule and how far its decay had
-# come (NaN: unknown), the job's time
+OUTPUT_FORMATS = ("csv", "json", "md")
+# what study_results adds to COLUMNS: the grid cell's label, the methods' options (empty for a method without
+# them: rows that differ in one are never pooled into one fit), the checkpoint's learning-rate schedule and how
+# far its decay had come (NaN: unknown), the job's time
 NUMERIC = ["params", "nonembedding_params", "tokens", "tokens_per_param", "fp_value", "quant_value", "delta",
            "delta_ci_low", "delta_ci_high"]  # fmt: skip
-EXTRA = ["granularity", *GPTQ_OPTIONS, "schedule", "decay_done", "seconds"]
+EXTRA = ["granularity", *METHOD_OPTIONS, "schedule", "decay_done", "seconds"]
 # config fields a printed table shows only where they vary (CSV and JSON always carry them)
-VARYING = ["symmetric", *GPTQ_OPTIONS, "eval", "schedule"]
+VARYING = ["format", "symmetric", *METHOD_OPTIONS, "eval", "schedule"]
 
 
 def coverage_columns(provenance: str) -> dict:
@@ -69,20 +71,24 @@ def study_results(study: Study, store: Store) -> pd.DataFrame:
     frame = frame.rename(columns={"value": "quant_value"})
     coverage = pd.DataFrame.from_records([coverage_columns(text) for text in frame.provenance], index=frame.index)
     frame = pd.concat([frame, coverage], axis=1)
-    frame["granularity"] = [
-        QuantConfig(m, int(b), int(g), bool(s)).granularity
-        for m, b, g, s in zip(frame.method, frame.bits, frame.group_size, frame.symmetric, strict=True)
+    stored = frame["format"] if "format" in frame else pd.Series(None, index=frame.index, dtype=object)
+    frame["format"] = stored.where(stored.notna() | frame.bits.isna(), INT)  # keys name a format other than int
+    frame["granularity"] = [granularity(int(g)) if g == g else "" for g in frame.group_size]
+    frame["bits_per_weight"] = [
+        number_format(f).bits_per_weight(int(b), int(g), bool(s)) if b == b else math.nan
+        for f, b, g, s in zip(frame.format, frame.bits, frame.group_size, frame.symmetric, strict=True)
     ]
     schedules = frame["schedule"] if "schedule" in frame else pd.Series([{}] * len(frame), index=frame.index)
     schedules = schedules.map(lambda facts: facts if isinstance(facts, dict) else {})
     frame["schedule"] = schedules.map(lambda facts: facts.get("kind", ""))
     frame["decay_done"] = schedules.map(lambda facts: facts.get("decay_done", math.nan)).astype(float)
-    stored = frame["sequential"] if "sequential" in frame else pd.Series(None, index=frame.index, dtype=object)
-    frame["sequential"] = stored.where(stored.notna(), frame.method.map({"gptq": "block"})).fillna("")
-    frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *GPTQ_OPTIONS])))
+    for option, defaults in later_option_defaults().items():  # results stored before an option held its default
+        stored = frame[option] if option in frame else pd.Series(None, index=frame.index, dtype=object)
+        frame[option] = stored.where(stored.notna(), frame.method.map(defaults)).fillna("")
+    frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *METHOD_OPTIONS])))
     for column in NUMERIC:  # a column stored NULL in every row would otherwise be object; integers stay integers
         frame[column] = pd.to_numeric(frame[column])
-    order = ["nonembedding_params", "tokens", "method", "bits", "group_size", "sequential", "eval", "metric"]
+    order = ["nonembedding_params", "tokens", "method", "format", "bits", "group_size", "sequential", "eval", "metric"]
     frame = frame.sort_values(order)
     return frame[COLUMNS + EXTRA].reset_index(drop=True)
 
@@ -100,10 +106,16 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def varying(rows: pd.DataFrame, columns=VARYING) -> list[str]:
-    """The columns among `columns` with more than one value in these rows (a table leaves the others out); a GPTQ
-    option varies only if it does between GPTQ rows (other methods have none)."""
-    gptq = rows[rows.method == "gptq"] if "method" in rows else rows
-    return [c for c in columns if c in rows and (gptq if c in GPTQ_OPTIONS else rows)[c].astype(str).nunique() > 1]
+    """The columns among `columns` with more than one value in these rows (a table leaves the others out); a
+    method's option varies only if it does between rows of methods that have it (the others leave it empty)."""
+
+    def values(column: str) -> pd.Series:
+        found = rows[column]
+        if column in METHOD_OPTIONS:
+            found = found[found.notna() & (found.astype(str) != "")]
+        return found.astype(str)
+
+    return [c for c in columns if c in rows and values(c).nunique() > 1]
 
 
 def summary_table(results: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
@@ -157,4 +169,4 @@ def render(results: pd.DataFrame, fmt: str) -> str:
     if fmt == "md":
         fixed = [c for c in COLUMNS if c not in VARYING or c in varying(results)]
         return markdown_table(results[fixed + varying(results, [c for c in VARYING if c not in COLUMNS])])
-    raise UserError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}")
+    raise UserError(f"unknown format {fmt!r}; accepted: {', '.join(OUTPUT_FORMATS)}")

@@ -20,8 +20,8 @@ from ptq_eval.corpus import STDLIB
 from ptq_eval.errors import UserError
 from ptq_eval.evals.task_files import is_task_file, task_file_name
 from ptq_eval.families import get_family, hub_revisions, ladder_revisions, pick
-from ptq_eval.quant import DEFAULT_EXCLUDE, GPTQ_OPTIONS, METHODS, QuantConfig
-from ptq_eval.quant.grid import MAX_BITS, MIN_BITS, check_dtype
+from ptq_eval.quant import DEFAULT_EXCLUDE, FORMATS, INT, METHODS, QuantConfig, number_format
+from ptq_eval.quant.grid import MAX_BITS, MIN_BITS, PER_CHANNEL
 from ptq_eval.yaml_files import read_yaml
 
 
@@ -101,18 +101,17 @@ def _as_list(value):
     return value if isinstance(value, list) else [value]
 
 
-class QuantGrid(Strict):
-    """Methods × bits × group sizes × symmetry; scalars or lists."""
+class QuantGrid(BaseModel):
+    """Methods × formats × bits × group sizes × symmetry, scalars or lists; any other key is an option of the
+    method (its schema in `quant/`). Bits and group size may be left out where every format fixes them."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     method: str
-    bits: int | list[int]
-    group_size: int | list[int] = -1
+    format: str | list[str] = INT
+    bits: int | list[int] | None = None
+    group_size: int | list[int] | None = None
     symmetric: bool | list[bool] = True
-    act_order: bool | None = None
-    static_groups: bool | None = None
-    damp: float | None = Field(default=None, gt=0, lt=1)
-    block_size: int | None = Field(default=None, gt=0)
-    sequential: Literal["block", "layer", "none"] | None = None
 
     @field_validator("method")
     @classmethod
@@ -121,10 +120,18 @@ class QuantGrid(Strict):
             raise ValueError(f"{method!r} is not a method; accepted: {', '.join(METHODS)}")
         return method
 
+    @field_validator("format")
+    @classmethod
+    def _known_formats(cls, formats):
+        for value in _as_list(formats):
+            if value not in FORMATS:
+                raise ValueError(f"{value!r} is not a number format; accepted: {', '.join(FORMATS)}")
+        return formats
+
     @field_validator("bits")
     @classmethod
     def _bits_in_range(cls, bits):
-        for value in _as_list(bits):
+        for value in _as_list(bits) if bits is not None else []:
             if not MIN_BITS <= value <= MAX_BITS:
                 raise ValueError(f"{value} is not in {MIN_BITS}..{MAX_BITS}")
         return bits
@@ -132,7 +139,7 @@ class QuantGrid(Strict):
     @field_validator("group_size")
     @classmethod
     def _group_size_valid(cls, group_size):
-        for value in _as_list(group_size):
+        for value in _as_list(group_size) if group_size is not None else []:
             if value < -1:
                 raise ValueError(
                     f"{value} is not accepted; use -1 (per channel), 0 (per tensor) or a positive group size"
@@ -140,17 +147,46 @@ class QuantGrid(Strict):
         return group_size
 
     @model_validator(mode="after")
-    def _options_belong_to_gptq(self):
-        if self.method != "gptq":
-            for option in GPTQ_OPTIONS:
-                if getattr(self, option) is not None:
-                    raise ValueError(f"{option} applies to method gptq only, not {self.method}")
+    def _configs_mean_something(self):
+        method = METHODS[self.method]
+        for key in self.model_extra or {}:
+            if key not in method.options.model_fields:
+                options = ", ".join(method.options.model_fields) or "none"
+                owners = [m.name for m in METHODS.values() if key in m.options.model_fields]
+                if owners:
+                    raise ValueError(f"{key} applies to method {' and '.join(owners)} only, not {self.method}")
+                raise ValueError(
+                    f"{key}: unknown key; a quant grid takes {', '.join(QuantGrid.model_fields)} and the options "
+                    f"of method {self.method} ({options})"
+                )
+        for fmt in _as_list(self.format):
+            if self.bits is None and FORMATS[fmt].bits is None:
+                raise ValueError(f"format {fmt} needs bits (e.g. bits: 4)")
+        try:
+            self.configs()
+        except UserError as error:
+            raise ValueError(str(error)) from None
         return self
 
     def configs(self) -> list[QuantConfig]:
-        options = {option: getattr(self, option) for option in GPTQ_OPTIONS if getattr(self, option) is not None}
-        combos = itertools.product(_as_list(self.bits), _as_list(self.group_size), _as_list(self.symmetric))
-        return [QuantConfig(self.method, bits, group, symmetric, **options) for bits, group, symmetric in combos]
+        options = dict(self.model_extra or {})
+        configs = []
+        for fmt in _as_list(self.format):
+            fixed = FORMATS[fmt]
+            bit_widths = _as_list(self.bits) if self.bits is not None else [fixed.bits]
+            groups = _as_list(self.group_size) if self.group_size is not None else [fixed.group or PER_CHANNEL]
+            for bits, group, symmetric in itertools.product(bit_widths, groups, _as_list(self.symmetric)):
+                configs.append(
+                    QuantConfig(
+                        method=self.method,
+                        format=fmt,
+                        bits=bits,
+                        group_size=group,
+                        symmetric=symmetric,
+                        options=options,
+                    )
+                )
+        return configs
 
 
 class Calibration(Strict):
@@ -302,7 +338,7 @@ class Study(Strict):
         for grid in self.quant:
             for config in grid.configs():
                 try:
-                    check_dtype(config.bits, config.symmetric, getattr(torch, self.dtype))
+                    number_format(config.format).check_dtype(config.bits, config.symmetric, getattr(torch, self.dtype))
                 except UserError as error:
                     raise ValueError(f"quant: {error}") from None
         return self

@@ -107,7 +107,7 @@ def assert_every_weight_quantized(family: str, model: torch.nn.Module, before: d
 def test_rtn_quantizes_every_weight_and_records_it(family):
     model = build(family)
     before = weight_slices(model)
-    report = quantize(model, QuantConfig("rtn", 3, -1))
+    report = quantize(model, QuantConfig(method="rtn", bits=3, group_size=-1))
     assert_every_weight_quantized(family, model, before, report)
 
 
@@ -115,7 +115,7 @@ def test_rtn_quantizes_every_weight_and_records_it(family):
 def test_gptq_quantizes_every_weight_with_less_output_error_than_rtn(family):
     model = build(family)
     before = weight_slices(model)
-    report = quantize(model, QuantConfig("gptq", 3, -1), calibration=calibration())
+    report = quantize(model, QuantConfig(method="gptq", bits=3, group_size=-1), calibration=calibration())
     assert_every_weight_quantized(family, model, before, report)
     assert all(layer.fallback is None and layer.samples > 0 for layer in report.layers)
     for layer in report.layers:
@@ -143,7 +143,11 @@ def test_block_by_block_hessians_equal_one_full_forward(family):
 def test_layer_sequential_gptq_quantizes_everything(family):
     model = build(family)
     before = weight_slices(model)
-    report = quantize(model, QuantConfig("gptq", 4, -1, sequential="layer"), calibration=calibration())
+    report = quantize(
+        model,
+        QuantConfig(method="gptq", bits=4, group_size=-1, options={"sequential": "layer"}),
+        calibration=calibration(),
+    )
     assert_every_weight_quantized(family, model, before, report)
 
 
@@ -155,7 +159,11 @@ def test_an_expert_no_token_reaches_falls_back_to_rtn_and_says_so(sequential):
         original = router.forward
         router.forward = lambda states, original=original: (lambda out: (out[0], out[1], out[2] % 2))(original(states))
     before = weight_slices(model)
-    report = quantize(model, QuantConfig("gptq", 4, -1, sequential=sequential), calibration=calibration())
+    report = quantize(
+        model,
+        QuantConfig(method="gptq", bits=4, group_size=-1, options={"sequential": sequential}),
+        calibration=calibration(),
+    )
     assert_every_weight_quantized("mixtral", model, before, report)
     fallen = {layer.name for layer in report.layers if layer.fallback}
     experts = {layer.name for layer in report.layers if "experts" in layer.name}
@@ -170,7 +178,7 @@ def test_a_linear_gptq_cannot_see_the_inputs_of_is_an_error_not_a_rounding():
         mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x), mlp.down_proj.weight
     )
     with pytest.raises(QuantError, match=r"no calibration input reach model.layers.1.mlp.down_proj"):
-        quantize(model, QuantConfig("gptq", 4, -1), calibration=calibration())
+        quantize(model, QuantConfig(method="gptq", bits=4, group_size=-1), calibration=calibration())
 
 
 def test_convolutions_are_never_taken_for_experts_nor_their_neighbours_for_routers():
@@ -184,7 +192,7 @@ def test_convolutions_are_never_taken_for_experts_nor_their_neighbours_for_route
 def test_a_config_that_selects_nothing_is_an_error_naming_the_model():
     model = build("gpt2")
     with pytest.raises(QuantError, match=r"GPT2LMHeadModel: the quant config selects no weight matrix"):
-        quantize(model, QuantConfig("rtn", 4), exclude=("*attn*", "*mlp*"))
+        quantize(model, QuantConfig(method="rtn", bits=4), exclude=("*attn*", "*mlp*"))
 
 
 def test_unknown_weight_types_are_left_out_by_name():
@@ -246,10 +254,18 @@ def test_experts_kept_as_a_module_list_are_calibrated_per_block_not_taken_for_th
         assert hessian.samples == direct[name].samples, name
         if hessian.samples:
             torch.testing.assert_close(hessian.matrix, direct[name].matrix, msg=name)
-    report = quantize(model, QuantConfig("gptq", 4, -1, sequential="layer"), calibration=calibration())
+    report = quantize(
+        model,
+        QuantConfig(method="gptq", bits=4, group_size=-1, options={"sequential": "layer"}),
+        calibration=calibration(),
+    )
     assert len(report.layers) == 12 and all(layer.fallback or layer.samples for layer in report.layers)
 
 
 def test_a_model_that_changes_hidden_states_between_blocks_is_refused_not_miscalibrated():
     with pytest.raises(QuantError, match=r"ToyModel changes the hidden states between blocks 0 and 1"):
-        quantize(ToyModel(rescale_between_blocks=True), QuantConfig("gptq", 4, -1), calibration=calibration())
+        quantize(
+            ToyModel(rescale_between_blocks=True),
+            QuantConfig(method="gptq", bits=4, group_size=-1),
+            calibration=calibration(),
+        )

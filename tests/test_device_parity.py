@@ -21,18 +21,32 @@ from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantizable_weights, qu
 
 LEVEL_SHARE = 0.01
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-RTN_CONFIGS = [QuantConfig("rtn", 3, 32), QuantConfig("rtn", 3, -1), QuantConfig("rtn", 4, -1),
-               QuantConfig("rtn", 8, 32), QuantConfig("rtn", 4, 16, symmetric=False)]  # fmt: skip
-GPTQ_CONFIGS = [QuantConfig("gptq", 4, 16, act_order=True), QuantConfig("gptq", 3, -1)]
+RTN_CONFIGS = [
+    QuantConfig(method="rtn", bits=3, group_size=32),
+    QuantConfig(method="rtn", bits=3, group_size=-1),
+    QuantConfig(method="rtn", bits=4, group_size=-1),
+    QuantConfig(method="rtn", bits=8, group_size=32),
+    QuantConfig(method="rtn", bits=4, group_size=16, symmetric=False),
+]
+GPTQ_CONFIGS = [
+    QuantConfig(method="gptq", bits=4, group_size=16, options={"act_order": True}),
+    QuantConfig(method="gptq", bits=3, group_size=-1),
+]
 
 
 def llama() -> transformers.LlamaForCausalLM:
     """A seeded Llama shaped like stories260K (grouped KV heads, tied embeddings), smaller."""
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=96, hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=8,
-        num_key_value_heads=4, max_position_embeddings=64, tie_word_embeddings=True,
-    )  # fmt: skip
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
     return transformers.LlamaForCausalLM(config).eval()
 
 
@@ -72,7 +86,9 @@ def test_gptq_on_the_cpu_is_bit_identical_in_place_offloaded_and_from_cached_inp
     offloaded, offloaded_report = quantized(model, config, device="cpu")  # blocks "offloaded" to their own device
     assert_identical(offloaded, plain)
     cache: dict = {}
-    quantized(model, QuantConfig("gptq", 5, -1), cache=cache)  # fills the cache with this checkpoint's inputs
+    quantized(
+        model, QuantConfig(method="gptq", bits=5, group_size=-1), cache=cache
+    )  # fills the cache with this checkpoint's inputs
     cached, _ = quantized(model, config, cache=cache)
     assert_identical(cached, plain)
     assert offloaded_report.layers == report.layers

@@ -27,7 +27,7 @@ def test_three_bit_codes_straddle_words_as_one_bit_string():
 
 
 def test_export_writes_packed_layers_that_decode_to_the_simulated_weights(micro_checkpoint, tmp_path):
-    config = QuantConfig("gptq", 4, 8, act_order=True)
+    config = QuantConfig(method="gptq", bits=4, group_size=8, options={"act_order": True})
     written = export_gptq(str(micro_checkpoint), tmp_path / "out", config, CALIBRATION)
     assert written["bits"] == 4 and written["desc_act"] is True and written["checkpoint_format"] == "gptq"
     saved_config = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -56,10 +56,10 @@ def simulated_gptq(checkpoint, config):
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        (QuantConfig("gptq", 5, 8), "bits=5 cannot be packed"),
-        (QuantConfig("gptq", 4, 0), "group_size=0"),
-        (QuantConfig("gptq", 4, 8, symmetric=False), "symmetric grids only"),
-        (QuantConfig("rtn", 4, 8), "gptq only"),
+        (QuantConfig(method="gptq", bits=5, group_size=8), "bits=5 cannot be packed"),
+        (QuantConfig(method="gptq", bits=4, group_size=0), "group_size=0"),
+        (QuantConfig(method="gptq", bits=4, group_size=8, symmetric=False), "symmetric grids only"),
+        (QuantConfig(method="rtn", bits=4, group_size=8), "gptq only"),
     ],
 )
 def test_unexportable_configs_are_clear_errors(micro_checkpoint, tmp_path, config, message):
@@ -83,7 +83,7 @@ def local_checkpoint(tmp_path, micro_checkpoint, config) -> str:
 def test_tied_embeddings_are_written_once_and_conv1d_layers_packed_as_linears(micro_checkpoint, tmp_path):
     from transformers import GPT2Config, LlamaConfig
 
-    config = QuantConfig("gptq", 4, 16)
+    config = QuantConfig(method="gptq", bits=4, group_size=16)
     llama = LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True)  # fmt: skip
     export_gptq(local_checkpoint(tmp_path, micro_checkpoint, llama), tmp_path / "llama", config, CALIBRATION)
@@ -110,4 +110,9 @@ def test_fused_experts_are_refused_before_any_work(micro_checkpoint, tmp_path):
                             num_key_value_heads=2, num_local_experts=4, max_position_embeddings=64)  # fmt: skip
     reference = local_checkpoint(tmp_path, micro_checkpoint, mixtral)
     with pytest.raises(QuantError, match=r"MixtralForCausalLM: its fused expert tensors .* have no packed"):
-        export_gptq(reference, tmp_path / "out", QuantConfig("gptq", 4, 16), {**CALIBRATION, "split": "nope"})
+        export_gptq(
+            reference,
+            tmp_path / "out",
+            QuantConfig(method="gptq", bits=4, group_size=16),
+            {**CALIBRATION, "split": "nope"},
+        )

@@ -325,9 +325,9 @@ def test_cli_fit_of_a_study_with_two_evals_keeps_them_apart_and_saves_every_key(
     args = ["fit", "--results", str(csv), "--store", str(store), "--resamples", "4", "--params", "1e5", "--bits", "4"]
     assert main(args) == 0
     captured = capsys.readouterr()
-    assert "| kumar | ppl | loss | rtn | -1 | True | gamma_post |" in captured.out
-    assert "| kumar | task | bits_per_byte | rtn | -1 | True | gamma_post |" in captured.out
-    assert "| kumar | task | bits_per_byte | rtn | -1 | True | critical_tokens |" in captured.out
+    assert "| kumar | ppl | loss | rtn | int | -1 | True | gamma_post |" in captured.out
+    assert "| kumar | task | bits_per_byte | rtn | int | -1 | True | gamma_post |" in captured.out
+    assert "| kumar | task | bits_per_byte | rtn | int | -1 | True | critical_tokens |" in captured.out
     assert "note: task: acc not fitted" in captured.err
     with Store(store) as opened:
         saved = opened.fits("mixed")
@@ -349,11 +349,11 @@ def test_cli_fit_prints_tables_and_forecasts_and_saves_to_the_store(tmp_path, ca
     args = ["fit", "--results", str(csv), "--store", str(store), "--resamples", "8", *forecasts]
     assert main(args + ["--tokens-per-param", "100"]) == 0
     out = capsys.readouterr().out
-    assert "| kumar | sim | loss | sim | -1 | True | gamma_post |" in out
-    assert "| base | sim | loss |  |  |  | E |" in out
-    assert "| law | eval | metric | method | group_size | symmetric | n_points | censored | excluded |" in out
+    assert "| kumar | sim | loss | sim | int | -1 | True | gamma_post |" in out
+    assert "| base | sim | loss |  |  |  |  | E |" in out
+    assert "| law | eval | metric | method | format | group_size | symmetric | n_points | censored | excluded |" in out
     for forecast in ("delta", "max_tokens_per_param", "min_bits", "critical_tokens"):
-        assert f"| kumar | sim | loss | sim | -1 | True | {forecast} |" in out
+        assert f"| kumar | sim | loss | sim | int | -1 | True | {forecast} |" in out
     with Store(store) as opened:
         saved = opened.fits("sim").set_index("law")
     assert set(saved.index) == {"kumar", "rival", "per_bit", "base"}

@@ -266,7 +266,7 @@ def test_a_policy_has_no_ladder_and_a_missing_file_is_named(tmp_path):
 
 def test_release_configs_must_be_told_apart_by_their_results():
     grids = [{"method": "gptq", "bits": 4}, {"method": "gptq", "bits": 4, "damp": 0.1}]
-    with pytest.raises(PolicyError, match="quant: two configs differ only in GPTQ options"):
+    with pytest.raises(PolicyError, match="quant: two configs differ only in their method's options"):
         parse_policy(policy({"kind": "absolute", "max": 1}).model_dump() | {"quant": grids})
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantize
+from ptq_eval.quant.formats import quantize_tensor
 from ptq_eval.quant.gptq import output_error
 from ptq_eval.quant.gptq_solve import gptq_weight
-from ptq_eval.quant.grid import quantize_tensor
 from ptq_eval.quant.hessians import Hessian
 
 
@@ -36,7 +36,7 @@ def test_hessian_is_two_x_xt_over_n():
 @pytest.mark.parametrize("act_order", [False, True])
 def test_gptq_output_error_at_most_rtn_on_the_same_grid(bits, group_size, act_order):
     weight, x, hessian = correlated_problem()
-    config = QuantConfig("gptq", bits, group_size, act_order=act_order)
+    config = QuantConfig(method="gptq", bits=bits, group_size=group_size, options={"act_order": act_order})
     gptq = gptq_weight(weight, hessian, config).weight
     rtn = quantize_tensor(weight, bits, group_size)
     assert out_err(weight, gptq, x) <= out_err(weight, rtn, x)
@@ -45,7 +45,7 @@ def test_gptq_output_error_at_most_rtn_on_the_same_grid(bits, group_size, act_or
 
 def test_16_bits_reproduces_the_weights():
     weight, _, hessian = correlated_problem()
-    quantized = gptq_weight(weight, hessian, QuantConfig("gptq", 16, -1)).weight
+    quantized = gptq_weight(weight, hessian, QuantConfig(method="gptq", bits=16, group_size=-1)).weight
     assert torch.allclose(quantized, weight, atol=1e-3 * weight.abs().max().item())
 
 
@@ -54,7 +54,9 @@ def test_act_order_groups_stay_on_the_grid(static_groups):
     """Static groups are contiguous columns; otherwise groups run along the act-order permutation."""
     weight, _, hessian = correlated_problem()
     quantized = gptq_weight(
-        weight, hessian, QuantConfig("gptq", 3, 32, act_order=True, static_groups=static_groups)
+        weight,
+        hessian,
+        QuantConfig(method="gptq", bits=3, group_size=32, options={"act_order": True, "static_groups": static_groups}),
     ).weight
     columns = torch.arange(128) if static_groups else torch.argsort(torch.diag(hessian), descending=True)
     permuted = quantized[:, columns]
@@ -67,13 +69,13 @@ def test_dead_columns_are_zeroed_and_ragged_groups_work():
     x[:, 5] = 0
     hessian = Hessian(48)
     hessian.add(x)
-    quantized = gptq_weight(weight, hessian.matrix, QuantConfig("gptq", 4, 32)).weight
+    quantized = gptq_weight(weight, hessian.matrix, QuantConfig(method="gptq", bits=4, group_size=32)).weight
     assert torch.all(quantized[:, 5] == 0) and torch.isfinite(quantized).all()
 
 
 def test_deterministic():
     weight, _, hessian = correlated_problem()
-    config = QuantConfig("gptq", 3, 32, act_order=True)
+    config = QuantConfig(method="gptq", bits=3, group_size=32, options={"act_order": True})
     assert torch.equal(gptq_weight(weight, hessian, config).weight, gptq_weight(weight, hessian, config).weight)
 
 
@@ -105,7 +107,13 @@ def test_gptq_beats_rtn_on_the_micro_ladder(micro_checkpoint, tmp_path):
 )
 def test_returned_grids_reproduce_the_weights_from_integer_codes(group_size, act_order, static):
     weight, _, hessian = correlated_problem()
-    result = gptq_weight(weight, hessian, QuantConfig("gptq", 4, group_size, act_order=act_order, static_groups=static))
+    result = gptq_weight(
+        weight,
+        hessian,
+        QuantConfig(
+            method="gptq", bits=4, group_size=group_size, options={"act_order": act_order, "static_groups": static}
+        ),
+    )
     scale = result.scales[result.group_index.long()].T
     zero = result.zeros[result.group_index.long()].T
     codes = torch.round(result.weight / scale + zero)
@@ -119,7 +127,7 @@ def quantized_copy(model, bits, device=None, move_model_to="cpu"):
     """GPTQ (group 16, act-order) of a copy of the model, optionally offloading blocks to `device`."""
     model = copy.deepcopy(model).to(move_model_to)
     calibration = torch.randint(0, 64, (16, 16), generator=torch.Generator().manual_seed(0))
-    config = QuantConfig("gptq", bits, 16, act_order=True)
+    config = QuantConfig(method="gptq", bits=bits, group_size=16, options={"act_order": True})
     return model, quantize(model, config, DEFAULT_EXCLUDE, calibration, device=device)
 
 
@@ -149,7 +157,10 @@ def test_block_inputs_captured_once_per_checkpoint_give_the_same_weights(tiny_mo
     monkeypatch.setattr(blocks, "_block_calls", lambda *args: recorded.append(1) or original(*args))
     calibration = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(0))
     cache: dict = {}
-    configs = [QuantConfig("gptq", 3, 8, act_order=True), QuantConfig("gptq", 4, -1)]
+    configs = [
+        QuantConfig(method="gptq", bits=3, group_size=8, options={"act_order": True}),
+        QuantConfig(method="gptq", bits=4, group_size=-1),
+    ]
     shared = [_quantized_copy(tiny_model, config, calibration, cache) for config in configs]
     assert len(recorded) == 1  # the second config re-used the first one's block inputs
     fresh = [_quantized_copy(tiny_model, config, calibration) for config in configs]
@@ -167,14 +178,21 @@ def test_full_precision_hessians_are_exact_on_block_0_and_computed_once(tiny_mod
     monkeypatch.setattr(blocks, "_forward_until", lambda *args: passes.append(1) or original(*args))
     calibration = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(0))
     cache: dict = {}
-    one_pass = [_quantized_copy(tiny_model, QuantConfig("gptq", bits, 8, sequential="none"), calibration, cache)
-                for bits in (3, 4)]  # fmt: skip
+    shared = {"sequential": "none"}
+    one_pass = [
+        _quantized_copy(
+            tiny_model, QuantConfig(method="gptq", bits=bits, group_size=8, options=shared), calibration, cache
+        )
+        for bits in (3, 4)
+    ]
     assert len(passes) == 1  # one full-precision pass served both bit widths
-    sequential = _quantized_copy(tiny_model, QuantConfig("gptq", 3, 8), calibration)
+    sequential = _quantized_copy(tiny_model, QuantConfig(method="gptq", bits=3, group_size=8), calibration)
     linear_weights = [name for name in sequential if name.endswith("weight") and "layernorm" not in name]
     block0 = [name for name in linear_weights if ".layers.0." in name]
     block1 = [name for name in linear_weights if ".layers.1." in name]
     assert all(torch.equal(one_pass[0][name], sequential[name]) for name in block0)
     assert not all(torch.equal(one_pass[0][name], sequential[name]) for name in block1)
-    fresh = _quantized_copy(tiny_model, QuantConfig("gptq", 4, 8, sequential="none"), calibration)
+    fresh = _quantized_copy(
+        tiny_model, QuantConfig(method="gptq", bits=4, group_size=8, options={"sequential": "none"}), calibration
+    )
     assert all(torch.equal(one_pass[1][name], fresh[name]) for name in fresh)  # the cached pass served it exactly

@@ -13,7 +13,9 @@ from ptq_eval.quant import gptq_solve as solve_module
 from ptq_eval.quant.gptq_solve import gptq_solve, gptq_weight
 
 SWEEP = [
-    QuantConfig("gptq", bits, group, act_order=True, sequential="none") for bits in (3, 4, 8) for group in (-1, 16)
+    QuantConfig(method="gptq", bits=bits, group_size=group, options={"act_order": True, "sequential": "none"})
+    for bits in (3, 4, 8)
+    for group in (-1, 16)
 ]
 
 
@@ -37,7 +39,10 @@ def test_a_stacked_solve_gives_every_part_its_own_solve_bit_for_bit(dtype, act_o
     other, _ = problem(rows=20, seed=1)  # a second matrix reading the same input (as k beside q)
     options = {"act_order": act_order, "static_groups": static_groups}
     grids = [(3, 16, True), (4, -1, True), (4, 16, False), (8, 0, True)]
-    configs = [QuantConfig("gptq", bits, group, symmetric, **options) for bits, group, symmetric in grids]
+    configs = [
+        QuantConfig(method="gptq", bits=bits, group_size=group, symmetric=symmetric, options=options)
+        for bits, group, symmetric in grids
+    ]
     parts = [(w.to(dtype), c) for c in configs for w in (weight, other)]
     stacked = gptq_solve(parts, hessian)
     for (w, config), result in zip(parts, stacked, strict=True):
@@ -47,7 +52,13 @@ def test_a_stacked_solve_gives_every_part_its_own_solve_bit_for_bit(dtype, act_o
 def test_parts_that_need_different_loops_are_refused():
     weight, hessian = problem()
     with pytest.raises(ValueError, match="act_order, static_groups, damp, block_size"):
-        gptq_solve([(weight, QuantConfig("gptq", 3, act_order=True)), (weight, QuantConfig("gptq", 3))], hessian)
+        gptq_solve(
+            [
+                (weight, QuantConfig(method="gptq", bits=3, options={"act_order": True})),
+                (weight, QuantConfig(method="gptq", bits=3)),
+            ],
+            hessian,
+        )
 
 
 def llama() -> transformers.LlamaForCausalLM:
@@ -91,8 +102,8 @@ def test_configs_sharing_their_hessians_are_solved_once_and_each_equals_its_own_
 def test_sequential_configs_are_not_shared():
     model = llama()
     cache: dict = {}
-    block = QuantConfig("gptq", 3, 16)
-    quantized(model, block, cache, share_with=[block, QuantConfig("gptq", 4, 16)])
+    block = QuantConfig(method="gptq", bits=3, group_size=16)
+    quantized(model, block, cache, share_with=[block, QuantConfig(method="gptq", bits=4, group_size=16)])
     assert not any(key[0] == "gptq solved" for key in cache)  # block-sequential Hessians differ per config
 
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from ptq_eval.errors import UserError
-from ptq_eval.quant.grid import fit_grid, quantize_tensor
+from ptq_eval.quant.formats import quantize_tensor
+from ptq_eval.quant.grid import fit_grid
 
 
 def weights(rows=8, columns=64, seed=0, dtype=torch.float32):
@@ -99,9 +100,13 @@ def test_a_group_wider_than_the_matrix_is_its_whole_row_in_rtn_and_gptq():
     w = weights(columns=16)
     assert torch.equal(quantize_tensor(w, 3, 32), quantize_tensor(w, 3, -1))
     hessian = torch.eye(16)  # uncorrelated inputs: GPTQ's updates vanish and it rounds as RTN does
-    assert torch.allclose(gptq_weight(w, hessian, QuantConfig("gptq", 3, 32)).weight, quantize_tensor(w, 3, -1))
-    assert torch.allclose(gptq_weight(weights(columns=48), torch.eye(48), QuantConfig("gptq", 3, 32)).weight,
-                          quantize_tensor(weights(columns=48), 3, 32))  # fmt: skip
+    assert torch.allclose(
+        gptq_weight(w, hessian, QuantConfig(method="gptq", bits=3, group_size=32)).weight, quantize_tensor(w, 3, -1)
+    )
+    config = QuantConfig(method="gptq", bits=3, group_size=32)
+    assert torch.allclose(
+        gptq_weight(weights(columns=48), torch.eye(48), config).weight, quantize_tensor(weights(columns=48), 3, 32)
+    )
 
 
 def test_negative_group_sizes_other_than_minus_one_are_errors():

@@ -111,7 +111,7 @@ def test_multiple_choice_deltas_pair_document_by_document(micro_checkpoint, tmp_
     assert [m.name for m in fp.metrics] == ["acc", "acc_norm"] and fp.metrics[0].n == 40
     same = paired_metrics(fp.metrics, again.metrics)
     assert all(m.delta == 0 and m.ci_low == m.ci_high == 0 for m in same)
-    quantize(model, QuantConfig("rtn", 2, -1), DEFAULT_EXCLUDE)
+    quantize(model, QuantConfig(method="rtn", bits=2, group_size=-1), DEFAULT_EXCLUDE)
     quant = evaluate_task(model, tokenizer, loaded, evaluation)
     for metric in paired_metrics(fp.metrics, quant.metrics):
         assert metric.ci_low <= metric.delta <= metric.ci_high and metric.n == 40

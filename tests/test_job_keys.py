@@ -29,6 +29,7 @@ def job_of(grid: dict):
         ({"method": "rtn", "bits": 4}, "26275f652f32b75f59fcc49c"),
         ({"method": "rtn", "bits": 3, "group_size": 128}, "fee8f0882e1759e5bd32c539"),
         ({"method": "rtn", "bits": 8, "group_size": 0, "symmetric": False}, "5145d96d7124659b71c57fa5"),
+        ({"method": "rtn", "bits": 4, "format": "int"}, "26275f652f32b75f59fcc49c"),
         ({"method": "gptq", "bits": 4}, "9b92c1103f68aeb45d1adeb6"),
         (
             {"method": "gptq", "bits": 4, "group_size": 128, "act_order": True, "static_groups": True},
@@ -44,3 +45,10 @@ def test_job_keys_are_the_ones_stores_already_hold(grid, key):
     job = job_of(grid)
     assert job.key == key
     assert job.baseline().key == BASELINE_KEY
+
+
+def test_a_format_other_than_int_enters_the_key():
+    int4 = job_of({"method": "rtn", "bits": 4, "group_size": 16})
+    nvfp4 = job_of({"method": "rtn", "format": "nvfp4"})
+    assert nvfp4.describe()["format"] == "nvfp4" and "format" not in int4.describe()
+    assert nvfp4.key != int4.key and nvfp4.baseline().key == int4.baseline().key == BASELINE_KEY

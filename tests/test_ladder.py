@@ -98,7 +98,7 @@ def test_a_llama_ladder_has_grouped_query_attention_and_quantizes_fully(tmp_path
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_key_value_heads == 2
     assert _facts(directory)["architecture"] == "llama"
     assert not any("bias" in name for name, _ in model.named_parameters())
-    report = quantize(model, QuantConfig("rtn", 4, -1))
+    report = quantize(model, QuantConfig(method="rtn", bits=4, group_size=-1))
     norms = sum(p.numel() for name, p in model.named_parameters() if name.endswith("norm.weight"))
     assert report.coverage.matrices == 7 and not report.coverage.left_out  # q k v o, gate up down
     assert report.coverage.params + norms == report.coverage.nonembedding_params

@@ -86,7 +86,7 @@ STUDIES = [
         "sequential value",
         study(quant="[{method: gptq, bits: 4, sequential: sometimes}]"),
         3,
-        "quant[0].sequential: Input should be 'block', 'layer' or 'none'",
+        "quant[0]: sequential: Input should be 'block', 'layer' or 'none'",
     ),
     ("duplicate key", study(quant="[{method: rtn, bits: 4, bits: 3}]"), 3, "key 'bits' is given twice in one mapping"),
     ("unknown key", study(extra="colour: red\n"), 3, "colour: unknown key"),

@@ -1,7 +1,7 @@
 import torch
 
 from ptq_eval.quant import QuantConfig, QuantError, quantizable_weights, quantize
-from ptq_eval.quant.grid import quantize_tensor
+from ptq_eval.quant.formats import quantize_tensor
 
 
 def test_head_and_embeddings_are_not_quantized_by_default(tiny_model):
@@ -19,7 +19,7 @@ def test_rtn_rounds_every_chosen_weight_and_reports_errors(tiny_model):
     model = tiny_model
     head = model.get_output_embeddings().weight.detach().clone()
     before = {w.name: w.read().detach().clone() for w in quantizable_weights(model)}
-    report = quantize(model, QuantConfig("rtn", 3, 16, symmetric=False))
+    report = quantize(model, QuantConfig(method="rtn", bits=3, group_size=16, symmetric=False))
     after = {w.name: w.read() for w in quantizable_weights(model)}
     for name, weight in before.items():
         assert torch.equal(after[name], quantize_tensor(weight, 3, 16, False))
@@ -32,4 +32,4 @@ def test_unknown_method_is_a_clear_error(tiny_model):
     import pytest
 
     with pytest.raises(QuantError, match=r"unknown quantization method 'awq'; accepted: "):
-        quantize(tiny_model, QuantConfig("awq", 4))
+        quantize(tiny_model, QuantConfig(method="awq", bits=4))

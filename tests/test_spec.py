@@ -49,7 +49,11 @@ def test_a_good_study_expands_into_jobs_with_stable_keys(tmp_path):
         ({"quant": [{"method": "rtn", "bits": [4, 17]}]}, "quant[0].bits: 17 is not in 2..16"),
         ({"quant": [{"method": "magic", "bits": 4}]}, "quant[0].method: 'magic' is not a method; accepted: rtn"),
         ({"quant": [{"method": "rtn", "bits": 4, "group_size": -5}]}, "quant[0].group_size: -5 is not accepted"),
-        ({"quant": [{"method": "rtn", "bits": 4, "groupsize": 32}]}, "quant[0].groupsize: unknown key"),
+        (
+            {"quant": [{"method": "rtn", "bits": 4, "groupsize": 32}]},
+            "quant[0]: groupsize: unknown key; a quant grid takes method, format, bits, group_size, symmetric and the "
+            "options of method rtn (none)",
+        ),
         ({"evals": [{"kind": "perplexity", "tokens": -1}]}, "evals[0].tokens: Input should be greater than 0"),
         (
             {"evals": [{"kind": "bleu"}]},

@@ -22,9 +22,9 @@ import pandas as pd
 
 from ptq_eval.errors import UserError
 from ptq_eval.fit.laws import Points
-from ptq_eval.quant import GPTQ_OPTIONS
+from ptq_eval.quant import INT, METHOD_OPTIONS
 
-KEY_FIELDS = ("eval", "metric", "method", "group_size", "symmetric")
+KEY_FIELDS = ("eval", "metric", "method", "format", "group_size", "symmetric")
 # metric -> (how its values become nats, the unit they are then in), in the order an eval's one is chosen
 LOSSES = {"loss": ("nats", "token"), "bits_per_byte": ("bits", "byte"), "perplexity": ("log", "token"),
           "byte_perplexity": ("log", "byte"), "word_perplexity": ("log", "word")}  # fmt: skip
@@ -66,6 +66,7 @@ class FitKey:
     group_size: int | None = None
     symmetric: bool | None = None
     options: tuple[tuple[str, object], ...] = ()
+    format: str | None = None  # last, so keys written positionally before formats still read the same
 
     def head(self) -> dict:
         """The key as table columns (`options` as text, only when there are some)."""
@@ -88,8 +89,10 @@ class FitKey:
         mask = pd.Series(True, index=results.index)
         for name in (name for name in KEY_FIELDS if getattr(self, name) is not None):
             if name not in results:
+                if name == "format" and getattr(self, name) == INT:
+                    continue  # results from before formats were all integer grids
                 raise FitError(f"the results have no {name!r} column to select {name}={getattr(self, name)!r} by")
-            mask &= results[name] == getattr(self, name)
+            mask &= _column(results, name) == getattr(self, name)
         for name, value in self.options:
             if name in results:
                 mask &= results[name] == value
@@ -97,6 +100,11 @@ class FitKey:
 
 
 ANY = FitKey()  # matches every row
+
+
+def _column(results: pd.DataFrame, name: str) -> pd.Series:
+    """A key column; a format left empty is `int` (results written before formats had none)."""
+    return results[name].astype(object).fillna(INT) if name == "format" else results[name]
 
 
 def stack(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -110,14 +118,17 @@ def stack(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _config_columns(results: pd.DataFrame) -> list[str]:
-    return [c for c in (*KEY_FIELDS, *GPTQ_OPTIONS) if c in results]
+    return [c for c in (*KEY_FIELDS, *METHOD_OPTIONS) if c in results]
 
 
 def fit_keys(results: pd.DataFrame, where: FitKey = ANY) -> tuple[list[FitKey], list[str]]:
     """One key per (eval, metric, quant config) of the losses among the rows `where` matches, and a note for
-    every metric left unfitted. A quant config field other than method, group size and symmetry enters the
-    key (as an option) only where rows of one (eval, metric, method, group size, symmetry) differ in it."""
+    every metric left unfitted. A quant config field other than method, format, group size and symmetry enters
+    the key (as an option) only where rows of one (eval, metric, method, format, group size, symmetry) differ
+    in it."""
     rows = results[where.matches(results) & results.method.notna()]
+    if "format" in rows:
+        rows = rows.assign(format=_column(rows, "format"))
     columns, keys, notes = _config_columns(rows), [], []
     evals = rows.groupby("eval", sort=False) if "eval" in rows else [(None, rows)]
     for name, own in evals:
@@ -149,7 +160,7 @@ def _metric_keys(rows: pd.DataFrame, columns: list[str]) -> list[FitKey]:
     for values, group in rows.groupby(columns, dropna=False, sort=True):
         found = {c: _python(v) for c, v in zip(columns, values, strict=True)}
         siblings = rows[(rows[base] == group[base].iloc[0]).all(axis=1)]
-        varying = [c for c in GPTQ_OPTIONS if c in found and siblings[c].nunique(dropna=False) > 1]
+        varying = [c for c in METHOD_OPTIONS if c in found and siblings[c].nunique(dropna=False) > 1]
         keys.append(FitKey(**{c: found[c] for c in base}, options=tuple((c, found[c]) for c in varying)))
     return keys
 
@@ -182,10 +193,10 @@ def _one_config(rows: pd.DataFrame, key: FitKey) -> None:
                 f"the results for {key.label() or 'this fit'} differ in {column} ({', '.join(map(str, found))}); "
                 f"give {column} (accepted: {', '.join(map(str, found))})"
             )
-    if rows.duplicated(["checkpoint", "bits"]).any():
+    if rows.assign(precision=precision(rows)).duplicated(["checkpoint", "precision"]).any():
         raise FitError(
             f"several results per (checkpoint, bits) for {key.label() or 'this fit'}: they differ in a field "
-            f"the results do not show (a results CSV lacks {', '.join(GPTQ_OPTIONS)}); fit the study or filter"
+            f"the results do not show (a results CSV lacks {', '.join(METHOD_OPTIONS)}); fit the study or filter"
         )
 
 
@@ -230,9 +241,20 @@ def select(results: pd.DataFrame, key: FitKey, censoring: str = "censor") -> tup
     return usable, excluded
 
 
+def precision(frame: pd.DataFrame) -> pd.Series | None:
+    """The laws' P per row: bits per weight, scales counted (`quant/formats.py`), where the results have it; the
+    bits where they do not (results from before formats); None without either."""
+    bits = frame["bits"].astype(float) if "bits" in frame else None
+    if "bits_per_weight" not in frame:
+        return bits
+    known = frame["bits_per_weight"].astype(float)
+    return known if bits is None else known.fillna(bits)
+
+
 def points(frame: pd.DataFrame, y: pd.Series, limit: pd.Series | None = None) -> Points:
     """Points of rows: targets `y` and detection limits `limit` in natural units (None or NaN: no limit)."""
-    bits = frame.bits.to_numpy(dtype=float) if "bits" in frame else np.zeros(len(frame))
+    found = precision(frame)
+    bits = found.to_numpy(dtype=float) if found is not None else np.zeros(len(frame))
     log_n, log_d, log_y = (np.log(c.to_numpy(dtype=float)) for c in (frame.nonembedding_params, frame.tokens, y))
     log_limit = np.full(len(frame), -np.inf)
     if limit is not None:

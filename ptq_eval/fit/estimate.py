@@ -123,7 +123,7 @@ def _optimize(law: Law, points: Points, starts, huber: float, keep: int) -> np.n
 def check(law: Law, points: Points) -> None:
     """Raise FitError, saying what to measure, when the measured (uncensored) points cannot identify the law."""
     measured = points.take(~points.censored)
-    groups = [(f" at P={p}", measured.take(measured.bits == p)) for p in law.per_bits] or [("", measured)]
+    groups = [(f" at P={p:g}", measured.take(measured.bits == p)) for p in law.per_bits] or [("", measured)]
     k = len(law.parameters) // max(1, len(law.per_bits))
     for where, group in groups:
         if len(group) <= k:
@@ -150,7 +150,7 @@ def check(law: Law, points: Points) -> None:
     if law.needs_bits and len(np.unique(measured.bits)) < 2:
         raise FitError(
             f"{law.name}: its bits term needs at least two bit widths with δ significantly > 0 "
-            f"(found only P={int(measured.bits[0])}); measure at least two bit widths"
+            f"(found only P={measured.bits[0]:g}); measure at least two bit widths"
         )
 
 
@@ -160,7 +160,7 @@ def _check_above(law: Law, theta: np.ndarray, points: Points) -> None:
     measured = points.take(~points.censored)
     above = law.model(theta, measured)[0] > measured.limit
     k = len(law.parameters) // max(1, len(law.per_bits))
-    for where, rows in [(f" at P={p}", measured.bits == p) for p in law.per_bits] or [("", slice(None))]:
+    for where, rows in [(f" at P={p:g}", measured.bits == p) for p in law.per_bits] or [("", slice(None))]:
         if above[rows].sum() <= k:
             raise FitError(
                 f"{law.name}{where}: the censored fit lies below the detection limit of all but {above[rows].sum()} "

@@ -83,10 +83,10 @@ def forecast_table(fit: LawFit, base: LawFit | None = None, predict: Sequence[di
              for q in predict]  # fmt: skip
     if None not in (budget, params, bits):
         found = max_tokens_per_param(fit, params, bits, budget)
-        asked.append(("max_tokens_per_param", f"N={params:g} P={bits} budget={budget:g}", found))
+        asked.append(("max_tokens_per_param", f"N={params:g} P={bits:g} budget={budget:g}", found))
     if None not in (budget, params, tokens_per_param):
         found = min_bits(fit, params, tokens_per_param, budget)
         asked.append(("min_bits", f"N={params:g} D/N={tokens_per_param:g} budget={budget:g}", found))
     if base is not None and None not in (params, bits):
-        asked.append(("critical_tokens", f"N={params:g} P={bits}", critical_tokens(fit, base, params, bits)))
+        asked.append(("critical_tokens", f"N={params:g} P={bits:g}", critical_tokens(fit, base, params, bits)))
     return pd.DataFrame([fit.head() | {"forecast": f, "inputs": i, **vars(e)} for f, i, e in asked])

@@ -74,7 +74,7 @@ class Law:
     intercepts: tuple[int, ...] = (0,)  # additive in y: re-centred on the data at every start
     needs_bits: bool = True
     needs_phase: bool = False
-    per_bits: tuple[int, ...] = ()  # one independent block of parameters per bit width
+    per_bits: tuple[float, ...] = ()  # one independent block of parameters per precision P
 
     def values(self, theta: np.ndarray) -> np.ndarray:
         """Natural parameter values (broadcasts over bootstrap rows)."""
@@ -147,9 +147,9 @@ DELTA_LAWS = ("kumar", "rival", "per_bit", "phase", "phase_only")
 PHASE_LAWS = ("phase", "phase_only")
 
 
-def per_bit_law(bits: Sequence[int]) -> Law:
-    """δ = c_P · D^a_P / N^b_P for each of these bit widths (NaN at any other width)."""
-    bits = tuple(sorted(int(b) for b in bits))
+def per_bit_law(bits: Sequence[float]) -> Law:
+    """δ = c_P · D^a_P / N^b_P for each of these precisions P (bits per weight; NaN at any other)."""
+    bits = tuple(sorted(float(b) for b in bits))
 
     def model(theta, x):
         value, jac = np.full(len(x), np.nan), np.zeros((len(x), 3 * len(bits)))
@@ -160,7 +160,7 @@ def per_bit_law(bits: Sequence[int]) -> Law:
             jac[rows, 3 * i : 3 * i + 3] = np.column_stack([np.ones(rows.sum()), x.log_d[rows], -x.log_n[rows]])
         return value, jac
 
-    names = tuple(f"{name}_P{p}" for p in bits for name in ("c", "a", "b"))
+    names = tuple(f"{name}_P{p:g}" for p in bits for name in ("c", "a", "b"))
     starts = tuple((0.0, a, b) * len(bits) for a, b in itertools.product(EXPONENTS, EXPONENTS))
     blocks = tuple(range(0, 3 * len(bits), 3))
     bounds = (LOG, EXPONENT, EXPONENT) * len(bits)

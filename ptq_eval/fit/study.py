@@ -19,6 +19,7 @@ from ptq_eval.fit.data import (
     fit_keys,
     in_nats,
     points,
+    precision,
     select,
     stack,
 )
@@ -58,7 +59,8 @@ def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions 
     key = key.resolve(usable)
     if law == "per_bit":
         widths, sparse = [], [excluded]
-        for bits, rows in usable.groupby("bits"):
+        widths_of = precision(usable)
+        for bits, rows in usable.groupby(widths_of):
             try:
                 identify(per_bit_law([bits]), delta_points(rows), options.huber)
                 widths.append(bits)
@@ -66,7 +68,7 @@ def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions 
                 sparse.append(rows.assign(reason=f"this width cannot be fitted alone: {error}"))
         if not widths:
             raise FitError(f"per_bit: no bit width of {key.label()} can be fitted on its own")
-        usable, excluded, chosen = usable[usable.bits.isin(widths)], pd.concat(sparse), per_bit_law(widths)
+        usable, excluded, chosen = usable[widths_of.isin(widths)], pd.concat(sparse), per_bit_law(widths)
     else:
         chosen = {"kumar": KUMAR, "rival": RIVAL, "phase": PHASE, "phase_only": PHASE_ONLY}[law]
     if chosen.needs_phase:

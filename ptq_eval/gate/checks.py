@@ -34,7 +34,7 @@ import pandas as pd
 
 from ptq_eval.fit import Estimate, FitError, FitKey, FitOptions, LawFit, fit_delta, predict_delta
 from ptq_eval.gate.policy import Budget, Policy, reference, release_configs
-from ptq_eval.quant import GPTQ_OPTIONS, QuantConfig
+from ptq_eval.quant import INT, QuantConfig
 from ptq_eval.report.compare import difference_ci
 from ptq_eval.results import study_results
 from ptq_eval.spec import StudyError, load_study
@@ -59,9 +59,16 @@ def _fit_source(budget: Budget, default_store: Path) -> tuple[pd.DataFrame, Path
 
 def fit_key(config: QuantConfig, eval_name: str, metric: str) -> FitKey:
     """The fit a release config and eval is forecast by: the same eval, metric and every quant config field
-    (GPTQ's options matched where the results record them; a results CSV does not)."""
-    options = tuple((name, getattr(config, name)) for name in GPTQ_OPTIONS) if config.method == "gptq" else ()
-    return FitKey(eval_name, metric, config.method, config.group_size, config.symmetric, options)
+    (the method's options matched where the results record them; a results CSV does not)."""
+    return FitKey(
+        eval=eval_name,
+        metric=metric,
+        method=config.method,
+        format=config.format,
+        group_size=config.group_size,
+        symmetric=config.symmetric,
+        options=config.options,
+    )
 
 
 def _budget_fits(budget: Budget, keys: list[FitKey], default_store: Path, seed: int) -> dict[FitKey, LawFit | str]:
@@ -107,6 +114,7 @@ class Check:
 
     checkpoint: str
     method: str
+    format: str
     bits: int
     group_size: int
     symmetric: bool
@@ -194,6 +202,7 @@ def _measured(
         (results.checkpoint == checkpoint)
         & (results.method == config.method)
         & (results.bits == config.bits)
+        & (_formats(results) == config.format)
         & (results.group_size == config.group_size)
         & (results.symmetric == config.symmetric)
         & (results["eval"] == eval_name)
@@ -217,14 +226,19 @@ def _params(results: pd.DataFrame, checkpoint: str) -> float | None:
     return float(rows.iloc[0]) if len(rows) else None
 
 
-def _forecast(budget: Budget, fit: LawFit | str | None, params: float | None, bits: int) -> Estimate | str:
+def _formats(results: pd.DataFrame) -> pd.Series:
+    """Each row's number format (results from before formats: int)."""
+    return results["format"].astype(object).fillna(INT) if "format" in results else pd.Series(INT, index=results.index)
+
+
+def _forecast(budget: Budget, fit: LawFit | str | None, params: float | None, bits: float) -> Estimate | str:
     if not isinstance(fit, LawFit):
         return f"no forecast: {fit or 'not fitted'}"
     if params is None:
         return "N unknown: no stored result for the checkpoint; give params in the budget"
     if fit.law.per_bits and bits not in fit.law.per_bits:  # a law of separate widths has none at the others
-        widths = ", ".join(map(str, fit.law.per_bits))
-        return f"the {fit.law.name} law was fitted at {widths} bits, not {bits}: it has no value there"
+        widths = ", ".join(f"{p:g}" for p in fit.law.per_bits)
+        return f"the {fit.law.name} law was fitted at {widths} bits, not {bits:g}: it has no value there"
     return predict_delta(fit, params, params * budget.tokens_per_param, bits)
 
 
@@ -271,10 +285,23 @@ def _check(
     else:
         estimate, (decision, reason) = value, judge(value, budget.max, uncertainty)
     return Check(
-        checkpoint, config.method, config.bits, config.group_size, config.symmetric, eval_name, budget.metric,
-        budget.kind, quantity, budget.max, float(estimate.value), float(estimate.ci_low), float(estimate.ci_high),
-        decision, reason,
-    )  # fmt: skip
+        checkpoint=checkpoint,
+        method=config.method,
+        format=config.format,
+        bits=config.bits,
+        group_size=config.group_size,
+        symmetric=config.symmetric,
+        eval=eval_name,
+        metric=budget.metric,
+        budget_kind=budget.kind,
+        quantity=quantity,
+        budget=budget.max,
+        value=float(estimate.value),
+        ci_low=float(estimate.ci_low),
+        ci_high=float(estimate.ci_high),
+        decision=decision,
+        reason=reason,
+    )
 
 
 def _forecast_checks(
@@ -286,7 +313,7 @@ def _forecast_checks(
     for config in release_configs(policy.quant):
         for eval_name in _scope(policy, budget):
             fit = forecasts.get((index, fit_key(config, eval_name, budget.metric)))
-            value = _forecast(budget, fit, params, config.bits)
+            value = _forecast(budget, fit, params, config.bits_per_weight)
             yield _check(budget, config, eval_name, candidate, quantity, value, policy.uncertainty)
 
 

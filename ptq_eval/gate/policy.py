@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from ptq_eval.quant import GPTQ_OPTIONS, QuantConfig
+from ptq_eval.quant import METHOD_OPTIONS, QuantConfig
 from ptq_eval.spec import LadderItem, QuantGrid, Strict, Study, StudyError, validate_document
 from ptq_eval.yaml_files import read_yaml
 
@@ -96,8 +96,8 @@ class Policy(Study):
         configs = release_configs(grids)
         if len({_config_key(config) for config in configs}) < len(configs):
             raise ValueError(
-                f"two configs differ only in GPTQ options ({', '.join(GPTQ_OPTIONS)}), so their results cannot be "
-                "told apart; keep one"
+                f"two configs differ only in their method's options ({', '.join(METHOD_OPTIONS)}), so their results "
+                "cannot be told apart; keep one"
             )
         return grids
 
@@ -121,7 +121,7 @@ def release_configs(grids: list[QuantGrid]) -> list[QuantConfig]:
 
 
 def _config_key(config: QuantConfig) -> tuple:
-    return config.method, config.bits, config.group_size, config.symmetric
+    return config.method, config.format, config.bits, config.group_size, config.symmetric
 
 
 def gate_study(policy: Policy, checkpoint: str) -> Study:

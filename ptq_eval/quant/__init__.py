@@ -1,11 +1,13 @@
-"""Quantizers behind one interface: `quantize(model, config, exclude, calibration) -> QuantReport`."""
+"""Quantizers behind one interface: `quantize(model, config, exclude, calibration) -> QuantReport`.
+
+A method registers itself (`base.register`) with its options' schema; a number format is one entry of
+`formats.FORMATS`. Outside `quant/`, code names neither: it reads `METHOD_OPTIONS` and `FORMATS`."""
 
 from ptq_eval.quant import gptq, rtn  # noqa: F401  (each registers its method)
 from ptq_eval.quant.base import (
     DEFAULT_EXCLUDE,
-    GPTQ_OPTIONS,
+    INT,
     METHODS,
-    SEQUENTIAL,
     Coverage,
     LayerReport,
     QuantConfig,
@@ -13,23 +15,37 @@ from ptq_eval.quant.base import (
     QuantReport,
     WeightMatrix,
     embedding_weights,
+    granularity,
+    later_option_defaults,
+    method_named,
+    option_names,
     quantizable_weights,
     quantize,
     survey,
 )
+from ptq_eval.quant.formats import FORMATS, FormatError, number_format
+
+METHOD_OPTIONS = option_names()  # every registered method's options: results columns, fit and report keys
 
 __all__ = [
     "DEFAULT_EXCLUDE",
-    "GPTQ_OPTIONS",
+    "FORMATS",
+    "INT",
     "METHODS",
-    "SEQUENTIAL",
+    "METHOD_OPTIONS",
     "Coverage",
+    "FormatError",
     "LayerReport",
     "QuantConfig",
     "QuantError",
     "QuantReport",
     "WeightMatrix",
     "embedding_weights",
+    "granularity",
+    "later_option_defaults",
+    "method_named",
+    "number_format",
+    "option_names",
     "quantizable_weights",
     "quantize",
     "survey",

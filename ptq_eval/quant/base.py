@@ -19,67 +19,144 @@ from __future__ import annotations
 import fnmatch
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from transformers.pytorch_utils import Conv1D
 
 from ptq_eval.errors import UserError
-from ptq_eval.quant.grid import PER_CHANNEL, PER_TENSOR
+from ptq_eval.quant.formats import number_format
+from ptq_eval.quant.grid import PER_CHANNEL, PER_TENSOR, check_bits
 
-GPTQ_OPTIONS = ("act_order", "static_groups", "damp", "block_size", "sequential")
-SEQUENTIAL = ("block", "layer", "none")
 DEFAULT_EXCLUDE = ("lm_head", "embed_out")
 EXPERT_INDEX = r"\.experts\.\d+(?=\.|$)"  # an expert's index in a ModuleList named experts
 ROUTER_REASON = "MoE router (kept in full precision by default)"
-# Options added after the first studies: in job keys only when set off their defaults, so earlier keys hold.
-LATER_OPTIONS = {"sequential": "block"}
+INT = "int"  # the format every study had before formats: it enters job keys only when another is chosen
 
 
 class QuantError(UserError):
     """A quant config cannot be applied to this model (e.g. it selects no weights)."""
 
 
+class NoOptions(BaseModel):
+    """The options of a method that has none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 @dataclass(frozen=True)
+class Method:
+    """A registered quantization method: the function that runs it, its options' schema (a pydantic model whose
+    defaults are the method's), whether it needs calibration, and the options that enter job keys only when set
+    off their defaults (added after the first studies, so earlier keys hold)."""
+
+    name: str
+    run: Callable[..., QuantReport]
+    options: type[BaseModel] = NoOptions
+    needs_calibration: bool = False
+    later_options: tuple[str, ...] = ()
+
+    def default(self, option: str) -> object:
+        return self.options.model_fields[option].default
+
+    def validate_options(self, given: Mapping[str, object]) -> tuple[tuple[str, object], ...]:
+        """Every option of the method, given or default, in the schema's order; an error names what is wrong."""
+        accepted = ", ".join(self.options.model_fields) or "none"
+        try:
+            return tuple(self.options.model_validate(dict(given)).model_dump().items())
+        except ValidationError as error:
+            problems = []
+            for problem in error.errors():
+                option = ".".join(map(str, problem["loc"]))
+                if problem["type"] == "extra_forbidden":
+                    problems.append(f"{option} is not an option of method {self.name} (its options: {accepted})")
+                else:
+                    problems.append(f"{option}: {problem['msg'].removeprefix('Value error, ')}")
+            raise QuantError("; ".join(problems)) from None
+
+
+METHODS: dict[str, Method] = {}
+
+
+def method_named(name: str) -> Method:
+    if name not in METHODS:
+        raise QuantError(f"unknown quantization method {name!r}; accepted: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def option_names() -> tuple[str, ...]:
+    """Every registered method's option names, once each, in registration order (results columns)."""
+    return tuple(dict.fromkeys(option for method in METHODS.values() for option in method.options.model_fields))
+
+
+def later_option_defaults() -> dict[str, dict[str, object]]:
+    """option → {method: default} for the options that are in job keys only off their defaults (results that
+    do not record one held its default)."""
+    found: dict[str, dict[str, object]] = {}
+    for method in METHODS.values():
+        for option in method.later_options:
+            found.setdefault(option, {})[method.name] = method.default(option)
+    return found
+
+
+def granularity(group_size: int) -> str:
+    if group_size == PER_CHANNEL:
+        return "channel"
+    if group_size == PER_TENSOR:
+        return "tensor"
+    return f"group{group_size}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class QuantConfig:
-    """One point of the quantization grid of a study."""
+    """One point of the quantization grid of a study: a method with its options (a mapping, every option kept
+    with its default filled in), the number format and what it leaves open (bits, group size, symmetry)."""
 
     method: str
     bits: int
+    format: str = INT
     group_size: int = PER_CHANNEL
     symmetric: bool = True
-    act_order: bool = False
-    static_groups: bool = False
-    damp: float = 0.01
-    block_size: int = 128
-    sequential: str = "block"
+    options: tuple[tuple[str, object], ...] | Mapping[str, object] = ()
 
     def __post_init__(self) -> None:
-        if self.sequential not in SEQUENTIAL:
-            raise QuantError(f"sequential={self.sequential!r} is not accepted; use one of {', '.join(SEQUENTIAL)}")
+        method = method_named(self.method)
+        object.__setattr__(self, "options", method.validate_options(dict(self.options)))
+        check_bits(self.bits)
+        number_format(self.format).check(self.bits, self.group_size, self.symmetric)
+
+    def __getattr__(self, name: str) -> object:
+        """The method's options read as attributes (`config.act_order`), their defaults where none was given."""
+        for option, value in () if name.startswith("_") else self.__dict__.get("options", ()):
+            if option == name:
+                return value
+        raise AttributeError(f"{type(self).__name__} of method {self.__dict__.get('method')!r} has no {name!r}")
 
     @property
     def granularity(self) -> str:
-        if self.group_size == PER_CHANNEL:
-            return "channel"
-        if self.group_size == PER_TENSOR:
-            return "tensor"
-        return f"group{self.group_size}"
+        return granularity(self.group_size)
 
     @property
     def needs_calibration(self) -> bool:
-        return self.method == "gptq"
+        return METHODS[self.method].needs_calibration
+
+    @property
+    def bits_per_weight(self) -> float:
+        """The scaling law's P for this config (`quant/formats.py` says how the scales are counted)."""
+        return number_format(self.format).bits_per_weight(self.bits, self.group_size, self.symmetric)
 
     def as_dict(self) -> dict:
-        """The config's fields; GPTQ's options only for GPTQ (so RTN job keys do not depend on them)."""
-        fields = asdict(self)
-        for option, default in LATER_OPTIONS.items():
-            if fields[option] == default:
-                fields.pop(option)
-        if self.method != "gptq":
-            for option in GPTQ_OPTIONS:
-                fields.pop(option, None)
+        """The config as its job key reads it: the format only when not `int`; the method's options (an option
+        added later only off its default), so a method's keys depend on its own options alone."""
+        fields = {"method": self.method, "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric}
+        if self.format != INT:
+            fields["format"] = self.format
+        method = METHODS[self.method]
+        for option, value in self.options:
+            if option not in method.later_options or value != method.default(option):
+                fields[option] = value
         return fields
 
 
@@ -298,20 +375,22 @@ def quantizable_weights(model: torch.nn.Module, exclude: tuple[str, ...] = DEFAU
     return survey(model, exclude).selected
 
 
-Method = Callable[..., QuantReport]
-METHODS: dict[str, Method] = {}
+def register(
+    name: str,
+    options: type[BaseModel] = NoOptions,
+    needs_calibration: bool = False,
+    later_options: tuple[str, ...] = (),
+) -> Callable[[Callable[..., QuantReport]], Callable[..., QuantReport]]:
+    """Make a method reachable as `quantize(..., QuantConfig(method=name, ...))`, with its options' schema.
 
-
-def register(name: str) -> Callable[[Method], Method]:
-    """Make a method reachable as `quantize(..., QuantConfig(name, ...))`.
-
-    A method is called as `method(model, weights, config, calibration=..., device=...)`, quantizes every
-    given matrix in place and returns a QuantReport with one LayerReport per matrix.
+    A method is called as `method(model, weights, config, calibration=..., device=..., cache=..., share_with=...)`,
+    quantizes every given matrix in place onto `config.format`'s grid and returns a QuantReport with one
+    LayerReport per matrix.
     """
 
-    def add(method: Method) -> Method:
-        METHODS[name] = method
-        return method
+    def add(run: Callable[..., QuantReport]) -> Callable[..., QuantReport]:
+        METHODS[name] = Method(name, run, options, needs_calibration, later_options)
+        return run
 
     return add
 
@@ -344,12 +423,10 @@ def quantize(
     `sequential: none`, with `cache`): the checkpoint's other configs, solved in the same loops and kept in `cache`
     for their own calls (`quant/gptq.py`).
     """
-    if config.method not in METHODS:
-        raise QuantError(f"unknown quantization method {config.method!r}; accepted: {', '.join(METHODS)}")
     found = survey(model, exclude)
     check_selection(model, found)
     started = time.perf_counter()
-    report = METHODS[config.method](
+    report = METHODS[config.method].run(
         model, found.selected, config, calibration=calibration, device=device, cache=cache, share_with=share_with
     )
     report.seconds = time.perf_counter() - started

@@ -17,16 +17,35 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from ptq_eval.errors import UserError
 from ptq_eval.quant.base import LayerReport, QuantConfig, QuantError, QuantReport, WeightMatrix, register
 from ptq_eval.quant.blocks import calibrate, fingerprint
+from ptq_eval.quant.formats import quantize_tensor
 from ptq_eval.quant.gptq_solve import gptq_solve, solve_key
-from ptq_eval.quant.grid import quantize_tensor
 from ptq_eval.quant.hessians import Hessian
 from ptq_eval.quant.rtn import relative_error, rtn_result
+
+SEQUENTIAL = ("block", "layer", "none")
+
+
+class GPTQOptions(BaseModel):
+    """GPTQ's options and their defaults (the reference GPTQ's): act-order (columns by descending Hessian
+    diagonal), static groups (grids fitted before the loop), dampening (a fraction of the mean diagonal), the
+    lazy-update block, and what each matrix's inputs come from (`quant/blocks.py`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    act_order: bool = False
+    static_groups: bool = False
+    damp: float = Field(default=0.01, gt=0, lt=1)
+    block_size: int = Field(default=128, gt=0)
+    sequential: Literal[SEQUENTIAL] = "block"
+
 
 NO_INPUT = "rtn: the router sent it no calibration token"
 STACK_ELEMENTS = 2**28  # rows x columns of one stacked solve (1 GiB in float32); more parts wait for another loop
@@ -112,7 +131,9 @@ def _solve_set(
             results = gptq_solve([(stored[weight.name], config) for config, weight in pairs], hessian.matrix)
             for (config, weight), result in zip(pairs, results, strict=True):
                 original = stored[weight.name].float()
-                rtn = quantize_tensor(stored[weight.name], config.bits, config.group_size, config.symmetric).float()
+                rtn = quantize_tensor(
+                    stored[weight.name], config.bits, config.group_size, config.symmetric, config.format
+                ).float()
                 layer = LayerReport(
                     weight.name,
                     weight.shape,
@@ -151,7 +172,7 @@ def check_inputs_reached(group: list[WeightMatrix], hessians: dict[str, Hessian]
             )
 
 
-@register("gptq")
+@register("gptq", options=GPTQOptions, needs_calibration=True, later_options=("sequential",))
 def quantize_gptq(
     model: torch.nn.Module,
     weights: list[WeightMatrix],

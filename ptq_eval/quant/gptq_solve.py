@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ptq_eval.quant.base import QuantConfig
-from ptq_eval.quant.grid import PER_TENSOR, Grid, check_group_size, fit_grid
+from ptq_eval.quant.formats import FormatError, number_format
+from ptq_eval.quant.grid import PER_TENSOR, Grid
 
 SOLVE_OPTIONS = ("act_order", "static_groups", "damp", "block_size")
 
@@ -44,19 +45,31 @@ class _Part:
     rows: slice
     dtype: torch.dtype
     group: int
+    tensor_scale: torch.Tensor | None = None
     static: list[Grid] | None = None
     grids: list[Grid] = field(default_factory=list)
     group_of_position: list[int] = field(default_factory=list)
 
     def fit(self, weight: torch.Tensor) -> Grid:
-        if self.config.group_size == PER_TENSOR:
-            return fit_grid(weight.reshape(1, -1), self.config.bits, self.config.symmetric, self.dtype)
-        return fit_grid(weight, self.config.bits, self.config.symmetric, self.dtype)
+        config, fmt = self.config, number_format(self.config.format)
+        if config.group_size == PER_TENSOR:
+            weight = weight.reshape(1, -1)
+        return fmt.fit(weight, config.bits, config.symmetric, self.dtype, self.tensor_scale)
 
 
 def solve_key(config: QuantConfig) -> tuple:
-    """Configs with equal keys can share a column loop."""
-    return tuple(getattr(config, option) for option in SOLVE_OPTIONS)
+    """Configs with equal keys can share a column loop: the same solve options and number format."""
+    return (*(getattr(config, option) for option in SOLVE_OPTIONS), config.format)
+
+
+def check_solvable(config: QuantConfig) -> None:
+    """A format with fixed blocks of consecutive columns cannot take act-order's groups in Hessian order."""
+    fmt = number_format(config.format)
+    if fmt.group is not None and config.act_order and not config.static_groups:
+        raise FormatError(
+            f"format {config.format} stores blocks of {fmt.group} consecutive columns; act_order without "
+            "static_groups groups columns in Hessian order, which it cannot hold: add static_groups: true"
+        )
 
 
 def _set_rows(target: torch.Tensor, rows: slice, value: torch.Tensor) -> None:
@@ -72,8 +85,11 @@ def gptq_solve(
     if len({solve_key(config) for _, config in parts}) != 1:
         raise ValueError(f"one solve needs the same {', '.join(SOLVE_OPTIONS)} for every part")
     config = parts[0][1]
-    for _, part_config in parts:
-        check_group_size(part_config.group_size)
+    for weight, part_config in parts:
+        check_solvable(part_config)
+        fmt = number_format(part_config.format)
+        fmt.check(part_config.bits, part_config.group_size, part_config.symmetric)
+        fmt.check_dtype(part_config.bits, part_config.symmetric, weight.dtype if dtype is None else dtype)
     H = hessian.clone()
     columns = H.shape[0]
     dead = torch.diag(H) == 0
@@ -84,7 +100,9 @@ def gptq_solve(
     for weight, part_config in parts:
         group = part_config.group_size if part_config.group_size > 0 else 0
         rows = slice(start, start + weight.shape[0])
-        state.append(_Part(part_config, rows, weight.dtype if dtype is None else dtype, group))
+        part_dtype = weight.dtype if dtype is None else dtype
+        tensor_scale = number_format(part_config.format).tensor_scale(weight, part_dtype)
+        state.append(_Part(part_config, rows, part_dtype, group, tensor_scale))
         start = rows.stop
     for part in state:
         if part.group and part.config.static_groups:
@@ -109,6 +127,7 @@ def gptq_solve(
             part.grids = part.static
     bits = {part.config.bits for part in state}
     floor, top = (0, 2 ** bits.pop() - 1) if len(bits) == 1 else (torch.zeros_like(maxq), maxq)
+    elements = number_format(config.format).elements  # None: integer levels
     Q = torch.zeros_like(W)
     for start in range(0, columns, config.block_size):
         end = min(start + config.block_size, columns)
@@ -119,7 +138,10 @@ def gptq_solve(
             for part in state:
                 _next_grid(part, column, order_on_host[column], W, scale, zero)
             x = W1[:, i : i + 1]
-            q = (scale * (torch.clamp(torch.round(x / scale) + zero, floor, top) - zero)).flatten()
+            if elements is None:
+                q = (scale * (torch.clamp(torch.round(x / scale) + zero, floor, top) - zero)).flatten()
+            else:
+                q = (scale * elements.round(x / scale)).flatten()
             Q[:, column] = q
             error = (W1[:, i] - q) / Hinv1[i, i]
             W1[:, i:] -= error[:, None] @ Hinv1[i : i + 1, i:]

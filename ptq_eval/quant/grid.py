@@ -1,4 +1,5 @@
-"""The integer grid every quantizer shares: scales, zero points, groups, rounding, clamping.
+"""The grids every quantizer shares: the integer grid (scales, zero points, rounding, clamping) and the small
+float elements other formats round to (`quant/formats.py` puts them together, with groups).
 
 Quantization is simulated: weights are replaced by their de-quantized values in the
 model's dtype. The grid follows the convention of the reference GPTQ (and GPTQModel):
@@ -36,6 +37,7 @@ asymmetric, in bfloat16) are refused.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -54,11 +56,13 @@ FLOAT32_BITS = 24
 
 @dataclass(frozen=True)
 class Grid:
-    """Scale and zero point per row of the tensor it was fitted to (shape [rows, 1])."""
+    """Scale and zero point per row of the tensor it was fitted to (shape [rows, 1]): integer levels 0..maxq, or
+    where `elements` is given, a float format's values times the scale (zero and maxq unused)."""
 
     scale: torch.Tensor
     zero: torch.Tensor
     maxq: int
+    elements: FloatElements | None = None
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Integer levels of x (float32, 0..maxq)."""
@@ -69,6 +73,8 @@ class Grid:
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Round x to the nearest grid point and map back to real values (float32)."""
+        if self.elements is not None:
+            return self.scale * self.elements.round(x.float() / self.scale)
         return self.dequantize(self.quantize(x.float()))
 
 
@@ -101,13 +107,13 @@ def check_dtype(bits: int, symmetric: bool, dtype: torch.dtype) -> None:
         )
 
 
-def _exact_scale(scale: torch.Tensor, bits: int, symmetric: bool, dtype: torch.dtype) -> torch.Tensor:
-    """The scale rounded up to the significant bits that keep every s·k exact in a half-precision dtype."""
+def exact_scale(scale: torch.Tensor, level_bits: int, dtype: torch.dtype) -> torch.Tensor:
+    """The scale rounded up to the significant bits that keep every s·k exact in a half-precision dtype, k a
+    level of `level_bits` significant bits."""
     precision = HALF_PRECISION_BITS.get(dtype)
     if precision is None:
         return scale
-    check_dtype(bits, symmetric, dtype)
-    dropped = FLOAT32_BITS - max(1, precision - level_bits(bits, symmetric))
+    dropped = FLOAT32_BITS - max(1, precision - level_bits)
     # Integer arithmetic on the float32 bit pattern (exact on every device): round the positive scale's
     # significand up to the kept bits; a carry moves into the exponent, as it should.
     pattern = scale.float().contiguous().view(torch.int32)
@@ -134,7 +140,8 @@ def fit_grid(x: torch.Tensor, bits: int, symmetric: bool, dtype: torch.dtype = t
     low = torch.where(flat, torch.full_like(low, -1.0), low)
     high = torch.where(flat, torch.ones_like(high), high)
     scale = (high - low) / torch.full_like(high, maxq)  # a tensor divisor: true division on every device
-    scale = _exact_scale(scale, bits, symmetric, dtype)
+    check_dtype(bits, symmetric, dtype)
+    scale = exact_scale(scale, level_bits(bits, symmetric), dtype)
     if symmetric:
         zero = torch.full_like(scale, (maxq + 1) / 2)
     else:
@@ -142,21 +149,44 @@ def fit_grid(x: torch.Tensor, bits: int, symmetric: bool, dtype: torch.dtype = t
     return Grid(scale, zero, maxq)
 
 
-def _round_rows(x: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
-    return fit_grid(x, bits, symmetric, x.dtype).fake_quantize(x)
+@dataclass(frozen=True)
+class FloatElements:
+    """A small float format's values (OCP 8-bit floats, e2m1): `mantissa_bits` explicit bits, normal exponents
+    from `min_exponent` (subnormals below it), saturating at ±`max_value` (e4m3 has no infinities)."""
+
+    bits: int
+    mantissa_bits: int
+    min_exponent: int
+    max_value: float
+
+    @property
+    def significant_bits(self) -> int:
+        return self.mantissa_bits + 1
+
+    @property
+    def max_exponent(self) -> int:
+        return math.frexp(self.max_value)[1] - 1
+
+    @property
+    def smallest(self) -> float:
+        return 2.0 ** (self.min_exponent - self.mantissa_bits)
+
+    def round(self, x: torch.Tensor) -> torch.Tensor:
+        """x (float32) to the nearest value, ties to even, beyond ±max_value to ±max_value. Exact steps only:
+        frexp reads the exponent, the quantum is a power of two (multiplying and dividing by it is exact)."""
+        magnitude = x.abs()
+        _, exponent = torch.frexp(magnitude)
+        binade = torch.clamp(exponent - 1, min=self.min_exponent)
+        quantum = power_of_two(binade - self.mantissa_bits)
+        rounded = torch.round(magnitude / quantum) * quantum
+        return torch.copysign(torch.clamp(rounded, max=self.max_value), x)
 
 
-def quantize_tensor(
-    weight: torch.Tensor, bits: int, group_size: int = PER_CHANNEL, symmetric: bool = True
-) -> torch.Tensor:
-    """Round-to-nearest on the grid; returns de-quantized weights in weight's dtype and shape (exact in it)."""
-    check_group_size(group_size)
-    if group_size == PER_TENSOR:
-        return _round_rows(weight.reshape(1, -1), bits, symmetric).reshape(weight.shape).to(weight.dtype)
-    rows, columns = weight.shape
-    group = columns if group_size == PER_CHANNEL else min(group_size, columns)
-    full = columns - columns % group
-    parts = [_round_rows(weight[:, :full].reshape(-1, group), bits, symmetric).reshape(rows, full)]
-    if full < columns:
-        parts.append(_round_rows(weight[:, full:], bits, symmetric))
-    return torch.cat(parts, dim=1).to(weight.dtype)
+E2M1 = FloatElements(bits=4, mantissa_bits=1, min_exponent=0, max_value=6.0)
+E4M3 = FloatElements(bits=8, mantissa_bits=3, min_exponent=-6, max_value=448.0)
+E5M2 = FloatElements(bits=8, mantissa_bits=2, min_exponent=-14, max_value=57344.0)
+
+
+def power_of_two(exponent: torch.Tensor) -> torch.Tensor:
+    """2^exponent as float32, built from its bit pattern (exact on every device; exponents −126..127)."""
+    return ((exponent.to(torch.int32) + 127) << 23).view(torch.float32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ptq_eval.quant.base import LayerReport, QuantConfig, QuantReport, WeightMatrix, register
-from ptq_eval.quant.grid import quantize_tensor
+from ptq_eval.quant.formats import quantize_tensor
 
 
 def relative_error(original: torch.Tensor, quantized: torch.Tensor) -> float:
@@ -21,7 +21,7 @@ def rtn_result(
 ) -> tuple[torch.Tensor, LayerReport]:
     """One matrix rounded to nearest (not written), and its report."""
     original = weight.read()
-    quantized = quantize_tensor(original, config.bits, config.group_size, config.symmetric)
+    quantized = quantize_tensor(original, config.bits, config.group_size, config.symmetric, config.format)
     return quantized, LayerReport(weight.name, weight.shape, relative_error(original, quantized), fallback=fallback)
 
 

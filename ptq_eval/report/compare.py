@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 
 from ptq_eval.errors import UserError
-from ptq_eval.quant import GPTQ_OPTIONS
+from ptq_eval.quant import METHOD_OPTIONS
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
 from ptq_eval.results import varying
 
-CONFIG = ["method", "granularity", "bits", "group_size", "symmetric", "eval", "metric"]
+CONFIG = ["method", "format", "granularity", "bits", "group_size", "symmetric", "eval", "metric"]
 
 
 def select_checkpoint(results: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -38,14 +38,16 @@ def compare_results(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     """One row per config both sides measured: each δ with its CI, the difference B − A, its CI and whether it
     is significant (the CI excludes zero). Checkpoints are matched by name unless each side has only one."""
     single = a.checkpoint.nunique() == 1 and b.checkpoint.nunique() == 1
-    options = [c for c in GPTQ_OPTIONS if c in a and c in b]  # GPTQ variants are never paired across
-    keys = [*CONFIG, *options] if single else ["checkpoint", *CONFIG, *options]
+    options = [c for c in METHOD_OPTIONS if c in a and c in b]  # a method's variants are never paired across
+    config = [c for c in CONFIG if c in a and c in b]  # a results CSV from before formats has no format
+    keys = [*config, *options] if single else ["checkpoint", *config, *options]
     columns = keys + ["delta", "delta_ci_low", "delta_ci_high"]
     a, b = (side.astype(dict.fromkeys(options, object)) for side in (a, b))  # an RTN-only side holds float NaN
     joined = a[columns].merge(b[columns], on=keys, suffixes=("_a", "_b"))
     if joined.empty:
         raise UserError(
-            f"the two sides share no (checkpoint, method, bits, group size, symmetry, {', '.join(GPTQ_OPTIONS)}, "
+            f"the two sides share no (checkpoint, method, format, bits, group size, symmetry, "
+            f"{', '.join(METHOD_OPTIONS)}, "
             "eval, metric); compare studies that measured the same configs, or pick one checkpoint on each side"
         )
 
@@ -64,7 +66,8 @@ def compare_results(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
         table[f"ci_high_{suffix}"] = joined[f"delta_ci_high_{suffix}"]
     table["difference"], table["diff_ci_low"], table["diff_ci_high"] = difference, low, high
     table["significant"] = (low > 0) | (high < 0)
-    return table.sort_values(["checkpoint", "eval", "metric", "method", "group_size", "bits"]).reset_index(drop=True)
+    order = [c for c in ("checkpoint", "eval", "metric", "method", "format", "group_size", "bits") if c in table]
+    return table.sort_values(order).reset_index(drop=True)
 
 
 def compare_document(table: pd.DataFrame, labels: tuple[str, str]) -> Document:
@@ -77,7 +80,7 @@ def compare_document(table: pd.DataFrame, labels: tuple[str, str]) -> Document:
     )
     redundant = (table.metric == "perplexity") & table["eval"].isin(table["eval"][table.metric == "loss"])
     plotted = table[~redundant]  # perplexity is exp(loss): its panel would repeat the loss panel
-    same = [c for c in ("symmetric", *GPTQ_OPTIONS) if c in table and c not in varying(table)]
+    same = [c for c in ("format", "symmetric", *METHOD_OPTIONS) if c in table and c not in varying(table)]
     shown = table.drop(columns=["granularity", *same])  # a config field is shown where it tells rows apart
     if (shown.checkpoint == "").all():
         shown = shown.drop(columns="checkpoint")

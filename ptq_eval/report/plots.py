@@ -13,15 +13,16 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure as MplFigure
 
 from ptq_eval.fit import LawFit
-from ptq_eval.quant import GPTQ_OPTIONS
+from ptq_eval.quant import INT, METHOD_OPTIONS
 from ptq_eval.report.document import Figure
 
-CONFIG = ["method", "group_size", "symmetric"]
+CONFIG = ["method", "format", "group_size", "symmetric"]
 DPI = 100
 
 
-def config_label(method: str, granularity: str, symmetric: bool = True) -> str:
-    return f"{method} {granularity}" + ("" if symmetric else " asym")
+def config_label(method: str, granularity: str, symmetric: bool = True, format: str = INT) -> str:
+    shown = granularity if format == INT else f"{format} {granularity}"
+    return f"{method} {shown}" + ("" if symmetric else " asym")
 
 
 def size_label(params: float) -> str:
@@ -44,13 +45,15 @@ def _bit_colors(bits) -> dict[int, tuple]:
 
 def quant_configs(loss: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(title, rows) per quant config, GPTQ options included where they differ (never pooled, as in the fits)."""
-    grids = loss.groupby(CONFIG, dropna=False)
-    options = [c for c in GPTQ_OPTIONS if c in loss and (grids[c].nunique(dropna=False) > 1).any()]
+    config = [c for c in CONFIG if c in loss]  # results from before formats have no format
+    grids = loss.groupby(config, dropna=False)
+    options = [c for c in METHOD_OPTIONS if c in loss and (grids[c].nunique(dropna=False) > 1).any()]
     configs = []
-    for _, rows in loss.groupby(CONFIG + options, sort=True, dropna=False):
+    for _, rows in loss.groupby(config + options, sort=True, dropna=False):
         first = rows.iloc[0]
         shown = "".join(f" {c}={first[c]}" for c in options if pd.notna(first[c]))
-        configs.append((config_label(first.method, first.granularity, bool(first.symmetric)) + shown, rows))
+        label = config_label(first.method, first.granularity, bool(first.symmetric), first.get("format", INT))
+        configs.append((label + shown, rows))
     return configs
 
 
@@ -65,8 +68,15 @@ def _censored(points: pd.DataFrame) -> pd.Series:
     return points.delta_ci_low <= 0
 
 
-def _draw_band(ax, fit: LawFit, params: float, ratios: pd.Series, bits: int, color, label: str | None = None) -> None:
-    """The fitted law at N = `params` and `bits` with its 95% band, over the span of the positive `ratios` (D/N)
+def precision(rows: pd.DataFrame, bits: int) -> float:
+    """The law's P for rows of one config at `bits`: their bits per weight (`quant/formats.py`), or the bits
+    where the results do not say (a results CSV from before formats)."""
+    own = rows[rows.bits == bits]
+    return float(own.bits_per_weight.iloc[0]) if "bits_per_weight" in own and len(own) else float(bits)
+
+
+def _draw_band(ax, fit: LawFit, params: float, ratios: pd.Series, bits: float, color, label: str | None = None) -> None:
+    """The fitted law at N = `params` and P = `bits` with its 95% band, over the span of the positive `ratios` (D/N)
     and a little; nothing when there is none (an untrained checkpoint has D/N = 0)."""
     ratios = ratios[ratios > 0]
     if ratios.empty:
@@ -101,7 +111,7 @@ def delta_vs_tokens_per_param(loss: pd.DataFrame, fits: list[LawFit], unit: str 
                                 color=color, mfc=color if significant else "white",
                                 label=f"{int(bits)}-bit" if significant else None)  # fmt: skip
                 if fit is not None:
-                    _draw_band(ax, fit, params, points.tokens_per_param, bits, color)
+                    _draw_band(ax, fit, params, points.tokens_per_param, precision(points, bits), color)
             ax.set(xscale="log", yscale="log", title=f"{title}, {size_label(params)}")
             if row == len(configs) - 1:
                 ax.set_xlabel("tokens per parameter D/N")
@@ -158,7 +168,7 @@ def headline_delta(title: str, rows: pd.DataFrame, fit: LawFit | None, bits: int
                             label=None if j else label)  # fmt: skip
                 drawn = True
         if fit is not None:  # the band carries the size's legend entry when none of its points could be drawn
-            _draw_band(ax, fit, params, points[own].tokens_per_param, bits, color,
+            _draw_band(ax, fit, params, points[own].tokens_per_param, precision(points, bits), color,
                        label=None if drawn else size_label(params))  # fmt: skip
     title = f"{bits}-bit {title}"
     ax.set(xscale="log", yscale="log", xlabel="tokens per parameter D/N", ylabel=f"δ {unit}", title=title)
@@ -208,7 +218,7 @@ def delta_by_phase(loss: pd.DataFrame, fits: list[LawFit], bits: int, unit: str 
                            facecolors=np.where(significant[:, None], colors, 1.0), label=schedule)  # fmt: skip
                 if fit is not None:
                     phase = points.decay_done.to_numpy()
-                    predicted = fit.predict(params, points.tokens.to_numpy(), bits, phase)
+                    predicted = fit.predict(params, points.tokens.to_numpy(), precision(points, bits), phase)
                     ax.plot(points.tokens_per_param, predicted, "--", color="black", lw=0.9)
             ax.set(xscale="log", yscale="log", title=f"{title}, {bits}-bit, {size_label(params)}")
             if row == len(configs) - 1:

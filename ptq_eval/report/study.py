@@ -30,9 +30,10 @@ from ptq_eval.fit import (
     nats_label,
     stack,
 )
-from ptq_eval.quant import GPTQ_OPTIONS, QuantConfig
+from ptq_eval.quant import INT, METHOD_OPTIONS, METHODS, granularity
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
+from ptq_eval.report.formats import formats_section
 from ptq_eval.results import coverage_label, study_results, summary_table
 from ptq_eval.spec import Study, expand_jobs
 from ptq_eval.store import Store
@@ -65,7 +66,7 @@ def _overview(study: Study, results: pd.DataFrame, jobs: int, finished: int, los
     if ratios.notna().any() and ratios.isna().any():
         span += f", D unknown for {int(ratios.isna().sum())}"
     sizes = ", ".join(plots.size_label(n) for n in sorted(results.nonembedding_params.unique()))
-    configs = results.drop_duplicates([*plots.CONFIG, "bits", *(c for c in GPTQ_OPTIONS if c in results)])
+    configs = results.drop_duplicates([c for c in (*plots.CONFIG, "bits", *METHOD_OPTIONS) if c in results])
     paragraphs = [
         f"{results.checkpoint.nunique()} checkpoints ({sizes} non-embedding parameters; {span}) "
         f"× {len(configs)} quantization configs × "
@@ -130,7 +131,9 @@ def _fits_sections(results: pd.DataFrame, losses: dict, skipped: list[str], opti
         ],
         [Table("Forecasts with 95% bootstrap intervals", stack(frames))] if frames else [],
     )
-    return [fits, *([phase] if phase else []), forecasts], kumar
+    loss_key, loss = next(iter(losses.items()))
+    formats = formats_section(loss, fitted.fits, nats_label(loss_key[1]))
+    return [fits, *([phase] if phase else []), *([formats] if formats else []), forecasts], kumar
 
 
 def _phase_section(fitted: StudyFit, losses: dict, options: ReportOptions) -> Section | None:
@@ -186,23 +189,29 @@ def phase_verdict(fitted: StudyFit) -> str:
     )
 
 
+def _calibrated(methods: pd.Series) -> pd.Series:
+    """Rows of methods that use calibration (their layer reports hold output errors on it)."""
+    return methods.map(lambda name: name in METHODS and METHODS[name].needs_calibration)
+
+
 def _layer_section(frame: pd.DataFrame, loss: pd.DataFrame, options: ReportOptions) -> Section | None:
-    gptq = frame[(frame.method == "gptq") & (frame.metric == "loss")]
+    gptq = frame[_calibrated(frame.method) & (frame.metric == "loss")]
     if gptq.empty:
         return None
     checkpoint = options.layers_checkpoint
     if checkpoint is None:
-        ordered = loss[loss.method == "gptq"].sort_values(["nonembedding_params", "tokens"], na_position="first")
+        ordered = loss[_calibrated(loss.method)].sort_values(["nonembedding_params", "tokens"], na_position="first")
         checkpoint = ordered.checkpoint.iloc[-1] if len(ordered) else gptq.checkpoint.iloc[0]
     chosen = gptq[gptq.checkpoint == checkpoint].drop_duplicates("job_key")
     if chosen.empty:
         known = ", ".join(sorted(gptq.checkpoint.unique()))
         raise UserError(f"no GPTQ results for checkpoint {checkpoint!r}; GPTQ was run on: {known}")
     layers = {}
-    varied = [c for c in GPTQ_OPTIONS if c in chosen and chosen[c].astype(str).nunique() > 1]  # named where they vary
+    varied = [c for c in METHOD_OPTIONS if c in chosen and chosen[c].astype(str).nunique() > 1]  # where they vary
     for row in chosen.sort_values(["bits", "group_size"]).itertuples():
-        granularity = QuantConfig(row.method, int(row.bits), int(row.group_size)).granularity
-        label = f"{int(row.bits)}-bit " + plots.config_label(row.method, granularity, bool(row.symmetric))
+        grid = granularity(int(row.group_size))
+        shown = plots.config_label(row.method, grid, bool(row.symmetric), getattr(row, "format", INT))
+        label = f"{int(row.bits)}-bit " + shown
         label += "".join(f" {c}={getattr(row, c)}" for c in varied)
         layers[label] = json.loads(row.provenance).get("quant_report", {}).get("layers", [])
     return Section("GPTQ per-layer error", figures=[plots.layer_errors(layers, checkpoint)])

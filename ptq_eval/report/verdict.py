@@ -12,7 +12,7 @@ import pandas as pd
 import ptq_eval
 from ptq_eval.gate.checks import Check, Verdict
 from ptq_eval.gate.policy import UNCERTAINTY
-from ptq_eval.quant import QuantConfig
+from ptq_eval.quant import INT, granularity
 from ptq_eval.report.document import cell
 from ptq_eval.results import markdown_table
 
@@ -33,8 +33,9 @@ def verdict_markdown(verdict: Verdict) -> str:
     table = pd.DataFrame(
         {
             "method": [c.method for c in checks],
+            "format": [c.format for c in checks],
             "bits": [c.bits for c in checks],
-            "granularity": [QuantConfig(c.method, c.bits, c.group_size, c.symmetric).granularity for c in checks],
+            "granularity": [granularity(c.group_size) for c in checks],
             "eval": [c.eval for c in checks],
             "metric": [c.metric for c in checks],
             "budget": [f"{c.quantity} ≤ {c.budget:g}" for c in checks],
@@ -43,6 +44,8 @@ def verdict_markdown(verdict: Verdict) -> str:
             "reason": [c.reason for c in checks],
         }
     )
+    if (table.format == INT).all():
+        table = table.drop(columns="format")  # shown where a release is gated in another format
     counts = ", ".join(f"{n} {decision}" for decision, n in verdict.counts().items())
     heading = f"## Release gate: {MARKS[verdict.decision]} {verdict.decision.upper()} — `{verdict.checkpoint}`\n\n"
     rule = f"Policy `{verdict.policy}`, uncertainty rule `{verdict.uncertainty}`: {UNCERTAINTY[verdict.uncertainty]}."

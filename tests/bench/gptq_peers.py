@@ -214,7 +214,10 @@ def main() -> None:
             fp = loss_metrics(window_losses(AutoModelForCausalLM.from_pretrained(checkpoint).eval(), windows))
             for sequential, bits, group in itertools.product(peer.sequential, (3, 4), (-1, 32)):
                 config = QuantConfig(
-                    "gptq", bits, group, act_order=True, static_groups=peer.static_groups, sequential=sequential
+                    method="gptq",
+                    bits=bits,
+                    group_size=group,
+                    options={"act_order": True, "static_groups": peer.static_groups, "sequential": sequential},
                 )
                 cells, models = [], []
                 for run in (ours, peer.quantize):

@@ -55,7 +55,13 @@ def main(reference_dir: str) -> None:
             for act_order, static in ((False, False), (True, False), (True, True)):
                 if static and group < 0:
                     continue
-                config = QuantConfig("gptq", bits, group, True, act_order, static)
+                config = QuantConfig(
+                    method="gptq",
+                    bits=bits,
+                    group_size=group,
+                    symmetric=True,
+                    options={"act_order": act_order, "static_groups": static},
+                )
                 ours = gptq_weight(weight, hessian.matrix, config).weight
                 theirs = reference_weight(reference, quantizer_module, weight, inputs, config)
                 err = [

@@ -20,8 +20,12 @@ import torch
 
 from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantizable_weights, quantize
 
-SWEEP = [QuantConfig("gptq", bits, group, act_order=True, sequential="none") for bits in (3, 4, 5, 6, 8)
-         for group in (-1, 128)]  # fmt: skip
+SHARED = {"act_order": True, "sequential": "none"}
+SWEEP = [
+    QuantConfig(method="gptq", bits=bits, group_size=group, options=SHARED)
+    for bits in (3, 4, 5, 6, 8)
+    for group in (-1, 128)
+]
 
 
 def _run(model, pristine, config, calibration, cache, share_with) -> tuple[float, dict[str, torch.Tensor]]:

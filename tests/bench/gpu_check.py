@@ -46,9 +46,17 @@ CUDA = torch.cuda.is_available()
 STORIES = Path("models/stories260K-hf")
 EVAL_TEXT = Path("text/tinystories/tinystories_val_sample.txt")
 CALIBRATION_TEXT = Path("text/gutenberg/war_and_peace.txt")
-RTN_CONFIGS = [QuantConfig("rtn", 3, 32), QuantConfig("rtn", 3, -1), QuantConfig("rtn", 4, -1),
-               QuantConfig("rtn", 8, 32), QuantConfig("rtn", 4, 128, symmetric=False)]  # fmt: skip
-GPTQ_CONFIGS = [QuantConfig("gptq", 4, 32, act_order=True), QuantConfig("gptq", 3, -1)]
+RTN_CONFIGS = [
+    QuantConfig(method="rtn", bits=3, group_size=32),
+    QuantConfig(method="rtn", bits=3, group_size=-1),
+    QuantConfig(method="rtn", bits=4, group_size=-1),
+    QuantConfig(method="rtn", bits=8, group_size=32),
+    QuantConfig(method="rtn", bits=4, group_size=128, symmetric=False),
+]
+GPTQ_CONFIGS = [
+    QuantConfig(method="gptq", bits=4, group_size=32, options={"act_order": True}),
+    QuantConfig(method="gptq", bits=3, group_size=-1),
+]
 
 
 def synchronize() -> None:
@@ -87,8 +95,12 @@ def cuda_tests() -> list[str]:
     if not CUDA:
         return ["Skipped: no CUDA on this machine."]
     tests = ["tests/test_device_parity.py", "tests/test_executors.py::test_cuda_studies_bf16_and_gptq_offloaded"]
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", *tests],
-                          capture_output=True, text=True, timeout=240)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", *tests],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR", "SKIPPED"))]
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
     return [f"`pytest {' '.join(tests)}`: **{summary}**", "", *[f"- {line}" for line in lines]]
@@ -143,12 +155,16 @@ def parity(models: dict[str, Callable], calibration_shape: tuple[int, int]) -> l
     other = "cuda" if CUDA else "cpu"
     lines = [] if CUDA else ["No CUDA on this machine: CPU against CPU, to keep this section running.", ""]
     samples, length = calibration_shape
-    lines += [f"Calibration: {samples} x {length} random token ids. 'moved a level': weights "
-             "half a grid step or more apart. For GPTQ, the last columns are the control: the CPU against the CPU "
-             "with every Hessian perturbed by 1e-6 relative noise (about what two BLAS libraries differ by), and "
-             "GPTQ's mean output error ‖WX − ŴX‖²/‖WX‖² on each device.", "",
-             "| model | config | dtype | weights | differ | largest difference | moved a level | ‖ΔW‖/‖W‖ | "
-             f"control: moved a level | output error CPU / {other} |", "|---" * 10 + "|"]  # fmt: skip
+    lines += [
+        f"Calibration: {samples} x {length} random token ids. 'moved a level': weights "
+        "half a grid step or more apart. For GPTQ, the last columns are the control: the CPU against the CPU "
+        "with every Hessian perturbed by 1e-6 relative noise (about what two BLAS libraries differ by), and "
+        "GPTQ's mean output error ‖WX − ŴX‖²/‖WX‖² on each device.",
+        "",
+        "| model | config | dtype | weights | differ | largest difference | moved a level | ‖ΔW‖/‖W‖ | "
+        f"control: moved a level | output error CPU / {other} |",
+        "|---" * 10 + "|",
+    ]
     for name, build in models.items():
         model = build()
         generator = torch.Generator().manual_seed(0)
@@ -166,9 +182,11 @@ def parity(models: dict[str, Callable], calibration_shape: tuple[int, int]) -> l
                 control = f"{_difference(on_cpu, perturbed, config, dtype)['moved']:.4%}"
                 errors = f"{cpu_error:.4g} / {cuda_error:.4g}"
             label = f"{config.method} {config.bits}-bit {config.granularity}" + ("" if config.symmetric else " asym")
-            lines.append(f"| {name} | {label} | {str(dtype)[6:]} | {found['total']:,} | {found['differ']:,} | "
-                         f"{found['largest']:.3g} | {found['moved']:.4%} | {found['norm']:.2e} | {control} | "
-                         f"{errors} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {label} | {str(dtype)[6:]} | {found['total']:,} | {found['differ']:,} | "
+                f"{found['largest']:.3g} | {found['moved']:.4%} | {found['norm']:.2e} | {control} | "
+                f"{errors} |"
+            )
     return lines
 
 
@@ -192,14 +210,33 @@ def stories_study(data: Path, tokens: int) -> list[str]:
     settings = [s for s in settings if CUDA or s[0] == "cpu"]
     deltas = {}
     for device, dtype in settings:
-        study = parse_study({
-            "name": f"gpu-check-{device}-{dtype}", "ladder": [str(data / STORIES)], "device": device, "dtype": dtype,
-            "quant": [{"method": "rtn", "bits": [3, 4, 8], "group_size": [32]},
-                      {"method": "gptq", "bits": [4], "group_size": [32], "act_order": True}],
-            "calibration": {"corpus": str(data / CALIBRATION_TEXT), "split": "train", "samples": 32, "seq_len": 256},
-            "evals": [{"kind": "perplexity", "corpus": str(data / EVAL_TEXT), "split": "validation",
-                       "tokens": tokens, "seq_len": 256}],
-        })  # fmt: skip
+        study = parse_study(
+            {
+                "name": f"gpu-check-{device}-{dtype}",
+                "ladder": [str(data / STORIES)],
+                "device": device,
+                "dtype": dtype,
+                "quant": [
+                    {"method": "rtn", "bits": [3, 4, 8], "group_size": [32]},
+                    {"method": "gptq", "bits": [4], "group_size": [32], "act_order": True},
+                ],
+                "calibration": {
+                    "corpus": str(data / CALIBRATION_TEXT),
+                    "split": "train",
+                    "samples": 32,
+                    "seq_len": 256,
+                },
+                "evals": [
+                    {
+                        "kind": "perplexity",
+                        "corpus": str(data / EVAL_TEXT),
+                        "split": "validation",
+                        "tokens": tokens,
+                        "seq_len": 256,
+                    }
+                ],
+            }
+        )
         with tempfile.TemporaryDirectory() as folder, Store(Path(folder) / "store.sqlite") as store:
             seconds, _ = timed(lambda study=study, store=store: run_study(study, store))
             results = study_results(study, store)
@@ -267,10 +304,14 @@ def eval_speed(data: Path, cases: list[tuple[str, torch.dtype]], words: int, bat
     tokenizer = gpt2_tokenizer(data / GPT2)
     text = (data / EVAL_TEXT).read_text(encoding="utf-8").split()
     texts = [" ".join(text[start : start + 1500]) for start in range(0, min(words, len(text)), 1500)]
-    lines = [f"Rolling log-likelihood of {len(texts)} TinyStories documents (GPT-2 BPE, windows of 2048, batch "
-             f"{batch_size}), random weights, {device}; tokens/s" + (" (peak GiB allocated)." if CUDA else "."), "",
-             "| model | dtype | tokens | ours | lm-eval HFLM | bare forward + CE | ours / lm-eval | ours / bare | "
-             "NLL ours vs lm-eval |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Rolling log-likelihood of {len(texts)} TinyStories documents (GPT-2 BPE, windows of 2048, batch "
+        f"{batch_size}), random weights, {device}; tokens/s" + (" (peak GiB allocated)." if CUDA else "."),
+        "",
+        "| model | dtype | tokens | ours | lm-eval HFLM | bare forward + CE | ours / lm-eval | ours / bare | "
+        "NLL ours vs lm-eval |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for size, dtype in cases:
         lines.append(_speed_row(size, dtype, tokenizer, texts, batch_size))
         if CUDA:
@@ -281,8 +322,10 @@ def eval_speed(data: Path, cases: list[tuple[str, torch.dtype]], words: int, bat
 def _speed_row(size: str, dtype: torch.dtype, tokenizer, texts: list[str], batch_size: int) -> str:
     model = pythia_shaped(size, "cuda" if CUDA else "cpu").to(dtype)
     windows = rolling_windows(tokenizer, texts, 2048)
-    scorers = {"ours": lambda: float(window_losses(model, windows, batch_size).sums.sum()),
-               "bare": lambda: _bare_forward(model, windows, batch_size)}  # fmt: skip
+    scorers = {
+        "ours": lambda: float(window_losses(model, windows, batch_size).sums.sum()),
+        "bare": lambda: _bare_forward(model, windows, batch_size),
+    }
     lm_eval = _lm_eval_rolling(model, tokenizer, texts, batch_size)
     if not isinstance(lm_eval, str):
         scorers["lm-eval"] = lm_eval
@@ -301,8 +344,10 @@ def _speed_row(size: str, dtype: torch.dtype, tokenizer, texts: list[str], batch
         agree = f"{abs(ours[2] - measured['lm-eval'][2]) / abs(measured['lm-eval'][2]):.1e} relative"
     else:
         ratio, agree = "", lm_eval
-    return (f"| {size} | {str(dtype)[6:]} | {windows.predictions:,} | {cell['ours']} | {cell.get('lm-eval', 'n/a')} "
-            f"| {cell['bare']} | {ratio} | {ours[0] / bare[0]:.2f}x | {agree} |")  # fmt: skip
+    return (
+        f"| {size} | {str(dtype)[6:]} | {windows.predictions:,} | {cell['ours']} | {cell.get('lm-eval', 'n/a')} "
+        f"| {cell['bare']} | {ratio} | {ours[0] / bare[0]:.2f}x | {agree} |"
+    )
 
 
 def task_speed(data: Path, cases: list[tuple[str, torch.dtype]], items: int, batch_size: int) -> list[str]:
@@ -311,11 +356,14 @@ def task_speed(data: Path, cases: list[tuple[str, torch.dtype]], items: int, bat
 
     device = "cuda" if CUDA else "cpu"
     tokenizer = gpt2_tokenizer(data / GPT2)
-    lines = [f"The first {items} items of each task (GPT-2 BPE, batch {batch_size}), random weights, {device}; "
-             "lm-eval's `loglikelihood` on the same requests through each backend; items/s"
-             + (" (peak GiB allocated)." if CUDA else "."), "",
-             "| model | dtype | task | items | lm-eval HFLM | ours | ours / HFLM | max \\|Δ log-likelihood\\| |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"The first {items} items of each task (GPT-2 BPE, batch {batch_size}), random weights, {device}; "
+        "lm-eval's `loglikelihood` on the same requests through each backend; items/s"
+        + (" (peak GiB allocated)." if CUDA else "."),
+        "",
+        "| model | dtype | task | items | lm-eval HFLM | ours | ours / HFLM | max \\|Δ log-likelihood\\| |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for size, dtype in cases:
         model = pythia_shaped(size, device).to(dtype)
         for task in CHOICE_PROMPTS:
@@ -326,8 +374,10 @@ def task_speed(data: Path, cases: list[tuple[str, torch.dtype]], items: int, bat
             rate = {backend: count / run["seconds"] for backend, run in runs.items()}
             cell = {b: f"{rate[b]:,.1f}" + (f" ({runs[b]['peak_gib']:.1f})" if CUDA else "") for b in runs}
             largest = max(abs(a - b) for a, b in zip(runs["ptq_eval"]["answers"], runs["hflm"]["answers"], strict=True))
-            lines.append(f"| {size} | {str(dtype)[6:]} | {task} | {count} | {cell['hflm']} | {cell['ptq_eval']} "
-                         f"| {rate['ptq_eval'] / rate['hflm']:.2f}x | {largest:.1e} |")  # fmt: skip
+            lines.append(
+                f"| {size} | {str(dtype)[6:]} | {task} | {count} | {cell['hflm']} | {cell['ptq_eval']} "
+                f"| {rate['ptq_eval'] / rate['hflm']:.2f}x | {largest:.1e} |"
+            )
         del model
         if CUDA:
             torch.cuda.empty_cache()
@@ -339,10 +389,13 @@ def gptq_seconds(cases: list[tuple[str, torch.dtype]], samples: int, length: int
     from gptq_shared import HEADER, measure, row
 
     device = "cuda" if CUDA else "cpu"
-    lines = [f"{samples} x {length} calibration tokens, random weights, {device}; Hessians and the solve in float32. "
-             "Configs: 3/4/5/6/8 bits x per channel / groups of 128, act-order, sequential: none; 'one config' is "
-             "the first (3-bit per channel), its weights compared bit for bit with its share of the joint solve.", "",
-             *HEADER]  # fmt: skip
+    lines = [
+        f"{samples} x {length} calibration tokens, random weights, {device}; Hessians and the solve in float32. "
+        "Configs: 3/4/5/6/8 bits x per channel / groups of 128, act-order, sequential: none; 'one config' is "
+        "the first (3-bit per channel), its weights compared bit for bit with its share of the joint solve.",
+        "",
+        *HEADER,
+    ]
     for size, dtype in cases:
         model = pythia_shaped(size, device).to(dtype)
         lines.append(row(f"Pythia-{size} shape", dtype, measure(model, samples, length, alone=1)))
@@ -376,18 +429,48 @@ def main() -> None:
     sections: list[tuple[str, Callable[[], list[str]]]] = [
         ("CUDA tests", cuda_tests),
         ("RTN and GPTQ weights, CPU vs CUDA", lambda: parity(models, (4, 32) if quick else (32, 256))),
-        ("stories260K study on each device and dtype (loss δ, paired 95% CI)",
-         lambda: stories_study(args.data, 4096 if quick else 65536) if have_data else [f"Skipped: no {STORIES}."]),
-        ("Evaluation speed", lambda: speed_or_skip(lambda: eval_speed(
-            args.data, [("tiny", torch.float32)] if quick else [("410m", torch.float32), ("1.4b", torch.bfloat16)],
-            3000 if quick else 150_000, 4 if quick else 16), quick, (args.data / GPT2).is_dir())),
-        ("lm-eval multiple-choice speed", lambda: speed_or_skip(lambda: task_speed(
-            args.data, [("tiny", torch.float32)] if quick else [("410m", torch.float32), ("1.4b", torch.bfloat16)],
-            8 if quick else 1000, 4 if quick else 16), quick, (args.data / GPT2).is_dir() and have_eval)),
-        ("GPTQ time per size", lambda: speed_or_skip(lambda: gptq_seconds(
-            [("tiny", torch.float32)] if quick else [("160m", torch.float32), ("410m", torch.float32)],
-            4 if quick else 32, 64 if quick else 2048), quick)),
-    ]  # fmt: skip
+        (
+            "stories260K study on each device and dtype (loss δ, paired 95% CI)",
+            lambda: stories_study(args.data, 4096 if quick else 65536) if have_data else [f"Skipped: no {STORIES}."],
+        ),
+        (
+            "Evaluation speed",
+            lambda: speed_or_skip(
+                lambda: eval_speed(
+                    args.data,
+                    [("tiny", torch.float32)] if quick else [("410m", torch.float32), ("1.4b", torch.bfloat16)],
+                    3000 if quick else 150_000,
+                    4 if quick else 16,
+                ),
+                quick,
+                (args.data / GPT2).is_dir(),
+            ),
+        ),
+        (
+            "lm-eval multiple-choice speed",
+            lambda: speed_or_skip(
+                lambda: task_speed(
+                    args.data,
+                    [("tiny", torch.float32)] if quick else [("410m", torch.float32), ("1.4b", torch.bfloat16)],
+                    8 if quick else 1000,
+                    4 if quick else 16,
+                ),
+                quick,
+                (args.data / GPT2).is_dir() and have_eval,
+            ),
+        ),
+        (
+            "GPTQ time per size",
+            lambda: speed_or_skip(
+                lambda: gptq_seconds(
+                    [("tiny", torch.float32)] if quick else [("160m", torch.float32), ("410m", torch.float32)],
+                    4 if quick else 32,
+                    64 if quick else 2048,
+                ),
+                quick,
+            ),
+        ),
+    ]
     document = environment()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.only:

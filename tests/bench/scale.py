@@ -101,14 +101,16 @@ def measure(path: Path, device: str, eval_tokens: int, eval_len: int, calibratio
     evaluator = PerplexityEvaluator(evaluation, windows, {})
     eval_s, _ = timed(lambda: evaluator.score(loaded.model))
     pristine = {name: tensor.detach().cpu().clone() for name, tensor in loaded.model.state_dict().items()}
-    rtn_s, _ = timed(lambda: quantize(loaded.model, QuantConfig("rtn", 4, 128)))
+    rtn_s, _ = timed(lambda: quantize(loaded.model, QuantConfig(method="rtn", bits=4, group_size=128)))
     gptq_s = {}
     for samples in calibration:
         loaded.model.load_state_dict(pristine)
         tokens = calibration_tokens(loaded.tokenizer, "stdlib-python", "train", samples, cal_len, 0)
         gptq_s[samples * cal_len], _ = timed(
             lambda tokens=tokens: quantize(
-                loaded.model, QuantConfig("gptq", 4, 128, act_order=True), calibration=tokens
+                loaded.model,
+                QuantConfig(method="gptq", bits=4, group_size=128, options={"act_order": True}),
+                calibration=tokens,
             )
         )
     peak = (
