@@ -3,7 +3,8 @@
 `ptq_eval.evaluate(...)` and `ptq_eval.load_results(...)` are the Python API (`api.py`); they are imported on
 first use, so the command line and the other modules do not pay for the runner's imports."""
 
-__version__ = "0.1.0"
+from ptq_eval.version import __version__
+
 __all__ = ["__version__", "evaluate", "load_results"]
 
 

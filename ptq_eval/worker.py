@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import transformers
 
-from ptq_eval import __version__
 from ptq_eval.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint, weights_stamp
 from ptq_eval.corpus import load_corpus, token_stream
 from ptq_eval.errors import UserError
@@ -27,6 +26,7 @@ from ptq_eval.quant import QuantConfig, QuantError, quantizable_weights, quantiz
 from ptq_eval.quant.calibration import calibration_tokens
 from ptq_eval.spec import CheckpointSpec, Job, LmEvalEval, PerplexityEval, Study
 from ptq_eval.store import MetricRow
+from ptq_eval.version import __version__
 
 CHECKPOINT_FAILURES = (CheckpointError, QuantError, torch.OutOfMemoryError)
 

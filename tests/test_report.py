@@ -11,9 +11,10 @@ import pytest
 from constructed import constructed_store
 
 from ptq_eval.cli import main
+from ptq_eval.evals.paired import difference_ci
 from ptq_eval.report import plots
 from ptq_eval.report.browser import chromium, render, shows_all
-from ptq_eval.report.compare import compare_results, difference_ci
+from ptq_eval.report.compare import compare_results
 from ptq_eval.report.document import Document, is_current, to_html, write
 from ptq_eval.report.study import ReportOptions, report_digest, study_report
 from ptq_eval.results import COLUMNS, EXTRA, study_results, summary_table

@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -34,8 +34,17 @@ from ptq_eval.errors import UserError
 from ptq_eval.evals.paired import Transform, UnitMetric
 from ptq_eval.evals.task_files import is_task_file
 
-if TYPE_CHECKING:
-    from ptq_eval.spec import LmEvalEval
+
+class LmEvalTask(Protocol):
+    """What scoring an lm-eval task needs of its eval spec (`spec.LmEvalEval` is one)."""
+
+    task: str
+    name: str
+    limit: int | None
+    num_fewshot: int | None
+    batch_size: int
+    data_dir: str | None
+    backend: str
 
 LM_EVAL_BOOTSTRAP = 1000  # lm-eval's own stderr resamples (its stderrs are recorded, ours are paired)
 LOCAL_HINT = (
@@ -102,14 +111,14 @@ def data_folder(data_dir: str | None) -> str | None:
     return str(Path(expanded).resolve())
 
 
-def _manager_for(evaluation: LmEvalEval):
+def _manager_for(evaluation: LmEvalTask):
     data_dir = data_folder(evaluation.data_dir)
     if is_task_file(evaluation.task):
         return _task_manager(str(Path(evaluation.task).resolve().parent), data_dir)
     return _task_manager(None, data_dir)
 
 
-def load_tasks(evaluation: LmEvalEval) -> LoadedTasks:
+def load_tasks(evaluation: LmEvalTask) -> LoadedTasks:
     """Build the eval's lm-eval task(s); clear errors for unknown names and unreachable data."""
     task = evaluation.task
     spec = str(Path(task).resolve()) if is_task_file(task) else task
@@ -243,7 +252,7 @@ def lm_backend(name: str) -> type:
     return {"ptq_eval": PackedLM, "hflm": HFLM}[name]
 
 
-def evaluate_task(model, tokenizer, loaded: LoadedTasks, evaluation: LmEvalEval, seed: int = 0) -> TaskScores:
+def evaluate_task(model, tokenizer, loaded: LoadedTasks, evaluation: LmEvalTask, seed: int = 0) -> TaskScores:
     """Run the eval's tasks on `model` as it is in memory; per-document results for pairing."""
     from lm_eval import simple_evaluate
 

@@ -100,3 +100,14 @@ def paired_metrics(
         low, high = np.percentile(_bootstrap_deltas(f, q, resamples, seed), [tail, 100 - tail])
         paired.append(PairedMetric(f.name, f.value, q.value, q.value - f.value, float(low), float(high), q.n))
     return paired
+
+
+def difference_ci(a, b) -> tuple:
+    """δ_b − δ_a and its 95% interval from the two intervals (Newcombe's MOVER: each side's lower and upper
+    half-widths combined in quadrature); a and b hold delta, delta_ci_low and delta_ci_high (table rows or
+    columns). It treats the two δs as independent, which is conservative when they share evaluation tokens
+    (their errors then correlate positively)."""
+    difference = b.delta - a.delta
+    low = difference - np.hypot(b.delta - b.delta_ci_low, a.delta_ci_high - a.delta)
+    high = difference + np.hypot(b.delta_ci_high - b.delta, a.delta - a.delta_ci_low)
+    return difference, low, high

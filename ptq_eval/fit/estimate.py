@@ -45,9 +45,9 @@ import pandas as pd
 import scipy
 from scipy import optimize, special
 
-import ptq_eval
 from ptq_eval.fit.data import ANY, FitError, FitKey
 from ptq_eval.fit.laws import Law, Points, per_bit_law, query
+from ptq_eval.version import __version__
 
 CENSORING = ("censor", "exclude")
 # The code an estimate depends on beyond its points and options: a change to either file invalidates every
@@ -343,7 +343,7 @@ def fit_points(law: Law, points: Points, excluded: pd.DataFrame, key: FitKey = A
               "r2": float(1 - (residual**2).sum() / spread) if spread > 0 else float("nan"),
               "loco_rmse_log": _number(record["loco_rmse_log"]),
               "largest_d_rmse_log": _number(record["largest_d_rmse_log"]), "resamples_refit": refit}  # fmt: skip
-    provenance = {"ptq_eval": ptq_eval.__version__, "scipy": scipy.__version__, "points": len(points),
+    provenance = {"ptq_eval": __version__, "scipy": scipy.__version__, "points": len(points),
                   "resamples": options.resamples, "resamples_ok": refit,
                   "seed": options.seed, "huber_delta": options.huber, "censoring": options.censoring,
                   "key": key.record()}  # fmt: skip

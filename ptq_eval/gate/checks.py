@@ -7,7 +7,7 @@ rule. Each budget makes one check per release config (and per eval in its scope)
 - `absolute`: δ, the paired degradation (metric units, e.g. nats/token for loss);
 - `relative`: 100·δ/fp, δ as a percentage of the full-precision value;
 - `baseline`: δ − δ(baseline checkpoint) for the same config and eval ("no worse than X by more than max"),
-  its CI the two CIs' half-widths combined in quadrature (`report.compare.difference_ci`): that treats the
+  its CI the two CIs' half-widths combined in quadrature (`evals.paired.difference_ci`): that treats the
   two δs as independent, which is conservative as they share the evaluation tokens;
 - `forecast`: δ of the loss at a planned D/N (N defaults to the checkpoint's), forecast by a scaling law
   fitted to a study's stored results or to a results CSV, with its bootstrap CI.
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ptq_eval.evals.paired import difference_ci
 from ptq_eval.fit import Estimate, FitError, FitKey, FitOptions, LawFit, fit_delta, predict_delta
 from ptq_eval.gate.policy import Budget, Policy, reference, release_configs
 from ptq_eval.quant import INT, QuantConfig
-from ptq_eval.report.compare import difference_ci
 from ptq_eval.results import study_results
 from ptq_eval.spec import StudyError, load_study
 from ptq_eval.store import Store, json_ready

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 import transformers
 
-from ptq_eval import __version__
 from ptq_eval.checkpoints import METADATA_FILE, count_params
 from ptq_eval.corpus import load_corpus, token_stream
 from ptq_eval.errors import UserError
@@ -22,6 +21,7 @@ from ptq_eval.ladder.architectures import build_model
 from ptq_eval.ladder.config import Cosine, LadderConfig, ModelSize
 from ptq_eval.ladder.schedules import Target, cosine_decay_done, cosine_lr, plan_targets, warmup_lr
 from ptq_eval.tokenizer import train_bpe
+from ptq_eval.version import __version__
 
 LADDER_FILE = "ladder.json"
 Progress = Callable[[str], None]

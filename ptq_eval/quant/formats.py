@@ -32,9 +32,6 @@ import torch
 
 from ptq_eval.errors import UserError
 from ptq_eval.quant.grid import (
-    E2M1,
-    E4M3,
-    E5M2,
     PER_CHANNEL,
     PER_TENSOR,
     FloatElements,
@@ -47,6 +44,9 @@ from ptq_eval.quant.grid import (
     power_of_two,
 )
 
+E2M1 = FloatElements(bits=4, mantissa_bits=1, min_exponent=0, max_value=6.0)  # OCP FP4
+E4M3 = FloatElements(bits=8, mantissa_bits=3, min_exponent=-6, max_value=448.0)  # OCP FP8, no infinities
+E5M2 = FloatElements(bits=8, mantissa_bits=2, min_exponent=-14, max_value=57344.0)  # OCP FP8
 GROUP_SCALE_BITS = 16  # a group's scale as int and the float formats with a chosen group store it
 E8M0_BITS = 8
 E8M0_RANGE = (-126, 127)  # E8M0 reaches 2^-127; float32's normal range stops at 2^-126 (a block that small is 0)

@@ -182,11 +182,6 @@ class FloatElements:
         return torch.copysign(torch.clamp(rounded, max=self.max_value), x)
 
 
-E2M1 = FloatElements(bits=4, mantissa_bits=1, min_exponent=0, max_value=6.0)
-E4M3 = FloatElements(bits=8, mantissa_bits=3, min_exponent=-6, max_value=448.0)
-E5M2 = FloatElements(bits=8, mantissa_bits=2, min_exponent=-14, max_value=57344.0)
-
-
 def power_of_two(exponent: torch.Tensor) -> torch.Tensor:
     """2^exponent as float32, built from its bit pattern (exact on every device; exponents −126..127)."""
     return ((exponent.to(torch.int32) + 127) << 23).view(torch.float32)

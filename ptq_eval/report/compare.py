@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from ptq_eval.errors import UserError
+from ptq_eval.evals.paired import difference_ci
 from ptq_eval.quant import METHOD_OPTIONS
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
@@ -22,16 +22,6 @@ def select_checkpoint(results: pd.DataFrame, name: str) -> pd.DataFrame:
         found = "no checkpoint" if not matches else f"{len(matches)} checkpoints ({', '.join(matches)})"
         raise UserError(f"checkpoint {name!r} matches {found}; give one of: {', '.join(names)}")
     return results[results.checkpoint == matches[0]]
-
-
-def difference_ci(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """δ_b − δ_a and its 95% interval from the two intervals (Newcombe's MOVER: each side's lower and upper
-    half-widths combined in quadrature). It treats the two δs as independent, which is conservative when
-    they share evaluation tokens (their errors then correlate positively)."""
-    difference = b.delta - a.delta
-    low = difference - np.hypot(b.delta - b.delta_ci_low, a.delta_ci_high - a.delta)
-    high = difference + np.hypot(b.delta_ci_high - b.delta, a.delta - a.delta_ci_low)
-    return difference, low, high
 
 
 def compare_results(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:

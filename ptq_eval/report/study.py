@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import scipy
 
-import ptq_eval
 from ptq_eval.errors import UserError
 from ptq_eval.fit import (
     FitError,
@@ -366,7 +365,7 @@ def report_digest(study: Study, store: Store, options: ReportOptions) -> str:
     """What a study's report is a function of: the study, every stored row of its jobs (with their provenance),
     the options, ptq-eval's code and the plotting library; an unchanged digest means an unchanged report."""
     digest = hashlib.sha256()
-    for source in sorted(Path(ptq_eval.__file__).parent.rglob("*.py")):
+    for source in sorted(Path(__file__).resolve().parents[1].rglob("*.py")):  # the package
         digest.update(source.read_bytes())
     keys = sorted(job.key for job in expand_jobs(study))  # the jobs a glob or family expands to, done or not
     versions = {module.__name__: module.__version__ for module in (matplotlib, np, pd, scipy)}

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
-import ptq_eval
 from ptq_eval.gate.checks import Check, Verdict
 from ptq_eval.gate.policy import UNCERTAINTY
 from ptq_eval.quant import INT, granularity
 from ptq_eval.report.document import cell
 from ptq_eval.results import markdown_table
+from ptq_eval.version import __version__
 
 MARKS = {"pass": "✅", "fail": "❌", "undecided": "❔"}
 
@@ -57,7 +57,7 @@ def publish_verdict(verdict: Verdict, out: Path, summaries: list[str | None], re
     file (and to $GITHUB_STEP_SUMMARY when set); returns the Markdown."""
     markdown = verdict_markdown(verdict)
     out.parent.mkdir(parents=True, exist_ok=True)
-    data = verdict.as_dict() | record | {"ptq_eval": ptq_eval.__version__}
+    data = verdict.as_dict() | record | {"ptq_eval": __version__}
     out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     for summary in dict.fromkeys(filter(None, [*summaries, os.environ.get("GITHUB_STEP_SUMMARY")])):
         with open(summary, "a", encoding="utf-8") as handle:

@@ -30,8 +30,7 @@ from torchao.prototype.mx_formats.kernels import f4_unpacked_to_f32, f32_to_f4_u
 from torchao.prototype.mx_formats.mx_tensor import to_dtype, to_mx
 from torchao.prototype.mx_formats.nvfp4_tensor import NVFP4Tensor, per_tensor_amax_to_scale
 
-from ptq_eval.quant.formats import quantize_tensor
-from ptq_eval.quant.grid import E2M1, E4M3, E5M2
+from ptq_eval.quant.formats import E2M1, E4M3, E5M2, quantize_tensor
 
 ROWS, COLUMNS = 512, 2048
 
