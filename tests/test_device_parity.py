@@ -28,6 +28,14 @@ RTN_CONFIGS = [
     QuantConfig(method="rtn", bits=8, group_size=32),
     QuantConfig(method="rtn", bits=4, group_size=16, symmetric=False),
 ]
+FORMAT_CONFIGS = [
+    QuantConfig(method="rtn", format="fp8_e4m3", bits=8),
+    QuantConfig(method="rtn", format="fp8_e5m2", bits=8, group_size=0),
+    QuantConfig(method="rtn", format="fp4_e2m1", bits=4, group_size=32),
+    QuantConfig(method="rtn", format="mxfp4", bits=4, group_size=32),
+    QuantConfig(method="rtn", format="nvfp4", bits=4, group_size=16),
+    QuantConfig(method="rtn", format="mxint8", bits=8, group_size=32),
+]
 GPTQ_CONFIGS = [
     QuantConfig(method="gptq", bits=4, group_size=16, options={"act_order": True}),
     QuantConfig(method="gptq", bits=3, group_size=-1),
@@ -107,6 +115,25 @@ def test_rtn_of_a_model_and_of_its_copy_is_bit_identical(config, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("config", RTN_CONFIGS, ids=str)
 def test_rtn_on_cuda_is_bit_identical_to_the_cpu(config, dtype):
+    model = llama()
+    on_cpu, _ = quantized(model, config, dtype=dtype)
+    on_cuda, _ = quantized(model, config, home="cuda", dtype=dtype)
+    assert_identical(on_cuda, on_cpu)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("config", FORMAT_CONFIGS, ids=lambda c: c.format)
+def test_every_format_rounds_a_model_and_its_copy_bit_identically(config, dtype):
+    model = llama()
+    first, _ = quantized(model, config, dtype=dtype)
+    second, _ = quantized(copy.deepcopy(model), config, dtype=dtype)
+    assert_identical(second, first)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("config", FORMAT_CONFIGS, ids=lambda c: c.format)
+def test_every_format_rounds_on_cuda_bit_identically_to_the_cpu(config, dtype):
     model = llama()
     on_cpu, _ = quantized(model, config, dtype=dtype)
     on_cuda, _ = quantized(model, config, home="cuda", dtype=dtype)
