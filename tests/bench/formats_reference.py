@@ -109,6 +109,16 @@ de-quantized by `ptq_eval.quant.formats` and by the reference; every value compa
 `tests/bench/formats_reference.py` (`make bench-formats`).
 
 {table}
+
+Where NVFP4 differs, the value divided by its scale lies exactly on an e2m1 tie (±2.5 in both random
+matrices, checked by hand): ours divides once by the scale the value is stored with (s_block · s_tensor) and
+rounds the tie to even (to 2); torchao multiplies by a reciprocal, x · ((1 / s_tensor) / s_block), whose
+extra roundings give 2.5000002, which rounds to 3. Neither NVIDIA's
+description of the format nor torchao fixes this order; ours is the rule every format here follows. Block
+scales below e4m3's smallest normal (2^-6) are raised to it, as torchao does; compressed-tensors keeps e4m3's
+subnormals and gives an all-zero block the scale 0.125, so it can differ on blocks ~30,000× smaller than the
+matrix's largest weight. MXINT8 has no reference here (torchao 0.18 lists it as future work); its rule (OCP MX
+v1.0: k/64 on 2^⌊log2 amax⌋, k saturating at −128..127) is held by `tests/test_formats.py`.
 """
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
