@@ -53,6 +53,7 @@ demo-shared-hessians: $(STAMP)
 # ladder: γ_D per format and which degrades least at D/N 320 -> reports/demo-formats/
 demo-formats: $(STAMP)
 	$(BIN)/ptq-eval run tasks/demo-formats.yaml --report-dir reports/demo-formats
+	$(BIN)/ptq-eval report tasks/demo-formats.yaml --out reports/demo-formats
 
 # The demo study on a local Ray instance (2 CPUs: one checkpoint group per CPU), into its own store
 demo-ray: $(STAMP)

@@ -49,7 +49,7 @@ def formats_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Sectio
         point = own[(own.nonembedding_params == largest.nonembedding_params.iloc[0]) & (own.tokens_per_param == ratio)]
         delta = point.iloc[0] if len(point) else None
         gamma, law = _gamma_d(fits, own[own.bits == first.bits], precision)
-        label = plots.config_label(first.method, first.granularity, bool(first.symmetric), first.format)
+        label = f"{first.method} {first.format} {first.granularity}" + ("" if first.symmetric else " asym")
         rows.append(
             {
                 "config": f"{int(first.bits)}-bit {label}",
