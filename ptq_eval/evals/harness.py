@@ -46,6 +46,7 @@ class LmEvalTask(Protocol):
     data_dir: str | None
     backend: str
 
+
 LM_EVAL_BOOTSTRAP = 1000  # lm-eval's own stderr resamples (its stderrs are recorded, ours are paired)
 LOCAL_HINT = (
     "provide the data locally: a task YAML with `dataset_path: json` and `dataset_kwargs: {data_files: ...}` "
