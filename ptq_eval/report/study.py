@@ -280,15 +280,21 @@ def _figure_sections(losses: dict, kumar: list) -> list[Section]:
 
 def _headline_config(loss: pd.DataFrame, kumar: list) -> tuple[str, pd.DataFrame, LawFit | None]:
     """One quant config's title (GPTQ options named where they vary, as in the figures), its rows with D > 0
-    and the fit of exactly those rows among `kumar`: RTN per channel when measured, else the first (symmetric
-    grids before asymmetric ones).
+    and the fit of exactly those rows among `kumar`: RTN per channel when measured (the integer grid before other
+    formats), else the first (symmetric grids before asymmetric ones).
     No rows when D is unknown or zero for every checkpoint."""
     known = loss[loss.tokens_per_param > 0]
     if known.empty:
         return "", known, None
     configs = plots.quant_configs(known)
-    preference = [(r.method.iloc[0] == "rtn" and r.granularity.iloc[0] == "channel", bool(r.symmetric.iloc[0]))
-                  for _, r in configs]  # fmt: skip
+    preference = [
+        (
+            r.method.iloc[0] == "rtn" and r.granularity.iloc[0] == "channel",
+            r.get("format", pd.Series([INT])).iloc[0] == INT,
+            bool(r.symmetric.iloc[0]),
+        )
+        for _, r in configs
+    ]
     title, rows = configs[preference.index(max(preference))]
     return title, rows, next((f for f in kumar if f.key.matches(rows).all()), None)
 
