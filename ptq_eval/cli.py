@@ -210,7 +210,8 @@ def cmd_fit(args) -> int:
     forecasts = stack(forecasts)
     for note in fitted.notes():
         print(f"note: {note}", file=sys.stderr)
-    tables = {"parameters": fitted.table(), "goodness": fitted.goodness(), "forecasts": forecasts}
+    tables = {"parameters": fitted.table(), "goodness": fitted.goodness(), "breaks": fitted.breaks(),
+              "forecasts": forecasts}  # fmt: skip
     if args.format == "json":
         tables["excluded"] = fitted.excluded()
         infinite = {float("inf"): "inf", float("-inf"): "-inf"}  # a forecast beyond its search range, not null
@@ -221,6 +222,9 @@ def cmd_fit(args) -> int:
     print(markdown_table(tables["parameters"].map(cell)))
     print("## Goodness of fit (RMSE of log δ, or of log L for the base law)\n")
     print(markdown_table(tables["goodness"].map(cell)), end="")
+    if not tables["breaks"].empty:
+        print("\n## Does δ bend? (broken laws beside the straight law of each key)\n")
+        print(markdown_table(tables["breaks"].map(cell)), end="")
     if not forecasts.empty:
         print(f"\n## Forecasts ({args.law} law)\n")
         print(markdown_table(forecasts.map(cell)), end="")

@@ -5,6 +5,8 @@
 - `per_bit`: δ = c_P · D^a_P / N^b_P, an independent fit per bit width P;
 - `phase`:   δ = Kumar's law · exp(β·(φ − 1)), φ the fraction of the learning-rate decay done (0..1);
 - `phase_only`: δ = C · exp(β·(φ − 1)) / N^γ_N · exp(−P/γ_post): the learning-rate phase in place of D;
+- `broken_d`, `broken_dn`: Kumar's law whose exponent of D bends from γ_1 to γ_2 around a break, in D or in
+             D/N (a smoothly broken power law; the P term only where the key has several P);
 - `base`:    L = E + A/N^α + B/D^β on each checkpoint's full-precision loss (Hoffmann et al. 2022).
 N is non-embedding parameters, D training tokens, P bits; δ is the paired loss difference in nats.
 
@@ -14,6 +16,13 @@ exponential keeps δ positive for any β and is linear in log space, so the same
 anchoring it at φ = 1 leaves C_T the constant of an annealed model (every WSD checkpoint, the end of a cosine
 run), and exp(−β) is how much smaller δ is before any decay. Comparing `phase_only` with `kumar` on held-out
 error says whether phase or tokens explains δ better; `phase` says whether phase adds to tokens.
+
+Why a law that bends: probing every checkpoint of a released ladder, the INT4 gap can improve with float32 loss,
+plateau, then explode once float32 loss converges ("When Flat Minima Fail", 2026). One power law in D fitted
+across such phases misfits them; the broken laws estimate where the slope changes (u_b = log of the break in D
+or D/N, with its bootstrap interval) and by how much (γ_2 − γ_1). In log space:
+y = c + γ_1·u − γ_N·log N [− P/γ_post] + (γ_2 − γ_1)·s·softplus((u − u_b)/s), u = log D or log(D/N),
+s = BEND_WIDTH: the bend spans about a factor e^(2s) in D either side of the break.
 """
 
 from __future__ import annotations
@@ -143,7 +152,9 @@ PHASE_ONLY = Law(
     "phase_only", ("C", "gamma_N", "gamma_post", "beta"), _phase_only, (LOG, EXPONENT, (0.05, 50.0), (-10.0, 10.0)),
     tuple(itertools.product([0.0], EXPONENTS, (0.5, 1.5, 4.0), (0.0, 1.0, 3.0))), needs_phase=True,
 )  # fmt: skip
-DELTA_LAWS = ("kumar", "rival", "per_bit", "phase", "phase_only")
+BROKEN_LAWS = ("broken_d", "broken_dn")
+DELTA_LAWS = ("kumar", "rival", "per_bit", "phase", "phase_only", *BROKEN_LAWS)
+BEND_WIDTH = 0.3  # s, in log units: the slope is 12%/88% of the way from γ_1 to γ_2 a factor e^(2s) ≈ 1.8 either side
 PHASE_LAWS = ("phase", "phase_only")
 
 
@@ -165,3 +176,38 @@ def per_bit_law(bits: Sequence[float]) -> Law:
     blocks = tuple(range(0, 3 * len(bits), 3))
     bounds = (LOG, EXPONENT, EXPONENT) * len(bits)
     return Law("per_bit", names, model, bounds, starts, blocks, blocks, needs_bits=False, per_bits=bits)
+
+
+def broken_law(name: str, with_bits: bool, break_range: tuple[float, float]) -> Law:
+    """A smoothly broken power law in D (`broken_d`) or D/N (`broken_dn`), its break u_b (log units) bounded to
+    `break_range` (inside the data, so both slopes are seen); the P term only `with_bits` (several P)."""
+    per_params = name == "broken_dn"
+
+    def model(theta, x):
+        c, g1, g2, g_n, u_b = theta[:5]
+        u = x.log_d - x.log_n if per_params else x.log_d
+        z = (u - u_b) / BEND_WIDTH
+        bend = BEND_WIDTH * np.logaddexp(0.0, z)
+        slope = 0.5 * (1.0 + np.tanh(z / 2))  # the logistic function, stable for any z
+        log_n = x.log_n
+        value = c + g1 * u - g_n * log_n + (g2 - g1) * bend
+        columns = [np.ones(len(x)), u - bend, bend, -log_n, -(g2 - g1) * slope]
+        if with_bits:
+            g_post = theta[5]
+            value = value - x.bits / g_post
+            columns.append(x.bits / g_post**2)
+        return value, np.column_stack(columns)
+
+    where = "D_over_N" if per_params else "D"
+    names = ("C", "gamma_1", "gamma_2", "gamma_N", f"break_{where}") + (("gamma_post",) if with_bits else ())
+    bounds = (LOG, EXPONENT, EXPONENT, EXPONENT, break_range) + (((0.05, 50.0),) if with_bits else ())
+    low, high = break_range
+    breaks = tuple(low + (high - low) * q for q in (0.25, 0.5, 0.75))
+    posts = (0.5, 1.5, 4.0) if with_bits else ((),)
+    starts = tuple(
+        (0.0, g1, g2, g_n, u_b, *post)
+        for g1, g2, g_n, u_b, post in itertools.product(
+            (0.25, 1.0), (0.25, 1.0, 2.5), EXPONENTS, breaks, [(p,) for p in posts] if with_bits else [()]
+        )
+    )
+    return Law(name, names, model, bounds, starts, logged=(0, 4), needs_bits=with_bits)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+from ptq_eval.fit.breaks import break_table
 from ptq_eval.fit.data import (
     ANY,
     CI_ZERO,
@@ -33,20 +34,69 @@ from ptq_eval.fit.estimate import (
     identify,
     intervals_withheld,
 )
-from ptq_eval.fit.laws import BASE, DELTA_LAWS, KUMAR, PHASE, PHASE_LAWS, PHASE_ONLY, RIVAL, per_bit_law
+from ptq_eval.fit.laws import (
+    BASE,
+    BROKEN_LAWS,
+    DELTA_LAWS,
+    KUMAR,
+    PHASE,
+    PHASE_LAWS,
+    PHASE_ONLY,
+    RIVAL,
+    broken_law,
+    per_bit_law,
+)
 
 NO_PHASE = "learning-rate phase (decay_done) unknown for this checkpoint"
 
 
+CONTROL_FACTOR = 2.0  # a negative control fails where the law says more than this × the CI's upper bound
+
+
+def _bounded(usable: pd.DataFrame, excluded: pd.DataFrame) -> pd.DataFrame:
+    """Points whose CI reaches zero (censored, or excluded for it) with a positive upper bound."""
+    bounded = pd.concat([usable[usable.censored], excluded[excluded.reason == CI_ZERO]])
+    return bounded[bounded.delta_ci_high > 0]
+
+
+def _predicted(fit: LawFit, rows: pd.DataFrame) -> np.ndarray:
+    phase = rows.decay_done.fillna(1.0) if "decay_done" in rows else 1.0
+    return fit.predict(rows.nonembedding_params, rows.tokens, precision(rows), phase)
+
+
 def _bound_violations(fit: LawFit, usable: pd.DataFrame, excluded: pd.DataFrame) -> int:
     """Points whose CI reaches zero (censored, or excluded for it) with the fitted δ above their CI's upper end."""
-    bounded = pd.concat([usable[usable.censored], excluded[excluded.reason == CI_ZERO]])
-    bounded = bounded[bounded.delta_ci_high > 0]
-    if bounded.empty:
-        return 0
-    phase = bounded.decay_done.fillna(1.0) if "decay_done" in bounded else 1.0
-    predicted = fit.predict(bounded.nonembedding_params, bounded.tokens, bounded.bits, phase)
-    return int(np.sum(predicted > bounded.delta_ci_high.to_numpy()))
+    bounded = _bounded(usable, excluded)
+    return int(np.sum(_predicted(fit, bounded) > bounded.delta_ci_high.to_numpy())) if len(bounded) else 0
+
+
+def _negative_controls(fit: LawFit, usable: pd.DataFrame, excluded: pd.DataFrame) -> dict:
+    """Negative controls: at the highest P the key measured, the points where no damage was measured (the CI
+    reaches zero, whether censored or excluded) and the law still says more than CONTROL_FACTOR × the CI's
+    upper bound."""
+    rows = pd.concat([usable, excluded])
+    found = precision(rows) if len(rows) else None
+    if found is None or found.isna().all():
+        return {"control_p": float("nan"), "control_points": 0, "control_flags": 0}
+    highest = float(found.max())
+    silent = rows[(found == highest) & (rows.delta_ci_low <= 0) & (rows.delta_ci_high > 0)]
+    flags = (
+        int(np.sum(_predicted(fit, silent) > CONTROL_FACTOR * silent.delta_ci_high.to_numpy())) if len(silent) else 0
+    )
+    return {"control_p": highest, "control_points": len(silent), "control_flags": flags}
+
+
+def _broken(law: str, usable: pd.DataFrame, key: FitKey):
+    """The broken law for these points: the break bounded inside the data (at least two distinct D, or D/N,
+    each side), the P term only where the key has several P."""
+    u = np.log(usable.tokens.astype(float))
+    if law == "broken_dn":
+        u = u - np.log(usable.nonembedding_params.astype(float))
+    distinct = np.unique(np.round(u.to_numpy(), 9))
+    if len(distinct) < 4:
+        axis = "D/N" if law == "broken_dn" else "D"
+        raise FitError(f"{law}: {key.label()} has {len(distinct)} distinct {axis}; a break needs at least 4")
+    return broken_law(law, precision(usable).nunique() > 1, (float(distinct[1]), float(distinct[-2])))
 
 
 def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions = DEFAULTS,
@@ -69,6 +119,8 @@ def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions 
         if not widths:
             raise FitError(f"per_bit: no bit width of {key.label()} can be fitted on its own")
         usable, excluded, chosen = usable[widths_of.isin(widths)], pd.concat(sparse), per_bit_law(widths)
+    elif law in BROKEN_LAWS:
+        chosen = _broken(law, usable, key)
     else:
         chosen = {"kumar": KUMAR, "rival": RIVAL, "phase": PHASE, "phase_only": PHASE_ONLY}[law]
     if chosen.needs_phase:
@@ -77,6 +129,7 @@ def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions 
         usable = usable[~unknown]
     fit = fit_points(chosen, delta_points(usable), excluded, key, options, results.checkpoint.unique(), cache)
     fit.scores["bound_violations"] = _bound_violations(fit, usable, excluded)
+    fit.scores |= _negative_controls(fit, usable, excluded)
     return fit
 
 
@@ -142,7 +195,21 @@ class StudyFit:
             if len(fit.excluded):
                 reasons = ", ".join(f"{n} with {reason}" for reason, n in fit.excluded.reason.value_counts().items())
                 notes.append(f"{label}: {len(fit.excluded)} points excluded: {reasons}")
-        return notes
+        return notes + self.controls()
+
+    def controls(self) -> list[str]:
+        """The fits whose negative control failed: at the highest P, damage predicted where none was measured."""
+        return [
+            f"{fit.law.name} {fit.key.label()}: negative control failed at P={fit.scores['control_p']:g}: at "
+            f"{fit.scores['control_flags']} of {fit.scores['control_points']} points whose δ CI reaches zero the "
+            f"law predicts more than {CONTROL_FACTOR:g}× the CI's upper bound (damage where none was measured)"
+            for fit in self.fits
+            if fit.scores.get("control_flags")
+        ]
+
+    def breaks(self) -> pd.DataFrame:
+        """Each broken-law fit's break, slopes and whether the data support it (`fit/breaks.py`)."""
+        return break_table(self.fits)
 
     def save(self, store, study: str) -> int:
         """Write every fit to a store (`Store.save_fit`), keyed by study, law, key and censoring; returns how many."""

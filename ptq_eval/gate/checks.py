@@ -27,13 +27,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
 from ptq_eval.evals.paired import difference_ci
 from ptq_eval.fit import Estimate, FitError, FitKey, FitOptions, LawFit, fit_delta, predict_delta
+from ptq_eval.fit.breaks import break_support
+from ptq_eval.fit.laws import BROKEN_LAWS
 from ptq_eval.gate.policy import Budget, Policy, reference, release_configs
 from ptq_eval.quant import INT, QuantConfig
 from ptq_eval.results import study_results
@@ -84,7 +86,21 @@ def _budget_fits(budget: Budget, keys: list[FitKey], default_store: Path, seed: 
                 fits[key] = fit_delta(results, budget.law, key, options, cache)
             except FitError as error:
                 fits[key] = str(error)
+                continue
+            if budget.law not in BROKEN_LAWS:
+                fits[key] = _past_a_break(results, fits[key], key, options, cache)
     return fits
+
+
+def _past_a_break(results: pd.DataFrame, fit: LawFit, key: FitKey, options: FitOptions, cache) -> LawFit:
+    """The broken-in-D/N law's fit where the data support its break, else `fit`: a forecast in D/N must not come
+    from the slope before a break (`fit/breaks.py`)."""
+    straight = "kumar" if fit.law.needs_bits else "per_bit"
+    try:
+        fits = [fit_delta(results, law, key, options, cache) for law in ("broken_dn", straight)]
+    except FitError:
+        return fit
+    return fits[0] if break_support(fits[0], fits).supported else fit
 
 
 def _scope(policy: Policy, budget: Budget) -> list[str]:
@@ -314,7 +330,11 @@ def _forecast_checks(
         for eval_name in _scope(policy, budget):
             fit = forecasts.get((index, fit_key(config, eval_name, budget.metric)))
             value = _forecast(budget, fit, params, config.bits_per_weight)
-            yield _check(budget, config, eval_name, candidate, quantity, value, policy.uncertainty)
+            check = _check(budget, config, eval_name, candidate, quantity, value, policy.uncertainty)
+            if isinstance(fit, LawFit) and fit.law.name != budget.law:  # a supported break took over
+                bend = f"from the {fit.law.name} law: δ bends at D/N {math.exp(fit.theta[4]):.3g}"
+                check = replace(check, reason=f"{check.reason} ({bend})")
+            yield check
 
 
 def _measured_checks(

@@ -45,7 +45,7 @@ class Budget(Strict):
     params: float | None = Field(default=None, gt=0)  # forecast: N (default: the gated checkpoint's)
     fit: str | None = None  # forecast: a study YAML (its stored results) or a results CSV
     store: str | None = None  # forecast: the fit study's store (default: the policy's)
-    law: Literal["kumar", "rival", "per_bit", "phase"] = "kumar"  # forecast (phase: an annealed checkpoint)
+    law: Literal["kumar", "rival", "per_bit", "phase", "broken_d", "broken_dn"] = "kumar"  # forecast (phase: annealed)
     resamples: int = Field(default=100, gt=0)  # forecast: bootstrap resamples over checkpoints
 
     @model_validator(mode="after")

@@ -29,6 +29,7 @@ from ptq_eval.fit import (
     nats_label,
     stack,
 )
+from ptq_eval.fit.study import CONTROL_FACTOR
 from ptq_eval.quant import INT, METHOD_OPTIONS, METHODS, granularity
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
@@ -107,11 +108,26 @@ def _fits_sections(results: pd.DataFrame, losses: dict, skipped: list[str], opti
         "leave-one-checkpoint-out and leave-largest-D-out RMSE of log δ."
     ]
     notes += [f"{law} not fitted: {message}" for law, message in fitted.failures.items()]
+    controls = fitted.controls()
+    notes += controls or [
+        f"Negative controls: no fit predicts more than {CONTROL_FACTOR:g}× the upper bound of a δ interval that "
+        "reaches zero at its highest P (damage where none was measured)."
+    ]
     notes += [f"{note}." for note in fitted.skipped if note not in skipped]  # the rest: in the overview
     tables = [Table("Parameters", fitted.table()), Table("Goodness of fit and held-out error", fitted.goodness())]
     if kumar:
         comparison = compare_censoring(results, fitted, fit_options, store)
         tables.append(Table("Kumar et al. parameters, censored vs excluded (value [95% CI])", comparison))
+    breaks = fitted.breaks()
+    if not breaks.empty:
+        notes.append(
+            "Does δ bend? Each key is also fitted with a smoothly broken power law in D and in D/N (its exponent of "
+            "D bends from γ_1 to γ_2 around a break whose location is estimated with its bootstrap interval). A "
+            "break is supported when the interval of γ_2 − γ_1 excludes zero and the broken law predicts held-out "
+            "checkpoints better than the straight law (Kumar et al.'s with several P, else the per-bit law); a "
+            "forecast in D/N then comes from the broken law (the gate's too), never from the slope before the break."
+        )
+        tables.append(Table("Does δ bend? Broken laws against the straight law", breaks))
     fits = Section("Scaling-law fits", notes, tables)
     frames = []
     for fit in kumar:
