@@ -359,3 +359,22 @@ def test_a_checkpoint_that_failed_in_the_run_is_never_decided_on_its_old_rows():
     gate = policy({"kind": "absolute", "max": 0.01})
     verdict = decide(gate, checkpoint, results(row(checkpoint, 0.0, 0.0, 0.0)), failed={checkpoint: "out of memory"})
     assert decisions(verdict) == ["undecided"] and "failed in this run: out of memory" in verdict.checks[0].reason
+
+
+def test_a_forecast_past_a_supported_break_comes_from_the_broken_law(tmp_path):
+    from ptq_eval.fit.laws import broken_law
+
+    law = broken_law("broken_dn", False, (float(np.log(10)), float(np.log(160))))
+    truth = {"C": 1.0, "gamma_1": 0.3, "gamma_2": 1.2, "gamma_N": 0.4, "break_D_over_N": 40.0}
+    ratios = (5, 10, 20, 40, 80, 160, 320)
+    simulated = simulate_results(law, truth, (2e4, 5e4, 1e5, 2e5), ratios, (4,), noise=0.03, measurement=0.002)
+    path = tmp_path / "bent.csv"
+    simulated.assign(method="rtn", eval=EVAL).reindex(columns=COLUMNS).to_csv(path, index=False)
+    budget = {"kind": "forecast", "law": "per_bit", "tokens_per_param": 640, "fit": str(path), "max": 100.0}
+    rules = policy(budget | {"resamples": 40})
+    check = decide(rules, "m", results(row("m", 0.001, 0, 0.002)), fit_forecasts(rules, tmp_path / "x.sqlite")).checks[
+        0
+    ]
+    expected = float(np.exp(law.model(law.theta(truth), query(1e5, 1e5 * 640, 4.0))[0][0]))
+    assert "from the broken_dn law: δ bends at D/N" in check.reason
+    assert check.value == pytest.approx(expected, rel=0.25)  # the slope after the break, not the one before

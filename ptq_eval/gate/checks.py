@@ -96,6 +96,7 @@ def _past_a_break(results: pd.DataFrame, fit: LawFit, key: FitKey, options: FitO
     """The broken-in-D/N law's fit where the data support its break, else `fit`: a forecast in D/N must not come
     from the slope before a break (`fit/breaks.py`)."""
     straight = "kumar" if fit.law.needs_bits else "per_bit"
+    options = replace(options, validate=True)  # the verdict compares held-out errors
     try:
         fits = [fit_delta(results, law, key, options, cache) for law in ("broken_dn", straight)]
     except FitError:
