@@ -149,6 +149,7 @@ bench-eval: $(STAMP)
 bench-fit: $(STAMP)
 	mkdir -p reports/bench
 	nice -n 10 $(BIN)/python tests/bench/fit_recovery.py --seeds 100 --resamples 200 | tee reports/bench/fit_recovery.md
+	nice -n 10 $(BIN)/python tests/bench/break_recovery.py --seeds 30 --resamples 100 | tee reports/bench/break_recovery.md
 
 # What a full ladder study costs: per-job times and peak memory of Pythia-shaped GPT-NeoX models (random weights;
 # 70m and 160m on CPU), extrapolated to a 6-size x 16-revision sweep over 1-8 workers -> reports/bench/scale.md.
