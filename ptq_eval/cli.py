@@ -295,12 +295,13 @@ def cmd_compare(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from ptq_eval.gate import decide, fit_forecasts, gate_study, load_policy
+    from ptq_eval.gate import check_budget_scopes, decide, fit_forecasts, gate_study, load_policy
     from ptq_eval.results import study_results
     from ptq_eval.store import Store
 
     _quiet_transformers()
     policy = load_policy(args.policy)
+    check_budget_scopes(policy)  # before any model work
     study = gate_study(policy, args.checkpoint)
     path = store_path(args.store or policy.store, study.name)
     if args.no_run and not path.is_file():

@@ -158,7 +158,15 @@ def test_baseline_budget_combines_the_two_half_widths_in_quadrature():
     assert decisions(decide(rules, "new", table[table.checkpoint == "new"])) == ["undecided"]
 
 
-def test_higher_is_better_metrics_count_a_drop_as_damage():
+def an_eval_that_produces(monkeypatch, *metrics: str) -> None:
+    """Let the policy's eval produce these metrics too (as an lm-eval task would), without loading a task."""
+    from ptq_eval.gate import checks
+
+    monkeypatch.setattr(checks, "_produced", lambda evaluation: ("loss", "perplexity", *metrics))
+
+
+def test_higher_is_better_metrics_count_a_drop_as_damage(monkeypatch):
+    an_eval_that_produces(monkeypatch, "task/acc")
     rules = policy({"kind": "absolute", "metric": "acc", "higher_is_better": True, "max": 0.02})
     dropped = decide(rules, "m", results(row("m", -0.05, -0.06, -0.04, metric="acc", fp=0.6)))
     improved = decide(rules, "m", results(row("m", 0.01, 0.0, 0.02, metric="acc", fp=0.6)))
@@ -378,3 +386,25 @@ def test_a_forecast_past_a_supported_break_comes_from_the_broken_law(tmp_path):
     expected = float(np.exp(law.model(law.theta(truth), query(1e5, 1e5 * 640, 4.0))[0][0]))
     assert "from the broken_dn law: δ bends at D/N" in check.reason
     assert check.value == pytest.approx(expected, rel=0.25)  # the slope after the break, not the one before
+
+
+def test_a_budget_applies_only_to_the_evals_that_produce_its_metric(monkeypatch):
+    with pytest.raises(
+        PolicyError,
+        match=r"budgets\[0\] \(relative, metric acc_norm\) applies to no eval: none "
+        r"produces acc_norm. The evals produce: ppl:stdlib-python:validation: loss, perplexity",
+    ):
+        decide(policy({"kind": "relative", "metric": "acc_norm", "higher_is_better": True, "max": 5}), "m", results())
+    data = {
+        "name": "release",
+        "quant": [{"method": "rtn", "bits": 4, "group_size": -1}],
+        "evals": [{"kind": "perplexity", "tokens": 4096, "seq_len": 32}, {"kind": "lm_eval", "task": "hellaswag"}],
+        "budgets": [{"kind": "absolute", "max": 0.01}],
+    }
+    from ptq_eval.gate import checks
+
+    produced = {"ppl:stdlib-python:validation": ("loss", "perplexity"), "hellaswag": ("hellaswag/acc_norm",)}
+    monkeypatch.setattr(checks, "_produced", lambda evaluation: produced[evaluation.name])
+    verdict = decide(parse_policy(data), "m", results(row("m", 0.005, 0.004, 0.006)))
+    assert [check.eval for check in verdict.checks] == ["ppl:stdlib-python:validation"]  # not hellaswag's
+    assert decisions(verdict) == ["pass"]

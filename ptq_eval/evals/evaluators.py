@@ -10,10 +10,32 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ptq_eval.evals.harness import LoadedTasks, evaluate_task, restore_scores
+from ptq_eval.evals.harness import PAIRABLE, LoadedTasks, evaluate_task, load_tasks, restore_scores
 from ptq_eval.evals.paired import UnitMetric
 from ptq_eval.evals.perplexity import WindowLosses, document_metrics, loss_metrics, window_losses
 from ptq_eval.evals.windows import Windows
+
+SPREAD_METRICS = ("loss", "perplexity")
+ROLLING_METRICS = (*SPREAD_METRICS, "word_perplexity", "byte_perplexity", "bits_per_byte")
+
+
+def eval_metrics(evaluation) -> list[str]:
+    """The metrics an eval produces, known before any model work: a perplexity eval's from its windows, an
+    lm-eval task's (`task/metric`) from its loaded task configs (the metrics that can be paired)."""
+    if evaluation.kind == "perplexity":
+        return list(ROLLING_METRICS if evaluation.windows == "rolling" else SPREAD_METRICS)
+    loaded = load_tasks(evaluation)
+    return [
+        f"{task}/{metric}"
+        for task in loaded.tasks
+        for metric, aggregation in loaded.aggregations(task).items()
+        if aggregation in PAIRABLE
+    ]
+
+
+def metric_matches(stored: str, wanted: str) -> bool:
+    """A stored metric (`task/metric,filter` for lm-eval) answers a metric named in full or by its metric alone."""
+    return stored == wanted or stored.split("/")[-1].split(",")[0] == wanted
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ weight was left in full precision without an exclude pattern naming it, or when 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -32,11 +33,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from ptq_eval.evals.evaluators import eval_metrics, metric_matches
 from ptq_eval.evals.paired import difference_ci
 from ptq_eval.fit import Estimate, FitError, FitKey, FitOptions, LawFit, fit_delta, predict_delta
 from ptq_eval.fit.breaks import break_support
 from ptq_eval.fit.laws import BROKEN_LAWS
-from ptq_eval.gate.policy import Budget, Policy, reference, release_configs
+from ptq_eval.gate.policy import Budget, Policy, PolicyError, reference, release_configs
 from ptq_eval.quant import INT, QuantConfig
 from ptq_eval.results import study_results
 from ptq_eval.spec import StudyError, load_study
@@ -104,9 +106,32 @@ def _past_a_break(results: pd.DataFrame, fit: LawFit, key: FitKey, options: FitO
     return fits[0] if break_support(fits[0], fits).supported else fit
 
 
+@functools.cache
+def _produced(evaluation) -> tuple[str, ...]:
+    """The metrics an eval produces (an lm-eval task's loaded once per process)."""
+    return tuple(eval_metrics(evaluation))
+
+
 def _scope(policy: Policy, budget: Budget) -> list[str]:
-    """The names of the policy's evals a budget applies to."""
-    return [e.name for e in policy.evals if budget.eval in (None, e.name)]
+    """The names of the policy's evals a budget applies to: those that produce its metric (narrowed by the
+    budget's `eval:`)."""
+    return [
+        e.name
+        for e in policy.evals
+        if budget.eval in (None, e.name) and any(metric_matches(m, budget.metric) for m in _produced(e))
+    ]
+
+
+def check_budget_scopes(policy: Policy) -> None:
+    """Refuse, before any work, a budget that applies to no eval: none produces its metric."""
+    for index, budget in enumerate(policy.budgets):
+        if not _scope(policy, budget):
+            produced = "; ".join(f"{e.name}: {', '.join(_produced(e))}" for e in policy.evals)
+            narrowed = f" (narrowed to eval {budget.eval})" if budget.eval else ""
+            raise PolicyError(
+                f"budgets[{index}] ({budget.kind}, metric {budget.metric}){narrowed} applies to no eval: none "
+                f"produces {budget.metric}. The evals produce: {produced}"
+            )
 
 
 def _forecast_keys(policy: Policy, budget: Budget) -> list[FitKey]:
@@ -223,7 +248,7 @@ def _measured(
         & (results.group_size == config.group_size)
         & (results.symmetric == config.symmetric)
         & (results["eval"] == eval_name)
-        & (results.metric == budget.metric)
+        & results.metric.map(lambda stored: metric_matches(stored, budget.metric)).astype(bool)
     ]
     if rows.empty:
         return f"no stored {budget.metric} result for {checkpoint}"
@@ -366,6 +391,7 @@ def decide(
     """The verdict on one checkpoint from results in the `results` columns, the forecast budgets' fits, and the
     checkpoints that failed in the run before it (checkpoint -> why: their measured checks are undecided)."""
     candidate = reference(checkpoint)
+    check_budget_scopes(policy)
     checks = [
         check
         for index, budget in enumerate(policy.budgets)
