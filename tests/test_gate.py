@@ -171,7 +171,9 @@ def test_higher_is_better_metrics_count_a_drop_as_damage(monkeypatch):
     dropped = decide(rules, "m", results(row("m", -0.05, -0.06, -0.04, metric="acc", fp=0.6)))
     improved = decide(rules, "m", results(row("m", 0.01, 0.0, 0.02, metric="acc", fp=0.6)))
     assert decisions(dropped) == ["fail"] and dropped.checks[0].ci_low == pytest.approx(0.04)
-    assert decisions(improved) == ["pass"]
+    assert dropped.checks[0].value == pytest.approx(0.05) and dropped.checks[0].quantity == "drop"  # positive: worse
+    assert decisions(improved) == ["pass"] and improved.checks[0].value == pytest.approx(-0.01)
+    assert "| drop ≤ 0.02 |" in verdict_markdown(dropped)
 
 
 def test_one_failure_fails_the_verdict_even_when_others_are_undecided():

@@ -307,9 +307,11 @@ def _quantity(budget: Budget, params: float | None) -> str:
     if budget.kind == "forecast":
         size = f", N={params:.4g}" if params else ""
         return f"δ at D/N={budget.tokens_per_param:g}{size} ({budget.law} fit on {budget.fit})"
+    # A higher-is-better metric's damage is its drop, fp − quant: named so, positive = worse, as δ is.
+    damage = "drop" if budget.higher_is_better else "δ"
     if budget.kind == "baseline":
-        return f"δ − δ({reference(budget.checkpoint)})"
-    return {"absolute": "δ", "relative": "δ/fp (%)"}[budget.kind]
+        return f"{damage} − {damage}({reference(budget.checkpoint)})"
+    return {"absolute": damage, "relative": f"{damage}/fp (%)"}[budget.kind]
 
 
 def _check(
