@@ -118,6 +118,13 @@ def varying(rows: pd.DataFrame, columns=VARYING) -> list[str]:
     return [c for c in columns if c in rows and values(c).nunique() > 1]
 
 
+def _ratio(value: float) -> str:
+    """D/N as a table shows it: 0.02 (not 0.0), 1,200, or unknown (D not known)."""
+    if value != value:
+        return "unknown"
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
+
+
 def summary_table(results: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
     """The compact view: one row per checkpoint × quant config, δ with its 95% CI, and a column for each config
     field that varies."""
@@ -126,8 +133,8 @@ def summary_table(results: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
         {
             "checkpoint": rows.checkpoint,
             "N": rows.nonembedding_params,
-            "D": rows.tokens,
-            "D/N": rows.tokens_per_param.map(lambda v: f"{v:,.0f}" if v >= 1000 else f"{v:.3g}"),  # 0.02, not 0.0
+            "D": rows.tokens.map(lambda v: "unknown" if v != v else f"{v:.0f}"),
+            "D/N": rows.tokens_per_param.map(_ratio),
             "method": rows.method,
             "bits": rows.bits.astype(int),
             "granularity": rows.granularity,

@@ -221,6 +221,7 @@ class PerplexityEval(Strict):
     documents: int | None = Field(default=None, gt=0)
     autocast: Literal["bfloat16"] | None = None
     bos: Literal["auto", "always", "never"] = "auto"
+    label: str | None = Field(default=None, min_length=1)  # how verdicts and tables name it; not in keys
 
     # Options added after the first studies: they enter job keys only when set off their
     # defaults, so every earlier study keeps its keys (and its stored results).
@@ -241,9 +242,18 @@ class PerplexityEval(Strict):
         rule = ":rolling" if self.windows == "rolling" else ""
         return f"ppl:{self.corpus}:{self.split}{rule}"
 
+    @property
+    def short_name(self) -> str:
+        """A stable label for people: `label`, else the name with a corpus path cut to its file or folder name."""
+        if self.label:
+            return self.label
+        corpus = Path(self.corpus).name if "/" in self.corpus or "\\" in self.corpus else self.corpus
+        rule = ":rolling" if self.windows == "rolling" else ""
+        return f"ppl:{corpus}:{self.split}{rule}"
+
     def key_config(self) -> dict:
         """The options as they enter the job key."""
-        config = self.model_dump()
+        config = self.model_dump(exclude={"label"})
         for option in self.LATER_OPTIONS:
             if config[option] == type(self).model_fields[option].default:
                 del config[option]
@@ -268,6 +278,7 @@ class LmEvalEval(Strict):
     batch_size: int = Field(default=16, gt=0)
     data_dir: str | None = None
     backend: Literal["ptq_eval", "hflm"] = "ptq_eval"
+    label: str | None = Field(default=None, min_length=1)  # how verdicts and tables name it; not in keys
 
     @field_validator("task")
     @classmethod
@@ -280,8 +291,12 @@ class LmEvalEval(Strict):
     def name(self) -> str:
         return task_file_name(self.task) if is_task_file(self.task) else self.task
 
+    @property
+    def short_name(self) -> str:
+        return self.label or self.name
+
     def key_config(self) -> dict:
-        return self.model_dump(exclude={"backend"})
+        return self.model_dump(exclude={"backend", "label"})
 
 
 EvalSpec = Annotated[PerplexityEval | LmEvalEval, Field(discriminator="kind")]

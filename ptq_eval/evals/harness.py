@@ -24,6 +24,8 @@ import io
 import math
 import os
 import re
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -239,9 +241,20 @@ def _summary(out: dict, unpaired: set[str], samples: dict, backend: str) -> dict
 
 @contextlib.contextmanager
 def _silenced():
-    """lm-eval prints progress bars and notes; the library never prints, so they stay out of the terminal."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
+    """lm-eval prints progress bars, warnings and notes, and asks git for its hash (a `fatal: not a git
+    repository` outside a checkout); the library never prints, so none of it reaches the terminal: Python's
+    streams are captured, and the process's stderr (which subprocesses and early-bound log handlers write to)
+    points at a scratch file meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def lm_backend(name: str) -> type:

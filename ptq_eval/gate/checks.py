@@ -112,13 +112,13 @@ def _produced(evaluation) -> tuple[str, ...]:
     return tuple(eval_metrics(evaluation))
 
 
-def _scope(policy: Policy, budget: Budget) -> list[str]:
-    """The names of the policy's evals a budget applies to: those that produce its metric (narrowed by the
-    budget's `eval:`)."""
+def _scope(policy: Policy, budget: Budget) -> list:
+    """The policy's evals a budget applies to: those that produce its metric (narrowed by the budget's `eval:`,
+    which names one by its name or its label)."""
     return [
-        e.name
+        e
         for e in policy.evals
-        if budget.eval in (None, e.name) and any(metric_matches(m, budget.metric) for m in _produced(e))
+        if budget.eval in (None, e.name, e.short_name) and any(metric_matches(m, budget.metric) for m in _produced(e))
     ]
 
 
@@ -136,7 +136,7 @@ def check_budget_scopes(policy: Policy) -> None:
 
 def _forecast_keys(policy: Policy, budget: Budget) -> list[FitKey]:
     configs = release_configs(policy.quant)
-    return list(dict.fromkeys(fit_key(c, name, budget.metric) for c in configs for name in _scope(policy, budget)))
+    return list(dict.fromkeys(fit_key(c, e.name, budget.metric) for c in configs for e in _scope(policy, budget)))
 
 
 def fit_forecasts(policy: Policy, default_store: Path) -> ForecastFits:
@@ -160,7 +160,8 @@ class Check:
     bits: int
     group_size: int
     symmetric: bool
-    eval: str
+    eval: str  # the eval's full identity (a corpus path, a task file)
+    eval_label: str  # how people read it: its label, or its name without machine paths
     metric: str
     budget_kind: str
     quantity: str  # what `value` is: "δ", "δ/fp (%)", "δ − δ(baseline)", "δ at D/N=..."
@@ -317,7 +318,7 @@ def _quantity(budget: Budget, params: float | None) -> str:
 def _check(
     budget: Budget,
     config: QuantConfig,
-    eval_name: str,
+    evaluation,
     checkpoint: str,
     quantity: str,
     value: Estimate | str,
@@ -335,7 +336,8 @@ def _check(
         bits=config.bits,
         group_size=config.group_size,
         symmetric=config.symmetric,
-        eval=eval_name,
+        eval=evaluation.name,
+        eval_label=evaluation.short_name,
         metric=budget.metric,
         budget_kind=budget.kind,
         quantity=quantity,
@@ -355,10 +357,10 @@ def _forecast_checks(
     params = budget.params or _params(results, candidate)
     quantity = _quantity(budget, params)
     for config in release_configs(policy.quant):
-        for eval_name in _scope(policy, budget):
-            fit = forecasts.get((index, fit_key(config, eval_name, budget.metric)))
+        for evaluation in _scope(policy, budget):
+            fit = forecasts.get((index, fit_key(config, evaluation.name, budget.metric)))
             value = _forecast(budget, fit, params, config.bits_per_weight)
-            check = _check(budget, config, eval_name, candidate, quantity, value, policy.uncertainty)
+            check = _check(budget, config, evaluation, candidate, quantity, value, policy.uncertainty)
             if isinstance(fit, LawFit) and fit.law.name != budget.law:  # a supported break took over
                 bend = f"from the {fit.law.name} law: δ bends at D/N {math.exp(fit.theta[4]):.3g}"
                 check = replace(check, reason=f"{check.reason} ({bend})")
@@ -376,11 +378,11 @@ def _measured_checks(
         return _measured(results, checkpoint, config, eval_name, budget, policy.min_coverage)
 
     for config in release_configs(policy.quant):
-        for eval_name in _scope(policy, budget):
-            mine = measured(candidate, config, eval_name)
-            theirs = baseline and measured(baseline, config, eval_name)
+        for evaluation in _scope(policy, budget):
+            mine = measured(candidate, config, evaluation.name)
+            theirs = baseline and measured(baseline, config, evaluation.name)
             value = _compared(budget, mine, theirs)
-            yield _check(budget, config, eval_name, candidate, quantity, value, policy.uncertainty)
+            yield _check(budget, config, evaluation, candidate, quantity, value, policy.uncertainty)
 
 
 def decide(

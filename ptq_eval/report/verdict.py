@@ -36,7 +36,7 @@ def verdict_markdown(verdict: Verdict) -> str:
             "format": [c.format for c in checks],
             "bits": [c.bits for c in checks],
             "granularity": [granularity(c.group_size) for c in checks],
-            "eval": [c.eval for c in checks],
+            "eval": [c.eval_label for c in checks],
             "metric": [c.metric for c in checks],
             "budget": [f"{c.quantity} ≤ {c.budget:g}" for c in checks],
             "value [95% CI]": [_interval(c) for c in checks],
@@ -47,7 +47,8 @@ def verdict_markdown(verdict: Verdict) -> str:
     if (table.format == INT).all():
         table = table.drop(columns="format")  # shown where a release is gated in another format
     counts = ", ".join(f"{n} {decision}" for decision, n in verdict.counts().items())
-    heading = f"## Release gate: {MARKS[verdict.decision]} {verdict.decision.upper()} — `{verdict.checkpoint}`\n\n"
+    shown = Path(verdict.checkpoint).name if Path(verdict.checkpoint).is_absolute() else verdict.checkpoint
+    heading = f"## Release gate: {MARKS[verdict.decision]} {verdict.decision.upper()} — `{shown}`\n\n"
     rule = f"Policy `{verdict.policy}`, uncertainty rule `{verdict.uncertainty}`: {UNCERTAINTY[verdict.uncertainty]}."
     return heading + f"{rule} {len(checks)} checks: {counts}.\n\n" + markdown_table(table)
 
