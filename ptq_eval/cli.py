@@ -343,7 +343,10 @@ def cmd_ladder_train(args) -> int:
     config = load_ladder_config(args.config) if args.config else preset(args.preset or "demo")
     if args.threads:
         torch.set_num_threads(args.threads)
-    saved = train_ladder(config, Path(args.out), args.sizes, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: this machine has no CUDA device; use --device cpu")
+    progress = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    saved = train_ladder(config, Path(args.out), args.sizes, progress=progress, device=args.device)
     print(f"{len(saved)} checkpoints under {args.out}", file=sys.stderr)
     return 0
 
@@ -515,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="directory to write the ladder to")
     train.add_argument("--sizes", nargs="*", help="train only these sizes (names from the preset)")
     train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where the models train")
     train.set_defaults(func=cmd_ladder_train)
     show = ladder.add_parser(
         "show", help="list a local ladder's checkpoints with N, D and D/N, or a hub ladder's revisions with D and phase"

@@ -138,3 +138,45 @@ def test_ladder_train_refuses_config_and_preset_together(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "sizes" in error and "at least 1" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_a_scaled_down_wide_ladder_loads_its_tokenizer_trains_in_bf16_and_saves_mid_cooldown(tmp_path):
+    """The `wide` preset's own settings (a given BPE, bfloat16 autocast, WSD with half-way snapshots) on CPU,
+    with micro sizes and a tokenizer the test saves (the preset names GPT-2's files in the data folder)."""
+    from ptq_eval.corpus import load_corpus
+    from ptq_eval.tokenizer import train_bpe
+
+    micro, wide = preset("micro"), preset("wide")
+    tokenizer = train_bpe(load_corpus("stdlib-python", "train").subset(list(range(20))).texts(), 400)
+    tokenizer.save_pretrained(tmp_path / "bpe")
+    config = parse_ladder_config(
+        micro.model_dump(mode="json")
+        | {key: wide.model_dump(mode="json")[key] for key in ("schedule", "precision")}
+        | {"sizes": [micro.sizes[0].model_dump()], "tokens_per_param": [10, 40], "tokenizer": str(tmp_path / "bpe")}
+    )
+    assert config.precision == "bfloat16" and config.schedule.decay_snapshots == [0.5]
+    saved = train_ladder(config, tmp_path / "ladder")
+    names = [directory.name for directory in saved]
+    assert names == ["tpp10-decay0.5", "tpp10", "tpp40-decay0.5", "tpp40"]
+    facts = [_facts(directory) for directory in saved]
+    assert [f["schedule"]["decay_done"] for f in facts] == [0.5, 1.0, 0.5, 1.0]
+    assert facts[0]["tokens"] < facts[1]["tokens"] and facts[0]["schedule"]["phase"] == "mid-decay"
+    model_config = json.loads((saved[-1] / "config.json").read_text())
+    assert model_config["vocab_size"] == len(tokenizer) and "ladder_precision" not in model_config
+    assert facts[-1]["trained_with"]["device"] == "cpu"
+    assert list(local_ladder_table(tmp_path / "ladder")["decay_done"]) == pytest.approx([0.5, 1.0, 0.5, 1.0])
+
+
+def test_the_gpt2_files_of_the_data_folder_load_as_a_tokenizer():
+    from pathlib import Path
+
+    from ptq_eval.tokenizer import load_tokenizer
+
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "tokenizers" / "gpt2"
+    if not folder.is_dir():
+        pytest.skip("../shared/data is absent")
+    tokenizer = load_tokenizer(str(folder))
+    assert len(tokenizer) == 50257 and tokenizer.eos_token_id == 50256
+    assert tokenizer("hello world").input_ids == [31373, 995]
+    with pytest.raises(UserError, match="no tokenizer.json, nor vocab.json and merges.txt"):
+        load_tokenizer(str(folder.parent))

@@ -44,11 +44,13 @@ class ModelSize(Strict):
 
 class WarmupStableDecay(Strict):
     """One constant-rate run per size; at each target D a cooldown branch (linear to zero over the last
-    `cooldown_fraction` of its steps) is forked off, so every checkpoint is annealed (decay_done 1)."""
+    `cooldown_fraction` of its steps) is forked off, so every checkpoint is annealed (decay_done 1).
+    `decay_snapshots`: fractions of each cooldown at which its branch is also saved mid-decay (decay_done f)."""
 
     kind: Literal["wsd"] = "wsd"
     warmup_steps: int = Field(default=25, gt=0)
     cooldown_fraction: float = Field(default=0.2, gt=0, le=1)
+    decay_snapshots: list[Annotated[float, Field(gt=0, lt=1)]] = []
 
 
 class Cosine(Strict):
@@ -79,6 +81,10 @@ class LadderConfig(Strict):
     corpus: str = STDLIB  # the tokenizer's training text, and the first part of the training stream
     extra_train_corpora: list[str] = []
     max_train_files: int | None = Field(default=None, gt=0)  # only the first files of `corpus` (tests)
+    # A folder with a tokenizer.json, or GPT-2's vocab.json and merges.txt (${VARS} expanded): used as it is
+    # instead of training a BPE on `corpus`; the models' vocabulary is then its size.
+    tokenizer: str | None = None
+    precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: training under autocast (weights float32)
 
     @field_validator("tokens_per_param")
     @classmethod

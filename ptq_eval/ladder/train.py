@@ -20,7 +20,7 @@ from ptq_eval.errors import UserError
 from ptq_eval.ladder.architectures import build_model
 from ptq_eval.ladder.config import Cosine, LadderConfig, ModelSize
 from ptq_eval.ladder.schedules import Target, cosine_decay_done, cosine_lr, plan_targets, warmup_lr
-from ptq_eval.tokenizer import train_bpe
+from ptq_eval.tokenizer import load_tokenizer, train_bpe
 from ptq_eval.version import __version__
 
 LADDER_FILE = "ladder.json"
@@ -59,13 +59,29 @@ class WindowSampler:
 def _train_step(model, optimizer, batch: torch.Tensor, lr: float) -> float:
     for group in optimizer.param_groups:
         group["lr"] = lr
-    logits = model(input_ids=batch[:, :-1]).logits
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+    parameter = next(model.parameters())
+    batch = batch.to(parameter.device)
+    autocast = model.config.ladder_precision == "bfloat16"
+    with torch.autocast(parameter.device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = model(input_ids=batch[:, :-1]).logits
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.item()
+
+
+def _wsd_schedule(target: Target, cfg: LadderConfig, done: float) -> dict:
+    return {
+        "kind": "wsd",
+        "description": "linear warmup, constant LR, linear cooldown to 0 branched off at each target D",
+        "warmup_steps": cfg.schedule.warmup_steps,
+        "cooldown_start_step": target.cooldown_start,
+        "cooldown_fraction": cfg.schedule.cooldown_fraction,
+        "decay_done": done,
+        "phase": "annealed" if done == 1.0 else "mid-decay",
+    }
 
 
 def _wsd_run(model, optimizer, sampler: WindowSampler, targets: list[Target], cfg: LadderConfig, save) -> None:
@@ -77,21 +93,17 @@ def _wsd_run(model, optimizer, sampler: WindowSampler, targets: list[Target], cf
             step += 1
         main_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
         start_lr, length = warmup_lr(target.cooldown_start, cfg), target.end_step - target.cooldown_start
-        losses = [
-            _train_step(model, optimizer, sampler.batch(s), start_lr * (target.end_step - s) / length)
-            for s in range(target.cooldown_start, target.end_step)
-        ]
+        snapshots = {target.cooldown_start + round(f * length): f for f in cfg.schedule.decay_snapshots}
+        losses = []
+        for s in range(target.cooldown_start, target.end_step):
+            losses.append(_train_step(model, optimizer, sampler.batch(s), start_lr * (target.end_step - s) / length))
+            done = snapshots.get(s + 1)
+            if done is not None and s + 1 < target.end_step:  # a mid-decay copy of this branch
+                tail = losses[-max(1, len(losses) // 4) :]
+                mid = Target(target.tokens_per_param, s + 1, target.cooldown_start)
+                save(mid, sum(tail) / len(tail), _wsd_schedule(target, cfg, done), f"-decay{done:g}")
         tail = losses[-max(1, len(losses) // 4) :]
-        schedule = {
-            "kind": "wsd",
-            "description": "linear warmup, constant LR, linear cooldown to 0 branched off at each target D",
-            "warmup_steps": cfg.schedule.warmup_steps,
-            "cooldown_start_step": target.cooldown_start,
-            "cooldown_fraction": cfg.schedule.cooldown_fraction,
-            "decay_done": 1.0,
-            "phase": "annealed",
-        }
-        save(target, sum(tail) / len(tail), schedule)
+        save(target, sum(tail) / len(tail), _wsd_schedule(target, cfg, 1.0))
         model.load_state_dict(main_state[0])
         optimizer.load_state_dict(main_state[1])
 
@@ -121,20 +133,26 @@ def _cosine_run(model, optimizer, sampler: WindowSampler, targets: list[Target],
 
 
 def train_size(size: ModelSize, cfg: LadderConfig, tokenizer, sampler: WindowSampler, out_dir: Path,
-               corpus_facts: dict, progress: Progress = lambda message: None) -> list[Path]:  # fmt: skip
-    """Train one size and save a checkpoint at each target ratio; return their directories."""
+               corpus_facts: dict, progress: Progress = lambda message: None,
+               device: str = "cpu") -> list[Path]:  # fmt: skip
+    """Train one size on `device` and save a checkpoint at each target ratio; return their directories."""
     torch.manual_seed(cfg.seed)
     model = build_model(size, cfg, tokenizer.eos_token_id)
+    model.config.ladder_precision = cfg.precision  # read by each step (not saved: removed before saving)
+    model.to(device)
     model.train()
     params, nonembedding = count_params(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     saved: list[Path] = []
     started = time.perf_counter()
 
-    def save(target: Target, final_loss: float, schedule: dict) -> None:
+    def save(target: Target, final_loss: float, schedule: dict, suffix: str = "") -> None:
         tokens = target.end_step * cfg.tokens_per_step
-        directory = out_dir / size.name / f"tpp{target.tokens_per_param:g}"
+        directory = out_dir / size.name / f"tpp{target.tokens_per_param:g}{suffix}"
+        precision = model.config.ladder_precision
+        del model.config.ladder_precision
         model.save_pretrained(directory)
+        model.config.ladder_precision = precision
         tokenizer.save_pretrained(directory)
         facts = {
             "params": params,
@@ -155,6 +173,7 @@ def train_size(size: ModelSize, cfg: LadderConfig, tokenizer, sampler: WindowSam
                 "ptq_eval": __version__,
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
+                "device": str(next(model.parameters()).device),
             },  # fmt: skip
         }
         (directory / METADATA_FILE).write_text(json.dumps(facts, indent=2) + "\n")
@@ -183,7 +202,7 @@ def _existing_summary(out_dir: Path, cfg: LadderConfig) -> dict:
 
 
 def train_ladder(cfg: LadderConfig, out_dir: Path, sizes: list[str] | None = None,
-                 progress: Progress = lambda message: None) -> list[Path]:  # fmt: skip
+                 progress: Progress = lambda message: None, device: str = "cpu") -> list[Path]:  # fmt: skip
     """Train the tokenizer, then every (selected) size; record them in `ladder.json` beside any sizes trained
     into `out_dir` before with the same config; return the new checkpoint directories."""
     known = [size.name for size in cfg.sizes]
@@ -195,11 +214,15 @@ def train_ladder(cfg: LadderConfig, out_dir: Path, sizes: list[str] | None = Non
     train = load_corpus(cfg.corpus, "train")
     if cfg.max_train_files is not None:
         train = train.subset(list(range(min(len(train), cfg.max_train_files))))
-    tokenizer = train_bpe(train.texts(), cfg.vocab_size)
+    if cfg.tokenizer:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+        cfg = cfg.model_copy(update={"vocab_size": len(tokenizer)})
+    else:
+        tokenizer = train_bpe(train.texts(), cfg.vocab_size)
     parts = [train] + [load_corpus(name, "train") for name in cfg.extra_train_corpora]
     stream = torch.cat([token_stream(tokenizer, part) for part in parts])
     corpus_facts = {
-        "tokenizer_trained_on": train.describe(),
+        "tokenizer_trained_on": f"loaded from {cfg.tokenizer}" if cfg.tokenizer else train.describe(),
         "parts": [part.describe() for part in parts],
         "tokens": len(stream),
     }
@@ -208,11 +231,12 @@ def train_ladder(cfg: LadderConfig, out_dir: Path, sizes: list[str] | None = Non
     chosen = [size for size in cfg.sizes if sizes is None or size.name in sizes]
     saved = []
     for size in chosen:
-        saved += train_size(size, cfg, tokenizer, sampler, out_dir, corpus_facts, progress)
+        saved += train_size(size, cfg, tokenizer, sampler, out_dir, corpus_facts, progress, device)
     run = {
         "sizes": [size.name for size in chosen],
         "seconds": round(time.perf_counter() - started, 1),
         "threads": torch.get_num_threads(),
+        "device": device,
         "machine": platform.machine(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

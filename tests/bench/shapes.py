@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import transformers
+
+from ptq_eval.tokenizer import gpt2_bpe
 
 GPT2 = Path("tokenizers/gpt2")  # under the shared data folder: encoder.json and vocab.bpe
 # Pythia shapes (hidden, layers, heads, MLP width) and a tiny stand-in for quick runs.
@@ -28,6 +29,4 @@ def pythia_shaped(size: str, device: str = "cpu", vocabulary: int = 50304) -> tr
 
 def gpt2_tokenizer(folder: Path) -> transformers.PreTrainedTokenizerBase:
     """GPT-2's BPE (Pythia's is a close relative with the same vocabulary size class) from its two files."""
-    vocabulary = json.loads((folder / "encoder.json").read_text(encoding="utf-8"))
-    lines = (folder / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:]  # a version line first
-    return transformers.GPT2TokenizerFast(vocab=vocabulary, merges=[tuple(line.split()) for line in lines if line])
+    return gpt2_bpe(folder / "encoder.json", folder / "vocab.bpe")
