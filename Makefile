@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LADDER := tasks/ladders/demo
 
 .PHONY: install test demo demo-llama ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
-	demo-lm-eval demo-sequential demo-shared-hessians demo-ray demo-formats bench-formats bench-eval bench-fit bench-scale bench stress \
+	demo-lm-eval demo-sequential demo-shared-hessians demo-ray demo-formats bench-formats ladder-wide bench-eval bench-fit bench-scale bench stress \
 	gpu-check gpu-check-prepare bench-gptq-shared
 
 $(STAMP): pyproject.toml
@@ -48,6 +48,13 @@ demo-sequential: $(STAMP)
 # default, 3 and 4 bits, per channel and group 32; the default's jobs are the demo's own (run make demo first)
 demo-shared-hessians: $(STAMP)
 	$(BIN)/ptq-eval run tasks/demo-shared-hessians.yaml --store runs/demo.sqlite --report-dir reports/demo-shared-hessians
+
+# The wide ladder (tasks/ladders/wide.yaml) trained on a GPU, then its study (tasks/wide.yaml) -> reports/ladders/wide/
+# (needs PTQ_EVAL_DATA with tokenizers/gpt2; not committed: ladders/ is large)
+ladder-wide: $(STAMP)
+	$(BIN)/ptq-eval ladder train --preset wide --device cuda --out ladders/wide
+	$(BIN)/ptq-eval run tasks/wide.yaml --report-dir reports/ladders/wide
+	$(BIN)/ptq-eval report tasks/wide.yaml --out reports/ladders/wide
 
 # Number formats (INT4 per channel and g32, FP4 e2m1 g32, MXFP4, NVFP4, FP8 e4m3; RTN and GPTQ) on the demo
 # ladder: γ_D per format and which degrades least at D/N 320 -> reports/demo-formats/
