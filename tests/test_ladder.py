@@ -157,14 +157,17 @@ def test_a_scaled_down_wide_ladder_loads_its_tokenizer_trains_in_bf16_and_saves_
     assert config.precision == "bfloat16" and config.schedule.decay_snapshots == [0.5]
     saved = train_ladder(config, tmp_path / "ladder")
     names = [directory.name for directory in saved]
-    assert names == ["tpp10-decay0.5", "tpp10", "tpp40-decay0.5", "tpp40"]
+    assert names == ["decay0.5-tpp10", "tpp10", "decay0.5-tpp40", "tpp40"]  # a study's `*/tpp*` stays annealed
     facts = [_facts(directory) for directory in saved]
-    assert [f["schedule"]["decay_done"] for f in facts] == [0.5, 1.0, 0.5, 1.0]
+    done = [f["schedule"]["decay_done"] for f in facts]
+    assert done[1::2] == [1.0, 1.0] and all(abs(d - 0.5) < 0.2 for d in done[::2])  # the fraction reached
     assert facts[0]["tokens"] < facts[1]["tokens"] and facts[0]["schedule"]["phase"] == "mid-decay"
     model_config = json.loads((saved[-1] / "config.json").read_text())
     assert model_config["vocab_size"] == len(tokenizer) and "ladder_precision" not in model_config
     assert facts[-1]["trained_with"]["device"] == "cpu"
-    assert list(local_ladder_table(tmp_path / "ladder")["decay_done"]) == pytest.approx([0.5, 1.0, 0.5, 1.0])
+    assert sorted(local_ladder_table(tmp_path / "ladder")["decay_done"]) == pytest.approx(sorted(done), abs=1e-3)
+    again = train_ladder(config, tmp_path / "ladder")  # the same config into the same folder: accepted
+    assert [directory.name for directory in again] == names
 
 
 def test_the_gpt2_files_of_the_data_folder_load_as_a_tokenizer():

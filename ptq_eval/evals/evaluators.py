@@ -33,9 +33,19 @@ def eval_metrics(evaluation) -> list[str]:
     ]
 
 
+def _metric_parts(name: str) -> tuple[str | None, str, str | None]:
+    """(task, metric, filter) of `task/metric,filter`; a part not written is None."""
+    task, _, rest = name.rpartition("/")
+    metric, _, filtered = rest.partition(",")
+    return task or None, metric, filtered or None
+
+
 def metric_matches(stored: str, wanted: str) -> bool:
-    """A stored metric (`task/metric,filter` for lm-eval) answers a metric named in full or by its metric alone."""
-    return stored == wanted or stored.split("/")[-1].split(",")[0] == wanted
+    """A stored or produced metric (`task/metric[,filter]`; no filter written is lm-eval's `none`) answers a
+    wanted one whose every written part (task, metric, filter) it shares: `acc`, `arc_easy/acc`, `acc,none`."""
+    have, want = _metric_parts(stored), _metric_parts(wanted)
+    have = (have[0], have[1], have[2] or "none")
+    return all(w is None or w == h for w, h in zip(want, have, strict=True))
 
 
 @dataclass(frozen=True)

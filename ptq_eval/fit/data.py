@@ -22,7 +22,7 @@ import pandas as pd
 
 from ptq_eval.errors import UserError
 from ptq_eval.fit.laws import Points
-from ptq_eval.quant import INT, METHOD_OPTIONS
+from ptq_eval.quant import INT, METHOD_OPTIONS, number_format
 
 KEY_FIELDS = ("eval", "metric", "method", "format", "group_size", "symmetric")
 # metric -> (how its values become nats, the unit they are then in), in the order an eval's one is chosen
@@ -242,13 +242,25 @@ def select(results: pd.DataFrame, key: FitKey, censoring: str = "censor") -> tup
 
 
 def precision(frame: pd.DataFrame) -> pd.Series | None:
-    """The laws' P per row: bits per weight, scales counted (`quant/formats.py`), where the results have it; the
-    bits where they do not (results from before formats); None without either."""
-    bits = frame["bits"].astype(float) if "bits" in frame else None
+    """The laws' P per row: bits per weight, scales counted (`quant/formats.py`); where the results do not say
+    (a results CSV from before formats), counted from their format (int when absent), bits, group size and
+    symmetry, as a release config's is; the bits alone without those columns; None without bits."""
+    if "bits" not in frame:
+        return None
+    counted = frame["bits"].astype(float)
+    if {"group_size", "symmetric"} <= set(frame.columns):
+        formats = _column(frame, "format") if "format" in frame else pd.Series(INT, index=frame.index)
+        counted = pd.Series(
+            [
+                number_format(f).bits_per_weight(int(b), int(g), bool(s)) if b == b and g == g else b
+                for f, b, g, s in zip(formats, frame["bits"], frame["group_size"], frame["symmetric"], strict=True)
+            ],
+            index=frame.index,
+            dtype=float,
+        )
     if "bits_per_weight" not in frame:
-        return bits
-    known = frame["bits_per_weight"].astype(float)
-    return known if bits is None else known.fillna(bits)
+        return counted
+    return frame["bits_per_weight"].astype(float).fillna(counted)
 
 
 def points(frame: pd.DataFrame, y: pd.Series, limit: pd.Series | None = None) -> Points:

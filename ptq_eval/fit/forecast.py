@@ -38,14 +38,16 @@ def max_tokens_per_param(fit: LawFit, params: float, bits: int, budget: float, s
 
 
 def min_bits(fit: LawFit, params: float, tokens_per_param: float, budget: float) -> Estimate:
-    """The smallest integer P in 2..16 with δ ≤ budget at this N and D/N (inf: none), from the lowest width the
-    law has a value for (per_bit: the lowest fitted); NaN when a width it has no value for lies below the answer
-    (per_bit fitted at 3 and 8 bits cannot say whether 5 would do)."""
+    """The smallest P (bits per weight) among the integers 2..16 and the P the fit measured (a grouped or
+    block format's P is not an integer: INT4 g128 is 4.125) with δ ≤ budget at this N and D/N (inf: none), from
+    the lowest P the law has a value for (per_bit: the lowest fitted); NaN when a P it has no value for lies
+    below the answer (per_bit fitted at 3 and 8 bits cannot say whether 5 would do)."""
+    candidates = np.array(sorted({*BIT_RANGE, *np.unique(fit.points.bits).tolist()}), dtype=float)
 
     def solve(theta):
-        delta = np.exp(fit.law.model(theta, query(params, params * tokens_per_param, BIT_RANGE))[0])
+        delta = np.exp(fit.law.model(theta, query(params, params * tokens_per_param, candidates))[0])
         known = np.isfinite(delta)
-        for p, d, gap in zip(BIT_RANGE, delta, ~known & (np.cumsum(known) > 0), strict=True):
+        for p, d, gap in zip(candidates, delta, ~known & (np.cumsum(known) > 0), strict=True):
             if gap:
                 return np.nan
             if d <= budget:

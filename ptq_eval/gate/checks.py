@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ptq_eval.evals.evaluators import eval_metrics, metric_matches
@@ -123,8 +124,16 @@ def _scope(policy: Policy, budget: Budget) -> list:
 
 
 def check_budget_scopes(policy: Policy) -> None:
-    """Refuse, before any work, a budget that applies to no eval: none produces its metric."""
+    """Refuse, before any work, a budget that applies to no eval (none produces its metric), or whose metric
+    names several of one eval's (a group's subtasks): it must name one in full."""
     for index, budget in enumerate(policy.budgets):
+        for evaluation in _scope(policy, budget):
+            several = [m for m in _produced(evaluation) if metric_matches(m, budget.metric)]
+            if len(several) > 1:
+                raise PolicyError(
+                    f"budgets[{index}] metric {budget.metric} names several metrics of eval {evaluation.name}: "
+                    f"{', '.join(several)}; name one in full (task/metric) or narrow the budget with eval:"
+                )
         if not _scope(policy, budget):
             produced = "; ".join(f"{e.name}: {', '.join(_produced(e))}" for e in policy.evals)
             narrowed = f" (narrowed to eval {budget.eval})" if budget.eval else ""
@@ -253,6 +262,8 @@ def _measured(
     ]
     if rows.empty:
         return f"no stored {budget.metric} result for {checkpoint}"
+    if rows.metric.nunique() > 1:  # never judge whichever row sorts first
+        return f"metric {budget.metric} matches several results ({', '.join(sorted(rows.metric.unique()))})"
     short = coverage_shortfall(rows.iloc[0], min_coverage)
     if short:
         return short
@@ -279,6 +290,10 @@ def _forecast(budget: Budget, fit: LawFit | str | None, params: float | None, bi
         return f"no forecast: {fit or 'not fitted'}"
     if params is None:
         return "N unknown: no stored result for the checkpoint; give params in the budget"
+    measured = sorted(set(np.unique(fit.points.bits).tolist()))
+    if not fit.law.needs_bits and not fit.law.per_bits and bits not in measured:  # no P term: δ at its own P only
+        shown = ", ".join(f"{p:g}" for p in measured)
+        return f"the {fit.law.name} law has no P term and was fitted at P={shown}, not {bits:g}: it has no value there"
     if fit.law.per_bits and bits not in fit.law.per_bits:  # a law of separate widths has none at the others
         widths = ", ".join(f"{p:g}" for p in fit.law.per_bits)
         return f"the {fit.law.name} law was fitted at {widths} bits, not {bits:g}: it has no value there"

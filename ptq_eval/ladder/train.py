@@ -84,6 +84,20 @@ def _wsd_schedule(target: Target, cfg: LadderConfig, done: float) -> dict:
     }
 
 
+def _snapshot_steps(target: Target, cfg: LadderConfig) -> dict[int, float]:
+    """Step -> requested fraction of each mid-decay snapshot of this cooldown; refused where the cooldown is too
+    short to hold them apart (two on one step, or one on its first or last step)."""
+    length = target.end_step - target.cooldown_start
+    steps = {target.cooldown_start + round(f * length): f for f in cfg.schedule.decay_snapshots}
+    inside = all(target.cooldown_start < step < target.end_step for step in steps)
+    if len(steps) < len(cfg.schedule.decay_snapshots) or not inside:
+        raise UserError(
+            f"decay_snapshots {cfg.schedule.decay_snapshots} do not fit a cooldown of {length} steps (D/N "
+            f"{target.tokens_per_param:g}): each needs a step of its own inside it; use fewer or a longer cooldown"
+        )
+    return steps
+
+
 def _wsd_run(model, optimizer, sampler: WindowSampler, targets: list[Target], cfg: LadderConfig, save) -> None:
     """The constant-rate run, with each target's cooldown branched off, trained and saved, then rolled back."""
     step = 0
@@ -93,15 +107,15 @@ def _wsd_run(model, optimizer, sampler: WindowSampler, targets: list[Target], cf
             step += 1
         main_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
         start_lr, length = warmup_lr(target.cooldown_start, cfg), target.end_step - target.cooldown_start
-        snapshots = {target.cooldown_start + round(f * length): f for f in cfg.schedule.decay_snapshots}
+        snapshots = _snapshot_steps(target, cfg)
         losses = []
         for s in range(target.cooldown_start, target.end_step):
             losses.append(_train_step(model, optimizer, sampler.batch(s), start_lr * (target.end_step - s) / length))
-            done = snapshots.get(s + 1)
-            if done is not None and s + 1 < target.end_step:  # a mid-decay copy of this branch
+            if s + 1 in snapshots:  # a mid-decay copy of this branch, at the fraction of the decay it reached
                 tail = losses[-max(1, len(losses) // 4) :]
                 mid = Target(target.tokens_per_param, s + 1, target.cooldown_start)
-                save(mid, sum(tail) / len(tail), _wsd_schedule(target, cfg, done), f"-decay{done:g}")
+                done = (s + 1 - target.cooldown_start) / length
+                save(mid, sum(tail) / len(tail), _wsd_schedule(target, cfg, done), f"decay{snapshots[s + 1]:g}-")
         tail = losses[-max(1, len(losses) // 4) :]
         save(target, sum(tail) / len(tail), _wsd_schedule(target, cfg, 1.0))
         model.load_state_dict(main_state[0])
@@ -146,9 +160,9 @@ def train_size(size: ModelSize, cfg: LadderConfig, tokenizer, sampler: WindowSam
     saved: list[Path] = []
     started = time.perf_counter()
 
-    def save(target: Target, final_loss: float, schedule: dict, suffix: str = "") -> None:
+    def save(target: Target, final_loss: float, schedule: dict, prefix: str = "") -> None:
         tokens = target.end_step * cfg.tokens_per_step
-        directory = out_dir / size.name / f"tpp{target.tokens_per_param:g}{suffix}"
+        directory = out_dir / size.name / f"{prefix}tpp{target.tokens_per_param:g}"
         precision = model.config.ladder_precision
         del model.config.ladder_precision
         model.save_pretrained(directory)
@@ -209,15 +223,15 @@ def train_ladder(cfg: LadderConfig, out_dir: Path, sizes: list[str] | None = Non
     unknown = sorted(set(sizes or []) - set(known))
     if unknown:
         raise UserError(f"unknown size(s) {', '.join(unknown)}; this ladder has {', '.join(known)}")
+    if cfg.tokenizer:  # before comparing with a ladder already trained here: it records the tokenizer's size
+        tokenizer = load_tokenizer(cfg.tokenizer)
+        cfg = cfg.model_copy(update={"vocab_size": len(tokenizer)})
     summary = _existing_summary(out_dir, cfg)
     started = time.perf_counter()
     train = load_corpus(cfg.corpus, "train")
     if cfg.max_train_files is not None:
         train = train.subset(list(range(min(len(train), cfg.max_train_files))))
-    if cfg.tokenizer:
-        tokenizer = load_tokenizer(cfg.tokenizer)
-        cfg = cfg.model_copy(update={"vocab_size": len(tokenizer)})
-    else:
+    if not cfg.tokenizer:
         tokenizer = train_bpe(train.texts(), cfg.vocab_size)
     parts = [train] + [load_corpus(name, "train") for name in cfg.extra_train_corpora]
     stream = torch.cat([token_stream(tokenizer, part) for part in parts])
