@@ -426,3 +426,21 @@ def test_with_d_unknown_everywhere_the_error_asks_for_tokens_not_more_measuremen
     unknown = kumar_results().assign(tokens=math.nan, tokens_per_param=math.nan)
     with pytest.raises(FitError, match=r"give each checkpoint's tokens seen \(D\) in the study"):
         fit_delta(unknown, "kumar", SIM, FAST)
+
+
+def test_p_is_counted_from_a_results_csv_without_bits_per_weight():
+    from ptq_eval.fit.data import precision
+
+    frame = pd.DataFrame({"bits": [4, 4, 4], "group_size": [128, -1, 32], "symmetric": [True, True, False]})
+    assert list(precision(frame)) == [4.125, 4.0, 4 + (16 + 4) / 32]
+    assert list(precision(frame.assign(format=["nvfp4", None, None], group_size=[16, -1, 32]))) == [4.5, 4.0, 4.625]
+
+
+def test_min_bits_finds_a_p_that_is_not_an_integer():
+    from ptq_eval.fit import min_bits
+
+    results = simulate_results(KUMAR, KUMAR_TRUE, SIZES, RATIOS, (3, 4), noise=0.02).assign(group_size=128)
+    fit = fit_delta(results, "per_bit", FitKey(), FitOptions(resamples=0, validate=False))
+    assert fit.law.per_bits == (3.125, 4.125)
+    delta = fit.predict(1e5, 1e5 * 20, 4.125)[0]
+    assert min_bits(fit, 1e5, 20, 1.01 * delta).value == 4.125  # not inf for want of an integer width

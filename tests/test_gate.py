@@ -410,3 +410,29 @@ def test_a_budget_applies_only_to_the_evals_that_produce_its_metric(monkeypatch)
     verdict = decide(parse_policy(data), "m", results(row("m", 0.005, 0.004, 0.006)))
     assert [check.eval for check in verdict.checks] == ["ppl:stdlib-python:validation"]  # not hellaswag's
     assert decisions(verdict) == ["pass"]
+
+
+def test_a_metric_that_names_several_is_refused_and_never_judged_on_the_first_row(monkeypatch):
+    an_eval_that_produces(monkeypatch, "arc_easy/acc", "arc_challenge/acc")
+    budget = {"kind": "absolute", "metric": "acc", "higher_is_better": True, "max": 0.05}
+    with pytest.raises(PolicyError, match="metric acc names several metrics of eval .*arc_easy/acc, arc_challenge/acc"):
+        decide(policy(budget), "m", results())
+    an_eval_that_produces(monkeypatch, "arc_easy/acc")
+    rows = results(row("m", 0.01, 0.0, 0.02, metric="arc_easy/acc"), row("m", 0.5, 0.4, 0.6, metric="arc_easy/acc,x"))
+    check = decide(policy(budget), "m", rows).checks[0]
+    assert check.decision == "undecided" and "matches several results" in check.reason
+    named = decide(policy(budget | {"metric": "arc_easy/acc,none"}), "m", rows).checks[0]
+    assert named.decision == "pass" and named.value == pytest.approx(-0.01)  # the filter named: that row only
+
+
+def test_a_law_without_a_p_term_forecasts_only_at_its_own_p(tmp_path):
+    simulated = simulate_results(KUMAR, KUMAR_TRUE, (3e4, 1e5, 3e5), (10, 20, 40, 80, 160), (6,), noise=0.02)
+    path = tmp_path / "ladder.csv"
+    simulated.assign(method="rtn", eval=EVAL).reindex(columns=COLUMNS).to_csv(path, index=False)
+    budget = {"kind": "forecast", "law": "broken_dn", "tokens_per_param": 640, "fit": str(path), "max": 1.0}
+    rules = policy(budget | {"resamples": 10})
+    check = decide(rules, "m", results(row("m", 0.001, 0, 0.002)), fit_forecasts(rules, tmp_path / "x.sqlite")).checks[
+        0
+    ]
+    assert check.decision == "undecided"
+    assert check.reason == "the broken_dn law has no P term and was fitted at P=6, not 4: it has no value there"

@@ -49,6 +49,7 @@ class LmEvalTask(Protocol):
     backend: str
 
 
+SAID_ON_ERROR = 4000  # characters of lm-eval's output shown when it fails
 LM_EVAL_BOOTSTRAP = 1000  # lm-eval's own stderr resamples (its stderrs are recorded, ours are paired)
 LOCAL_HINT = (
     "provide the data locally: a task YAML with `dataset_path: json` and `dataset_kwargs: {data_files: ...}` "
@@ -249,9 +250,15 @@ def _silenced():
     saved = os.dup(2)
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
+        captured = io.StringIO()
         try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(captured):
                 yield
+        except BaseException:  # a failure keeps what was said before it: the end of it goes to the real stderr
+            sink.seek(0)
+            said = sink.read().decode(errors="replace") + captured.getvalue()
+            os.write(saved, f"lm-eval said before the error:\n{said[-SAID_ON_ERROR:]}\n".encode())
+            raise
         finally:
             os.dup2(saved, 2)
             os.close(saved)

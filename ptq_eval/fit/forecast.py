@@ -38,11 +38,14 @@ def max_tokens_per_param(fit: LawFit, params: float, bits: int, budget: float, s
 
 
 def min_bits(fit: LawFit, params: float, tokens_per_param: float, budget: float) -> Estimate:
-    """The smallest P (bits per weight) among the integers 2..16 and the P the fit measured (a grouped or
-    block format's P is not an integer: INT4 g128 is 4.125) with δ ≤ budget at this N and D/N (inf: none), from
-    the lowest P the law has a value for (per_bit: the lowest fitted); NaN when a P it has no value for lies
-    below the answer (per_bit fitted at 3 and 8 bits cannot say whether 5 would do)."""
-    candidates = np.array(sorted({*BIT_RANGE, *np.unique(fit.points.bits).tolist()}), dtype=float)
+    """The smallest P with δ ≤ budget at this N and D/N (inf: none), among the widths 2..16 at the key's own
+    scale overhead (P is bits per weight: a key's P share their fraction, INT4 g128 is 4.125, so the candidates
+    are 2.125 ... 16.125), from the lowest P the law has a value for (per_bit: the lowest fitted); NaN when a
+    candidate it has no value for lies below the answer (per_bit fitted at 3 and 8 bits cannot say whether 5
+    would do)."""
+    fractions = {round(p % 1, 9) for p in np.unique(fit.points.bits).tolist()}
+    overhead = fractions.pop() if len(fractions) == 1 else 0.0
+    candidates = np.array(sorted({b + overhead for b in BIT_RANGE} | set(fit.law.per_bits)), dtype=float)
 
     def solve(theta):
         delta = np.exp(fit.law.model(theta, query(params, params * tokens_per_param, candidates))[0])

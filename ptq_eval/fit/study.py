@@ -80,10 +80,10 @@ def _negative_controls(fit: LawFit, usable: pd.DataFrame, excluded: pd.DataFrame
         return {"control_p": float("nan"), "control_points": 0, "control_flags": 0}
     highest = float(found.max())
     silent = rows[(found == highest) & (rows.delta_ci_low <= 0) & (rows.delta_ci_high > 0)]
-    flags = (
-        int(np.sum(_predicted(fit, silent) > CONTROL_FACTOR * silent.delta_ci_high.to_numpy())) if len(silent) else 0
-    )
-    return {"control_p": highest, "control_points": len(silent), "control_flags": flags}
+    predicted = _predicted(fit, silent) if len(silent) else np.zeros(0)
+    tested = np.isfinite(predicted)  # a law with no value at this P (per_bit without it) tests nothing there
+    flags = int(np.sum(predicted[tested] > CONTROL_FACTOR * silent.delta_ci_high.to_numpy()[tested]))
+    return {"control_p": highest, "control_points": int(tested.sum()), "control_flags": flags}
 
 
 def _broken(law: str, usable: pd.DataFrame, key: FitKey):

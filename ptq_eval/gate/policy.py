@@ -83,7 +83,8 @@ class Policy(Study):
     @field_validator("budgets")
     @classmethod
     def _budgets_name_known_evals(cls, budgets, info: ValidationInfo):
-        names = [evaluation.name for evaluation in info.data.get("evals", [])]
+        evals = info.data.get("evals", [])
+        names = list(dict.fromkeys([e.name for e in evals] + [e.short_name for e in evals]))  # a name or a label
         for index, budget in enumerate(budgets):
             if names and budget.eval is not None and budget.eval not in names:
                 raise ValueError(f"eval {budget.eval!r} (budgets[{index}]) is not an eval of the policy; "

@@ -38,7 +38,7 @@ class GPTQOptions(BaseModel):
     diagonal), static groups (grids fitted before the loop), dampening (a fraction of the mean diagonal), the
     lazy-update block, and what each matrix's inputs come from (`quant/blocks.py`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # `act_order: "yes"` is an error
 
     act_order: bool = False
     static_groups: bool = False
