@@ -150,6 +150,7 @@ def test_float_formats_refuse_float16_and_act_order_groups_they_cannot_store():
         ({"method": "rtn", "format": ["int", "nvfp4"], "bits": 4, "group_size": 32}, "nvfp4 fixes its blocks at 16"),
         ({"method": "rtn", "format": "int"}, "format int needs bits"),
         ({"method": "rtn", "format": "fp16"}, "'fp16' is not a number format; accepted: int, fp8_e4m3"),
+        ({"method": "gptq", "format": "mxfp4", "act_order": True}, "mxfp4 stores blocks of 32 consecutive columns"),
     ],
 )
 def test_a_study_names_the_grid_entry_that_means_nothing(grid, message):

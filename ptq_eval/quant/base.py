@@ -57,6 +57,7 @@ class Method:
     options: type[BaseModel] = NoOptions
     needs_calibration: bool = False
     later_options: tuple[str, ...] = ()
+    check: Callable[[QuantConfig], None] | None = None  # rules tying the options to the format
 
     def default(self, option: str) -> object:
         return self.options.model_fields[option].default
@@ -126,6 +127,8 @@ class QuantConfig:
         object.__setattr__(self, "options", method.validate_options(dict(self.options)))
         check_bits(self.bits)
         number_format(self.format).check(self.bits, self.group_size, self.symmetric)
+        if method.check is not None:
+            method.check(self)
 
     def __getattr__(self, name: str) -> object:
         """The method's options read as attributes (`config.act_order`), their defaults where none was given."""
@@ -380,6 +383,7 @@ def register(
     options: type[BaseModel] = NoOptions,
     needs_calibration: bool = False,
     later_options: tuple[str, ...] = (),
+    check: Callable[[QuantConfig], None] | None = None,
 ) -> Callable[[Callable[..., QuantReport]], Callable[..., QuantReport]]:
     """Make a method reachable as `quantize(..., QuantConfig(method=name, ...))`, with its options' schema.
 
@@ -389,7 +393,7 @@ def register(
     """
 
     def add(run: Callable[..., QuantReport]) -> Callable[..., QuantReport]:
-        METHODS[name] = Method(name, run, options, needs_calibration, later_options)
+        METHODS[name] = Method(name, run, options, needs_calibration, later_options, check)
         return run
 
     return add

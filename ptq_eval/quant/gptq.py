@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ptq_eval.errors import UserError
 from ptq_eval.quant.base import LayerReport, QuantConfig, QuantError, QuantReport, WeightMatrix, register
 from ptq_eval.quant.blocks import calibrate, fingerprint
-from ptq_eval.quant.formats import quantize_tensor
+from ptq_eval.quant.formats import FormatError, number_format, quantize_tensor
 from ptq_eval.quant.gptq_solve import gptq_solve, solve_key
 from ptq_eval.quant.hessians import Hessian
 from ptq_eval.quant.rtn import relative_error, rtn_result
@@ -45,6 +45,17 @@ class GPTQOptions(BaseModel):
     damp: float = Field(default=0.01, gt=0, lt=1)
     block_size: int = Field(default=128, gt=0)
     sequential: Literal[SEQUENTIAL] = "block"
+
+
+def check_groups_fit_the_format(config: QuantConfig) -> None:
+    """A format with fixed blocks of consecutive columns cannot hold act-order's groups in Hessian order (checked
+    when the config is made, before any calibration)."""
+    fmt = number_format(config.format)
+    if fmt.group is not None and config.act_order and not config.static_groups:
+        raise FormatError(
+            f"format {config.format} stores blocks of {fmt.group} consecutive columns; act_order without "
+            "static_groups groups columns in Hessian order, which it cannot hold: add static_groups: true"
+        )
 
 
 NO_INPUT = "rtn: the router sent it no calibration token"
@@ -172,7 +183,13 @@ def check_inputs_reached(group: list[WeightMatrix], hessians: dict[str, Hessian]
             )
 
 
-@register("gptq", options=GPTQOptions, needs_calibration=True, later_options=("sequential",))
+@register(
+    "gptq",
+    options=GPTQOptions,
+    needs_calibration=True,
+    later_options=("sequential",),
+    check=check_groups_fit_the_format,
+)
 def quantize_gptq(
     model: torch.nn.Module,
     weights: list[WeightMatrix],

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ptq_eval.quant.base import QuantConfig
-from ptq_eval.quant.formats import FormatError, number_format
+from ptq_eval.quant.formats import number_format
 from ptq_eval.quant.grid import PER_TENSOR, Grid
 
 SOLVE_OPTIONS = ("act_order", "static_groups", "damp", "block_size")
@@ -62,16 +62,6 @@ def solve_key(config: QuantConfig) -> tuple:
     return (*(getattr(config, option) for option in SOLVE_OPTIONS), config.format)
 
 
-def check_solvable(config: QuantConfig) -> None:
-    """A format with fixed blocks of consecutive columns cannot take act-order's groups in Hessian order."""
-    fmt = number_format(config.format)
-    if fmt.group is not None and config.act_order and not config.static_groups:
-        raise FormatError(
-            f"format {config.format} stores blocks of {fmt.group} consecutive columns; act_order without "
-            "static_groups groups columns in Hessian order, which it cannot hold: add static_groups: true"
-        )
-
-
 def _set_rows(target: torch.Tensor, rows: slice, value: torch.Tensor) -> None:
     target[rows] = value.expand(rows.stop - rows.start, 1)
 
@@ -85,10 +75,8 @@ def gptq_solve(
     if len({solve_key(config) for _, config in parts}) != 1:
         raise ValueError(f"one solve needs the same {', '.join(SOLVE_OPTIONS)} for every part")
     config = parts[0][1]
-    for weight, part_config in parts:
-        check_solvable(part_config)
+    for weight, part_config in parts:  # the format's own rules were checked when the config was made
         fmt = number_format(part_config.format)
-        fmt.check(part_config.bits, part_config.group_size, part_config.symmetric)
         fmt.check_dtype(part_config.bits, part_config.symmetric, weight.dtype if dtype is None else dtype)
     H = hessian.clone()
     columns = H.shape[0]
