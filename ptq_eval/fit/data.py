@@ -102,9 +102,16 @@ class FitKey:
 ANY = FitKey()  # matches every row
 
 
+def formats(results: pd.DataFrame) -> pd.Series:
+    """Each row's number format: `int` where the results do not say (written before formats had a column)."""
+    if "format" not in results:
+        return pd.Series(INT, index=results.index, dtype=object)
+    return results["format"].astype(object).fillna(INT)
+
+
 def _column(results: pd.DataFrame, name: str) -> pd.Series:
-    """A key column; a format left empty is `int` (results written before formats had none)."""
-    return results[name].astype(object).fillna(INT) if name == "format" else results[name]
+    """A key column, the format read as `formats` reads it."""
+    return formats(results) if name == "format" else results[name]
 
 
 def stack(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -128,7 +135,7 @@ def fit_keys(results: pd.DataFrame, where: FitKey = ANY) -> tuple[list[FitKey], 
     in it."""
     rows = results[where.matches(results) & results.method.notna()]
     if "format" in rows:
-        rows = rows.assign(format=_column(rows, "format"))
+        rows = rows.assign(format=formats(rows))
     columns, keys, notes = _config_columns(rows), [], []
     evals = rows.groupby("eval", sort=False) if "eval" in rows else [(None, rows)]
     for name, own in evals:
@@ -249,11 +256,12 @@ def precision(frame: pd.DataFrame) -> pd.Series | None:
         return None
     counted = frame["bits"].astype(float)
     if {"group_size", "symmetric"} <= set(frame.columns):
-        formats = _column(frame, "format") if "format" in frame else pd.Series(INT, index=frame.index)
         counted = pd.Series(
             [
                 number_format(f).bits_per_weight(int(b), int(g), bool(s)) if b == b and g == g else b
-                for f, b, g, s in zip(formats, frame["bits"], frame["group_size"], frame["symmetric"], strict=True)
+                for f, b, g, s in zip(
+                    formats(frame), frame["bits"], frame["group_size"], frame["symmetric"], strict=True
+                )
             ],
             index=frame.index,
             dtype=float,

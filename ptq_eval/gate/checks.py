@@ -38,9 +38,10 @@ from ptq_eval.evals.evaluators import eval_metrics, metric_matches
 from ptq_eval.evals.paired import difference_ci
 from ptq_eval.fit import Estimate, FitError, FitKey, FitOptions, LawFit, fit_delta, predict_delta
 from ptq_eval.fit.breaks import break_support
+from ptq_eval.fit.data import formats
 from ptq_eval.fit.laws import BROKEN_LAWS
 from ptq_eval.gate.policy import Budget, Policy, PolicyError, reference, release_configs
-from ptq_eval.quant import INT, QuantConfig
+from ptq_eval.quant import QuantConfig
 from ptq_eval.results import study_results
 from ptq_eval.spec import StudyError, load_study
 from ptq_eval.store import Store, json_ready
@@ -254,7 +255,7 @@ def _measured(
         (results.checkpoint == checkpoint)
         & (results.method == config.method)
         & (results.bits == config.bits)
-        & (_formats(results) == config.format)
+        & (formats(results) == config.format)
         & (results.group_size == config.group_size)
         & (results.symmetric == config.symmetric)
         & (results["eval"] == eval_name)
@@ -278,11 +279,6 @@ def _measured(
 def _params(results: pd.DataFrame, checkpoint: str) -> float | None:
     rows = results.loc[results.checkpoint == checkpoint, "nonembedding_params"]
     return float(rows.iloc[0]) if len(rows) else None
-
-
-def _formats(results: pd.DataFrame) -> pd.Series:
-    """Each row's number format (results from before formats: int)."""
-    return results["format"].astype(object).fillna(INT) if "format" in results else pd.Series(INT, index=results.index)
 
 
 def _forecast(budget: Budget, fit: LawFit | str | None, params: float | None, bits: float) -> Estimate | str:
