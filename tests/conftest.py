@@ -16,6 +16,11 @@ import transformers  # noqa: E402
 
 transformers.utils.logging.disable_progress_bar()
 
+# Without a GPU, Triton kernels (GPTQ's fused column loop) run through Triton's interpreter on CPU tensors, so the
+# tests can compare them with the eager loop; Triton reads this when it is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture
 def tiny_model() -> transformers.GPTNeoXForCausalLM:

@@ -13,12 +13,14 @@ the CPU a stacked solve gives each part bit-identical weights to its own solve (
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
 
 from ptq_eval.quant.base import QuantConfig
 from ptq_eval.quant.formats import number_format
+from ptq_eval.quant.gptq_columns import column_loop
 from ptq_eval.quant.grid import PER_TENSOR, Grid
 
 SOLVE_OPTIONS = ("act_order", "static_groups", "damp", "block_size")
@@ -46,7 +48,7 @@ class _Part:
     dtype: torch.dtype
     group: int
     tensor_scale: torch.Tensor | None = None
-    static: list[Grid] | None = None
+    static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # group per position, scales, zeros
     grids: list[Grid] = field(default_factory=list)
     group_of_position: list[int] = field(default_factory=list)
 
@@ -55,6 +57,28 @@ class _Part:
         if config.group_size == PER_TENSOR:
             weight = weight.reshape(1, -1)
         return fmt.fit(weight, config.bits, config.symmetric, self.dtype, self.tensor_scale)
+
+    def block_grids(self, W: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's scale and zero point for the columns start..end ([rows, end − start]). A dynamic group
+        starting here is fitted now, as the reference GPTQ does: on the weights as they stood before this
+        block's updates (the eager loop fitted it at its first column; nothing writes W within a block)."""
+        width = end - start
+        if self.static is not None:
+            group, scales, zeros = self.static
+            return scales[:, group[start:end]], zeros[:, group[start:end]]
+        rows = self.rows.stop - self.rows.start
+        if not self.group:
+            grid = self.grids[0]
+            return grid.scale.expand(rows, width), grid.zero.expand(rows, width)
+        for column in range(start, end):
+            if column % self.group == 0:
+                self.grids.append(self.fit(W[self.rows, column : column + self.group]))
+            self.group_of_position.append(len(self.grids) - 1)
+        runs = itertools.groupby(self.group_of_position[start:end])
+        spans = [(self.grids[index], len(list(members))) for index, members in runs]
+        scale = torch.cat([grid.scale.expand(rows, count) for grid, count in spans], dim=1)
+        zero = torch.cat([grid.zero.expand(rows, count) for grid, count in spans], dim=1)
+        return scale, zero
 
 
 def solve_key(config: QuantConfig) -> tuple:
@@ -93,8 +117,8 @@ def gptq_solve(
         state.append(_Part(part_config, rows, part_dtype, group, tensor_scale))
         start = rows.stop
     for part in state:
-        if part.group and part.config.static_groups:
-            part.static = [part.fit(W[part.rows, s : s + part.group]) for s in range(0, columns, part.group)]
+        if part.group and part.config.static_groups:  # fitted on the columns in their own order
+            part.grids = [part.fit(W[part.rows, s : s + part.group]) for s in range(0, columns, part.group)]
     order = (
         torch.argsort(torch.diag(H), descending=True) if config.act_order else torch.arange(columns, device=W.device)
     )
@@ -103,60 +127,30 @@ def gptq_solve(
     H += config.damp * torch.mean(torch.diag(H)) * torch.eye(columns, device=W.device)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
 
-    # Each row's grid as the loop stands: scale, zero point and top level (per row, so parts may differ).
-    scale, zero, maxq = (torch.empty(W.shape[0], 1, device=W.device) for _ in range(3))
+    maxq = torch.empty(W.shape[0], 1, device=W.device)  # each row's top level (parts may differ)
     for part in state:
         _set_rows(maxq, part.rows, torch.tensor(2**part.config.bits - 1.0, device=W.device))
         if not part.group:
             part.grids.append(part.fit(W[part.rows]))
-            _set_rows(scale, part.rows, part.grids[0].scale)
-            _set_rows(zero, part.rows, part.grids[0].zero)
-        elif part.static is not None:
-            part.grids = part.static
+        elif part.grids:  # static groups: each position's group, on the device as one index
+            part.group_of_position = [column // part.group for column in order_on_host]
+            position_group = torch.tensor(part.group_of_position, device=W.device)
+            scales, zeros = (torch.cat([getattr(g, name) for g in part.grids], dim=1) for name in ("scale", "zero"))
+            part.static = (position_group, scales, zeros)
     bits = {part.config.bits for part in state}
-    floor, top = (0, 2 ** bits.pop() - 1) if len(bits) == 1 else (torch.zeros_like(maxq), maxq)
+    top = 2 ** bits.pop() - 1 if len(bits) == 1 else maxq
     elements = number_format(config.format).elements  # None: integer levels
+    _, run_columns = column_loop(W.device, elements)
     Q = torch.zeros_like(W)
     for start in range(0, columns, config.block_size):
         end = min(start + config.block_size, columns)
-        W1, Hinv1 = W[:, start:end].clone(), Hinv[start:end, start:end]
-        errors = torch.zeros_like(W1)
-        for i in range(end - start):
-            column = start + i
-            for part in state:
-                _next_grid(part, column, order_on_host[column], W, scale, zero)
-            x = W1[:, i : i + 1]
-            if elements is None:
-                q = (scale * (torch.clamp(torch.round(x / scale) + zero, floor, top) - zero)).flatten()
-            else:
-                q = (scale * elements.round(x / scale)).flatten()
-            Q[:, column] = q
-            error = (W1[:, i] - q) / Hinv1[i, i]
-            W1[:, i:] -= error[:, None] @ Hinv1[i : i + 1, i:]
-            errors[:, i] = error
+        grids = [part.block_grids(W, start, end) for part in state]
+        scale, zero = grids[0] if len(grids) == 1 else (torch.cat(g, dim=0) for g in zip(*grids, strict=True))
+        block = W[:, start:end].clone()
+        Q[:, start:end], errors = run_columns(block, Hinv[start:end, start:end], scale, zero, top, elements)
         W[:, end:] -= errors @ Hinv[start:end, end:]
     inverse = torch.argsort(order)
     return [_result(part, Q[part.rows][:, inverse], inverse.cpu()) for part in state]
-
-
-def _next_grid(part: _Part, column: int, original_column: int, W, scale, zero) -> None:
-    """Point the part's rows at the grid of this column (a fresh one where a dynamic group starts)."""
-    if part.static is not None:
-        index = original_column // part.group
-        grid = part.static[index]
-    elif part.group:
-        if column % part.group:
-            part.group_of_position.append(len(part.grids) - 1)
-            return
-        # As the reference GPTQ does: fitted on the weights as they stood before this block's updates.
-        grid = part.fit(W[part.rows, column : column + part.group])
-        part.grids.append(grid)
-        index = len(part.grids) - 1
-    else:
-        return
-    part.group_of_position.append(index)
-    _set_rows(scale, part.rows, grid.scale)
-    _set_rows(zero, part.rows, grid.zero)
 
 
 def _result(part: _Part, weight: torch.Tensor, inverse: torch.Tensor) -> GPTQResult:

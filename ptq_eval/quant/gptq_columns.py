@@ -1,0 +1,72 @@
+"""GPTQ's inner loop over one block of columns, and which implementation runs it.
+
+Each column is rounded onto its row's grid, and its error, scaled by the inverse Hessian factor's diagonal, is
+subtracted from the block's later columns (`quant/gptq_solve.py` does the lazy update between blocks).
+
+- `eager_columns`: torch operations column by column; every device and format. It is the reference.
+- the fused loop (`quant/gptq_triton.py`): one Triton kernel per block for integer grids on CUDA, with the
+  same arithmetic step for step, so the same weights as the eager loop on that device (tested through Triton's
+  interpreter on the CPU; `make gpu-check` compares the two on CUDA).
+
+`PTQ_EVAL_GPTQ_LOOP=eager` forces the eager loop (a check, or a GPU where Triton fails); `auto`, the default,
+takes the fused loop where it applies.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+
+import torch
+
+from ptq_eval.errors import UserError
+from ptq_eval.quant.grid import FloatElements
+
+LOOP_VARIABLE = "PTQ_EVAL_GPTQ_LOOP"
+LOOPS = ("auto", "eager")
+Columns = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def eager_columns(
+    block: torch.Tensor,
+    hinv: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    top: torch.Tensor | int,
+    elements: FloatElements | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's quantized columns and scaled errors, column by column (the block is updated in place).
+    `scale`, `zero`: each row's grid per column ([rows, width]); `top`: the highest level (one for all rows, or
+    per row [rows, 1]); `elements`: a float format's values instead of integer levels."""
+    quantized, errors = torch.zeros_like(block), torch.zeros_like(block)
+    floor = 0 if isinstance(top, int) else torch.zeros_like(top)
+    for i in range(block.shape[1]):
+        x, s = block[:, i : i + 1], scale[:, i : i + 1]
+        if elements is None:
+            z = zero[:, i : i + 1]
+            q = (s * (torch.clamp(torch.round(x / s) + z, floor, top) - z)).flatten()
+        else:
+            q = (s * elements.round(x / s)).flatten()
+        quantized[:, i] = q
+        error = (block[:, i] - q) / hinv[i, i]
+        block[:, i:] -= error[:, None] @ hinv[i : i + 1, i:]
+        errors[:, i] = error
+    return quantized, errors
+
+
+def fused_int_columns(block, hinv, scale, zero, top, elements=None):
+    from ptq_eval.quant.gptq_triton import int_columns  # Triton is imported only where the fused loop runs
+
+    top = torch.full((block.shape[0],), float(top), device=block.device) if isinstance(top, int) else top.flatten()
+    return int_columns(block, hinv, scale, zero, top.contiguous())
+
+
+def column_loop(device: torch.device, elements: FloatElements | None) -> tuple[str, Columns]:
+    """The loop a solve on `device` runs, and its name: fused for integer grids on CUDA where Triton is
+    installed (unless PTQ_EVAL_GPTQ_LOOP=eager), else eager."""
+    choice = os.environ.get(LOOP_VARIABLE, "auto")
+    if choice not in LOOPS:
+        raise UserError(f"{LOOP_VARIABLE}={choice!r} is not a GPTQ column loop; use one of {', '.join(LOOPS)}")
+    fused = device.type == "cuda" and elements is None and importlib.util.find_spec("triton") is not None
+    return ("fused", fused_int_columns) if fused and choice == "auto" else ("eager", eager_columns)
