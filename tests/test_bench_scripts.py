@@ -55,6 +55,7 @@ def test_the_gpu_check_runs_its_cpu_parts_and_says_what_it_skipped(tmp_path):
     report = out.read_text()
     assert "**Failed**" not in report, report
     assert "| Pythia-tiny shape | float32 |" in report and "| yes |" in report  # GPTQ alone and shared agree
+    assert "| tiny fc2 | 20 x 150 | 1 |" in report and "**no**" not in report  # fused loop == eager loop
     if not torch.cuda.is_available():
         assert "Skipped: no CUDA on this machine" in report and "CPU against CPU" in report
     if (data / "models" / "stories260K-hf").is_dir():

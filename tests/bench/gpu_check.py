@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import copy
 import datetime
+import importlib.util
 import os
 import platform
 import subprocess
@@ -57,6 +58,10 @@ GPTQ_CONFIGS = [
     QuantConfig(method="gptq", bits=4, group_size=32, options={"act_order": True}),
     QuantConfig(method="gptq", bits=3, group_size=-1),
 ]
+# GPTQ's solve per matrix: (label, rows, columns, configs stacked) of Pythia shapes, and tiny ones for --quick.
+LOOP_SHAPES = [("410m fc2", 1024, 4096, 1), ("1.4b qkv", 6144, 2048, 1), ("1.4b fc2", 2048, 8192, 1),
+               ("1.4b qkv, ten configs", 6144, 2048, 10), ("1.4b fc2, ten configs", 2048, 8192, 10)]  # fmt: skip
+QUICK_LOOP_SHAPES = [("tiny fc2", 20, 150, 1), ("tiny qkv, ten configs", 16, 64, 10)]
 
 
 def synchronize() -> None:
@@ -384,25 +389,113 @@ def task_speed(data: Path, cases: list[tuple[str, torch.dtype]], items: int, bat
     return lines
 
 
-def gptq_seconds(cases: list[tuple[str, torch.dtype]], samples: int, length: int) -> list[str]:
-    """One GPTQ config alone, and the sweep's ten configs from one solve (sequential: none), per shape."""
-    from gptq_shared import HEADER, measure, row
+@contextlib.contextmanager
+def forced_loop(name: str):
+    """Every GPTQ solve runs this column loop ('eager' or 'fused'), whatever the device would pick."""
+    from ptq_eval.quant import gptq_solve as solve_module
+    from ptq_eval.quant.gptq_columns import eager_columns, fused_int_columns
+
+    chosen = {"eager": eager_columns, "fused": fused_int_columns}[name]
+    picked = solve_module.column_loop
+    solve_module.column_loop = lambda device, elements: (name, chosen)
+    try:
+        yield
+    finally:
+        solve_module.column_loop = picked
+
+
+def column_loops(shapes: list[tuple[str, int, int, int]]) -> list[str]:
+    """One matrix's GPTQ solve (given its Hessian) through the eager loop and the fused one, same device: seconds,
+    µs per column, and whether the weights are identical."""
+    from gptq_shared import SWEEP
+
+    from ptq_eval.quant.gptq_columns import column_loop
+    from ptq_eval.quant.gptq_solve import gptq_solve
 
     device = "cuda" if CUDA else "cpu"
+    has_triton = importlib.util.find_spec("triton") is not None
+    fused_runs = has_triton and (CUDA or os.environ.get("TRITON_INTERPRET") == "1")
+    one = QuantConfig(method="gptq", bits=4, group_size=128, options={"act_order": True})
     lines = [
-        f"{samples} x {length} calibration tokens, random weights, {device}; Hessians and the solve in float32. "
-        "Configs: 3/4/5/6/8 bits x per channel / groups of 128, act-order, sequential: none; 'one config' is "
-        "the first (3-bit per channel), its weights compared bit for bit with its share of the joint solve.",
+        f"{device}; float32 solve of one random matrix per row, its Hessian from 4096 random inputs; the loop a "
+        f"solve here picks by itself: **{column_loop(torch.device(device), None)[0]}**. 'one config': 4-bit g128 "
+        "act-order; 'ten configs': the sweep's 3/4/5/6/8 bits x channel / g128 stacked in one solve. Seconds "
+        "include the Cholesky factors and the lazy updates between blocks; the first call of each loop is a "
+        "warm-up (Triton compiles there)."
+        + ("" if CUDA else " Without CUDA the fused loop runs in Triton's interpreter: identity only, no speed."),
+        "",
+        "| matrix | rows x columns | configs | eager s (µs/column) | fused s (µs/column) | eager / fused | "
+        "weights identical |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, rows, columns, count in shapes:
+        generator = torch.Generator().manual_seed(0)
+        inputs = torch.randn(4096, columns, generator=generator).to(device)
+        hessian = 2 * inputs.T @ inputs / inputs.shape[0]
+        weight = torch.randn(rows, columns, generator=generator).to(device)
+        configs = [one] if count == 1 else [QuantConfig(method="gptq", bits=c.bits, group_size=c.group_size,
+                                                        options={"act_order": True}) for c in SWEEP]  # fmt: skip
+        parts = [(weight, config) for config in configs]
+        results, seconds = {}, {}
+        for loop in ("eager", "fused") if fused_runs else ("eager",):
+            with forced_loop(loop):
+                gptq_solve(parts, hessian)  # warm-up
+                seconds[loop], results[loop] = timed(lambda parts=parts, hessian=hessian: gptq_solve(parts, hessian))
+        cell = {loop: f"{s:.3f} ({s / columns * 1e6:,.0f})" for loop, s in seconds.items()}
+        if "fused" in results:
+            same = all(torch.equal(a.weight, b.weight) for a, b in zip(results["eager"], results["fused"], strict=True))
+            ratio = f"{seconds['eager'] / seconds['fused']:.1f}x" if CUDA else "(interpreted)"
+            same = "yes" if same else "**no**"
+        else:
+            ratio, same = "", "n/a (no Triton)" if not has_triton else "n/a (no CUDA, no TRITON_INTERPRET)"
+        lines.append(
+            f"| {label} | {rows * count:,} x {columns:,} | {len(configs)} | {cell['eager']} | "
+            f"{cell.get('fused', 'n/a')} | {ratio} | {same} |"
+        )
+    return lines
+
+
+def gptq_seconds(cases: list[tuple[str, torch.dtype]], samples: int, length: int) -> list[str]:
+    """One GPTQ config alone, and the sweep's ten configs from one solve (sequential: none), per shape; then one
+    block-sequential config (the default) in float32 beside the model's dtype."""
+    from gptq_shared import HEADER, SWEEP, measure, row
+
+    device = "cuda" if CUDA else "cpu"
+    first = [c for c in SWEEP if (c.bits, c.group_size) == (4, 128)]
+    configs = first + [c for c in SWEEP if c not in first]
+    lines = [
+        f"{samples} x {length} calibration tokens, random weights, {device}; Hessians and the solve in float32 "
+        "whatever the model's dtype. Configs: 3/4/5/6/8 bits x per channel / groups of 128, act-order, "
+        "sequential: none; 'one config' is 4-bit g128, its weights compared bit for bit with its share of the "
+        "joint solve.",
         "",
         *HEADER,
     ]
+    default = QuantConfig(method="gptq", bits=4, group_size=128, options={"act_order": True})
+    sequential = []
     for size, dtype in cases:
         model = pythia_shaped(size, device).to(dtype)
-        lines.append(row(f"Pythia-{size} shape", dtype, measure(model, samples, length, alone=1)))
+        lines.append(row(f"Pythia-{size} shape", dtype, measure(model, samples, length, configs, alone=1)))
+        for run_dtype in dict.fromkeys((dtype, torch.float32)):
+            model = model.to(run_dtype)
+            sequential.append((size, run_dtype, _quantize_seconds(model, default, samples, length)))
         del model
         if CUDA:
             torch.cuda.empty_cache()
+    lines += ["", "The default (block-sequential) 4-bit g128 act-order config, one run each:", "",
+              "| model | dtype | seconds |", "|---|---|---|"]  # fmt: skip
+    lines += [f"| Pythia-{size} shape | {str(dtype)[6:]} | {seconds:.1f} |" for size, dtype, seconds in sequential]
     return lines
+
+
+def _quantize_seconds(model, config: QuantConfig, samples: int, length: int) -> float:
+    pristine = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    calibration = torch.randint(0, model.config.vocab_size, (samples, length), generator=generator)
+    device = next(model.parameters()).device
+    seconds, _ = timed(lambda: quantize(model, config, DEFAULT_EXCLUDE, calibration.to(device)))
+    model.load_state_dict(pristine)
+    return seconds
 
 
 def speed_or_skip(section: Callable[[], list[str]], quick: bool, have_data: bool = True) -> list[str]:
@@ -460,11 +553,15 @@ def main() -> None:
             ),
         ),
         (
+            "GPTQ column loop, eager vs fused",
+            lambda: column_loops(QUICK_LOOP_SHAPES if quick else LOOP_SHAPES),
+        ),
+        (
             "GPTQ time per size",
             lambda: speed_or_skip(
                 lambda: gptq_seconds(
-                    [("tiny", torch.float32)] if quick else [("160m", torch.float32), ("410m", torch.float32)],
-                    4 if quick else 32,
+                    [("tiny", torch.float32)] if quick else [("410m", torch.bfloat16), ("1.4b", torch.bfloat16)],
+                    4 if quick else 128,
                     64 if quick else 2048,
                 ),
                 quick,
