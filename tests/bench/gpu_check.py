@@ -1,9 +1,11 @@
 """make gpu-check: one prepared check of the GPU path, run first whenever a CUDA machine is at hand.
 
 It runs the CUDA tests; compares RTN and GPTQ weights quantized on the CPU and on CUDA (stories260K-hf and a
-Pythia-shaped GPT-NeoX); runs the stories260K study on both devices in float32 and bfloat16, δ side by side;
-times evaluation (ours, lm-eval's HFLM, a bare batched forward + cross-entropy), multiple-choice scoring (our
-lm-eval backend beside HFLM) and GPTQ per size; and writes a dated Markdown table naming the machine (rewritten
+Pythia-shaped GPT-NeoX); compares GPTQ's fused column loop with the eager one on CUDA (bit for bit, µs per
+column); times GPTQ per size (one config, the sweep's ten shared) and extrapolates the Pythia sweep
+(tests/bench/scale.py); runs the stories260K study on both devices in float32 and bfloat16, δ side by side;
+times evaluation (ours, lm-eval's HFLM, a bare batched forward + cross-entropy) and multiple-choice scoring (our
+lm-eval backend beside HFLM); and writes a dated Markdown table naming the machine (rewritten
 after every section, so a run cut short keeps what it did).
 Without CUDA it runs its CPU parts and says what it skipped; `--quick` shrinks every size (the test suite runs it).
 
@@ -498,6 +500,21 @@ def _quantize_seconds(model, config: QuantConfig, samples: int, length: int) -> 
     return seconds
 
 
+def sweep_cost(sizes: list[str]) -> list[str]:
+    """tests/bench/scale.py on CUDA (model in bf16, the ten GPTQ configs shared): the Pythia sweep's GPU-hours."""
+    if not CUDA:
+        return ["Skipped: needs CUDA (`make bench-scale` measures this CPU)."]
+    arguments = ["--device", "cuda", "--dtype", "bfloat16", "--sizes", *sizes, "--shared", "--eval-tokens", "32768",
+                 "--eval-len", "2048", "--calibration", "16", "64", "--calibration-len", "2048"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "tests/bench/scale.py", *arguments], capture_output=True, text=True, timeout=420
+    )
+    if done.returncode:
+        return [f"**Failed**: `scale.py {' '.join(arguments)}`: {done.stderr[-1500:]}"]
+    report = done.stdout.strip().splitlines()
+    return [f"`python tests/bench/scale.py {' '.join(arguments)}`", "", *report[1:]]
+
+
 def speed_or_skip(section: Callable[[], list[str]], quick: bool, have_data: bool = True) -> list[str]:
     """A timing section: on CUDA, or at --quick sizes; the full shapes on a CPU would take hours."""
     if not have_data:
@@ -522,6 +539,19 @@ def main() -> None:
     sections: list[tuple[str, Callable[[], list[str]]]] = [
         ("CUDA tests", cuda_tests),
         ("RTN and GPTQ weights, CPU vs CUDA", lambda: parity(models, (4, 32) if quick else (32, 256))),
+        ("GPTQ column loop, eager vs fused", lambda: column_loops(QUICK_LOOP_SHAPES if quick else LOOP_SHAPES)),
+        (
+            "GPTQ time per size",
+            lambda: speed_or_skip(
+                lambda: gptq_seconds(
+                    [("tiny", torch.float32)] if quick else [("410m", torch.bfloat16), ("1.4b", torch.bfloat16)],
+                    4 if quick else 128,
+                    64 if quick else 2048,
+                ),
+                quick,
+            ),
+        ),
+        ("Sweep cost on CUDA (tests/bench/scale.py)", lambda: sweep_cost(["410m", "1.4b"])),
         (
             "stories260K study on each device and dtype (loss δ, paired 95% CI)",
             lambda: stories_study(args.data, 4096 if quick else 65536) if have_data else [f"Skipped: no {STORIES}."],
@@ -550,21 +580,6 @@ def main() -> None:
                 ),
                 quick,
                 (args.data / GPT2).is_dir() and have_eval,
-            ),
-        ),
-        (
-            "GPTQ column loop, eager vs fused",
-            lambda: column_loops(QUICK_LOOP_SHAPES if quick else LOOP_SHAPES),
-        ),
-        (
-            "GPTQ time per size",
-            lambda: speed_or_skip(
-                lambda: gptq_seconds(
-                    [("tiny", torch.float32)] if quick else [("410m", torch.bfloat16), ("1.4b", torch.bfloat16)],
-                    4 if quick else 128,
-                    64 if quick else 2048,
-                ),
-                quick,
             ),
         ),
     ]

@@ -11,6 +11,12 @@ checkpoint loaded once with one baseline — is extrapolated to the sweep's sett
 calibration CALIBRATION_SAMPLES × CALIBRATION_LEN) and to the sizes not measured: eval and GPTQ's calibration
 passes by forward FLOPs per token, GPTQ's per-matrix solve by its FLOPs (Σ in²·out + in³ over the matrices),
 RTN by parameters, load by bytes. Workers: checkpoint groups list-scheduled, longest first.
+
+With `--shared`, each size also times the sweep's ten GPTQ configs from one calibration pass and one solve per
+matrix (`sequential: none`, what the runner does when a checkpoint's configs share their Hessians); a checkpoint's
+GPTQ then costs that, extrapolated as its measured ratio to one config (averaged over the sizes) times one config's
+extrapolated cost, instead of ten configs one after another. `--dtype` loads the model in another dtype (GPTQ's
+Hessians and solve stay float32).
 """
 
 from __future__ import annotations
@@ -73,9 +79,10 @@ def make_checkpoint(size: str, root: Path) -> Path:
     return path
 
 
-def measure(path: Path, device: str, eval_tokens: int, eval_len: int, calibration: list[int], cal_len: int) -> dict:
+def measure(path: Path, args: argparse.Namespace) -> dict:
     """One size, in this (fresh) process: seconds of each job part, and peak memory."""
     import torch
+    from gptq_shared import measure as shared_seconds
 
     from ptq_eval.checkpoints import load_checkpoint
     from ptq_eval.corpus import load_corpus, token_stream
@@ -94,10 +101,11 @@ def measure(path: Path, device: str, eval_tokens: int, eval_len: int, calibratio
             torch.cuda.synchronize()
         return time.perf_counter() - started, result
 
-    load_s, loaded = timed(lambda: load_checkpoint(str(path), device=device))
-    evaluation = PerplexityEval(kind="perplexity", tokens=eval_tokens, seq_len=eval_len)
-    windows = make_windows(token_stream(loaded.tokenizer, load_corpus("stdlib-python", "validation")), eval_len,
-                           eval_tokens, None)  # fmt: skip
+    device, calibration, cal_len = args.device, args.calibration, args.calibration_len
+    load_s, loaded = timed(lambda: load_checkpoint(str(path), device=device, dtype=args.dtype))
+    evaluation = PerplexityEval(kind="perplexity", tokens=args.eval_tokens, seq_len=args.eval_len)
+    windows = make_windows(token_stream(loaded.tokenizer, load_corpus("stdlib-python", "validation")), args.eval_len,
+                           args.eval_tokens, None)  # fmt: skip
     evaluator = PerplexityEvaluator(evaluation, windows, {})
     eval_s, _ = timed(lambda: evaluator.score(loaded.model))
     pristine = {name: tensor.detach().cpu().clone() for name, tensor in loaded.model.state_dict().items()}
@@ -113,28 +121,37 @@ def measure(path: Path, device: str, eval_tokens: int, eval_len: int, calibratio
                 calibration=tokens,
             )
         )
+    loaded.model.load_state_dict(pristine)
+    shared = sum(shared_seconds(loaded.model, max(calibration), cal_len, alone=0)["shared"]) if args.shared else None
     peak = (
         torch.cuda.max_memory_allocated() / 2**30
         if device == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     )
     return {"load": load_s, "eval": eval_s, "eval_tokens": windows.scored.sum().item(), "rtn": rtn_s,
-            "gptq": gptq_s, "peak_gib": peak}  # fmt: skip
+            "gptq": gptq_s, "gptq_ten_shared": shared, "peak_gib": peak}  # fmt: skip
 
 
 def sweep_cost(measured: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
     """Per-size seconds of each job part at the sweep's settings, scaled from the measured sizes."""
-    rates: dict[str, list[float]] = {"load": [], "eval": [], "rtn": [], "pass": [], "solve": []}
+    rates: dict[str, list[float]] = {"load": [], "eval": [], "rtn": [], "pass": [], "solve": [], "shared": []}
     for size, m in measured.items():
+        if m.get("gptq_ten_shared") is not None:  # the ten configs together, per one config at the same calibration
+            rates["shared"].append(m["gptq_ten_shared"] / m["gptq"][max(m["gptq"])])
         flops = shape_flops(size)
         (t1, s1), (t2, s2) = sorted(m["gptq"].items())
+        if s2 <= s1:
+            raise SystemExit(
+                f"{size}: GPTQ took {s2:.2f} s on {t2} calibration tokens, no more than {s1:.2f} s on {t1}: too "
+                "close to tell the calibration passes from the solve; use calibration sizes further apart"
+            )
         per_token = (s2 - s1) / (t2 - t1)  # GPTQ's calibration passes, per token; the rest is the solve
         rates["load"].append(m["load"] / flops["bytes"])
         rates["eval"].append(m["eval"] / (m["eval_tokens"] * flops["forward"]))
         rates["rtn"].append(m["rtn"] / flops["params"])
         rates["pass"].append(per_token / flops["forward"])
         rates["solve"].append(max(s1 - per_token * t1, 0.0) / flops["solve"])
-    rate = {part: sum(values) / len(values) for part, values in rates.items()}
+    rate = {part: sum(values) / len(values) for part, values in rates.items() if values}
     costs = {}
     for size in SWEEP_SIZES:
         flops = shape_flops(size)
@@ -143,17 +160,19 @@ def sweep_cost(measured: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
             rate["pass"] * flops["forward"] * CALIBRATION_SAMPLES * CALIBRATION_LEN + rate["solve"] * flops["solve"]
         )
         costs[size] = {"load": rate["load"] * flops["bytes"], "eval": eval_s, "rtn": rate["rtn"] * flops["params"],
-                       "gptq": gptq_s}  # fmt: skip
-    units = {"load": "byte", "eval": "forward FLOP", "rtn": "parameter", "pass": "forward FLOP", "solve": "solve FLOP"}
+                       "gptq": gptq_s, "gptq_ten": rate["shared"] * gptq_s if "shared" in rate else None}  # fmt: skip
+    units = {"load": "byte", "eval": "forward FLOP", "rtn": "parameter", "pass": "forward FLOP", "solve": "solve FLOP",
+             "shared": "one config's GPTQ for the ten shared"}  # fmt: skip
     notes = [f"{part} {value:.3g} s per {units[part]}" for part, value in rate.items()]
     return costs, notes
 
 
 def group_seconds(cost: dict) -> float:
+    """One checkpoint: load, baseline eval, every RTN config and its eval, GPTQ (the ten shared where measured)
+    and every GPTQ config's eval."""
     configs = len(BITS) * len(GROUPINGS)
-    return (
-        cost["load"] + cost["eval"] + configs * (cost["rtn"] + cost["eval"]) + configs * (cost["gptq"] + cost["eval"])
-    )
+    gptq = cost["gptq_ten"] if cost["gptq_ten"] is not None else configs * cost["gptq"]
+    return cost["load"] + cost["eval"] + configs * (cost["rtn"] + cost["eval"]) + gptq + configs * cost["eval"]
 
 
 def makespan(durations: list[float], workers: int) -> float:
@@ -169,25 +188,28 @@ def report(measured: dict, device: str, settings: str) -> str:
     lines = [f"# What a full study costs ({time.strftime('%Y-%m-%d')}, {device}: {machine})", "", settings, ""]
     lines += ["## Measured (one job part each; eval = baseline = each quantized eval)", ""]
     lines += [
-        "| size | load s | eval s (tokens) | RTN s | GPTQ s (calibration tokens) | peak GiB |",
-        "|---|---|---|---|---|---|",
+        "| size | load s | eval s (tokens) | RTN s | GPTQ s (calibration tokens) | ten GPTQ shared s | peak GiB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for size, m in measured.items():
         gptq = ", ".join(f"{s:.1f} ({t})" for t, s in sorted(m["gptq"].items()))
+        ten = "not measured" if m.get("gptq_ten_shared") is None else f"{m['gptq_ten_shared']:.1f}"
         lines.append(f"| {size} | {m['load']:.2f} | {m['eval']:.1f} ({m['eval_tokens']}) | {m['rtn']:.2f} | {gptq} "
-                     f"| {m['peak_gib']:.2f} |")  # fmt: skip
+                     f"| {ten} | {m['peak_gib']:.2f} |")  # fmt: skip
     configs = len(BITS) * len(GROUPINGS)
     jobs = len(SWEEP_SIZES) * REVISIONS * 2 * configs
     lines += ["", f"## Extrapolated: {len(SWEEP_SIZES)} sizes × {REVISIONS} revisions × RTN and GPTQ × bits "
               f"{list(BITS)} × groupings {list(GROUPINGS)} = {jobs} jobs; eval {EVAL_TOKENS} tokens at {EVAL_LEN}; "
               f"calibration {CALIBRATION_SAMPLES} × {CALIBRATION_LEN}", ""]  # fmt: skip
-    lines += ["| size | load s | eval s | RTN s | GPTQ s | one checkpoint group, h |", "|---|---|---|---|---|---|"]
+    lines += ["| size | load s | eval s | RTN s | GPTQ s (one) | GPTQ s (ten shared) | one checkpoint group, h |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     durations = []
     for size, cost in costs.items():
         hours = group_seconds(cost) / 3600
         durations += [group_seconds(cost)] * REVISIONS
+        ten = "n/a (ten one after another)" if cost["gptq_ten"] is None else f"{cost['gptq_ten']:.0f}"
         lines.append(f"| {size} | {cost['load']:.1f} | {cost['eval']:.0f} | {cost['rtn']:.1f} | {cost['gptq']:.0f} "
-                     f"| {hours:.2f} |")  # fmt: skip
+                     f"| {ten} | {hours:.2f} |")  # fmt: skip
     total = sum(durations) / 3600
     longest = max(durations) / 3600
     lines += ["", f"Total: {total:.1f} {device}-hours of work ({'this machine' if device == 'cpu' else 'one GPU'} per "
@@ -209,12 +231,13 @@ def main() -> None:
     parser.add_argument("--eval-len", type=int, default=512)
     parser.add_argument("--calibration", nargs=2, type=int, default=[4, 8], help="two calibration sample counts")
     parser.add_argument("--calibration-len", type=int, default=512)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--shared", action="store_true", help="also time the ten GPTQ configs from one solve")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure this checkpoint, print JSON
     args = parser.parse_args()
     if args.one:
-        result = measure(Path(args.one), args.device, args.eval_tokens, args.eval_len, args.calibration,
-                         args.calibration_len)  # fmt: skip
+        result = measure(Path(args.one), args)
         print(json.dumps(result))
         return
     measured = {}
@@ -226,8 +249,10 @@ def main() -> None:
             measured[size] = json.loads(output.splitlines()[-1])
             measured[size]["gptq"] = {int(k): v for k, v in measured[size]["gptq"].items()}
             print(f"{size}: {measured[size]}", file=sys.stderr, flush=True)
-    settings = (f"Measured with eval {args.eval_tokens} tokens at {args.eval_len}, GPTQ 4-bit g128 act-order on "
-                f"{args.calibration} × {args.calibration_len} calibration tokens, `torch` threads: "
+    settings = (f"Measured with the model in {args.dtype}, eval {args.eval_tokens} tokens at {args.eval_len}, GPTQ "
+                f"4-bit g128 act-order on {args.calibration} × {args.calibration_len} calibration tokens"
+                + (", and the ten configs shared (sequential: none) on the larger" if args.shared else "")
+                + f", `torch` threads: "
                 f"{os.environ.get('OMP_NUM_THREADS', 'default')}.")  # fmt: skip
     text = report(measured, args.device, settings)
     print(text)
