@@ -129,15 +129,34 @@ def test_rtn_on_cuda_is_bit_identical_to_the_cpu(config, dtype):
 
 
 @cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("where", ["model on cuda", "blocks offloaded to cuda"])
 @pytest.mark.parametrize("config", GPTQ_CONFIGS, ids=str)
-def test_gptq_on_cuda_moves_few_weights_to_another_level(config, where):
+def test_gptq_on_cuda_moves_few_weights_to_another_level(config, where, dtype):
     model = llama()
-    on_cpu, report = quantized(model, config)
+    on_cpu, report = quantized(model, config, dtype=dtype)
     options = {"home": "cuda"} if where == "model on cuda" else {"device": "cuda"}
     torch.cuda.reset_peak_memory_stats()
-    on_cuda, cuda_report = quantized(model, config, **options)
+    on_cuda, cuda_report = quantized(model, config, dtype=dtype, **options)
     assert torch.cuda.max_memory_allocated() > 0  # the blocks were quantized there
     home = "cuda" if where == "model on cuda" else "cpu"  # offloading leaves the model and its grids at home
     assert all(t.device.type == home for grids in cuda_report.grids.values() for t in grids[:2])
     assert levels_moved(on_cuda, on_cpu, report) <= LEVEL_SHARE
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_inputs_on_cuda_give_a_hessian_as_close_as_float32_inputs(dtype):
+    """Half inputs take the tensor cores (float32 products and sums); reduced-precision sums would fail here."""
+    from ptq_eval.quant.hessians import Hessian
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(2048, 256, generator=generator) * 3 + 1).to(dtype) for _ in range(2)]
+    exact = sum(b.double().T @ b.double() for b in batches) * 2 / 4096
+    tensor_cores, upcast = Hessian(256), Hessian(256)
+    for batch in batches:
+        tensor_cores.add(batch.cuda())
+        upcast.add(batch.cuda().float())
+    error = {name: float((h.matrix.cpu().double() - exact).abs().max() / exact.abs().max())
+             for name, h in (("tensor cores", tensor_cores), ("float32", upcast))}  # fmt: skip
+    assert error["tensor cores"] <= 2 * error["float32"] + 1e-7, error

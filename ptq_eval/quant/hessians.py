@@ -23,8 +23,17 @@ _LINEAR, _MATMUL = {"linear"}, {"matmul", "__matmul__", "mm"}
 _PRODUCTS = _LINEAR | _MATMUL
 
 
+_HALF = (torch.bfloat16, torch.float16)
+
+
 class Hessian:
-    """Running H = 2/n · Σ xxᵀ over the rows of every input batch a matrix sees (created on the first input)."""
+    """Running H = 2/n · Σ xxᵀ over the rows of every input batch a matrix sees (created on the first input),
+    in float32.
+
+    Half-precision inputs on CUDA are multiplied on the tensor cores with float32 output (`mm` with `out_dtype`):
+    a product of two bf16 or fp16 numbers is exact in float32 and the sums are float32, as they would be after
+    converting the inputs, at a fraction of the time (a 1.4b model's Hessians are ~1 PFLOP at 128 × 2048 tokens).
+    Everywhere else the inputs are converted to float32 first."""
 
     def __init__(self, columns: int):
         self.columns = columns
@@ -32,15 +41,18 @@ class Hessian:
         self.samples = 0
 
     def add(self, inputs: torch.Tensor) -> None:
-        x = inputs.reshape(-1, inputs.shape[-1]).float()
+        x = inputs.reshape(-1, inputs.shape[-1])
         if self.matrix is None:
             self.matrix = torch.zeros(self.columns, self.columns, device=x.device, dtype=torch.float32)
         total = self.samples + x.shape[0]
         if total == 0:
             return
         self.matrix *= self.samples / total
-        x = x * (2 / total) ** 0.5
-        self.matrix += x.T @ x
+        if x.is_cuda and x.dtype in _HALF:
+            self.matrix += torch.mm(x.T, x, out_dtype=torch.float32) * (2 / total)
+        else:
+            x = x.float() * (2 / total) ** 0.5
+            self.matrix += x.T @ x
         self.samples = total
 
 
