@@ -41,10 +41,10 @@ def eager_columns(
     per row [rows, 1]); `elements`: a float format's values instead of integer levels."""
     quantized, errors = torch.zeros_like(block), torch.zeros_like(block)
     floor = 0 if isinstance(top, int) else torch.zeros_like(top)
-    for i in range(block.shape[1]):
-        x, s = block[:, i : i + 1], scale[:, i : i + 1]
+    scales, zeros = (grid.T.unsqueeze(-1).unbind(0) for grid in (scale, zero))  # each column's [rows, 1], at once
+    for i, (s, z) in enumerate(zip(scales, zeros, strict=True)):
+        x = block[:, i : i + 1]
         if elements is None:
-            z = zero[:, i : i + 1]
             q = (s * (torch.clamp(torch.round(x / s) + z, floor, top) - z)).flatten()
         else:
             q = (s * elements.round(x / s)).flatten()
