@@ -91,3 +91,21 @@ def test_an_unknown_loop_is_refused_by_name(monkeypatch):
     monkeypatch.setenv(LOOP_VARIABLE, "graph")
     with pytest.raises(UserError, match="'graph'.*auto, eager"):
         column_loop(torch.device("cuda"), None)
+
+
+def test_a_fused_loop_that_disagrees_with_the_eager_one_stops_the_solve(monkeypatch):
+    from ptq_eval.quant import gptq_columns, gptq_triton
+
+    exact = gptq_triton.int_columns
+
+    def drifting(block, hinv, scale, zero, top):  # as if a compiler contracted one step into a different result
+        quantized, errors = exact(block, hinv, scale, zero, top)
+        return quantized, errors * (1 + 2**-20)
+
+    monkeypatch.setattr(gptq_triton, "int_columns", drifting)
+    monkeypatch.setattr(gptq_columns, "_AGREED", set())
+    block, hessian = problem(rows=16, columns=32)
+    hinv = torch.linalg.cholesky(hessian + torch.eye(32, device=DEVICE), upper=True)
+    grid = torch.full((16, 32), 0.1, device=DEVICE)
+    with pytest.raises(RuntimeError, match=f"disagrees with the eager loop.*{LOOP_VARIABLE}=eager"):
+        fused_int_columns(block, hinv, grid, grid * 0 + 8, 15)

@@ -56,10 +56,38 @@ def eager_columns(
 
 
 def fused_int_columns(block, hinv, scale, zero, top, elements=None):
-    from ptq_eval.quant.gptq_triton import int_columns  # Triton is imported only where the fused loop runs
+    """The fused loop, with `eager_columns`' arguments; checked against the eager loop once per device first."""
+    from ptq_eval.quant import gptq_triton  # Triton is imported only where the fused loop runs
 
+    if block.device not in _AGREED:
+        _check_agreement(block.device, gptq_triton.int_columns)
+        _AGREED.add(block.device)
     top = torch.full((block.shape[0],), float(top), device=block.device) if isinstance(top, int) else top.flatten()
-    return int_columns(block, hinv, scale, zero, top.contiguous())
+    return gptq_triton.int_columns(block, hinv, scale, zero, top.contiguous())
+
+
+_AGREED: set[torch.device] = set()  # devices where the fused loop has given the eager loop's columns
+
+
+def _check_agreement(device: torch.device, fused: Columns) -> None:
+    """A seeded block of 128 columns through both loops on `device`: a compiler or driver that changes the
+    arithmetic stops the solve here, loudly, instead of moving weights without a word."""
+    generator = torch.Generator().manual_seed(0)
+    rows, width = 40, 128
+    factor = torch.randn(width, width, generator=generator)
+    hinv = torch.linalg.cholesky(factor @ factor.T / width + torch.eye(width), upper=True).contiguous().to(device)
+    block = torch.randn(rows, width, generator=generator).to(device)
+    scale = (torch.rand(rows, 1, generator=generator) * 0.2 + 0.05).expand(rows, width).to(device)
+    zero = torch.randint(0, 8, (rows, 1), generator=generator).float().expand(rows, width).to(device)
+    top = torch.randint(3, 16, (rows, 1), generator=generator).float().to(device)
+    expected = eager_columns(block.clone(), hinv, scale, zero, top)
+    found = fused(block.clone(), hinv, scale, zero, top.flatten().contiguous())
+    differ = sum(int((a != b).sum()) for a, b in zip(expected, found, strict=True))
+    if differ:
+        raise RuntimeError(
+            f"GPTQ's fused column loop disagrees with the eager loop on {device} ({differ} of {2 * rows * width} "
+            f"values differ in a seeded check): set {LOOP_VARIABLE}=eager to run the eager loop, and report this"
+        )
 
 
 def column_loop(device: torch.device, elements: FloatElements | None) -> tuple[str, Columns]:
