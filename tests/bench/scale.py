@@ -13,10 +13,11 @@ passes by forward FLOPs per token, GPTQ's per-matrix solve by its FLOPs (Σ in²
 RTN by parameters, load by bytes. Workers: checkpoint groups list-scheduled, longest first.
 
 With `--shared`, each size also times the sweep's ten GPTQ configs from one calibration pass and one solve per
-matrix (`sequential: none`, what the runner does when a checkpoint's configs share their Hessians); a checkpoint's
-GPTQ then costs that, extrapolated as its measured ratio to one config (averaged over the sizes) times one config's
-extrapolated cost, instead of ten configs one after another. `--dtype` loads the model in another dtype (GPTQ's
-Hessians and solve stay float32).
+matrix (`sequential: none`, what the runner does when a checkpoint's configs share their Hessians) on the larger
+calibration; a checkpoint's GPTQ then costs that instead of ten configs one after another, extrapolated the same
+way: its calibration pass at one config's rate per forward FLOP (an upper bound: `sequential: none` runs each
+block once, block-sequential GPTQ twice) and the rest, the joint solve, per solve FLOP. `--dtype` loads the
+model in another dtype (GPTQ's Hessians and solve stay float32).
 """
 
 from __future__ import annotations
@@ -136,8 +137,6 @@ def sweep_cost(measured: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
     """Per-size seconds of each job part at the sweep's settings, scaled from the measured sizes."""
     rates: dict[str, list[float]] = {"load": [], "eval": [], "rtn": [], "pass": [], "solve": [], "shared": []}
     for size, m in measured.items():
-        if m.get("gptq_ten_shared") is not None:  # the ten configs together, per one config at the same calibration
-            rates["shared"].append(m["gptq_ten_shared"] / m["gptq"][max(m["gptq"])])
         flops = shape_flops(size)
         (t1, s1), (t2, s2) = sorted(m["gptq"].items())
         if s2 <= s1:
@@ -151,18 +150,19 @@ def sweep_cost(measured: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
         rates["rtn"].append(m["rtn"] / flops["params"])
         rates["pass"].append(per_token / flops["forward"])
         rates["solve"].append(max(s1 - per_token * t1, 0.0) / flops["solve"])
+        if m.get("gptq_ten_shared") is not None:  # the ten configs' joint solve: what their pass does not take
+            rates["shared"].append(max(m["gptq_ten_shared"] - per_token * t2, 0.0) / flops["solve"])
     rate = {part: sum(values) / len(values) for part, values in rates.items() if values}
     costs = {}
     for size in SWEEP_SIZES:
         flops = shape_flops(size)
         eval_s = rate["eval"] * flops["forward"] * EVAL_TOKENS
-        gptq_s = (
-            rate["pass"] * flops["forward"] * CALIBRATION_SAMPLES * CALIBRATION_LEN + rate["solve"] * flops["solve"]
-        )
+        passes = rate["pass"] * flops["forward"] * CALIBRATION_SAMPLES * CALIBRATION_LEN
+        ten = passes + rate["shared"] * flops["solve"] if "shared" in rate else None
         costs[size] = {"load": rate["load"] * flops["bytes"], "eval": eval_s, "rtn": rate["rtn"] * flops["params"],
-                       "gptq": gptq_s, "gptq_ten": rate["shared"] * gptq_s if "shared" in rate else None}  # fmt: skip
+                       "gptq": passes + rate["solve"] * flops["solve"], "gptq_ten": ten}  # fmt: skip
     units = {"load": "byte", "eval": "forward FLOP", "rtn": "parameter", "pass": "forward FLOP", "solve": "solve FLOP",
-             "shared": "one config's GPTQ for the ten shared"}  # fmt: skip
+             "shared": "solve FLOP of one config for the ten configs' joint solve"}  # fmt: skip
     notes = [f"{part} {value:.3g} s per {units[part]}" for part, value in rate.items()]
     return costs, notes
 
