@@ -56,12 +56,17 @@ def eager_columns(
 
 
 def fused_int_columns(block, hinv, scale, zero, top, elements=None):
-    """The fused loop, with `eager_columns`' arguments; checked against the eager loop once per device first."""
-    from ptq_eval.quant import gptq_triton  # Triton is imported only where the fused loop runs
-
+    """The fused loop, with `eager_columns`' arguments; checked against the eager loop once per device first.
+    (Triton is imported only where the fused loop runs.)"""
     if block.device not in _AGREED:
-        _check_agreement(block.device, gptq_triton.int_columns)
+        _check_agreement(block.device, _launch)
         _AGREED.add(block.device)
+    return _launch(block, hinv, scale, zero, top)
+
+
+def _launch(block, hinv, scale, zero, top) -> tuple[torch.Tensor, torch.Tensor]:
+    from ptq_eval.quant import gptq_triton
+
     top = torch.full((block.shape[0],), float(top), device=block.device) if isinstance(top, int) else top.flatten()
     return gptq_triton.int_columns(block, hinv, scale, zero, top.contiguous())
 
@@ -70,23 +75,37 @@ _AGREED: set[torch.device] = set()  # devices where the fused loop has given the
 
 
 def _check_agreement(device: torch.device, fused: Columns) -> None:
-    """A seeded block of 128 columns through both loops on `device`: a compiler or driver that changes the
-    arithmetic stops the solve here, loudly, instead of moving weights without a word."""
+    """Seeded blocks through both loops on `device`, laid out as solves lay them out (a full block with each row's
+    grid broadcast and the column-major factor; a narrower tail block with a grid per column and one top level),
+    some columns on rounding ties: a compiler or driver that changes the arithmetic stops the solve here, loudly,
+    instead of moving weights without a word."""
     generator = torch.Generator().manual_seed(0)
-    rows, width = 40, 128
-    factor = torch.randn(width, width, generator=generator)
-    hinv = torch.linalg.cholesky(factor @ factor.T / width + torch.eye(width), upper=True).contiguous().to(device)
-    block = torch.randn(rows, width, generator=generator).to(device)
-    scale = (torch.rand(rows, 1, generator=generator) * 0.2 + 0.05).expand(rows, width).to(device)
-    zero = torch.randint(0, 8, (rows, 1), generator=generator).float().expand(rows, width).to(device)
-    top = torch.randint(3, 16, (rows, 1), generator=generator).float().to(device)
-    expected = eager_columns(block.clone(), hinv, scale, zero, top)
-    found = fused(block.clone(), hinv, scale, zero, top.flatten().contiguous())
-    differ = sum(int((a != b).sum()) for a, b in zip(expected, found, strict=True))
+    rows, differ, total = 24, 0, 0
+    for width, broadcast in ((128, True), (72, False)):
+        factor = torch.randn(width, width, generator=generator)
+        hinv = torch.linalg.cholesky(factor @ factor.T / width + torch.eye(width), upper=True).to(device)
+        block = torch.randn(rows, width, generator=generator)
+        if broadcast:
+            scale = (torch.rand(rows, 1, generator=generator) * 0.2 + 0.05).expand(rows, width).clone()
+            zero = torch.randint(0, 8, (rows, 1), generator=generator).float().expand(rows, width)
+            top: torch.Tensor | int = torch.randint(3, 16, (rows, 1), generator=generator).float().to(device)
+        else:
+            scale = torch.rand(rows, width, generator=generator) * 0.2 + 0.05
+            zero = torch.randint(0, 8, (rows, width), generator=generator).float()
+            top = 15
+        scale[:4] = 0.125
+        block[:4, 0] = torch.tensor([0.5, 1.5, -0.5, -2.5]) * 0.125  # halfway between two levels
+        scale = scale[:, :1].expand(rows, width) if broadcast else scale
+        block, scale, zero = block.to(device), scale.to(device), zero.to(device)
+        expected = eager_columns(block.clone(), hinv, scale, zero, top)
+        found = fused(block.clone(), hinv, scale, zero, top)
+        differ += sum(int((a != b).sum()) for a, b in zip(expected, found, strict=True))
+        total += 2 * rows * width
     if differ:
         raise RuntimeError(
-            f"GPTQ's fused column loop disagrees with the eager loop on {device} ({differ} of {2 * rows * width} "
-            f"values differ in a seeded check): set {LOOP_VARIABLE}=eager to run the eager loop, and report this"
+            f"GPTQ's fused column loop disagrees with the eager loop on {device} ({differ} of {total} values differ "
+            f"in a seeded check): set {LOOP_VARIABLE}=eager to run the eager loop, and report this (unless torch's "
+            "float32 matmul precision is set below 'highest': TF32 then rounds the eager loop's products)"
         )
 
 

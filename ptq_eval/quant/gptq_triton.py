@@ -3,13 +3,16 @@
 Rows are independent given H, so each program owns a tile of rows and runs every column of the block on it in
 registers: no launch and no host sync per column. The steps are the eager loop's (`quant/gptq_columns.py`) and
 each is exact in float32 the same way: IEEE division (`div_rn`, not Triton's approximate `/`), round half to
-even built from floor (exact: see `_int_columns`), clamping that keeps NaN, and no fused multiply-add
-(`enable_fp_fusion=False`), so the weights equal the eager loop's on the same device. With TRITON_INTERPRET=1 set before
+even built from floor (exact: see `_int_columns`) and no fused multiply-add (`enable_fp_fusion=False`), so for
+finite weights the result equals the eager loop's on the same device. (NaN is not promised to travel the same
+way: Triton compiles assuming no NaN.) With TRITON_INTERPRET=1 set before
 Triton is imported, the same source runs on CPU tensors through Triton's interpreter (numpy, slow): that is how
 the tests compare it with the eager loop on a machine without a GPU (`tests/conftest.py` sets it there).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import triton
@@ -64,12 +67,15 @@ def int_columns(
     """The block's quantized columns and scaled errors ([rows, width] each, float32). `scale` and `zero` give
     each row's grid per column ([rows, width], broadcast views allowed); `top` each row's highest level."""
     rows, width = block.shape
-    quantized, errors = torch.empty_like(block), torch.empty_like(block)
-    _int_columns[(triton.cdiv(rows, ROWS_PER_PROGRAM),)](
-        block, hinv, scale, zero, top, quantized, errors,
-        rows,
-        *block.stride(), *hinv.stride(), *scale.stride(), *zero.stride(), quantized.stride(0), errors.stride(0),
-        width=width, ROWS=ROWS_PER_PROGRAM, WIDTH=triton.next_power_of_2(width),
-        num_warps=WARPS, enable_fp_fusion=False,
-    )  # fmt: skip
+    hinv = hinv.contiguous()  # its rows are read whole (the solve's factor is column-major)
+    quantized, errors = (torch.empty(rows, width, dtype=block.dtype, device=block.device) for _ in range(2))
+    # Triton launches on the current device, not the tensors': make it theirs (a solve may run on cuda:1).
+    with torch.cuda.device(block.device) if block.is_cuda else contextlib.nullcontext():
+        _int_columns[(triton.cdiv(rows, ROWS_PER_PROGRAM),)](
+            block, hinv, scale, zero, top, quantized, errors,
+            rows,
+            *block.stride(), *hinv.stride(), *scale.stride(), *zero.stride(), quantized.stride(0), errors.stride(0),
+            width=width, ROWS=ROWS_PER_PROGRAM, WIDTH=triton.next_power_of_2(width),
+            num_warps=WARPS, enable_fp_fusion=False,
+        )  # fmt: skip
     return quantized, errors
