@@ -31,9 +31,10 @@ class Hessian:
     in float32.
 
     Half-precision inputs on CUDA are multiplied on the tensor cores with float32 output (`mm` with `out_dtype`):
-    a product of two bf16 or fp16 numbers is exact in float32 and the sums are float32, as they would be after
-    converting the inputs, at a fraction of the time (a 1.4b model's Hessians are ~1 PFLOP at 128 × 2048 tokens).
-    Everywhere else the inputs are converted to float32 first."""
+    a product of two bf16 or fp16 numbers is exact in float32 and the sums are kept in float32 (the tensor cores'
+    adders may truncate where float32 rounds: within float32 summation's own error bound, which a CUDA test
+    holds), at a fraction of the time (a 1.4b model's Hessians are ~1 PFLOP at 128 × 2048 tokens). Everywhere
+    else the inputs are converted to float32 first."""
 
     def __init__(self, columns: int):
         self.columns = columns
