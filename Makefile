@@ -173,11 +173,12 @@ stress: $(STAMP)
 # Every benchmark (peers in throwaway venvs): speed and agreement tables under reports/bench/
 bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-gptq-shared bench-formats bench-fit bench-scale
 
-# The GPU path in one command (about 9 minutes on one H100/H200, under the device's 10-minute call; run it first
-# whenever a CUDA machine is at hand): CUDA tests, RTN/GPTQ weights CPU vs CUDA, GPTQ's fused column loop vs the
-# eager one, GPTQ time per size and the sweep's cost (scale.py), the stories260K study on both devices in float32
-# and bfloat16, evaluation speed (ours / lm-eval HFLM / bare forward) -> reports/bench/gpu.md (rewritten after each
-# section; GPU_CHECK_ARGS="--only GPTQ" runs some sections). Without CUDA
+# The GPU path in one command (about 9 minutes on one H100/H200 by estimate, under the device's 10-minute call;
+# run it first whenever a CUDA machine is at hand): CUDA tests, RTN/GPTQ weights CPU vs CUDA, GPTQ's fused column
+# loop vs the eager one, GPTQ time per size, the stories260K study on both devices in float32 and bfloat16,
+# evaluation speed (ours / lm-eval HFLM / bare forward), and last the sweep's cost (scale.py) -> reports/bench/gpu.md
+# (rewritten after each section, so a run cut short keeps the sections before; GPU_CHECK_ARGS="--only GPTQ" runs
+# only the sections with that word in their title). Without CUDA
 # it runs its CPU parts and says what it skipped. A bare GPU machine has torch and transformers but no network:
 # `make gpu-check-prepare` (here) copies what the check reads from ../shared/data and downloads the wheels it
 # lacks into .gpu-check/ (about 30 MiB; carry it), and `make gpu-check` there installs them from it.

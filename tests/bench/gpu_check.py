@@ -505,9 +505,9 @@ def sweep_cost(sizes: list[str]) -> list[str]:
     if not CUDA:
         return ["Skipped: needs CUDA (`make bench-scale` measures this CPU)."]
     arguments = ["--device", "cuda", "--dtype", "bfloat16", "--sizes", *sizes, "--shared", "--eval-tokens", "32768",
-                 "--eval-len", "2048", "--calibration", "16", "64", "--calibration-len", "2048"]  # fmt: skip
+                 "--eval-len", "2048", "--calibration", "16", "128", "--calibration-len", "2048"]  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "tests/bench/scale.py", *arguments], capture_output=True, text=True, timeout=420
+        [sys.executable, "tests/bench/scale.py", *arguments], capture_output=True, text=True, timeout=300
     )
     if done.returncode:
         return [f"**Failed**: `scale.py {' '.join(arguments)}`: {done.stderr[-1500:]}"]
@@ -551,7 +551,6 @@ def main() -> None:
                 quick,
             ),
         ),
-        ("Sweep cost on CUDA (tests/bench/scale.py)", lambda: sweep_cost(["410m", "1.4b"])),
         (
             "stories260K study on each device and dtype (loss δ, paired 95% CI)",
             lambda: stories_study(args.data, 4096 if quick else 65536) if have_data else [f"Skipped: no {STORIES}."],
@@ -582,6 +581,7 @@ def main() -> None:
                 (args.data / GPT2).is_dir() and have_eval,
             ),
         ),
+        ("Sweep cost on CUDA (tests/bench/scale.py)", lambda: sweep_cost(["410m", "1.4b"])),
     ]
     document = environment()
     args.out.parent.mkdir(parents=True, exist_ok=True)
