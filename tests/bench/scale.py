@@ -16,8 +16,8 @@ With `--shared`, each size also times the sweep's ten GPTQ configs from one cali
 matrix (`sequential: none`, what the runner does when a checkpoint's configs share their Hessians) on the larger
 calibration; a checkpoint's GPTQ then costs that instead of ten configs one after another, extrapolated the same
 way: its calibration pass at one config's rate per forward FLOP (an upper bound: `sequential: none` runs each
-block once, block-sequential GPTQ twice) and the rest, the joint solve, per solve FLOP. `--dtype` loads the
-model in another dtype (GPTQ's Hessians and solve stay float32).
+block once, block-sequential GPTQ twice) and the rest, the joint solve, per FLOP of the stacked solve.
+`--dtype` loads the model in another dtype (GPTQ's Hessians and solve stay float32).
 """
 
 from __future__ import annotations
@@ -50,13 +50,15 @@ TOKENIZER = Path("tasks/ladders/demo/n25k/tpp5")  # its tokenizer; a model's cos
 
 
 def shape_flops(size: str) -> dict[str, float]:
-    """Forward FLOPs per token, GPTQ solve FLOPs, parameter count and bytes (float32) of a Pythia shape."""
+    """Forward FLOPs per token, GPTQ solve FLOPs (one config; the sweep's configs stacked, one factorization),
+    parameter count and bytes (float32) of a Pythia shape."""
     hidden, layers, _, inner = PYTHIA[size]
     matrices = [(hidden, 3 * hidden), (hidden, hidden), (hidden, inner), (inner, hidden)]  # (in, out) per layer
     nonembedding = layers * sum(i * o for i, o in matrices)
     return {
         "forward": 2 * (nonembedding + VOCAB * hidden),
         "solve": layers * sum(i * i * o + i**3 for i, o in matrices),
+        "solve_shared": layers * sum(len(BITS) * len(GROUPINGS) * i * i * o + i**3 for i, o in matrices),
         "params": nonembedding,
         "bytes": 4 * (nonembedding + 2 * VOCAB * hidden),
     }
@@ -151,18 +153,18 @@ def sweep_cost(measured: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
         rates["pass"].append(per_token / flops["forward"])
         rates["solve"].append(max(s1 - per_token * t1, 0.0) / flops["solve"])
         if m.get("gptq_ten_shared") is not None:  # the ten configs' joint solve: what their pass does not take
-            rates["shared"].append(max(m["gptq_ten_shared"] - per_token * t2, 0.0) / flops["solve"])
+            rates["shared"].append(max(m["gptq_ten_shared"] - per_token * t2, 0.0) / flops["solve_shared"])
     rate = {part: sum(values) / len(values) for part, values in rates.items() if values}
     costs = {}
     for size in SWEEP_SIZES:
         flops = shape_flops(size)
         eval_s = rate["eval"] * flops["forward"] * EVAL_TOKENS
         passes = rate["pass"] * flops["forward"] * CALIBRATION_SAMPLES * CALIBRATION_LEN
-        ten = passes + rate["shared"] * flops["solve"] if "shared" in rate else None
+        ten = passes + rate["shared"] * flops["solve_shared"] if "shared" in rate else None
         costs[size] = {"load": rate["load"] * flops["bytes"], "eval": eval_s, "rtn": rate["rtn"] * flops["params"],
                        "gptq": passes + rate["solve"] * flops["solve"], "gptq_ten": ten}  # fmt: skip
     units = {"load": "byte", "eval": "forward FLOP", "rtn": "parameter", "pass": "forward FLOP", "solve": "solve FLOP",
-             "shared": "solve FLOP of one config for the ten configs' joint solve"}  # fmt: skip
+             "shared": "joint-solve FLOP"}  # fmt: skip
     notes = [f"{part} {value:.3g} s per {units[part]}" for part, value in rate.items()]
     return costs, notes
 
