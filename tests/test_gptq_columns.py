@@ -6,6 +6,8 @@ TRITON_INTERPRET); with one, on CUDA against the eager loop on CUDA.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ from ptq_eval.errors import UserError
 from ptq_eval.quant import QuantConfig
 from ptq_eval.quant import gptq_solve as solve_module
 from ptq_eval.quant.formats import number_format
-from ptq_eval.quant.gptq_columns import LOOP_VARIABLE, column_loop, eager_columns, fused_int_columns
+from ptq_eval.quant.gptq_columns import LOOP_VARIABLE, column_loop, eager_columns, fused_columns
 from ptq_eval.quant.gptq_solve import gptq_solve
 
 pytest.importorskip("triton")
@@ -35,7 +37,7 @@ def test_the_kernel_gives_the_eager_columns_for_one_block():
     zero = torch.randint(0, 8, (rows, width), device=DEVICE).float()
     top = torch.randint(3, 16, (rows, 1), device=DEVICE).float()  # a top level per row, as stacked bit widths give
     eager = eager_columns(block.clone(), hinv, scale, zero, top)
-    fused = fused_int_columns(block.clone(), hinv, scale, zero, top)
+    fused = fused_columns(block.clone(), hinv, scale, zero, top)
     assert torch.equal(eager[0], fused[0]) and torch.equal(eager[1], fused[1])
 
 
@@ -47,17 +49,27 @@ def test_the_kernel_rounds_ties_to_even_and_clamps_like_the_eager_loop():
     scale, zero = torch.full((rows, width), 0.25, device=DEVICE), torch.full((rows, width), 8.0, device=DEVICE)
     top = torch.full((rows, 1), 15.0, device=DEVICE)
     eager = eager_columns(block.clone(), hinv, scale, zero, top)
-    fused = fused_int_columns(block.clone(), hinv, scale, zero, top)
+    fused = fused_columns(block.clone(), hinv, scale, zero, top)
     assert torch.equal(eager[0], fused[0]) and torch.equal(eager[1], fused[1])
 
 
+def gptq(bits, group, symmetric=True, format="int", **options):
+    return QuantConfig(method="gptq", format=format, bits=bits, group_size=group, symmetric=symmetric, options=options)
+
+
 CASES = {
-    "per-channel": [(4, -1, True, {})],
-    "groups-asymmetric": [(3, 16, False, {})],
-    "act-order": [(4, 16, True, {"act_order": True})],
-    "static-groups": [(3, 16, False, {"act_order": True, "static_groups": True})],
-    "stacked-bit-widths": [(3, 16, True, {}), (4, 16, False, {}), (8, -1, True, {})],
-    "tail-block": [(4, 32, True, {"block_size": 48})],
+    "per-channel": [gptq(4, -1)],
+    "groups-asymmetric": [gptq(3, 16, symmetric=False)],
+    "act-order": [gptq(4, 16, act_order=True)],
+    "static-groups": [gptq(3, 16, symmetric=False, act_order=True, static_groups=True)],
+    "stacked-bit-widths": [gptq(3, 16), gptq(4, 16, symmetric=False), gptq(8, -1)],
+    "tail-block": [gptq(4, 32, block_size=48)],
+    "fp4-e2m1": [gptq(4, 32, format="fp4_e2m1", act_order=True)],
+    "nvfp4": [gptq(4, 16, format="nvfp4")],
+    "mxfp4-static": [gptq(4, 32, format="mxfp4", act_order=True, static_groups=True)],
+    "fp8-e4m3": [gptq(8, -1, format="fp8_e4m3", block_size=48)],
+    "fp8-e5m2": [gptq(8, -1, format="fp8_e5m2")],
+    "mxint8": [gptq(8, 32, format="mxint8")],
 }
 
 
@@ -65,24 +77,39 @@ CASES = {
 def test_a_solve_through_the_fused_loop_equals_the_eager_solve(case, monkeypatch):
     weight, hessian = problem(rows=20, columns=70)
     hessian[5, :] = hessian[:, 5] = 0  # a dead input column
-    parts = [
-        (weight * (index + 1), QuantConfig(method="gptq", bits=bits, group_size=group, symmetric=sym, options=options))
-        for index, (bits, group, sym, options) in enumerate(CASES[case])
-    ]
+    parts = [(weight * (index + 1), config) for index, config in enumerate(CASES[case])]
     eager = gptq_solve(parts, hessian)
-    monkeypatch.setattr(solve_module, "column_loop", lambda device, elements: ("fused", fused_int_columns))
+    monkeypatch.setattr(solve_module, "column_loop", lambda device, elements: ("fused", fused_columns))
     fused = gptq_solve(parts, hessian)
     for a, b in zip(eager, fused, strict=True):
         assert torch.equal(a.weight, b.weight)
         assert torch.equal(a.scales, b.scales) and torch.equal(a.zeros, b.zeros)
 
 
-def test_the_loop_is_fused_only_for_integer_grids_on_cuda(monkeypatch):
+@pytest.mark.parametrize("format", ["fp4_e2m1", "fp8_e4m3", "fp8_e5m2"])
+def test_the_kernel_rounds_float_elements_like_the_eager_loop(format):
+    """Every element of the format, the midpoints between neighbours (ties), values past the largest, zero."""
+    elements = number_format(format).elements
+    dense = torch.logspace(math.log2(elements.smallest) - 2, math.log2(elements.max_value) + 1, 3000, base=2)
+    points = torch.unique(elements.round(dense))  # the format's positive values and zero
+    values = torch.cat([points, (points[1:] + points[:-1]) / 2, dense[-20:], torch.zeros(1)])
+    values = torch.cat([values, -values])
+    width = 128
+    rows = -(-len(values) // width)
+    block = torch.zeros(rows * width).index_copy(0, torch.arange(len(values)), values).reshape(rows, width).to(DEVICE)
+    hinv = 2 * torch.eye(width, device=DEVICE)  # no error carried between columns
+    scale = torch.ones(rows, width, device=DEVICE)
+    eager = eager_columns(block.clone(), hinv, scale, scale * 0, 0, elements)
+    fused = fused_columns(block.clone(), hinv, scale, scale * 0, 0, elements)
+    assert torch.equal(eager[0], fused[0]) and torch.equal(eager[1], fused[1])
+
+
+def test_the_loop_is_fused_on_cuda_for_every_format(monkeypatch):
     monkeypatch.delenv(LOOP_VARIABLE, raising=False)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert column_loop(cuda, None)[0] == "fused"
+    assert column_loop(cuda, number_format("fp4_e2m1").elements)[0] == "fused"
     assert column_loop(cpu, None)[0] == "eager"
-    assert column_loop(cuda, number_format("fp4_e2m1").elements)[0] == "eager"
     monkeypatch.setenv(LOOP_VARIABLE, "eager")
     assert column_loop(cuda, None)[0] == "eager"
 
@@ -96,16 +123,16 @@ def test_an_unknown_loop_is_refused_by_name(monkeypatch):
 def test_a_fused_loop_that_disagrees_with_the_eager_one_stops_the_solve(monkeypatch):
     from ptq_eval.quant import gptq_columns, gptq_triton
 
-    exact = gptq_triton.int_columns
+    exact = gptq_triton.columns
 
-    def drifting(block, hinv, scale, zero, top):  # as if a compiler contracted one step into a different result
-        quantized, errors = exact(block, hinv, scale, zero, top)
+    def drifting(block, hinv, scale, zero, top, elements):  # as if a compiler changed one step's rounding
+        quantized, errors = exact(block, hinv, scale, zero, top, elements)
         return quantized, errors * (1 + 2**-20)
 
-    monkeypatch.setattr(gptq_triton, "int_columns", drifting)
+    monkeypatch.setattr(gptq_triton, "columns", drifting)
     monkeypatch.setattr(gptq_columns, "_AGREED", set())
     block, hessian = problem(rows=16, columns=32)
     hinv = torch.linalg.cholesky(hessian + torch.eye(32, device=DEVICE), upper=True)
     grid = torch.full((16, 32), 0.1, device=DEVICE)
     with pytest.raises(RuntimeError, match=f"disagrees with the eager loop.*{LOOP_VARIABLE}=eager"):
-        fused_int_columns(block, hinv, grid, grid * 0 + 8, 15)
+        fused_columns(block, hinv, grid, grid * 0 + 8, 15)

@@ -4,9 +4,10 @@ Each column is rounded onto its row's grid, and its error, scaled by the inverse
 subtracted from the block's later columns (`quant/gptq_solve.py` does the lazy update between blocks).
 
 - `eager_columns`: torch operations column by column; every device and format. It is the reference.
-- the fused loop (`quant/gptq_triton.py`): one Triton kernel per block for integer grids on CUDA, with the
-  same arithmetic step for step, so the same weights as the eager loop on that device (tested through Triton's
-  interpreter on the CPU; `make gpu-check` compares the two on CUDA).
+- the fused loop (`quant/gptq_triton.py`): one Triton kernel per block on CUDA, integer grids and float formats,
+  with the same arithmetic step for step, so the same weights as the eager loop on that device (tested through
+  Triton's interpreter on the CPU; `make gpu-check` compares the two on CUDA; each process checks it once per
+  device before its first solve there).
 
 `PTQ_EVAL_GPTQ_LOOP=eager` forces the eager loop (a check, or a GPU where Triton fails); `auto`, the default,
 takes the fused loop where it applies.
@@ -21,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from ptq_eval.errors import UserError
+from ptq_eval.quant.formats import E2M1
 from ptq_eval.quant.grid import FloatElements
 
 LOOP_VARIABLE = "PTQ_EVAL_GPTQ_LOOP"
@@ -55,20 +57,20 @@ def eager_columns(
     return quantized, errors
 
 
-def fused_int_columns(block, hinv, scale, zero, top, elements=None):
+def fused_columns(block, hinv, scale, zero, top, elements=None):
     """The fused loop, with `eager_columns`' arguments; checked against the eager loop once per device first.
     (Triton is imported only where the fused loop runs.)"""
     if block.device not in _AGREED:
         _check_agreement(block.device, _launch)
         _AGREED.add(block.device)
-    return _launch(block, hinv, scale, zero, top)
+    return _launch(block, hinv, scale, zero, top, elements)
 
 
-def _launch(block, hinv, scale, zero, top) -> tuple[torch.Tensor, torch.Tensor]:
+def _launch(block, hinv, scale, zero, top, elements=None) -> tuple[torch.Tensor, torch.Tensor]:
     from ptq_eval.quant import gptq_triton
 
     top = torch.full((block.shape[0],), float(top), device=block.device) if isinstance(top, int) else top.flatten()
-    return gptq_triton.int_columns(block, hinv, scale, zero, top.contiguous())
+    return gptq_triton.columns(block, hinv, scale, zero, top.contiguous(), elements)
 
 
 _AGREED: set[torch.device] = set()  # devices where the fused loop has given the eager loop's columns
@@ -76,12 +78,12 @@ _AGREED: set[torch.device] = set()  # devices where the fused loop has given the
 
 def _check_agreement(device: torch.device, fused: Columns) -> None:
     """Seeded blocks through both loops on `device`, laid out as solves lay them out (a full block with each row's
-    grid broadcast and the column-major factor; a narrower tail block with a grid per column and one top level),
-    some columns on rounding ties: a compiler or driver that changes the arithmetic stops the solve here, loudly,
-    instead of moving weights without a word."""
+    grid broadcast and the column-major factor; a narrower tail block with a grid per column and one top level;
+    a float format's block), some columns on rounding ties: a compiler or driver that changes the arithmetic
+    stops the solve here, loudly, instead of moving weights without a word."""
     generator = torch.Generator().manual_seed(0)
     rows, differ, total = 24, 0, 0
-    for width, broadcast in ((128, True), (72, False)):
+    for width, broadcast, elements in ((128, True, None), (72, False, None), (128, True, E2M1)):
         factor = torch.randn(width, width, generator=generator)
         hinv = torch.linalg.cholesky(factor @ factor.T / width + torch.eye(width), upper=True).to(device)
         block = torch.randn(rows, width, generator=generator)
@@ -94,11 +96,11 @@ def _check_agreement(device: torch.device, fused: Columns) -> None:
             zero = torch.randint(0, 8, (rows, width), generator=generator).float()
             top = 15
         scale[:4] = 0.125
-        block[:4, 0] = torch.tensor([0.5, 1.5, -0.5, -2.5]) * 0.125  # halfway between two levels
+        block[:4, 0] = torch.tensor([0.5, 1.5, -0.5, -2.5]) * 0.125  # halfway between two levels (and elements)
         scale = scale[:, :1].expand(rows, width) if broadcast else scale
         block, scale, zero = block.to(device), scale.to(device), zero.to(device)
-        expected = eager_columns(block.clone(), hinv, scale, zero, top)
-        found = fused(block.clone(), hinv, scale, zero, top)
+        expected = eager_columns(block.clone(), hinv, scale, zero, top, elements)
+        found = fused(block.clone(), hinv, scale, zero, top, elements)
         differ += sum(int((a != b).sum()) for a, b in zip(expected, found, strict=True))
         total += 2 * rows * width
     if differ:
@@ -110,10 +112,11 @@ def _check_agreement(device: torch.device, fused: Columns) -> None:
 
 
 def column_loop(device: torch.device, elements: FloatElements | None) -> tuple[str, Columns]:
-    """The loop a solve on `device` runs, and its name: fused for integer grids on CUDA where Triton is
-    installed (unless PTQ_EVAL_GPTQ_LOOP=eager), else eager."""
+    """The loop a solve on `device` runs, and its name: fused on CUDA where Triton is installed (unless
+    PTQ_EVAL_GPTQ_LOOP=eager), else eager. `elements`: the format's float values (None: integer levels); every
+    format the project has runs fused."""
     choice = os.environ.get(LOOP_VARIABLE, "auto")
     if choice not in LOOPS:
         raise UserError(f"{LOOP_VARIABLE}={choice!r} is not a GPTQ column loop; use one of {', '.join(LOOPS)}")
-    fused = device.type == "cuda" and elements is None and importlib.util.find_spec("triton") is not None
-    return ("fused", fused_int_columns) if fused and choice == "auto" else ("eager", eager_columns)
+    fused = device.type == "cuda" and importlib.util.find_spec("triton") is not None
+    return ("fused", fused_columns) if fused and choice == "auto" else ("eager", eager_columns)

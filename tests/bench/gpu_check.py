@@ -60,10 +60,12 @@ GPTQ_CONFIGS = [
     QuantConfig(method="gptq", bits=4, group_size=32, options={"act_order": True}),
     QuantConfig(method="gptq", bits=3, group_size=-1),
 ]
-# GPTQ's solve per matrix: (label, rows, columns, configs stacked) of Pythia shapes, and tiny ones for --quick.
+# GPTQ's solve per matrix: (label, rows, columns, configs stacked or a format's name) of Pythia shapes, and tiny
+# ones for --quick.
 LOOP_SHAPES = [("410m fc2", 1024, 4096, 1), ("1.4b qkv", 6144, 2048, 1), ("1.4b fc2", 2048, 8192, 1),
-               ("1.4b qkv, ten configs", 6144, 2048, 10), ("1.4b fc2, ten configs", 2048, 8192, 10)]  # fmt: skip
-QUICK_LOOP_SHAPES = [("tiny fc2", 20, 150, 1), ("tiny qkv, ten configs", 16, 64, 10)]
+               ("1.4b qkv, ten configs", 6144, 2048, 10), ("1.4b fc2, ten configs", 2048, 8192, 10),
+               ("1.4b fc2, NVFP4", 2048, 8192, "nvfp4")]  # fmt: skip
+QUICK_LOOP_SHAPES = [("tiny fc2", 20, 150, 1), ("tiny qkv, ten configs", 16, 64, 10), ("tiny NVFP4", 16, 64, "nvfp4")]
 
 
 def synchronize() -> None:
@@ -395,9 +397,9 @@ def task_speed(data: Path, cases: list[tuple[str, torch.dtype]], items: int, bat
 def forced_loop(name: str):
     """Every GPTQ solve runs this column loop ('eager' or 'fused'), whatever the device would pick."""
     from ptq_eval.quant import gptq_solve as solve_module
-    from ptq_eval.quant.gptq_columns import eager_columns, fused_int_columns
+    from ptq_eval.quant.gptq_columns import eager_columns, fused_columns
 
-    chosen = {"eager": eager_columns, "fused": fused_int_columns}[name]
+    chosen = {"eager": eager_columns, "fused": fused_columns}[name]
     picked = solve_module.column_loop
     solve_module.column_loop = lambda device, elements: (name, chosen)
     try:
@@ -421,9 +423,9 @@ def column_loops(shapes: list[tuple[str, int, int, int]]) -> list[str]:
     lines = [
         f"{device}; float32 solve of one random matrix per row, its Hessian from 4096 random inputs; the loop a "
         f"solve here picks by itself: **{column_loop(torch.device(device), None)[0]}**. 'one config': 4-bit g128 "
-        "act-order; 'ten configs': the sweep's 3/4/5/6/8 bits x channel / g128 stacked in one solve. Seconds "
-        "include the Cholesky factors and the lazy updates between blocks; the first call of each loop is a "
-        "warm-up (Triton compiles there)."
+        "act-order; 'ten configs': the sweep's 3/4/5/6/8 bits x channel / g128 stacked in one solve; NVFP4: "
+        "groups of 16, act-order with static groups. Seconds include the Cholesky factors and the lazy updates "
+        "between blocks; the first call of each loop is a warm-up (Triton compiles there)."
         + ("" if CUDA else " Without CUDA the fused loop runs in Triton's interpreter: identity only, no speed."),
         "",
         "| matrix | rows x columns | configs | eager s (µs/column) | fused s (µs/column) | eager / fused | "
@@ -435,8 +437,12 @@ def column_loops(shapes: list[tuple[str, int, int, int]]) -> list[str]:
         inputs = torch.randn(4096, columns, generator=generator).to(device)
         hessian = 2 * inputs.T @ inputs / inputs.shape[0]
         weight = torch.randn(rows, columns, generator=generator).to(device)
-        configs = [one] if count == 1 else [QuantConfig(method="gptq", bits=c.bits, group_size=c.group_size,
-                                                        options={"act_order": True}) for c in SWEEP]  # fmt: skip
+        if isinstance(count, str):  # a float format, its blocks consecutive columns (static groups)
+            options = {"act_order": True, "static_groups": True}
+            configs = [QuantConfig(method="gptq", format=count, bits=4, group_size=16, options=options)]
+        else:
+            configs = [one] if count == 1 else [QuantConfig(method="gptq", bits=c.bits, group_size=c.group_size,
+                                                            options={"act_order": True}) for c in SWEEP]  # fmt: skip
         parts = [(weight, config) for config in configs]
         results, seconds = {}, {}
         for loop in ("eager", "fused") if fused_runs else ("eager",):
@@ -451,7 +457,7 @@ def column_loops(shapes: list[tuple[str, int, int, int]]) -> list[str]:
         else:
             ratio, same = "", "n/a (no Triton)" if not has_triton else "n/a (no CUDA, no TRITON_INTERPRET)"
         lines.append(
-            f"| {label} | {rows * count:,} x {columns:,} | {len(configs)} | {cell['eager']} | "
+            f"| {label} | {rows * len(configs):,} x {columns:,} | {len(configs)} | {cell['eager']} | "
             f"{cell.get('fused', 'n/a')} | {ratio} | {same} |"
         )
     return lines
