@@ -6,8 +6,9 @@ registers: no launch and no host sync per column. The steps are the eager loop's
 each is exact in float32 the same way: IEEE division (`div_rn`, not Triton's approximate `/`), round half to
 even built from floor (exact: see `_half_even`), a float format's quantum from the exponent bits (as
 `FloatElements.round` builds it) and no fused multiply-add (`enable_fp_fusion=False`), so for finite weights
-the result equals the eager loop's on the same device. (NaN is not promised to travel the same way: Triton
-compiles assuming no NaN.) With TRITON_INTERPRET=1 set before Triton is imported, the same source runs on CPU
+the result equals the eager loop's on the same device, value for value. (A zero's sign may differ: the eager
+loop's k=1 matmul adds its products to +0. NaN is not promised to travel the same way: Triton compiles assuming
+no NaN.) With TRITON_INTERPRET=1 set before Triton is imported, the same source runs on CPU
 tensors through Triton's interpreter (numpy, slow): that is how the tests compare it with the eager loop on a
 machine without a GPU (`tests/conftest.py` sets it there).
 """
@@ -55,18 +56,22 @@ def _columns(
     w = tl.load(W + row[:, None] * w_row + column[None, :] * w_col, mask=live[:, None] & inside[None, :], other=0.0)
     top = tl.load(TOP + row, mask=live, other=1.0)
     for i in range(0, width):
-        x = tl.sum(tl.where(column[None, :] == i, w, 0.0), axis=1)  # one term plus zeros: exact
+        # Column i, summed as bit patterns with zeros: the value itself, whatever it is (a float sum would turn
+        # −0 into +0 where the reduction starts from +0, as Triton's interpreter does).
+        bits = tl.sum(tl.where(column[None, :] == i, w.to(tl.int32, bitcast=True), 0), axis=1)
+        x = bits.to(tl.int32).to(tl.float32, bitcast=True)
         s = tl.load(S + row * s_row + i * s_col, mask=live, other=1.0)
         v = tl.math.div_rn(x, s)
         magnitude = tl.abs(v)
+        negative = v.to(tl.int32, bitcast=True) < 0  # the sign bit: −0 too, as torch's round and copysign keep it
         if FLOAT:  # as FloatElements.round: the binade from the exponent bits, a power-of-two quantum
             binade = tl.maximum(((magnitude.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, MIN_EXPONENT)
             quantum = ((binade - MANTISSA + 127) << 23).to(tl.float32, bitcast=True)
             value = tl.minimum(_half_even(tl.math.div_rn(magnitude, quantum)) * quantum, MAX_VALUE)
-            q = s * tl.where(v < 0, -value, value)
+            q = s * tl.where(negative, value * -1.0, value)  # × −1 flips the sign of 0 too (0 − value would not)
         else:
             z = tl.load(Z + row * z_row + i * z_col, mask=live, other=0.0)
-            level = tl.where(v < 0, -_half_even(magnitude), _half_even(magnitude)) + z
+            level = tl.where(negative, _half_even(magnitude) * -1.0, _half_even(magnitude)) + z
             level = tl.minimum(tl.maximum(level, 0.0), top)
             q = s * (level - z)
         error = tl.math.div_rn(x - q, tl.load(H + i * h_row + i * h_col))
@@ -92,6 +97,8 @@ def columns(
     quantized, errors = (torch.empty(rows, width, dtype=block.dtype, device=block.device) for _ in range(2))
     element = {"FLOAT": False, "MANTISSA": 0, "MIN_EXPONENT": 0, "MAX_VALUE": 0.0}
     if elements is not None:
+        if elements.mantissa_bits < 1 or elements.min_exponent - elements.mantissa_bits < -126:
+            raise ValueError(f"{elements}: the kernel builds quanta of 2^-126 and up from exponent bits")
         element = {"FLOAT": True, "MANTISSA": elements.mantissa_bits, "MIN_EXPONENT": elements.min_exponent,
                    "MAX_VALUE": float(elements.max_value)}  # fmt: skip
     # Triton launches on the current device, not the tensors': make it theirs (a solve may run on cuda:1).

@@ -408,9 +408,9 @@ def forced_loop(name: str):
         solve_module.column_loop = picked
 
 
-def column_loops(shapes: list[tuple[str, int, int, int]]) -> list[str]:
+def column_loops(shapes: list[tuple[str, int, int, int | str]]) -> list[str]:
     """One matrix's GPTQ solve (given its Hessian) through the eager loop and the fused one, same device: seconds,
-    µs per column, and whether the weights are identical."""
+    µs per column, and whether the weights are equal (value for value; a zero's sign aside)."""
     from gptq_shared import SWEEP
 
     from ptq_eval.quant.gptq_columns import column_loop
