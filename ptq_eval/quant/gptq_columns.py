@@ -56,16 +56,23 @@ def eager_columns(
     return quantized, errors
 
 
-def fused_columns(block, hinv, scale, zero, top, elements=None):
-    """The fused loop, with `eager_columns`' arguments; checked against the eager loop once per device first.
-    (Triton is imported only where the fused loop runs.)"""
+def fused_columns(
+    block: torch.Tensor,
+    hinv: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    top: torch.Tensor | int,
+    elements: FloatElements | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused loop, with `eager_columns`' arguments; checked against the eager loop once per device and format
+    first. (Triton is imported only where the fused loop runs.)"""
     if (block.device, elements) not in _AGREED:
-        _check_agreement(block.device, elements, _launch)
+        _check_agreement(block.device, elements)
         _AGREED.add((block.device, elements))
     return _launch(block, hinv, scale, zero, top, elements)
 
 
-def _launch(block, hinv, scale, zero, top, elements=None) -> tuple[torch.Tensor, torch.Tensor]:
+def _launch(block, hinv, scale, zero, top, elements) -> tuple[torch.Tensor, torch.Tensor]:
     from ptq_eval.quant import gptq_triton
 
     top = torch.full((block.shape[0],), float(top), device=block.device) if isinstance(top, int) else top.flatten()
@@ -76,7 +83,7 @@ def _launch(block, hinv, scale, zero, top, elements=None) -> tuple[torch.Tensor,
 _AGREED: set[tuple[torch.device, FloatElements | None]] = set()
 
 
-def _check_agreement(device: torch.device, elements: FloatElements | None, fused: Columns) -> None:
+def _check_agreement(device: torch.device, elements: FloatElements | None) -> None:
     """Seeded blocks of this format (`elements`; None: integer grids) through both loops on `device`, laid out as
     solves lay them out (a full block with each row's grid broadcast and the column-major factor; a narrower tail
     block with a grid per column and one top level), some columns on rounding ties and small negatives (−0): a
@@ -88,21 +95,17 @@ def _check_agreement(device: torch.device, elements: FloatElements | None, fused
         factor = torch.randn(width, width, generator=generator)
         hinv = torch.linalg.cholesky(factor @ factor.T / width + torch.eye(width), upper=True).to(device)
         block = torch.randn(rows, width, generator=generator)
-        if broadcast:
-            scale = (torch.rand(rows, 1, generator=generator) * 0.2 + 0.05).expand(rows, width).clone()
-            zero = torch.randint(0, 8, (rows, 1), generator=generator).float().expand(rows, width)
-            top: torch.Tensor | int = torch.randint(3, 16, (rows, 1), generator=generator).float().to(device)
-        else:
-            scale = torch.rand(rows, width, generator=generator) * 0.2 + 0.05
-            zero = torch.randint(0, 8, (rows, width), generator=generator).float()
-            top = 15
+        grid_width = 1 if broadcast else width  # broadcast: one grid per row, as per-channel solves pass it
+        scale = torch.rand(rows, grid_width, generator=generator) * 0.2 + 0.05
+        zero = torch.randint(0, 8, (rows, grid_width), generator=generator).float()
+        top: torch.Tensor | int = torch.randint(3, 16, (rows, 1), generator=generator).float() if broadcast else 15
         scale[:4] = 0.125
         block[:4, 0] = torch.tensor([0.5, 2.5, -0.5, -2.5]) * 0.125  # halfway between two levels
         block[:4, 1] = torch.tensor([0.0, -0.0, -0.01, -0.2]) * 0.125  # zeros of either sign
-        scale = scale[:, :1].expand(rows, width) if broadcast else scale
-        block, scale, zero = block.to(device), scale.to(device), zero.to(device)
+        block, scale, zero = block.to(device), scale.to(device).expand(rows, width), zero.to(device).expand(rows, width)
+        top = top.to(device) if isinstance(top, torch.Tensor) else top
         expected = eager_columns(block.clone(), hinv, scale, zero, top, elements)
-        found = fused(block.clone(), hinv, scale, zero, top, elements)
+        found = _launch(block.clone(), hinv, scale, zero, top, elements)
         differ += sum(int((a != b).sum()) for a, b in zip(expected, found, strict=True))
         total += 2 * rows * width
     if differ:

@@ -71,7 +71,8 @@ def _columns(
             q = s * tl.where(negative, value * -1.0, value)  # × −1 flips the sign of 0 too (0 − value would not)
         else:
             z = tl.load(Z + row * z_row + i * z_col, mask=live, other=0.0)
-            level = tl.where(negative, _half_even(magnitude) * -1.0, _half_even(magnitude)) + z
+            rounded = _half_even(magnitude)
+            level = tl.where(negative, rounded * -1.0, rounded) + z
             level = tl.minimum(tl.maximum(level, 0.0), top)
             q = s * (level - z)
         error = tl.math.div_rn(x - q, tl.load(H + i * h_row + i * h_col))

@@ -28,7 +28,8 @@ SWEEP = [
 ]
 
 
-def _run(model, pristine, config, calibration, cache, share_with) -> tuple[float, dict[str, torch.Tensor]]:
+def quantize_timed(model, pristine, config, calibration, cache, share_with) -> tuple[float, dict[str, torch.Tensor]]:
+    """Seconds of one `quantize` from the pristine weights, and the quantized matrices (on the CPU)."""
     model.load_state_dict(pristine)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -50,10 +51,10 @@ def measure(model: torch.nn.Module, samples: int, length: int, configs=SWEEP, al
     alone_seconds, shared, identical = [], [], True
     cache: dict = {}
     for index, config in enumerate(configs):
-        seconds, shared_weights = _run(model, pristine, config, calibration, cache, configs)
+        seconds, shared_weights = quantize_timed(model, pristine, config, calibration, cache, configs)
         shared.append(seconds)
         if alone is None or index < alone:
-            seconds, weights = _run(model, pristine, config, calibration, {}, ())
+            seconds, weights = quantize_timed(model, pristine, config, calibration, {}, ())
             alone_seconds.append(seconds)
             identical &= all(torch.equal(weights[name], shared_weights[name]) for name in weights)
     model.load_state_dict(pristine)

@@ -1,7 +1,7 @@
 """make gpu-check: one prepared check of the GPU path, run first whenever a CUDA machine is at hand.
 
 It runs the CUDA tests; compares RTN and GPTQ weights quantized on the CPU and on CUDA (stories260K-hf and a
-Pythia-shaped GPT-NeoX); compares GPTQ's fused column loop with the eager one on CUDA (bit for bit, µs per
+Pythia-shaped GPT-NeoX); compares GPTQ's fused column loop with the eager one on CUDA (value for value, µs per
 column); times GPTQ per size (one config, the sweep's ten shared) and extrapolates the Pythia sweep
 (tests/bench/scale.py); runs the stories260K study on both devices in float32 and bfloat16, δ side by side;
 times evaluation (ours, lm-eval's HFLM, a bare batched forward + cross-entropy) and multiple-choice scoring (our
@@ -429,7 +429,7 @@ def column_loops(shapes: list[tuple[str, int, int, int | str]]) -> list[str]:
         + ("" if CUDA else " Without CUDA the fused loop runs in Triton's interpreter: identity only, no speed."),
         "",
         "| matrix | rows x columns | configs | eager s (µs/column) | fused s (µs/column) | eager / fused | "
-        "weights identical |",
+        "weights equal |",
         "|---|---|---|---|---|---|---|",
     ]
     for label, rows, columns, count in shapes:
@@ -466,7 +466,7 @@ def column_loops(shapes: list[tuple[str, int, int, int | str]]) -> list[str]:
 def gptq_seconds(cases: list[tuple[str, torch.dtype]], samples: int, length: int) -> list[str]:
     """One GPTQ config alone, and the sweep's ten configs from one solve (sequential: none), per shape; then one
     block-sequential config (the default) in float32 beside the model's dtype."""
-    from gptq_shared import HEADER, SWEEP, measure, row
+    from gptq_shared import HEADER, SWEEP, measure, quantize_timed, row
 
     device = "cuda" if CUDA else "cpu"
     first = [c for c in SWEEP if (c.bits, c.group_size) == (4, 128)]
@@ -480,13 +480,16 @@ def gptq_seconds(cases: list[tuple[str, torch.dtype]], samples: int, length: int
         *HEADER,
     ]
     default = QuantConfig(method="gptq", bits=4, group_size=128, options={"act_order": True})
-    sequential = []
+    generator, sequential = torch.Generator().manual_seed(0), []
     for size, dtype in cases:
         model = pythia_shaped(size, device).to(dtype)
         lines.append(row(f"Pythia-{size} shape", dtype, measure(model, samples, length, configs, alone=1)))
-        for run_dtype in dict.fromkeys((dtype, torch.float32)):
+        calibration = torch.randint(0, model.config.vocab_size, (samples, length), generator=generator).to(device)
+        pristine = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
+        for run_dtype in dict.fromkeys((dtype, torch.float32)):  # each run starts from the pristine weights
             model = model.to(run_dtype)
-            sequential.append((size, run_dtype, _quantize_seconds(model, default, samples, length)))
+            seconds, _ = quantize_timed(model, pristine, default, calibration, {}, ())
+            sequential.append((size, run_dtype, seconds))
         del model
         if CUDA:
             torch.cuda.empty_cache()
@@ -494,16 +497,6 @@ def gptq_seconds(cases: list[tuple[str, torch.dtype]], samples: int, length: int
               "| model | dtype | seconds |", "|---|---|---|"]  # fmt: skip
     lines += [f"| Pythia-{size} shape | {str(dtype)[6:]} | {seconds:.1f} |" for size, dtype, seconds in sequential]
     return lines
-
-
-def _quantize_seconds(model, config: QuantConfig, samples: int, length: int) -> float:
-    pristine = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
-    generator = torch.Generator().manual_seed(0)
-    calibration = torch.randint(0, model.config.vocab_size, (samples, length), generator=generator)
-    device = next(model.parameters()).device
-    seconds, _ = timed(lambda: quantize(model, config, DEFAULT_EXCLUDE, calibration.to(device)))
-    model.load_state_dict(pristine)
-    return seconds
 
 
 def sweep_cost(sizes: list[str]) -> list[str]:
