@@ -35,7 +35,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Protocol
@@ -43,16 +46,18 @@ from typing import Literal, Protocol
 import numpy as np
 import pandas as pd
 import scipy
-from scipy import optimize, special
 
 from ptq_eval.fit.data import ANY, FitError, FitKey
-from ptq_eval.fit.laws import Law, Points, per_bit_law, query
+from ptq_eval.fit.identify import identify, refit
+from ptq_eval.fit.laws import Law, Points, query
 from ptq_eval.version import __version__
 
 CENSORING = ("censor", "exclude")
-# The code an estimate depends on beyond its points and options: a change to either file invalidates every
+# The code an estimate depends on beyond its points and options: a change to any of these files invalidates every
 # stored estimate.
-FIT_CODE = hashlib.sha256(b"".join((Path(__file__).parent / f).read_bytes() for f in ("laws.py", "estimate.py")))
+FIT_CODE = hashlib.sha256(
+    b"".join((Path(__file__).parent / f).read_bytes() for f in ("laws.py", "solve.py", "identify.py", "estimate.py"))
+)
 
 
 MIN_REFIT = 0.9  # below this share of bootstrap resamples refitted, a fit's intervals are withheld (NaN)
@@ -85,130 +90,30 @@ def residuals(law: Law, theta: np.ndarray, points: Points) -> np.ndarray:
     return points.y - np.maximum(law.model(theta, points)[0], points.limit)
 
 
-def _objective(theta, law: Law, points: Points, huber: float) -> tuple[float, np.ndarray]:
-    value, jac = law.model(theta, points)
-    above = value > points.limit  # only there does the prediction move the residual
-    residual = points.y - np.where(above, value, points.limit)
-    loss = special.huber(huber, residual).mean() / huber
-    return loss, -(jac[above].T @ np.clip(residual[above], -huber, huber)) / (len(residual) * huber)
-
-
-def _centred(law: Law, start, points: Points) -> np.ndarray:
-    theta = np.clip(np.array(start, dtype=float), *np.array(law.bounds).T)
-    value, jac = law.model(theta, points)
-    for j in law.intercepts:
-        rows = (jac[:, j] != 0) & ~points.censored
-        if rows.any():
-            theta[j] += np.median(points.y[rows] - value[rows])
-    return theta
-
-
-def _optimize(law: Law, points: Points, starts, huber: float, keep: int) -> np.ndarray:
-    """Score every start, run L-BFGS-B from the `keep` best, return the best optimum."""
-    if len(law.per_bits) > 1:  # independent fits, one per bit width
-        blocks = [(per_bit_law([p]), points.take(points.bits == p), slice(3 * i, 3 * i + 3))
-                  for i, p in enumerate(law.per_bits)]  # fmt: skip
-        return np.concatenate([_optimize(b, x, [s[i] for s in starts], huber, keep) for b, x, i in blocks])
-    starts = [_centred(law, start, points) for start in starts]
-    scores = [_objective(start, law, points, huber)[0] for start in starts]
-    options = {"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-10}
-    results = [
-        optimize.minimize(_objective, starts[i], (law, points, huber), "L-BFGS-B", True, bounds=law.bounds,
-                          options=options)
-        for i in np.argsort(scores)[:keep]
-    ]  # fmt: skip
-    return min(results, key=lambda result: result.fun).x
-
-
-def check(law: Law, points: Points) -> None:
-    """Raise FitError, saying what to measure, when the measured (uncensored) points cannot identify the law."""
-    measured = points.take(~points.censored)
-    groups = [(f" at P={p:g}", measured.take(measured.bits == p)) for p in law.per_bits] or [("", measured)]
-    k = len(law.parameters) // max(1, len(law.per_bits))
-    for where, group in groups:
-        if len(group) <= k:
-            raise FitError(
-                f"{law.name}{where}: {k} parameters but only {len(group)} usable points from "
-                f"{len(set(group.checkpoint))} checkpoints; measure at least {k + 1} points with δ significantly > 0"
-            )
-        if len(np.unique(group.log_n)) < 2:
-            raise FitError(
-                f"{law.name}{where}: every usable point comes from one model size (N={np.exp(group.log_n[0]):.0f}), "
-                "so the exponent of N is not identifiable; measure at least two model sizes"
-            )
-        if np.linalg.matrix_rank(np.column_stack([np.ones(len(group)), group.log_n, group.log_d]), tol=1e-6) < 3:
-            raise FitError(
-                f"{law.name}{where}: D and N vary together, so the exponents of D and N cannot be told apart; "
-                "measure at least two tokens-per-parameter ratios"
-            )
-    if law.needs_phase and len(np.unique(measured.phase)) < 2:
-        raise FitError(
-            f"{law.name}: every usable point has the same learning-rate phase (decay_done "
-            f"{measured.phase[0]:.2f}); measure checkpoints at several points of their decay (a cosine ladder's "
-            "mid-run checkpoints)"
-        )
-    if law.needs_bits and len(np.unique(measured.bits)) < 2:
-        raise FitError(
-            f"{law.name}: its bits term needs at least two bit widths with δ significantly > 0 "
-            f"(found only P={measured.bits[0]:g}); measure at least two bit widths"
-        )
-
-
-def _check_above(law: Law, theta: np.ndarray, points: Points) -> None:
-    """Raise FitError when the law sank below the detection limits of its measured points: nothing then ties it
-    to them (the degenerate corner of Powell's estimator, within reach when CIs are wide for their δ)."""
-    measured = points.take(~points.censored)
-    above = law.model(theta, measured)[0] > measured.limit
-    k = len(law.parameters) // max(1, len(law.per_bits))
-    for where, rows in [(f" at P={p:g}", measured.bits == p) for p in law.per_bits] or [("", slice(None))]:
-        if above[rows].sum() <= k:
-            raise FitError(
-                f"{law.name}{where}: the censored fit lies below the detection limit of all but {above[rows].sum()} "
-                f"of {len(measured.y[rows])} measured points, so they no longer identify it: either their CIs are "
-                "too wide for their δ (measure more eval tokens) or the law cannot follow them (its held-out error "
-                "with censoring exclude tells which)"
-            )
-
-
-def identify(law: Law, points: Points, huber: float, starts=None, keep: int = 8) -> np.ndarray:
-    """The optimum from these starts (default: the law's grid), or FitError when the points cannot identify it."""
-    check(law, points)
-    theta = _optimize(law, points, law.starts if starts is None else starts, huber, keep)
-    _check_above(law, theta, points)
-    return theta
-
-
-def _refit(law: Law, points: Points, theta: np.ndarray, huber: float) -> np.ndarray:
-    """Refit on a subset, warm-started from the full fit (plus the grid's best start)."""
-    return identify(law, points, huber, [theta, *law.starts], keep=2)
-
-
 def _bootstrap(law: Law, points: Points, theta, universe, options: FitOptions) -> np.ndarray:
     """Refits on resamples (with replacement) of the checkpoint names; a NaN row where one cannot be fitted."""
     rng = np.random.default_rng(options.seed)
     labels = np.array(sorted(set(universe)))
-    rows = {c: np.flatnonzero(points.checkpoint == c) for c in labels}
-    boot = np.full((options.resamples, len(theta)), np.nan)
-    for i in range(options.resamples):
-        index = np.concatenate([rows.get(c, []) for c in rng.choice(labels, size=len(labels))]).astype(int)
-        try:
-            boot[i] = _refit(law, points.take(index), theta, options.huber)
-        except FitError:
-            pass
-    return boot
+    position = {c: i for i, c in enumerate(labels)}
+    owner = np.array([position[c] for c in points.checkpoint])
+    counts = np.zeros((options.resamples, len(labels)))
+    for row in counts:  # one draw per resample, as resampling the names one resample at a time draws them
+        row += np.bincount(rng.choice(len(labels), size=len(labels)), minlength=len(labels))
+    return refit(law, points, theta, options.huber, counts[:, owner])
 
 
-def _held_out_rmse(law: Law, points: Points, theta, huber: float, folds: list[np.ndarray]) -> float:
-    """RMSE of the residual on held-out points, refitting without each fold (a fold that cannot be fitted is
-    skipped)."""
-    errors = []
-    for held in folds:
-        try:
-            fitted = _refit(law, points.take(~held), theta, huber)
-        except FitError:
-            continue
-        errors.append(residuals(law, fitted, points.take(held)))
-    return float(np.sqrt(np.mean(np.concatenate(errors) ** 2))) if errors else float("nan")
+def _held_out_rmse(law: Law, points: Points, theta, huber: float, folds: list[list[np.ndarray]]) -> list[float]:
+    """Per set of folds: the RMSE of the residual on held-out points, refitting without each fold (all folds of
+    every set in one batch; a fold that cannot be fitted is skipped)."""
+    flat = [held for fold_set in folds for held in fold_set]
+    fitted = refit(law, points, theta, huber, (~np.array(flat)).astype(float))
+    ends = np.cumsum([len(fold_set) for fold_set in folds])
+    found = []
+    for rows, fold_set in zip(np.split(fitted, ends[:-1]), folds, strict=True):
+        errors = [residuals(law, row, points.take(held))
+                  for row, held in zip(rows, fold_set, strict=True) if np.isfinite(row).all()]  # fmt: skip
+        found.append(float(np.sqrt(np.mean(np.concatenate(errors) ** 2))) if errors else float("nan"))
+    return found
 
 
 def _number(value: float | None) -> float:
@@ -307,34 +212,89 @@ def estimate_digest(law: Law, points: Points, options: FitOptions, universe) -> 
     return digest.hexdigest()
 
 
-def _estimate(law: Law, points: Points, options: FitOptions, universe) -> dict:
+@dataclass(frozen=True)
+class Task:
+    """What one estimate is computed from: a law, its points, the options and the checkpoints resampled."""
+
+    law: Law
+    points: Points
+    options: FitOptions
+    universe: np.ndarray
+
+    def digest(self) -> str:
+        return estimate_digest(self.law, self.points, self.options, self.universe)
+
+
+def _estimate(task: Task) -> dict:
     """θ, bootstrap draws and held-out errors of a law on these points (the costly part of a fit)."""
+    law, points, options = task.law, task.points, task.options
     theta = identify(law, points, options.huber)
-    record = {"theta": theta.tolist(), "boot": _bootstrap(law, points, theta, universe, options).tolist(),
+    record = {"theta": theta.tolist(), "boot": _bootstrap(law, points, theta, task.universe, options).tolist(),
               "loco_rmse_log": float("nan"), "largest_d_rmse_log": float("nan")}  # fmt: skip
     if options.validate:
         loco = [points.checkpoint == c for c in np.unique(points.checkpoint)]
         largest = points.log_d == pd.Series(points.log_d).groupby(points.log_n).transform("max").to_numpy()
-        record["loco_rmse_log"] = _held_out_rmse(law, points, theta, options.huber, loco)
-        record["largest_d_rmse_log"] = _held_out_rmse(law, points, theta, options.huber, [largest])
+        errors = _held_out_rmse(law, points, theta, options.huber, [loco, [largest]])
+        record["loco_rmse_log"], record["largest_d_rmse_log"] = errors
     return record
 
 
-def fit_points(law: Law, points: Points, excluded: pd.DataFrame, key: FitKey = ANY, options: FitOptions = DEFAULTS,
-               universe=None, cache: EstimateCache | None = None) -> LawFit:  # fmt: skip
-    """Fit a law to prepared points; the bootstrap resamples `universe` (default: the points' checkpoints). With
-    a cache, an estimate of the same points, options and code is loaded instead of computed, and a new one kept."""
-    universe = points.checkpoint if universe is None else universe
-    digest = estimate_digest(law, points, options, universe) if cache is not None else ""
-    record = cache.estimate_record(digest) if cache is not None else None
-    if record is None:
-        record = _estimate(law, points, options, universe)
-        if cache is not None:
-            cache.save_estimate_record(digest, record)
+def available_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+Progress = Callable[[int, int, Task], None]  # (estimates done, of how many, the one just done)
+
+
+def estimates(tasks: Sequence[Task | FitError], cache: EstimateCache | None = None, workers: int | None = 1,
+              progress: Progress | None = None) -> list[dict | FitError]:  # fmt: skip
+    """Each task's estimate record, or the FitError that stopped it (an error given as a task is passed
+    through): loaded from `cache` where it holds one, else computed, on up to `workers` processes (None: every
+    CPU this process may use; forked, so nothing is imported again; one process where fork is unavailable),
+    and kept in `cache`. Records do not depend on `workers`."""
+    found: list = [task if isinstance(task, FitError) else None for task in tasks]
+    digests = {i: task.digest() for i, task in enumerate(tasks) if cache is not None and found[i] is None}
+    for i, digest in digests.items():
+        found[i] = cache.estimate_record(digest)
+    missing = [i for i, record in enumerate(found) if record is None]
+    done = len(tasks) - len(missing)
+
+    def keep(i: int, record: dict | FitError) -> None:
+        nonlocal done
+        found[i], done = record, done + 1
+        if cache is not None and not isinstance(record, FitError):
+            cache.save_estimate_record(digests[i], record)
+        if progress is not None:
+            progress(done, len(tasks), tasks[i])
+
+    workers = min(available_cpus() if workers is None else workers, len(missing))
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for i in missing:
+            keep(i, _estimate_or_error(tasks[i]))
+        return found
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {pool.submit(_estimate_or_error, tasks[i]): i for i in missing}
+        for future in as_completed(futures):
+            keep(futures[future], future.result())
+    return found
+
+
+def _estimate_or_error(task: Task) -> dict | FitError:
+    try:
+        return _estimate(task)
+    except FitError as error:
+        return error
+
+
+def law_fit(task: Task, record: dict, excluded: pd.DataFrame, key: FitKey = ANY) -> LawFit:
+    """The fit of a task from its estimate record: intervals (withheld when too few resamples refit), goodness
+    of fit and provenance."""
+    law, points, options = task.law, task.points, task.options
     theta = np.array(record["theta"], dtype=float)
     boot = np.array(record["boot"], dtype=float).reshape(options.resamples, len(theta))
-    refit = int(np.isfinite(boot).all(axis=1).sum())
-    if intervals_withheld(refit, options.resamples):
+    refit_count = int(np.isfinite(boot).all(axis=1).sum())
+    if intervals_withheld(refit_count, options.resamples):
         boot = np.full_like(boot, np.nan)
     residual = residuals(law, theta, points)
     spread = ((points.y - points.y.mean()) ** 2).sum()
@@ -342,9 +302,20 @@ def fit_points(law: Law, points: Points, excluded: pd.DataFrame, key: FitKey = A
               "rmse_log": float(np.sqrt(np.mean(residual**2))),
               "r2": float(1 - (residual**2).sum() / spread) if spread > 0 else float("nan"),
               "loco_rmse_log": _number(record["loco_rmse_log"]),
-              "largest_d_rmse_log": _number(record["largest_d_rmse_log"]), "resamples_refit": refit}  # fmt: skip
+              "largest_d_rmse_log": _number(record["largest_d_rmse_log"]), "resamples_refit": refit_count}  # fmt: skip
     provenance = {"ptq_eval": __version__, "scipy": scipy.__version__, "points": len(points),
-                  "resamples": options.resamples, "resamples_ok": refit,
+                  "resamples": options.resamples, "resamples_ok": refit_count,
                   "seed": options.seed, "huber_delta": options.huber, "censoring": options.censoring,
                   "key": key.record()}  # fmt: skip
     return LawFit(law, key, theta, boot, points, excluded, scores, provenance)
+
+
+def fit_points(law: Law, points: Points, excluded: pd.DataFrame, key: FitKey = ANY, options: FitOptions = DEFAULTS,
+               universe=None, cache: EstimateCache | None = None) -> LawFit:  # fmt: skip
+    """Fit a law to prepared points; the bootstrap resamples `universe` (default: the points' checkpoints). With
+    a cache, an estimate of the same points, options and code is loaded instead of computed, and a new one kept."""
+    task = Task(law, points, options, np.asarray(points.checkpoint if universe is None else universe))
+    (record,) = estimates([task], cache)
+    if isinstance(record, FitError):
+        raise record
+    return law_fit(task, record, excluded, key)

@@ -72,11 +72,13 @@ def query(params, tokens, bits=0, phase=1.0) -> Points:
 
 @dataclass(frozen=True)
 class Law:
-    """A model of y: named parameters, bounds, starting grid; `model(theta, points)` -> (y, dy/dtheta)."""
+    """A model of y: named parameters, bounds, starting grid; `model(theta, points)` -> (y, dy/dtheta), for one
+    parameter vector (k,) -> (n,), (n, k) or a stack of them (..., k) -> (..., n), (..., n, k);
+    `model(theta, points, jac=False)` -> (y, None)."""
 
     name: str
     parameters: tuple[str, ...]
-    model: Callable[[np.ndarray, Points], tuple[np.ndarray, np.ndarray]]
+    model: Callable[..., tuple[np.ndarray, np.ndarray | None]]
     bounds: tuple[tuple[float, float], ...]
     starts: tuple[tuple[float, ...], ...]
     logged: tuple[int, ...] = (0,)  # fitted as logs, reported as values
@@ -97,38 +99,55 @@ class Law:
         return theta
 
 
-def _kumar(theta, x):
-    log_c, g_d, g_n, g_post = theta
-    jac = np.column_stack([np.ones(len(x)), x.log_d, -x.log_n, x.bits / g_post**2])
-    return log_c + g_d * x.log_d - g_n * x.log_n - x.bits / g_post, jac
+def _split(theta) -> list[np.ndarray]:
+    """A parameter vector (k,) or a stack of them (..., k) as k arrays that broadcast against the points."""
+    theta = np.asarray(theta, dtype=float)
+    return list(np.moveaxis(theta[..., None], -2, 0))
 
 
-def _rival(theta, x):
-    log_k, alpha, beta, gamma = theta
+def _columns(*columns) -> np.ndarray:
+    """Jacobian columns, each broadcast to (..., n), stacked on a last axis."""
+    return np.stack(np.broadcast_arrays(*columns), axis=-1)
+
+
+def _kumar(theta, x, jac=True):
+    log_c, g_d, g_n, g_post = _split(theta)
+    value = log_c + g_d * x.log_d - g_n * x.log_n - x.bits / g_post
+    return value, (_columns(np.ones_like(value), x.log_d, -x.log_n, x.bits / g_post**2) if jac else None)
+
+
+def _rival(theta, x, jac=True):
+    log_k, alpha, beta, gamma = _split(theta)
     log_p = np.log(x.bits)
-    jac = np.column_stack([np.ones(len(x)), -x.log_n, x.log_d, -log_p])
-    return log_k - alpha * x.log_n + beta * x.log_d - gamma * log_p, jac
+    value = log_k - alpha * x.log_n + beta * x.log_d - gamma * log_p
+    return value, (_columns(np.ones_like(value), -x.log_n, x.log_d, -log_p) if jac else None)
 
 
-def _phase(theta, x):
-    value, jac = _kumar(theta[:4], x)
-    return value + theta[4] * (x.phase - 1), np.column_stack([jac, x.phase - 1])
+def _phase(theta, x, jac=True):
+    theta = np.asarray(theta, dtype=float)
+    value, kumar = _kumar(theta[..., :4], x, jac)
+    value = value + theta[..., 4, None] * (x.phase - 1)
+    if not jac:
+        return value, None
+    return value, np.concatenate([kumar, np.broadcast_to(x.phase - 1, value.shape)[..., None]], axis=-1)
 
 
-def _phase_only(theta, x):
-    log_c, g_n, g_post, beta = theta
-    jac = np.column_stack([np.ones(len(x)), -x.log_n, x.bits / g_post**2, x.phase - 1])
-    return log_c - g_n * x.log_n - x.bits / g_post + beta * (x.phase - 1), jac
+def _phase_only(theta, x, jac=True):
+    log_c, g_n, g_post, beta = _split(theta)
+    value = log_c - g_n * x.log_n - x.bits / g_post + beta * (x.phase - 1)
+    return value, (_columns(np.ones_like(value), -x.log_n, x.bits / g_post**2, x.phase - 1) if jac else None)
 
 
-def _base(theta, x):
-    log_e, log_a, log_b, alpha, beta = theta
-    terms = np.column_stack([np.full(len(x), log_e), log_a - alpha * x.log_n, log_b - beta * x.log_d])
-    top = terms.max(axis=1, keepdims=True)
+def _base(theta, x, jac=True):
+    log_e, log_a, log_b, alpha, beta = _split(theta)
+    terms = _columns(log_e, log_a - alpha * x.log_n, log_b - beta * x.log_d)
+    top = terms.max(axis=-1, keepdims=True)
     w = np.exp(terms - top)  # logsumexp by hand: scipy's is slow on small arrays
-    value = top[:, 0] + np.log(w.sum(axis=1))
-    w /= w.sum(axis=1, keepdims=True)
-    return value, np.column_stack([w, -w[:, 1] * x.log_n, -w[:, 2] * x.log_d])
+    value = top[..., 0] + np.log(w.sum(axis=-1))
+    if not jac:
+        return value, None
+    w /= w.sum(axis=-1, keepdims=True)
+    return value, np.concatenate([w, (-w[..., 1] * x.log_n)[..., None], (-w[..., 2] * x.log_d)[..., None]], axis=-1)
 
 
 KUMAR = Law(
@@ -158,46 +177,62 @@ BEND_WIDTH = 0.3  # s, in log units: the slope is 12%/88% of the way from γ_1 t
 PHASE_LAWS = ("phase", "phase_only")
 
 
+@dataclass(frozen=True)
+class _PerBit:
+    """The per-bit model: one (log c, a, b) block per precision (a class, not a closure, so a law pickles)."""
+
+    bits: tuple[float, ...]
+
+    def __call__(self, theta, x, jac=True):
+        theta = np.asarray(theta, dtype=float)
+        value = np.full((*theta.shape[:-1], len(x)), np.nan)
+        columns = np.zeros((*value.shape, 3 * len(self.bits))) if jac else None
+        for i, p in enumerate(self.bits):
+            rows = x.bits == p
+            log_c, a, b = _split(theta[..., 3 * i : 3 * i + 3])
+            value[..., rows] = log_c + a * x.log_d[rows] - b * x.log_n[rows]
+            if jac:
+                ones = np.ones(value[..., rows].shape)
+                columns[..., rows, 3 * i : 3 * i + 3] = _columns(ones, x.log_d[rows], -x.log_n[rows])
+        return value, columns
+
+
 def per_bit_law(bits: Sequence[float]) -> Law:
     """δ = c_P · D^a_P / N^b_P for each of these precisions P (bits per weight; NaN at any other)."""
     bits = tuple(sorted(float(b) for b in bits))
-
-    def model(theta, x):
-        value, jac = np.full(len(x), np.nan), np.zeros((len(x), 3 * len(bits)))
-        for i, p in enumerate(bits):
-            rows = x.bits == p
-            log_c, a, b = theta[3 * i : 3 * i + 3]
-            value[rows] = log_c + a * x.log_d[rows] - b * x.log_n[rows]
-            jac[rows, 3 * i : 3 * i + 3] = np.column_stack([np.ones(rows.sum()), x.log_d[rows], -x.log_n[rows]])
-        return value, jac
-
     names = tuple(f"{name}_P{p:g}" for p in bits for name in ("c", "a", "b"))
     starts = tuple((0.0, a, b) * len(bits) for a, b in itertools.product(EXPONENTS, EXPONENTS))
     blocks = tuple(range(0, 3 * len(bits), 3))
     bounds = (LOG, EXPONENT, EXPONENT) * len(bits)
-    return Law("per_bit", names, model, bounds, starts, blocks, blocks, needs_bits=False, per_bits=bits)
+    return Law("per_bit", names, _PerBit(bits), bounds, starts, blocks, blocks, needs_bits=False, per_bits=bits)
+
+
+@dataclass(frozen=True)
+class _Broken:
+    """The broken model, in D/N (`per_params`) or D, with the P term or without."""
+
+    per_params: bool
+    with_bits: bool
+
+    def __call__(self, theta, x, jac=True):
+        c, g1, g2, g_n, u_b, *post = _split(theta)
+        u = x.log_d - x.log_n if self.per_params else x.log_d
+        z = (u - u_b) / BEND_WIDTH
+        bend = BEND_WIDTH * np.logaddexp(0.0, z)
+        value = c + g1 * u - g_n * x.log_n + (g2 - g1) * bend
+        if self.with_bits:
+            value = value - x.bits / post[0]
+        if not jac:
+            return value, None
+        slope = 0.5 * (1.0 + np.tanh(z / 2))  # the logistic function, stable for any z
+        columns = [np.ones_like(value), u - bend, bend, -x.log_n, -(g2 - g1) * slope]
+        return value, _columns(*columns, *([x.bits / post[0] ** 2] if self.with_bits else []))
 
 
 def broken_law(name: str, with_bits: bool, break_range: tuple[float, float]) -> Law:
     """A smoothly broken power law in D (`broken_d`) or D/N (`broken_dn`), its break u_b (log units) bounded to
     `break_range` (inside the data, so both slopes are seen); the P term only `with_bits` (several P)."""
     per_params = name == "broken_dn"
-
-    def model(theta, x):
-        c, g1, g2, g_n, u_b = theta[:5]
-        u = x.log_d - x.log_n if per_params else x.log_d
-        z = (u - u_b) / BEND_WIDTH
-        bend = BEND_WIDTH * np.logaddexp(0.0, z)
-        slope = 0.5 * (1.0 + np.tanh(z / 2))  # the logistic function, stable for any z
-        log_n = x.log_n
-        value = c + g1 * u - g_n * log_n + (g2 - g1) * bend
-        columns = [np.ones(len(x)), u - bend, bend, -log_n, -(g2 - g1) * slope]
-        if with_bits:
-            g_post = theta[5]
-            value = value - x.bits / g_post
-            columns.append(x.bits / g_post**2)
-        return value, np.column_stack(columns)
-
     where = "D_over_N" if per_params else "D"
     names = ("C", "gamma_1", "gamma_2", "gamma_N", f"break_{where}") + (("gamma_post",) if with_bits else ())
     bounds = (LOG, EXPONENT, EXPONENT, EXPONENT, break_range) + (((0.05, 50.0),) if with_bits else ())
@@ -210,4 +245,4 @@ def broken_law(name: str, with_bits: bool, break_range: tuple[float, float]) -> 
             (0.25, 1.0), (0.25, 1.0, 2.5), EXPONENTS, breaks, [(p,) for p in posts] if with_bits else [()]
         )
     )
-    return Law(name, names, model, bounds, starts, logged=(0, 4), needs_bits=with_bits)
+    return Law(name, names, _Broken(per_params, with_bits), bounds, starts, logged=(0, 4), needs_bits=with_bits)

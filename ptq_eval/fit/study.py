@@ -4,6 +4,7 @@ law of each (eval, metric), and why anything was not fitted."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -30,10 +31,13 @@ from ptq_eval.fit.estimate import (
     EstimateCache,
     FitOptions,
     LawFit,
-    fit_points,
-    identify,
+    Progress,
+    Task,
+    estimates,
     intervals_withheld,
+    law_fit,
 )
+from ptq_eval.fit.identify import identify
 from ptq_eval.fit.laws import (
     BASE,
     BROKEN_LAWS,
@@ -99,10 +103,24 @@ def _broken(law: str, usable: pd.DataFrame, key: FitKey):
     return broken_law(law, precision(usable).nunique() > 1, (float(distinct[1]), float(distinct[-2])))
 
 
-def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions = DEFAULTS,
-              cache: EstimateCache | None = None) -> LawFit:  # fmt: skip
-    """Fit one of DELTA_LAWS to the results of one key (its open fields must hold one value); `cache`: see
-    `fit_points`."""
+@dataclass(frozen=True)
+class _Prepared:
+    """A fit's inputs: the estimate's task, and the rows used and left out (with the key they resolve)."""
+
+    task: Task
+    key: FitKey
+    usable: pd.DataFrame
+    excluded: pd.DataFrame
+
+    def fit(self, record: dict) -> LawFit:
+        fit = law_fit(self.task, record, self.excluded, self.key)
+        if self.task.law.name != "base":
+            fit.scores["bound_violations"] = _bound_violations(fit, self.usable, self.excluded)
+            fit.scores |= _negative_controls(fit, self.usable, self.excluded)
+        return fit
+
+
+def _prepare_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions) -> _Prepared:
     if law not in DELTA_LAWS:
         raise FitError(f"unknown law {law!r}; accepted: {', '.join(DELTA_LAWS)}")
     usable, excluded = select(results, key, options.censoring)
@@ -127,15 +145,11 @@ def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions 
         unknown = usable.decay_done.isna() if "decay_done" in usable else pd.Series(True, usable.index)
         excluded = pd.concat([excluded, usable[unknown].assign(reason=NO_PHASE)])
         usable = usable[~unknown]
-    fit = fit_points(chosen, delta_points(usable), excluded, key, options, results.checkpoint.unique(), cache)
-    fit.scores["bound_violations"] = _bound_violations(fit, usable, excluded)
-    fit.scores |= _negative_controls(fit, usable, excluded)
-    return fit
+    task = Task(chosen, delta_points(usable), options, results.checkpoint.unique())
+    return _Prepared(task, key, usable, excluded)
 
 
-def fit_base(results: pd.DataFrame, key: FitKey, options: FitOptions = DEFAULTS,
-             cache: EstimateCache | None = None) -> LawFit:  # fmt: skip
-    """Fit L = E + A/N^α + B/D^β to the full-precision value (in nats) of the key's eval and metric."""
+def _prepare_base(results: pd.DataFrame, key: FitKey, options: FitOptions) -> _Prepared:
     key = FitKey(key.eval, key.metric)
     rows = results[key.matches(results)]
     if rows.empty:
@@ -150,8 +164,42 @@ def fit_base(results: pd.DataFrame, key: FitKey, options: FitOptions = DEFAULTS,
     good = (rows.fp_value > 0) & (rows.tokens > 0)
     reason = np.where(rows.tokens.isna(), UNKNOWN_D, "D = 0, or full-precision loss missing or <= 0")
     excluded = rows[~good].assign(reason=reason[~good.to_numpy()])
-    universe = results.checkpoint.unique()
-    return fit_points(BASE, points(rows[good], rows.fp_value[good]), excluded, key, options, universe, cache)
+    task = Task(BASE, points(rows[good], rows.fp_value[good]), options, results.checkpoint.unique())
+    return _Prepared(task, key, rows[good], excluded)
+
+
+def _fit_all(prepared: list[_Prepared | FitError], cache: EstimateCache | None, workers: int | None,
+             progress: Progress | None) -> list[LawFit | FitError]:  # fmt: skip
+    """Every prepared fit's estimate (in parallel, cached), each finished into a LawFit or its FitError."""
+    tasks = [p if isinstance(p, FitError) else p.task for p in prepared]
+    records = estimates(tasks, cache, workers, progress)
+    return [r if isinstance(r, FitError) else p.fit(r) for p, r in zip(prepared, records, strict=True)]
+
+
+def _prepared(prepare: Callable[[], _Prepared]) -> _Prepared | FitError:
+    try:
+        return prepare()
+    except FitError as error:
+        return error
+
+
+def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions = DEFAULTS,
+              cache: EstimateCache | None = None) -> LawFit:  # fmt: skip
+    """Fit one of DELTA_LAWS to the results of one key (its open fields must hold one value); `cache`: see
+    `fit_points`."""
+    (fit,) = _fit_all([_prepare_delta(results, law, key, options)], cache, 1, None)
+    if isinstance(fit, FitError):
+        raise fit
+    return fit
+
+
+def fit_base(results: pd.DataFrame, key: FitKey, options: FitOptions = DEFAULTS,
+             cache: EstimateCache | None = None) -> LawFit:  # fmt: skip
+    """Fit L = E + A/N^α + B/D^β to the full-precision value (in nats) of the key's eval and metric."""
+    (fit,) = _fit_all([_prepare_base(results, key, options)], cache, 1, None)
+    if isinstance(fit, FitError):
+        raise fit
+    return fit
 
 
 @dataclass
@@ -221,9 +269,11 @@ class StudyFit:
 
 
 def fit_study(results: pd.DataFrame, where: FitKey = ANY, options: FitOptions = DEFAULTS,
-              laws=(*DELTA_LAWS, "base"), cache: EstimateCache | None = None) -> StudyFit:  # fmt: skip
+              laws=(*DELTA_LAWS, "base"), cache: EstimateCache | None = None, workers: int | None = None,
+              progress: Progress | None = None) -> StudyFit:  # fmt: skip
     """Fit each law to every key of the losses `where` matches, and the base law to each (eval, metric);
-    `cache` (a study's store) keeps every estimate for the next fit of the same results."""
+    `cache` (a study's store) keeps every estimate for the next fit of the same results. Estimates run on
+    `workers` processes (default: every CPU this process may use); `progress` hears of each one done."""
     keys, skipped = fit_keys(results, where)
     if not keys:
         found = f" ({'; '.join(skipped)})" if skipped else ""
@@ -237,33 +287,33 @@ def fit_study(results: pd.DataFrame, where: FitKey = ANY, options: FitOptions = 
             f"{', '.join(PHASE_LAWS)} not fitted: every checkpoint with a known learning-rate phase has "
             f"the same decay_done ({', '.join(f'{p:.2f}' for p in phases) or 'none known'})"
         )
-    for key, law in itertools.product(keys, delta_laws):
-        try:
-            fits.append(fit_delta(results, law, key, options, cache))
-        except FitError as error:
-            failures[f"{law} {key.label()}"] = str(error)
-    losses = dict.fromkeys(FitKey(key.eval, key.metric) for key in keys) if "base" in laws else {}
-    for loss in losses:
-        try:
-            bases.append(fit_base(results, loss, options, cache))
-        except FitError as error:
-            failures[f"base {loss.label()}"] = str(error)
+    pairs = list(itertools.product(keys, delta_laws))
+    losses = list(dict.fromkeys(FitKey(key.eval, key.metric) for key in keys)) if "base" in laws else []
+    prepared = [_prepared(lambda k=key, law=law: _prepare_delta(results, law, k, options)) for key, law in pairs]
+    prepared += [_prepared(lambda k=loss: _prepare_base(results, k, options)) for loss in losses]
+    found = _fit_all(prepared, cache, workers, progress)
+    labels = [f"{law} {key.label()}" for key, law in pairs] + [f"base {loss.label()}" for loss in losses]
+    for label, fit in zip(labels, found, strict=True):
+        if isinstance(fit, FitError):
+            failures[label] = str(fit)
+        else:
+            (bases if fit.law.name == "base" else fits).append(fit)
     if not fits if delta_laws else not bases:
         raise FitError("no law could be fitted: " + "; ".join(failures.values()))
     return StudyFit(fits, bases, failures, skipped)
 
 
 def compare_censoring(results: pd.DataFrame, fitted: StudyFit, options: FitOptions,
-                      cache: EstimateCache | None = None) -> pd.DataFrame:  # fmt: skip
+                      cache: EstimateCache | None = None, workers: int | None = None) -> pd.DataFrame:  # fmt: skip
     """Each Kumar fit's parameters beside a refit under the other censoring option (value [95% CI]), with the
     points each fitted, censored and excluded."""
     other = "exclude" if options.censoring == "censor" else "censor"
+    refit_options = replace(options, censoring=other, validate=False)
+    kumar = [fit for fit in fitted.fits if fit.law.name == "kumar"]
+    prepared = [_prepared(lambda k=fit.key: _prepare_delta(results, "kumar", k, refit_options)) for fit in kumar]
     rows = []
-    for fit in (fit for fit in fitted.fits if fit.law.name == "kumar"):
-        try:
-            refit = fit_delta(results, "kumar", fit.key, replace(options, censoring=other, validate=False), cache)
-        except FitError as error:
-            refit = str(error)
+    for fit, refit in zip(kumar, _fit_all(prepared, cache, workers, None), strict=True):
+        refit = str(refit) if isinstance(refit, FitError) else refit
         pairs = {options.censoring: fit, other: refit}
         for j, name in enumerate((*KUMAR.parameters, "points (censored, excluded)")):
             row = fit.head() | {"parameter": name}
