@@ -55,6 +55,26 @@ def _run_missing(study, store, executor=None, shard=None):
     return summary
 
 
+@contextlib.contextmanager
+def _fit_progress(description: str):
+    """A progress callback for fits: a bar on stderr when it is a terminal (which law and key was estimated,
+    with how many resamples), nothing otherwise."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(done: int, total: int, task) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(desc=description, total=total, initial=done - 1, unit="fit", file=sys.stderr, disable=None)
+        bar.set_postfix_str(f"{task.label}: {task.options.resamples} resamples", refresh=False)
+        bar.update(1)
+
+    yield progress
+    if bar is not None:
+        bar.close()
+
+
 def _executor(args, study):
     """The executor `run` asked for (None: in this process)."""
     if args.executor == "local":
@@ -154,6 +174,13 @@ def cmd_results(args) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (worker processes)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def _positive(text: str) -> float:
     """An argparse type: a finite number above zero (a budget, N or D/N)."""
     try:
@@ -200,8 +227,8 @@ def cmd_fit(args) -> int:
     where = FitKey(
         eval=args.eval, metric=args.metric, method=args.method, format=args.number_format, group_size=args.group_size
     )
-    with Store(fits_store) if fits_store else contextlib.nullcontext() as store:
-        fitted = fit_study(results, where, options, cache=store)
+    with Store(fits_store) if fits_store else contextlib.nullcontext() as store, _fit_progress("fits") as progress:
+        fitted = fit_study(results, where, options, cache=store, workers=args.workers, progress=progress)
         if store is not None:
             fitted.save(store, name)
     asked = {"predict": points, "budget": args.budget, "params": args.params}
@@ -248,7 +275,8 @@ def cmd_report(args) -> int:
             print(f"{out}/report.md and report.html are up to date (same stored results, options and code)",
                   file=sys.stderr)  # fmt: skip
             return 0
-        document = study_report(study, store, options)
+        with _fit_progress("report fits") as progress:
+            document = study_report(study, store, options, progress)
     written = write(document, out, digest=digest)
     print(f"wrote {out}/report.md and {out}/report.html ({len(written) - 2} figures)", file=sys.stderr)
     return _check_rendering(document, out / "report.html") if args.screenshot else 0
@@ -457,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="points whose δ CI reaches zero: censored at their detection limit (default) or left out",
     )  # fmt: skip
     fit.add_argument("--resamples", type=int, default=200, help="bootstrap resamples over checkpoints")
+    fit.add_argument(
+        "--workers",
+        type=_count,
+        default=None,
+        help="processes estimating fits (default: every CPU available; the numbers do not depend on it)",
+    )
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument(
         "--law", choices=DELTA_LAWS, default="kumar", help="law for the forecasts (phase laws: at decay_done 1)"

@@ -220,6 +220,7 @@ class Task:
     points: Points
     options: FitOptions
     universe: np.ndarray
+    label: str = ""  # what progress calls it (not part of the estimate)
 
     def digest(self) -> str:
         return estimate_digest(self.law, self.points, self.options, self.universe)

@@ -59,20 +59,21 @@ def check(law: Law, points: Points) -> None:
     measured = points.take(~points.censored)
     group = measured.take(dict(_groups(law, measured)).get(where, np.ones(len(measured), dtype=bool)))
     k = _block_size(law)
-    raise FitError({
-        "points": f"{law.name}{where}: {k} parameters but only {len(group)} usable points from "
+    messages = {
+        "points": lambda: f"{law.name}{where}: {k} parameters but only {len(group)} usable points from "
                   f"{len(set(group.checkpoint))} checkpoints; measure at least {k + 1} points with δ significantly > 0",
-        "sizes": f"{law.name}{where}: every usable point comes from one model size "
+        "sizes": lambda: f"{law.name}{where}: every usable point comes from one model size "
                  f"(N={np.exp(group.log_n[0]):.0f}), so the exponent of N is not identifiable; measure at least two "
                  "model sizes",
-        "rank": f"{law.name}{where}: D and N vary together, so the exponents of D and N cannot be told apart; "
+        "rank": lambda: f"{law.name}{where}: D and N vary together, so the exponents of D and N cannot be told apart; "
                 "measure at least two tokens-per-parameter ratios",
-        "phase": f"{law.name}: every usable point has the same learning-rate phase (decay_done "
+        "phase": lambda: f"{law.name}: every usable point has the same learning-rate phase (decay_done "
                  f"{measured.phase[0]:.2f}); measure checkpoints at several points of their decay (a cosine "
                  "ladder's mid-run checkpoints)",
-        "bits": f"{law.name}: its bits term needs at least two bit widths with δ significantly > 0 "
+        "bits": lambda: f"{law.name}: its bits term needs at least two bit widths with δ significantly > 0 "
                 f"(found only P={measured.bits[0]:g}); measure at least two bit widths",
-    }[name])  # fmt: skip
+    }  # fmt: skip
+    raise FitError(messages[name]())
 
 
 def _above(law: Law, theta: np.ndarray, points: Points, weights: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -147,10 +148,12 @@ def _solve(law: Law, points: Points, weights: np.ndarray, starts, huber: float, 
     return theta.reshape(b, c, k)[np.arange(b), best]
 
 
-def identify(law: Law, points: Points, huber: float, starts=None, keep: int = 8) -> np.ndarray:
-    """The optimum from these starts (default: the law's grid), or FitError when the points cannot identify it."""
+def identify(law: Law, points: Points, huber: float, starts=None, keep: int | None = None) -> np.ndarray:
+    """The best optimum from these starts (default: the law's grid; each minimised, or the `keep` that score
+    best), or FitError when the points cannot identify the law."""
     check(law, points)
-    theta = _solve(law, points, np.ones((1, len(points))), law.starts if starts is None else starts, huber, keep)[0]
+    starts = np.asarray(law.starts if starts is None else starts, dtype=float)
+    theta = _solve(law, points, np.ones((1, len(points))), starts, huber, keep or len(starts))[0]
     _check_above(law, theta, points)
     return theta
 

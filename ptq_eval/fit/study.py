@@ -145,7 +145,7 @@ def _prepare_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOpt
         unknown = usable.decay_done.isna() if "decay_done" in usable else pd.Series(True, usable.index)
         excluded = pd.concat([excluded, usable[unknown].assign(reason=NO_PHASE)])
         usable = usable[~unknown]
-    task = Task(chosen, delta_points(usable), options, results.checkpoint.unique())
+    task = Task(chosen, delta_points(usable), options, results.checkpoint.unique(), f"{law} {key.label()}")
     return _Prepared(task, key, usable, excluded)
 
 
@@ -164,7 +164,8 @@ def _prepare_base(results: pd.DataFrame, key: FitKey, options: FitOptions) -> _P
     good = (rows.fp_value > 0) & (rows.tokens > 0)
     reason = np.where(rows.tokens.isna(), UNKNOWN_D, "D = 0, or full-precision loss missing or <= 0")
     excluded = rows[~good].assign(reason=reason[~good.to_numpy()])
-    task = Task(BASE, points(rows[good], rows.fp_value[good]), options, results.checkpoint.unique())
+    universe, label = results.checkpoint.unique(), f"base {key.label()}"
+    task = Task(BASE, points(rows[good], rows.fp_value[good]), options, universe, label)
     return _Prepared(task, key, rows[good], excluded)
 
 
@@ -304,7 +305,8 @@ def fit_study(results: pd.DataFrame, where: FitKey = ANY, options: FitOptions = 
 
 
 def compare_censoring(results: pd.DataFrame, fitted: StudyFit, options: FitOptions,
-                      cache: EstimateCache | None = None, workers: int | None = None) -> pd.DataFrame:  # fmt: skip
+                      cache: EstimateCache | None = None, workers: int | None = None,
+                      progress: Progress | None = None) -> pd.DataFrame:  # fmt: skip
     """Each Kumar fit's parameters beside a refit under the other censoring option (value [95% CI]), with the
     points each fitted, censored and excluded."""
     other = "exclude" if options.censoring == "censor" else "censor"
@@ -312,7 +314,7 @@ def compare_censoring(results: pd.DataFrame, fitted: StudyFit, options: FitOptio
     kumar = [fit for fit in fitted.fits if fit.law.name == "kumar"]
     prepared = [_prepared(lambda k=fit.key: _prepare_delta(results, "kumar", k, refit_options)) for fit in kumar]
     rows = []
-    for fit, refit in zip(kumar, _fit_all(prepared, cache, workers, None), strict=True):
+    for fit, refit in zip(kumar, _fit_all(prepared, cache, workers, progress), strict=True):
         refit = str(refit) if isinstance(refit, FitError) else refit
         pairs = {options.censoring: fit, other: refit}
         for j, name in enumerate((*KUMAR.parameters, "points (censored, excluded)")):

@@ -29,6 +29,7 @@ from ptq_eval.fit import (
     nats_label,
     stack,
 )
+from ptq_eval.fit.estimate import Progress
 from ptq_eval.fit.study import CONTROL_FACTOR
 from ptq_eval.quant import INT, METHOD_OPTIONS, METHODS, granularity
 from ptq_eval.report import plots
@@ -89,10 +90,10 @@ def _suffix(losses: dict, name: str, metric: str) -> str:
 
 
 def _fits_sections(results: pd.DataFrame, losses: dict, skipped: list[str], options: ReportOptions,
-                   store: Store) -> tuple[list[Section], list]:  # fmt: skip
+                   store: Store, progress: Progress | None) -> tuple[list[Section], list]:  # fmt: skip
     fit_options = FitOptions(options.resamples, options.seed)
     try:
-        fitted = fit_study(results, options=fit_options, cache=store)
+        fitted = fit_study(results, options=fit_options, cache=store, progress=progress)
     except FitError as error:
         text = str(error).rstrip(".")
         return [Section("Scaling-law fits", [f"{text[:1].upper()}{text[1:]}."])], []
@@ -116,7 +117,7 @@ def _fits_sections(results: pd.DataFrame, losses: dict, skipped: list[str], opti
     notes += [f"{note}." for note in fitted.skipped if note not in skipped]  # the rest: in the overview
     tables = [Table("Parameters", fitted.table()), Table("Goodness of fit and held-out error", fitted.goodness())]
     if kumar:
-        comparison = compare_censoring(results, fitted, fit_options, store)
+        comparison = compare_censoring(results, fitted, fit_options, store, progress=progress)
         tables.append(Table("Kumar et al. parameters, censored vs excluded (value [95% CI])", comparison))
     breaks = fitted.breaks()
     if not breaks.empty:
@@ -398,8 +399,9 @@ def report_digest(study: Study, store: Store, options: ReportOptions) -> str:
     return digest.hexdigest()
 
 
-def study_report(study: Study, store: Store, options: ReportOptions = ReportOptions()) -> Document:
-    """Every section of a study's report, from what the store holds now."""
+def study_report(study: Study, store: Store, options: ReportOptions = ReportOptions(),
+                 progress: Progress | None = None) -> Document:  # fmt: skip
+    """Every section of a study's report, from what the store holds now; `progress` hears of each fit estimated."""
     jobs = expand_jobs(study)
     results = study_results(study, store)
     if results.empty:
@@ -409,7 +411,7 @@ def study_report(study: Study, store: Store, options: ReportOptions = ReportOpti
     finished = len(store.finished(job.key for job in jobs))
     sections = [_overview(study, results, len(jobs), finished, losses, skipped)]
     if losses:
-        fit_sections, kumar = _fits_sections(results, losses, skipped, options, store)
+        fit_sections, kumar = _fits_sections(results, losses, skipped, options, store, progress)
         degradation, training = _figure_sections(losses, kumar)
         sections.insert(0, _summary_section(losses, kumar, options))
         sections += [degradation, training]
