@@ -222,7 +222,7 @@ def cmd_fit(args) -> int:
     from ptq_eval.store import Store
 
     points = [_parse_point(p) for p in args.predict]  # before any work: a typo fails at once
-    options = FitOptions(args.resamples, args.seed, censoring=args.censoring)
+    options = FitOptions(args.resamples, args.seed, censoring=args.censoring, refit_starts=args.refit_starts)
     results, name, fits_store = _fit_input(args)
     where = FitKey(
         eval=args.eval, metric=args.metric, method=args.method, format=args.number_format, group_size=args.group_size
@@ -429,6 +429,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ptq_eval.fit.estimate import FitOptions
     from ptq_eval.fit.laws import DELTA_LAWS
     from ptq_eval.ladder.config import preset_names
     from ptq_eval.results import OUTPUT_FORMATS
@@ -486,11 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     fit.add_argument("--resamples", type=int, default=200, help="bootstrap resamples over checkpoints")
     fit.add_argument(
-        "--workers",
-        type=_count,
-        default=None,
+        "--refit-starts", type=_count, default=FitOptions.refit_starts,
+        help="starts each bootstrap or held-out refit is minimised from (more: nearer each resample's own optimum)",
+    )  # fmt: skip
+    fit.add_argument(
+        "--workers", type=_count, default=None,
         help="processes estimating fits (default: every CPU available; the numbers do not depend on it)",
-    )
+    )  # fmt: skip
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument(
         "--law", choices=DELTA_LAWS, default="kumar", help="law for the forecasts (phase laws: at decay_done 1)"

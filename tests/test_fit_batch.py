@@ -11,6 +11,7 @@ from scipy import optimize, special
 from simulate import simulate_results
 from test_breaks import fitted, ladder
 
+from ptq_eval.cli import main
 from ptq_eval.fit import BASE, KUMAR, PHASE, PHASE_ONLY, RIVAL, FitError, FitKey, FitOptions, fit_delta, fit_study
 from ptq_eval.fit.data import delta_points, select
 from ptq_eval.fit.identify import _best_starts, _conditions, check, identify, refit
@@ -108,7 +109,7 @@ def test_a_reweighted_refit_is_the_fit_of_the_resampled_points():
         weights = counts.reindex(points.checkpoint).fillna(0).to_numpy()[None]
         index = np.concatenate([np.flatnonzero(points.checkpoint == c) for c in drawn])
         alone = identify(KUMAR, points.take(index), 1e-3, [theta, *KUMAR.starts], keep=2)
-        assert np.allclose(refit(KUMAR, points, theta, 1e-3, weights)[0], alone, atol=1e-6)
+        assert np.allclose(refit(KUMAR, points, theta, 1e-3, weights, 2)[0], alone, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -188,3 +189,26 @@ def test_answers_of_the_lbfgsb_fitter_are_kept(name):
         assert abs(row.value - value) <= max(1e-4, 0.01 * width), (name, row.parameter, row.value, value)
         assert abs(row.ci_low - low) <= max(1e-4, 0.05 * width), (name, row.parameter, row.ci_low, low)
         assert abs(row.ci_high - high) <= max(1e-4, 0.05 * width), (name, row.parameter, row.ci_high, high)
+
+
+def test_refit_starts_and_workers_refuse_what_is_not_a_count(capsys):
+    with pytest.raises(FitError, match="refit_starts=0"):
+        FitOptions(refit_starts=0)
+    for flag in ("--workers", "--refit-starts"):
+        with pytest.raises(SystemExit) as stopped:
+            main(["fit", "--results", "none.csv", flag, "0"])
+        assert stopped.value.code == 3 and "expected a whole number >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_more_refit_starts_never_refit_a_resample_worse():
+    """A refit keeps the lowest optimum of its starts, and more starts include the fewer (the same best-scored
+    ones first), so every resample's objective can only fall."""
+    points = censored_points(1)
+    theta = identify(KUMAR, points, 1e-3)
+    rng = np.random.default_rng(1)
+    labels, owner = np.unique(points.checkpoint, return_inverse=True)
+    weights = np.array([np.bincount(rng.choice(len(labels), len(labels)), minlength=len(labels))[owner]
+                        for _ in range(30)], dtype=float)  # fmt: skip
+    found = {starts: refit(KUMAR, points, theta, 1e-3, weights, starts) for starts in (1, 2, 6)}
+    losses = {starts: objective(KUMAR, rows, points, weights, 1e-3) for starts, rows in found.items()}
+    assert np.all(losses[2] <= losses[1] + 1e-12) and np.all(losses[6] <= losses[2] + 1e-12)

@@ -4,7 +4,9 @@ quant config).
 - `laws.py`: the laws (Kumar et al., the power law in bits, per bit width, the learning-rate phase, the base
   loss) and their points;
 - `data.py`: which results a fit sees (keys, losses in nats, measured / censored / excluded points);
-- `estimate.py`: the censored robust objective, optimisation, bootstrap intervals, held-out error;
+- `solve.py`: the censored robust objective, minimised for many starts, resamples and folds as one batch;
+- `identify.py`: whether points identify a law, its re-centred starts, one fit or many reweighted refits;
+- `estimate.py`: bootstrap intervals, held-out error, estimates on worker processes and their cache;
 - `forecast.py`: δ at a new point, the largest D/N or smallest P within a budget, the critical D;
 - `study.py`: every law for every key of a study (`fit_study`), and the censoring comparison.
 """

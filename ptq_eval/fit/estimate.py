@@ -75,10 +75,13 @@ class FitOptions:
     huber: float = 1e-3  # Huber delta on log residuals (Hoffmann et al. 2022)
     validate: bool = True  # leave-one-checkpoint-out and leave-largest-D-out errors
     censoring: Literal["censor", "exclude"] = "censor"  # points whose δ CI reaches zero: censored, or left out
+    refit_starts: int = 2  # each refit minimised from this many starts (the full fit and the grid's best)
 
     def __post_init__(self) -> None:
         if self.censoring not in CENSORING:
             raise FitError(f"censoring={self.censoring!r} is not accepted; use one of {', '.join(CENSORING)}")
+        if not (isinstance(self.refit_starts, int) and self.refit_starts >= 1):
+            raise FitError(f"refit_starts={self.refit_starts!r} is not accepted; give a whole number >= 1")
 
 
 DEFAULTS = FitOptions()
@@ -99,14 +102,14 @@ def _bootstrap(law: Law, points: Points, theta, universe, options: FitOptions) -
     counts = np.zeros((options.resamples, len(labels)))
     for row in counts:  # one draw per resample, as resampling the names one resample at a time draws them
         row += np.bincount(rng.choice(len(labels), size=len(labels)), minlength=len(labels))
-    return refit(law, points, theta, options.huber, counts[:, owner])
+    return refit(law, points, theta, options.huber, counts[:, owner], options.refit_starts)
 
 
-def _held_out_rmse(law: Law, points: Points, theta, huber: float, folds: list[list[np.ndarray]]) -> list[float]:
+def _held_out_rmse(law: Law, points: Points, theta, options: FitOptions, folds: list[list[np.ndarray]]) -> list[float]:
     """Per set of folds: the RMSE of the residual on held-out points, refitting without each fold (all folds of
     every set in one batch; a fold that cannot be fitted is skipped)."""
     flat = [held for fold_set in folds for held in fold_set]
-    fitted = refit(law, points, theta, huber, (~np.array(flat)).astype(float))
+    fitted = refit(law, points, theta, options.huber, (~np.array(flat)).astype(float), options.refit_starts)
     ends = np.cumsum([len(fold_set) for fold_set in folds])
     found = []
     for rows, fold_set in zip(np.split(fitted, ends[:-1]), folds, strict=True):
@@ -166,7 +169,7 @@ class LawFit:
     def band(self, params, tokens, bits=0, phase=1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Point prediction and its 95% bootstrap band at many points (natural units)."""
         x = query(params, tokens, bits, phase)
-        draws = np.array([np.exp(self.law.model(row, x)[0]) for row in self.boot if np.isfinite(row).all()])
+        draws = np.exp(self.law.model(self.boot[np.isfinite(self.boot).all(axis=1)], x, jac=False)[0])
         if not len(draws):
             return self.predict(params, tokens, bits, phase), np.full(len(x), np.nan), np.full(len(x), np.nan)
         low, high = np.percentile(draws, [2.5, 97.5], axis=0, method="inverted_cdf")
@@ -235,7 +238,7 @@ def _estimate(task: Task) -> dict:
     if options.validate:
         loco = [points.checkpoint == c for c in np.unique(points.checkpoint)]
         largest = points.log_d == pd.Series(points.log_d).groupby(points.log_n).transform("max").to_numpy()
-        errors = _held_out_rmse(law, points, theta, options.huber, [loco, [largest]])
+        errors = _held_out_rmse(law, points, theta, options, [loco, [largest]])
         record["loco_rmse_log"], record["largest_d_rmse_log"] = errors
     return record
 
@@ -275,7 +278,8 @@ def estimates(tasks: Sequence[Task | FitError], cache: EstimateCache | None = No
             keep(i, _estimate_or_error(tasks[i]))
         return found
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = {pool.submit(_estimate_or_error, tasks[i]): i for i in missing}
+        costly_first = sorted(missing, key=lambda i: -len(tasks[i].law.starts) * len(tasks[i].points))
+        futures = {pool.submit(_estimate_or_error, tasks[i]): i for i in costly_first}  # the tail stays short
         for future in as_completed(futures):
             keep(futures[future], future.result())
     return found

@@ -158,14 +158,16 @@ def identify(law: Law, points: Points, huber: float, starts=None, keep: int | No
     return theta
 
 
-def refit(law: Law, points: Points, theta: np.ndarray, huber: float, weights: np.ndarray) -> np.ndarray:
-    """Refits on many reweightings of the points at once (B, n; a point's multiplicity, 0 left out), each started
-    from the full fit and the grid's best start on its data; a NaN row where the data cannot identify the law."""
+def refit(law: Law, points: Points, theta: np.ndarray, huber: float, weights: np.ndarray,
+          starts: int) -> np.ndarray:  # fmt: skip
+    """Refits on many reweightings of the points at once (B, n; a point's multiplicity, 0 left out), each
+    minimised from the `starts` best on its data of the full fit and the grid's starts (all re-centred), the
+    lowest kept; a NaN row where the data cannot identify the law."""
     fitted = np.full((len(weights), len(theta)), np.nan)
     ok = np.logical_and.reduce([holds for _, _, holds in _conditions(law, points, weights)])
     if ok.any():
         rows = weights[ok]
-        solved = _solve(law, points, rows, np.vstack([theta, law.starts]), huber, keep=2)
+        solved = _solve(law, points, rows, np.vstack([theta, law.starts]), huber, starts)
         above = np.logical_and.reduce([n > _block_size(law) for _, n in _above(law, solved, points, rows)])
         fitted[np.flatnonzero(ok)[above]] = solved[above]
     return fitted
