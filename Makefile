@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LADDER := tasks/ladders/demo
 
 .PHONY: install test demo demo-llama ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
-	demo-lm-eval demo-sequential demo-shared-hessians demo-ray demo-formats bench-formats ladder-wide bench-eval bench-fit bench-scale bench stress \
+	demo-lm-eval demo-sequential demo-shared-hessians demo-ray demo-formats bench-formats ladder-wide bench-eval bench-fit bench-fit-speed bench-scale bench stress \
 	gpu-check gpu-check-prepare bench-gptq-shared
 
 $(STAMP): pyproject.toml
@@ -158,6 +158,11 @@ bench-fit: $(STAMP)
 	nice -n 10 $(BIN)/python tests/bench/fit_recovery.py --seeds 100 --resamples 200 | tee reports/bench/fit_recovery.md
 	nice -n 10 $(BIN)/python tests/bench/break_recovery.py --seeds 30 --resamples 100 | tee reports/bench/break_recovery.md
 
+# How long fits take as whole processes: `ptq-eval fit` cold and warm, a cold report, `make gate`, on the demo
+# study (run make demo first; cold runs use copies of its store without estimates) -> reports/bench/fit_speed.md
+bench-fit-speed: $(STAMP)
+	$(BIN)/python tests/bench/fit_speed.py --runs 3 --out reports/bench/fit_speed.md
+
 # What a full ladder study costs: per-job times and peak memory of Pythia-shaped GPT-NeoX models (random weights;
 # 70m and 160m on CPU), extrapolated to a 6-size x 16-revision sweep over 1-8 workers -> reports/bench/scale.md.
 # On a GPU: make bench-scale SCALE_ARGS="--device cuda --sizes 410m 1.4b 2.8b --eval-tokens 65536 --eval-len 2048
@@ -171,7 +176,7 @@ stress: $(STAMP)
 	$(BIN)/python tests/bench/stress.py --kills 12
 
 # Every benchmark (peers in throwaway venvs): speed and agreement tables under reports/bench/
-bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-gptq-shared bench-formats bench-fit bench-scale
+bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-gptq-shared bench-formats bench-fit bench-fit-speed bench-scale
 
 # The GPU path in one command (about 9 minutes on one H100/H200 by estimate, under the device's 10-minute call;
 # run it first whenever a CUDA machine is at hand): CUDA tests, RTN/GPTQ weights CPU vs CUDA, GPTQ's fused column

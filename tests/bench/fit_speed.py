@@ -75,7 +75,7 @@ def measure(store: Path, runs: int, fresh_clone: bool) -> dict[str, list[float]]
             times.setdefault("fit, cold", []).append(_timed([*CLI, "fit", "tasks/demo.yaml", "--store", str(cold)]))
             times.setdefault("fit, warm", []).append(_timed([*CLI, "fit", "tasks/demo.yaml", "--store", str(cold)]))
             cold = _cold_copy(store, folder)
-            report = [*CLI, "report", "tasks/demo.yaml", "--store", str(cold), "--out", str(folder / f"r{len(times)}")]
+            report = [*CLI, "report", "tasks/demo.yaml", "--store", str(cold), "--out", str(cold.with_suffix(""))]
             times.setdefault("report, cold", []).append(_timed(report))
             times.setdefault("gate commands, cold", []).append(_gate(_gate_cold(_cold_copy(store, folder), folder)))
             times.setdefault("make gate", []).append(_timed(["make", "gate"]))
