@@ -102,7 +102,7 @@ class Law:
 def _split(theta) -> list[np.ndarray]:
     """A parameter vector (k,) or a stack of them (..., k) as k arrays that broadcast against the points."""
     theta = np.asarray(theta, dtype=float)
-    return list(np.moveaxis(theta[..., None], -2, 0))
+    return [theta[..., j, None] for j in range(theta.shape[-1])]
 
 
 def _columns(*columns) -> np.ndarray:
