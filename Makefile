@@ -152,7 +152,7 @@ bench-eval: $(STAMP)
 		--out reports/bench/eval_tasks.md
 
 # Bias and 95%-interval coverage of the fitter on synthetic data whose high-bit CIs reach zero, censored vs
-# excluded (about 65 CPU-minutes: 47 min on the 2-core CI machine) -> reports/bench/fit_recovery.md
+# excluded (48 s on the 2-core machine with the batched fitter, 2026-12-06; 47 min before) -> reports/bench/fit_recovery.md
 bench-fit: $(STAMP)
 	mkdir -p reports/bench
 	nice -n 10 $(BIN)/python tests/bench/fit_recovery.py --seeds 100 --resamples 200 | tee reports/bench/fit_recovery.md

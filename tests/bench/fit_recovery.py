@@ -9,7 +9,7 @@ and δ is measured with additive noise (σ --measurement nats, varying ±30% by 
 eval on a finite number of tokens measures it: at the defaults about a third of the points (high bits, low
 D/N) have a CI reaching zero. --measurement 0 gives log-normal CIs that never reach zero.
 Prints, per censoring rule and parameter, the mean estimate, its bias (± its standard error over seeds), the
-coverage of the 95% bootstrap interval (nominal 0.95) and the median interval width. About 40 CPU-seconds per seed at
+coverage of the 95% bootstrap interval (nominal 0.95) and the median interval width. Under half a CPU-second per seed at
 200 resamples on one core; not collected by pytest.
 """
 
