@@ -58,21 +58,27 @@ def _run_missing(study, store, executor=None, shard=None):
 @contextlib.contextmanager
 def _fit_progress(description: str):
     """A progress callback for fits: a bar on stderr when it is a terminal (which law and key was estimated,
-    with how many resamples), nothing otherwise."""
+    with how many resamples; a new bar for each batch of fits), nothing otherwise."""
     from tqdm import tqdm
 
-    bar = None
+    bars = []
 
     def progress(done: int, total: int, task) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(desc=description, total=total, initial=done - 1, unit="fit", file=sys.stderr, disable=None)
-        bar.set_postfix_str(f"{task.label}: {task.options.resamples} resamples", refresh=False)
-        bar.update(1)
+        if not bars or bars[-1].total != total or bars[-1].n >= total:
+            if bars:
+                bars[-1].close()
+            # no monitor thread: fits fork worker processes, which a running thread makes unsafe
+            bars.append(tqdm(desc=description, total=total, initial=done - 1, unit="fit", file=sys.stderr,
+                             disable=None, mininterval=0.2, miniters=1))  # fmt: skip
+        bars[-1].set_postfix_str(f"{task.label}: {task.options.resamples} resamples", refresh=False)
+        bars[-1].update(1)
 
-    yield progress
-    if bar is not None:
-        bar.close()
+    tqdm.monitor_interval = 0
+    try:
+        yield progress
+    finally:
+        if bars:
+            bars[-1].close()
 
 
 def _executor(args, study):

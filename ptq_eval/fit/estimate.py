@@ -1,7 +1,7 @@
 """Estimation: a law fitted to points by a robust, censored objective in log space, with bootstrap intervals
 and held-out error.
 
-Objective: the mean Huber loss (L-BFGS-B, bounded, from the best few of a grid of starts) of the residual
+Objective: the mean Huber loss (minimised within bounds from every start of a grid, `solve.py`) of the residual
     r = y − max(f(θ), c)
 where y = log δ, f the law's log δ and c the log of the point's detection limit. This is Powell's (1984)
 censored least absolute deviations (CLAD), with Huber's loss in place of the absolute value (Huber δ 1e-3 on
@@ -37,6 +37,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
@@ -75,7 +76,7 @@ class FitOptions:
     huber: float = 1e-3  # Huber delta on log residuals (Hoffmann et al. 2022)
     validate: bool = True  # leave-one-checkpoint-out and leave-largest-D-out errors
     censoring: Literal["censor", "exclude"] = "censor"  # points whose δ CI reaches zero: censored, or left out
-    refit_starts: int = 2  # each refit minimised from this many starts (the full fit and the grid's best)
+    refit_starts: int = 2  # each refit minimised from the best this many of the full fit and the grid's starts
 
     def __post_init__(self) -> None:
         if self.censoring not in CENSORING:
@@ -98,10 +99,10 @@ def _bootstrap(law: Law, points: Points, theta, universe, options: FitOptions) -
     rng = np.random.default_rng(options.seed)
     labels = np.array(sorted(set(universe)))
     position = {c: i for i, c in enumerate(labels)}
-    owner = np.array([position[c] for c in points.checkpoint])
-    counts = np.zeros((options.resamples, len(labels)))
+    owner = np.array([position.get(c, len(labels)) for c in points.checkpoint])  # outside the universe: never drawn
+    counts = np.zeros((options.resamples, len(labels) + 1))
     for row in counts:  # one draw per resample, as resampling the names one resample at a time draws them
-        row += np.bincount(rng.choice(len(labels), size=len(labels)), minlength=len(labels))
+        row[:-1] += np.bincount(rng.choice(len(labels), size=len(labels)), minlength=len(labels))
     return refit(law, points, theta, options.huber, counts[:, owner], options.refit_starts)
 
 
@@ -255,7 +256,8 @@ def estimates(tasks: Sequence[Task | FitError], cache: EstimateCache | None = No
               progress: Progress | None = None) -> list[dict | FitError]:  # fmt: skip
     """Each task's estimate record, or the FitError that stopped it (an error given as a task is passed
     through): loaded from `cache` where it holds one, else computed, on up to `workers` processes (None: every
-    CPU this process may use; forked, so nothing is imported again; one process where fork is unavailable),
+    CPU this process may use; forked, so nothing is imported again; one process off Linux, where forking NumPy
+    is not safe),
     and kept in `cache`. Records do not depend on `workers`."""
     found: list = [task if isinstance(task, FitError) else None for task in tasks]
     digests = {i: task.digest() for i, task in enumerate(tasks) if cache is not None and found[i] is None}
@@ -273,15 +275,19 @@ def estimates(tasks: Sequence[Task | FitError], cache: EstimateCache | None = No
             progress(done, len(tasks), tasks[i])
 
     workers = min(available_cpus() if workers is None else workers, len(missing))
-    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+    if workers <= 1 or not sys.platform.startswith("linux"):  # fork is safe for NumPy on Linux; elsewhere one process
         for i in missing:
             keep(i, _estimate_or_error(tasks[i]))
         return found
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         costly_first = sorted(missing, key=lambda i: -len(tasks[i].law.starts) * len(tasks[i].points))
         futures = {pool.submit(_estimate_or_error, tasks[i]): i for i in costly_first}  # the tail stays short
-        for future in as_completed(futures):
-            keep(futures[future], future.result())
+        try:
+            for future in as_completed(futures):
+                keep(futures[future], future.result())
+        except BaseException:  # an error (or ^C) stops the rest at once; what finished is already kept
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return found
 
 

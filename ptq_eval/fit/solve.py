@@ -11,13 +11,14 @@ The step is Gauss–Newton on Huber's loss, between two curvatures for a point a
 Huber's loss at r lies above it, so for a law linear in θ the step never raises F, but it crawls when δ is
 small next to the residuals, as here: median regression in effect); as μ → 0 it is Newton's step (beyond δ
 Huber's loss is straight), which lands on the optimum once it knows which points the law passes through, but
-overshoots before. μ is adapted per row as a trust region: divided by 10 after a full step that lowered F,
-multiplied by 10 (up to 1) after a step that had to be halved. A point below its limit adds no curvature (its
+overshoots before. μ is adapted per row as a trust region: divided by 10 after a full-length step that lowered
+F, multiplied by 10 (up to 1) after any shorter one. A point below its limit adds no curvature (its
 loss does not move with θ there). The step solves (Jᵀ W J) s = Jᵀ ψ(r), ψ Huber's clipped residual.
 
 Bounds: a parameter at a bound whose gradient points outward is held there for the step (projected Newton),
-the rest stepped and clipped into the box. Each step is halved until F decreases; a row stops when its step
-moves no parameter by more than `XTOL`, or no halving decreases F.
+the rest stepped and clipped into the box. Each step is halved until F decreases (starting from twice the last
+length a halved step took, at most the full step); a row stops when its step moves no parameter by more than
+`XTOL`, lowers F by less than `FTOL`, or no halving decreases F; or after `MAX_STEPS` steps.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from ptq_eval.fit.laws import Law, Points
 XTOL = 1e-9  # a step smaller than this in every parameter (log units or exponents) ends a row's iteration
 FTOL = 1e-13  # so does a step that lowers F by less than this (relative; absolute below F = 1)
 MAX_STEPS = 500
-HALVINGS = 40
 TRIALS = 4  # step lengths tried at once after the first fails, each half the last
+HALVINGS = 9 * TRIALS  # after the first length fails, at most this many halvings
 BLEND = (1e-6, 1.0)  # μ's range: Newton-like at the low end, IRLS at the high end
 RIDGE = 1e-12  # relative to the largest curvature: keeps a step finite along a direction no point constrains
 
@@ -84,7 +85,7 @@ def minimize(law: Law, points: Points, theta: np.ndarray, weights: np.ndarray,
         step = _step(law, rows, points, weights[active], huber, bounds, blend[active])
         length, moved = reach[active].copy(), np.zeros(len(active), dtype=bool)
         pending = np.arange(len(active))
-        for trials in (1, *[TRIALS] * ((HALVINGS - 1) // TRIALS)):
+        for trials in (1, *[TRIALS] * (HALVINGS // TRIALS)):
             lengths = length[pending, None] / 2.0 ** np.arange(trials)  # (p, trials), longest first
             trial = np.clip(rows[pending, None] + lengths[..., None] * step[pending, None], *bounds)
             found = objective(law, trial, points, weights[active[pending], None], huber)
