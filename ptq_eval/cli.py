@@ -67,13 +67,12 @@ def _fit_progress(description: str):
         if not bars or bars[-1].total != total or bars[-1].n >= total:
             if bars:
                 bars[-1].close()
-            # no monitor thread: fits fork worker processes, which a running thread makes unsafe
             bars.append(tqdm(desc=description, total=total, initial=done - 1, unit="fit", file=sys.stderr,
                              disable=None, mininterval=0.2, miniters=1))  # fmt: skip
         bars[-1].set_postfix_str(f"{task.label}: {task.options.resamples} resamples", refresh=False)
         bars[-1].update(1)
 
-    tqdm.monitor_interval = 0
+    tqdm.monitor_interval = 0  # no monitor thread: fits fork worker processes, which a running thread makes unsafe
     try:
         yield progress
     finally:
@@ -181,7 +180,7 @@ def cmd_results(args) -> int:
 
 
 def _count(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (worker processes)."""
+    """An argparse type: a whole number of at least 1 (worker processes, refit starts)."""
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)

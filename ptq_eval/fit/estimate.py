@@ -257,8 +257,7 @@ def estimates(tasks: Sequence[Task | FitError], cache: EstimateCache | None = No
     """Each task's estimate record, or the FitError that stopped it (an error given as a task is passed
     through): loaded from `cache` where it holds one, else computed, on up to `workers` processes (None: every
     CPU this process may use; forked, so nothing is imported again; one process off Linux, where forking NumPy
-    is not safe),
-    and kept in `cache`. Records do not depend on `workers`."""
+    is not safe), and kept in `cache`. Records do not depend on `workers`."""
     found: list = [task if isinstance(task, FitError) else None for task in tasks]
     digests = {i: task.digest() for i, task in enumerate(tasks) if cache is not None and found[i] is None}
     for i, digest in digests.items():

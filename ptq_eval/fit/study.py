@@ -177,6 +177,14 @@ def _fit_all(prepared: list[_Prepared | FitError], cache: EstimateCache | None, 
     return [r if isinstance(r, FitError) else p.fit(r) for p, r in zip(prepared, records, strict=True)]
 
 
+def _fit_one(prepared: _Prepared, cache: EstimateCache | None) -> LawFit:
+    """One prepared fit, in this process; its FitError raised."""
+    (fit,) = _fit_all([prepared], cache, 1, None)
+    if isinstance(fit, FitError):
+        raise fit
+    return fit
+
+
 def _prepared(prepare: Callable[[], _Prepared]) -> _Prepared | FitError:
     try:
         return prepare()
@@ -188,19 +196,13 @@ def fit_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOptions 
               cache: EstimateCache | None = None) -> LawFit:  # fmt: skip
     """Fit one of DELTA_LAWS to the results of one key (its open fields must hold one value); `cache`: see
     `fit_points`."""
-    (fit,) = _fit_all([_prepare_delta(results, law, key, options)], cache, 1, None)
-    if isinstance(fit, FitError):
-        raise fit
-    return fit
+    return _fit_one(_prepare_delta(results, law, key, options), cache)
 
 
 def fit_base(results: pd.DataFrame, key: FitKey, options: FitOptions = DEFAULTS,
              cache: EstimateCache | None = None) -> LawFit:  # fmt: skip
     """Fit L = E + A/N^α + B/D^β to the full-precision value (in nats) of the key's eval and metric."""
-    (fit,) = _fit_all([_prepare_base(results, key, options)], cache, 1, None)
-    if isinstance(fit, FitError):
-        raise fit
-    return fit
+    return _fit_one(_prepare_base(results, key, options), cache)
 
 
 @dataclass
