@@ -166,8 +166,9 @@ def _results_of(study_file: str, store: str | None):
 
 
 def cmd_results(args) -> int:
+    from ptq_eval.jobs import checkpoints
     from ptq_eval.results import render
-    from ptq_eval.spec import checkpoints, load_study
+    from ptq_eval.spec import load_study
     from ptq_eval.store import Store
 
     results, _, path = _results_of(args.study, args.store)

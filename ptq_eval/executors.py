@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ptq_eval.errors import UserError
-from ptq_eval.spec import CheckpointSpec
+from ptq_eval.jobs import CheckpointSpec
 from ptq_eval.worker import CHECKPOINT_FAILURES, CheckpointWork, Finished, run_checkpoint
 
 RAY_RETRIES = 2  # a task whose worker died (OOM-killed, preempted node) runs again this many times

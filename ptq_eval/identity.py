@@ -1,10 +1,10 @@
 """What a stored result was computed from, so that it is re-used only for the very same inputs.
 
 A job's inputs are the checkpoint's weights (hub commit SHA or the hash of its files), its tokenizer's
-definition, the eval's text (the corpus split's hash; an lm-eval task is identified by its config only:
-its datasets are lm-eval's), the lm-eval backend that scores a task, and for GPTQ the calibration text's
-hash. A stored job (a baseline included) whose recorded inputs differ from the current ones, or that
-recorded none, is computed again.
+definition, the eval's text (the hash of the corpus split its kind scores; an lm-eval task is identified by
+its config only: its datasets are lm-eval's), what else its kind says it depends on (the window start token,
+the lm-eval backend), and for calibrated methods the calibration text's hash. A stored job (a baseline
+included) whose recorded inputs differ from the current ones, or that recorded none, is computed again.
 """
 
 from __future__ import annotations
@@ -16,18 +16,19 @@ from dataclasses import dataclass, field
 
 from ptq_eval.checkpoints import load_tokenizer, weights_identity, weights_stamp
 from ptq_eval.corpus import Corpus, load_corpus
-from ptq_eval.evals.windows import start_token
-from ptq_eval.spec import Job, LmEvalEval, PerplexityEval, Study
+from ptq_eval.evals.kinds import EVAL_KINDS
+from ptq_eval.jobs import Job
+from ptq_eval.spec import Study
 
+# every input in words (an eval kind adds its own); inputs recorded only since a later version, and their value
+# before (a stored job without one was computed with it)
 WHAT = {
     "weights": "checkpoint weights",
     "tokenizer": "tokenizer",
     "eval_data": "eval text",
     "calibration_data": "calibration text",
-    "window_start": "window start token (bos rule)",
-    "scorer": "lm-eval backend",
-}
-RECORDED_BEFORE = {"scorer": "hflm"}  # inputs recorded only since a later version, and what they were before
+} | {name: words for kind in EVAL_KINDS.values() for name, words in kind.INPUTS.items()}
+RECORDED_BEFORE = {name: value for kind in EVAL_KINDS.values() for name, value in kind.RECORDED_BEFORE.items()}
 
 
 def tokenizer_identity(tokenizer) -> str:
@@ -57,13 +58,12 @@ def checkpoint_identity(reference: str, trust_remote_code: bool = False) -> Chec
 
 
 def data_identities(study: Study, jobs: list[Job], corpus: Callable[[str, str], Corpus] = load_corpus) -> dict:
-    """Each eval's text hash (None for lm-eval tasks), and the calibration text's under "calibration"."""
-    data: dict = {
-        evaluation: corpus(evaluation.corpus, evaluation.split).sha256()
-        if isinstance(evaluation, PerplexityEval)
-        else None
-        for evaluation in dict.fromkeys(job.eval for job in jobs)
-    }
+    """Each eval's text hash (None for a kind whose data its options identify, as lm-eval tasks'), and the
+    calibration text's under "calibration"."""
+    data: dict = {}
+    for evaluation in dict.fromkeys(job.eval for job in jobs):
+        text = evaluation.scored_text()
+        data[evaluation] = None if text is None else corpus(*text).sha256()
     if any(job.quant.needs_calibration for job in jobs):
         data["calibration"] = corpus(study.calibration.corpus, study.calibration.split).sha256()
     return data
@@ -71,11 +71,7 @@ def data_identities(study: Study, jobs: list[Job], corpus: Callable[[str, str], 
 
 def job_inputs(job: Job, checkpoint: CheckpointIdentity, data: dict) -> dict:
     inputs = {"weights": checkpoint.weights, "tokenizer": checkpoint.tokenizer, "eval_data": data[job.eval]}
-    if isinstance(job.eval, PerplexityEval):  # the token each window starts with (the `bos` rule, resolved)
-        rolling = job.eval.windows == "rolling"
-        inputs["window_start"] = start_token(checkpoint.tokenizer_object, job.eval.bos, rolling)
-    if isinstance(job.eval, LmEvalEval):
-        inputs["scorer"] = job.eval.backend
+    inputs |= job.eval.inputs(checkpoint.tokenizer_object)
     if job.quant is not None and job.quant.needs_calibration:
         inputs["calibration_data"] = data["calibration"]
     return inputs

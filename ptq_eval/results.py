@@ -8,8 +8,9 @@ import math
 import pandas as pd
 
 from ptq_eval.errors import UserError
+from ptq_eval.jobs import expand_jobs
 from ptq_eval.quant import INT, METHOD_OPTIONS, granularity, later_option_defaults, number_format
-from ptq_eval.spec import Study, expand_jobs
+from ptq_eval.spec import Study
 from ptq_eval.store import Store
 
 COLUMNS = [

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from ptq_eval.checkpoints import checkpoint_tokens
 from ptq_eval.claims import DEFAULT_LEASE_SECONDS, Claims
 from ptq_eval.corpus import Corpus, load_corpus, shared_documents
-from ptq_eval.evals.harness import load_tasks
 from ptq_eval.executors import Executor, GroupEnd, InProcess, shard_checkpoints
 from ptq_eval.identity import CheckpointIdentity, checkpoint_identity, data_identities, job_inputs, stale_reason
-from ptq_eval.spec import CheckpointSpec, Job, LmEvalEval, PerplexityEval, Study, StudyError, expand_jobs
+from ptq_eval.jobs import CheckpointSpec, Job, expand_jobs
+from ptq_eval.spec import Study, StudyError
 from ptq_eval.store import Store
 from ptq_eval.worker import CHECKPOINT_FAILURES, CheckpointWork, Finished, resolve_device
 
@@ -40,13 +40,14 @@ class RunSummary:
 def check_calibration_disjoint(
     study: Study, jobs: list[Job], corpus: Callable[[str, str], Corpus] = load_corpus
 ) -> None:
-    """Refuse, before any model loads, calibration text that shares a document with a perplexity eval."""
+    """Refuse, before any model loads, calibration text that shares a document with the text an eval scores."""
     if not any(job.quant.needs_calibration for job in jobs):
         return
     spec = study.calibration
     calibration = corpus(spec.corpus, spec.split)
-    for evaluation in dict.fromkeys(job.eval for job in jobs if isinstance(job.eval, PerplexityEval)):
-        shared = shared_documents(calibration, corpus(evaluation.corpus, evaluation.split))
+    for evaluation in dict.fromkeys(job.eval for job in jobs):
+        text = evaluation.scored_text()
+        shared = shared_documents(calibration, corpus(*text)) if text is not None else 0
         if shared:
             raise StudyError(
                 f"calibration ({spec.corpus!r} split {spec.split!r}) shares {shared} documents with eval "
@@ -160,8 +161,7 @@ def run_study(
         progress(f"{reference}: computing again {reason}", 0)
     cache: dict = {}
     for evaluation in dict.fromkeys(job.eval for job in jobs):
-        if isinstance(evaluation, LmEvalEval):
-            cache[evaluation] = load_tasks(evaluation)  # before any model loads: a bad task fails fast
+        evaluation.prepared(cache)  # before any model loads: a bad eval (an lm-eval task) fails fast
     executor = executor or InProcess(cache)
     with Claims(store.path, lease_seconds) as claims:
         _drive(study, store, [group for group in groups if group.planned], executor, claims, summary, progress)

@@ -1,36 +1,29 @@
-"""Study specs: a YAML file validated with pydantic and expanded into jobs with stable keys.
-
-An error names the file, the key path and what is accepted, e.g.
+"""Study specs: the schema of a study YAML (validated with pydantic before any work). `jobs.py` expands a study
+into jobs with stable keys; `documents.py` says what is wrong with a document that does not validate, e.g.
 `study.yaml: quant[1].bits[0]: 1 is not in 2..16`.
 """
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import itertools
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from ptq_eval.corpus import STDLIB
+from ptq_eval.documents import validate_document
 from ptq_eval.errors import UserError
-from ptq_eval.evals.task_files import is_task_file, task_file_name
+from ptq_eval.evals.kinds import EVAL_KINDS
 from ptq_eval.families import get_family, hub_revisions, ladder_revisions, pick
 from ptq_eval.quant import DEFAULT_EXCLUDE, FORMATS, INT, METHODS, QuantConfig, number_format
 from ptq_eval.quant.grid import MAX_BITS, MIN_BITS, PER_CHANNEL
+from ptq_eval.schema import Strict
 from ptq_eval.yaml_files import read_yaml
 
 
 class StudyError(UserError):
     """The study file is missing, not YAML, or not a valid study."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class LadderEntry(Strict):
@@ -199,107 +192,8 @@ class Calibration(Strict):
     seed: int = 0
 
 
-class PerplexityEval(Strict):
-    """Validation loss / perplexity over token windows of a corpus split.
-
-    `windows: spread` (default): evenly spaced windows over the joined split, ≈ `tokens`
-    predictions. `windows: rolling`: lm-eval's loglikelihood_rolling rule per document (file),
-    the first `documents` of them, adding lm-eval's word/byte perplexity and bits per byte;
-    `stride` < `seq_len` overlaps the windows. `autocast: bfloat16` trades exactness for speed.
-    `bos`: whether a BOS token starts each window (`auto`: as the tokenizer encodes text; see
-    `evals/windows.py: start_token`); the token used is recorded with the results.
-    """
-
-    kind: Literal["perplexity"]
-    corpus: str = STDLIB
-    split: str = "validation"
-    tokens: int | None = Field(default=65536, gt=0)
-    seq_len: int = Field(default=256, gt=1)
-    batch_size: int = Field(default=16, gt=0)
-    windows: Literal["spread", "rolling"] = "spread"
-    stride: int | None = Field(default=None, gt=0)
-    documents: int | None = Field(default=None, gt=0)
-    autocast: Literal["bfloat16"] | None = None
-    bos: Literal["auto", "always", "never"] = "auto"
-    label: str | None = Field(default=None, min_length=1)  # how verdicts and tables name it; not in keys
-
-    # Options added after the first studies: they enter job keys only when set off their
-    # defaults, so every earlier study keeps its keys (and its stored results).
-    LATER_OPTIONS: ClassVar[tuple[str, ...]] = ("windows", "stride", "documents", "autocast", "bos")
-
-    @model_validator(mode="after")
-    def _options_fit_the_windows(self):
-        if self.windows == "spread" and (self.stride is not None or self.documents is not None):
-            raise ValueError("stride and documents apply to windows: rolling only")
-        if self.windows == "rolling" and "tokens" in self.model_fields_set:
-            raise ValueError("tokens applies to windows: spread; rolling scores whole documents (limit: documents)")
-        if self.stride is not None and self.stride > self.seq_len:
-            raise ValueError(f"stride {self.stride} exceeds seq_len {self.seq_len}; use 1..{self.seq_len}")
-        return self
-
-    @property
-    def name(self) -> str:
-        rule = ":rolling" if self.windows == "rolling" else ""
-        return f"ppl:{self.corpus}:{self.split}{rule}"
-
-    @property
-    def short_name(self) -> str:
-        """A stable label for people: `label`, else the name with a corpus path cut to its file or folder name."""
-        if self.label:
-            return self.label
-        corpus = Path(self.corpus).name if "/" in self.corpus or "\\" in self.corpus else self.corpus
-        rule = ":rolling" if self.windows == "rolling" else ""
-        return f"ppl:{corpus}:{self.split}{rule}"
-
-    def key_config(self) -> dict:
-        """The options as they enter the job key."""
-        config = self.model_dump(exclude={"label"})
-        for option in self.LATER_OPTIONS:
-            if config[option] == type(self).model_fields[option].default:
-                del config[option]
-        return config
-
-
-class LmEvalEval(Strict):
-    """Any lm-eval task on the model in memory: a name lm-eval knows (hub data) or a local task YAML.
-
-    `data_dir` is handed to the task's dataset loader (the shipped YAMLs under tasks/lm_eval
-    read their files relative to it); environment variables in it (`${PTQ_EVAL_DATA}`) are expanded when the
-    task loads, so a shared study need not name one machine's folder and its job keys do not depend on it.
-    `limit`, `num_fewshot`, `batch_size` as in lm-eval. `backend`: the lm-eval model that scores it,
-    `ptq_eval` (the packed scorer: lm-eval's HFLM with faster loglikelihood scoring, the same answers up to
-    float rounding) or `hflm` (lm-eval's own); it is one of a job's inputs (`identity.py`), not of its key.
-    """
-
-    kind: Literal["lm_eval"]
-    task: str = Field(min_length=1)
-    limit: int | None = Field(default=None, gt=0)
-    num_fewshot: int | None = Field(default=None, ge=0)
-    batch_size: int = Field(default=16, gt=0)
-    data_dir: str | None = None
-    backend: Literal["ptq_eval", "hflm"] = "ptq_eval"
-    label: str | None = Field(default=None, min_length=1)  # how verdicts and tables name it; not in keys
-
-    @field_validator("task")
-    @classmethod
-    def _task_file_exists(cls, task: str) -> str:
-        if is_task_file(task) and not Path(task).is_file():
-            raise ValueError(f"{task!r}: no such task YAML file; give a file path or an lm-eval task name")
-        return task
-
-    @property
-    def name(self) -> str:
-        return task_file_name(self.task) if is_task_file(self.task) else self.task
-
-    @property
-    def short_name(self) -> str:
-        return self.label or self.name
-
-    def key_config(self) -> dict:
-        return self.model_dump(exclude={"backend", "label"})
-
-
-EvalSpec = Annotated[PerplexityEval | LmEvalEval, Field(discriminator="kind")]
+# every registered eval kind (evals/kinds/), told apart by its `kind`
+EvalSpec = Annotated[Union[tuple(EVAL_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
 
 
 def _ladder_kind(entry: object) -> str:
@@ -314,6 +208,8 @@ LadderItem = Annotated[
     | Annotated[FamilyLadder, Tag("ladder-family")],
     Discriminator(_ladder_kind),
 ]
+# the names pydantic gives the branches of a study's unions in an error's key path (not keys the user wrote)
+BRANCHES = ("ladder-path", "ladder-entry", "ladder-family", *EVAL_KINDS)
 
 
 class Study(Strict):
@@ -360,194 +256,18 @@ class Study(Strict):
 
     @model_validator(mode="after")
     def _calibration_is_not_evaluation(self):
+        calibration = (self.calibration.corpus, self.calibration.split)
         for evaluation in self.evals:
-            if not isinstance(evaluation, PerplexityEval):
-                continue
-            if (evaluation.corpus, evaluation.split) == (self.calibration.corpus, self.calibration.split):
+            if evaluation.scored_text() == calibration:
                 raise ValueError(
-                    f"calibration uses {evaluation.corpus!r} split {evaluation.split!r}, which an eval scores; "
+                    f"calibration uses {calibration[0]!r} split {calibration[1]!r}, which an eval scores; "
                     "calibrate on another split (e.g. train)"
                 )
         return self
 
 
-@dataclass(frozen=True)
-class CheckpointSpec:
-    reference: str
-    tokens: int | None = None
-
-
-@dataclass(frozen=True)
-class Job:
-    """One (checkpoint, quant config or full precision, evaluation) unit of work."""
-
-    checkpoint: CheckpointSpec
-    quant: QuantConfig | None
-    eval: PerplexityEval | LmEvalEval
-    dtype: str
-    seed: int
-    exclude: tuple[str, ...]
-    calibration: Calibration | None = None
-
-    def describe(self) -> dict:
-        """What the job is, as stored with its results; the key is a hash of this."""
-        quant = (
-            self.quant.as_dict()
-            if self.quant
-            else {"method": "none", "bits": None, "group_size": None, "symmetric": None}
-        )
-        description = {
-            "checkpoint": self.checkpoint.reference,
-            "tokens_override": self.checkpoint.tokens,
-            **quant,
-            "eval": self.eval.name,
-            "eval_config": self.eval.key_config(),
-            "dtype": self.dtype,
-            "seed": self.seed,
-        }
-        if self.quant:
-            description["exclude"] = list(self.exclude)
-        if self.quant and self.quant.needs_calibration:
-            description["calibration"] = self.calibration.model_dump()
-        return description
-
-    @property
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:24]
-
-    def baseline(self) -> Job:
-        """The full-precision job this quantized job is paired with."""
-        return Job(self.checkpoint, None, self.eval, self.dtype, self.seed, self.exclude)
-
-
-def _expand_ladder_entry(entry: str | LadderEntry | FamilyLadder) -> list[CheckpointSpec]:
-    if isinstance(entry, FamilyLadder):
-        return [CheckpointSpec(reference) for reference in entry.references()]
-    reference, tokens = (entry, None) if isinstance(entry, str) else (entry.checkpoint, entry.tokens)
-    if any(char in reference for char in "*?["):
-        matches = sorted(p for p in glob.glob(reference) if (Path(p) / "config.json").is_file())
-        if not matches:
-            raise StudyError(f"ladder entry {reference!r} matches no checkpoint directory (none with a config.json)")
-        return [CheckpointSpec(match, tokens) for match in matches]
-    return [CheckpointSpec(reference, tokens)]
-
-
-def checkpoints(study: Study) -> list[CheckpointSpec]:
-    """The study's checkpoints in order, globs and family shorthands expanded."""
-    expanded = [spec for entry in study.ladder for spec in _expand_ladder_entry(entry)]
-    return list(dict.fromkeys(expanded))
-
-
-def expand_jobs(study: Study) -> list[Job]:
-    """Every quantized job of the study (each implies its full-precision baseline)."""
-    configs = list(dict.fromkeys(config for grid in study.quant for config in grid.configs()))
-    return [
-        Job(checkpoint, config, evaluation, study.dtype, study.seed, study.exclude, study.calibration)
-        for checkpoint in checkpoints(study)
-        for config in configs
-        for evaluation in study.evals
-    ]
-
-
-def _location(loc: tuple) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part in (
-            "ladder-path",
-            "ladder-entry",
-            "ladder-family",
-            "perplexity",
-            "lm_eval",
-            "list[int]",
-            "int",
-            "bool",
-            "list[bool]",
-        ):
-            continue  # pydantic's name for a union branch, not a key the user wrote
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "(top level)"
-
-
-# pydantic's type errors, as what the value should have been
-TYPE_WORDS = {
-    "int_parsing": "an integer",
-    "int_type": "an integer",
-    "int_from_float": "a whole number",
-    "bool_parsing": "true or false",
-    "bool_type": "true or false",
-    "float_parsing": "a number",
-    "float_type": "a number",
-    "string_type": "text",
-    "list_type": "a list",
-    "dict_type": "a mapping",
-    "model_type": "a mapping",
-    "tuple_type": "a list",
-}
-# what a key accepts, added to a type error about it
-ACCEPTED = {
-    "bits": f"{MIN_BITS}..{MAX_BITS} or a list of them",
-    "group_size": "-1 (per channel), 0 (per tensor), a positive integer, or a list of them",
-    "symmetric": "true, false, or a list of them",
-    "tokens": "a positive integer",
-    "samples": "a positive integer",
-    "seq_len": "an integer above 1",
-}
-
-
-def _describe(error: dict) -> str:
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        return "unknown key"
-    if error["type"] == "missing":
-        return "required key is missing"
-    return message
-
-
-def _type_problem(location: str, errors: list[dict]) -> str:
-    """One sentence for the type errors a value got from every branch of its union."""
-    words = list(dict.fromkeys(TYPE_WORDS[e["type"]] for e in errors))
-    key = location.rsplit(".", 1)[-1].split("[")[0]
-    if "a list" in words and len(words) > 1:
-        words.remove("a list")
-        if key not in ACCEPTED:
-            words[-1] += " (or a list of them)"
-    accepted = f" (accepted: {ACCEPTED[key]})" if key in ACCEPTED else ""
-    return f"{errors[0]['input']!r} is not {' or '.join(words)}{accepted}"
-
-
-def validation_problems(error: ValidationError, source: str) -> str:
-    """Every problem of a failed validation, one per line: `source: key.path: message`.
-
-    Type errors are said in words (`quant[0].bits: 'four' is not an integer (or a list of them) (accepted:
-    2..16 or a list of them)`); a union's type error at a key is dropped when a deeper key explains it."""
-    by_location: dict[str, list[dict]] = {}
-    for problem in error.errors():
-        by_location.setdefault(_location(problem["loc"]), []).append(problem)
-    lines = set()
-    for location, problems in by_location.items():
-        typed = [p for p in problems if p["type"] in TYPE_WORDS]
-        deeper = any(other.startswith((location + ".", location + "[")) for other in by_location if other != location)
-        if typed and not deeper:
-            lines.add(f"{source}: {location}: {_type_problem(location, typed)}")
-        lines.update(f"{source}: {location}: {_describe(p)}" for p in problems if p["type"] not in TYPE_WORDS)
-    return "\n".join(sorted(lines))
-
-
-def validate_document(schema: type[BaseModel], data: object, source: str, error: type[UserError]):
-    """A parsed YAML document validated against `schema`; `error` lists every problem with its key path."""
-    if data is None:
-        raise error(f"{source}: the file is empty; expected a mapping of {', '.join(schema.model_fields)}")
-    try:
-        return schema.model_validate(data)
-    except ValidationError as problem:
-        raise error(validation_problems(problem, source)) from None
-
-
 def parse_study(data: object, source: str = "<study>") -> Study:
-    return validate_document(Study, data, source, StudyError)
+    return validate_document(Study, data, source, StudyError, BRANCHES)
 
 
 def load_study(path: str | Path) -> Study:

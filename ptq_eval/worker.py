@@ -4,7 +4,6 @@ code runs in-process and on a Ray worker (`executors.py`); the driver (`runner.p
 
 from __future__ import annotations
 
-import itertools
 import platform
 import time
 from collections.abc import Iterator
@@ -15,16 +14,14 @@ import torch
 import transformers
 
 from ptq_eval.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint, weights_stamp
-from ptq_eval.corpus import load_corpus, token_stream
 from ptq_eval.errors import UserError
-from ptq_eval.evals.evaluators import HarnessEvaluator, PerplexityEvaluator, Scored
-from ptq_eval.evals.harness import load_tasks
+from ptq_eval.evals.kinds import CheckpointView, EvalKind, Scored
 from ptq_eval.evals.paired import paired_metrics
-from ptq_eval.evals.windows import Windows, make_windows, rolling_windows, start_token
 from ptq_eval.identity import tokenizer_identity
+from ptq_eval.jobs import CheckpointSpec, Job
 from ptq_eval.quant import QuantConfig, QuantError, quantizable_weights, quantize
 from ptq_eval.quant.calibration import calibration_tokens
-from ptq_eval.spec import CheckpointSpec, Job, LmEvalEval, PerplexityEval, Study
+from ptq_eval.spec import Study
 from ptq_eval.store import MetricRow
 from ptq_eval.version import __version__
 
@@ -111,39 +108,12 @@ class _CheckpointRun:
         self.calibrated: dict = {}  # what calibration re-uses across this checkpoint's GPTQ configs (quant/blocks.py)
         self.quant_configs = tuple(dict.fromkeys(job.quant for job in work.jobs if job.quant is not None))
 
-    def windows(self, evaluation: PerplexityEval) -> tuple[Windows, dict]:
-        """The eval's token windows; tokenized once per distinct tokenizer across the study."""
+    def view(self) -> CheckpointView:
+        """What an eval kind reads of this checkpoint to build its evaluator."""
         context = getattr(self.loaded.model.config, "max_position_embeddings", None)
-        if context is not None and evaluation.seq_len > context:
-            raise UserError(
-                f"eval {evaluation.name}: seq_len={evaluation.seq_len} exceeds the context of "
-                f"{self.loaded.facts.name} ({context}); use seq_len <= {context}"
-            )
-        rolling = evaluation.windows == "rolling"
-        start = start_token(self.loaded.tokenizer, evaluation.bos, rolling)
-        if context is not None and start is not None and not rolling and evaluation.seq_len + 1 > context:
-            raise UserError(
-                f"eval {evaluation.name}: with a BOS token each window reads seq_len + 1 = {evaluation.seq_len + 1} "
-                f"tokens, more than the context of {self.loaded.facts.name} ({context}); use seq_len <= {context - 1}"
-            )
-        key = (self.tokenizer_key, evaluation, start)
-        if key not in self.cache:
-            corpus = load_corpus(evaluation.corpus, evaluation.split)
-            if rolling:
-                texts = list(itertools.islice(corpus.texts(), evaluation.documents))
-                windows = rolling_windows(self.loaded.tokenizer, texts, evaluation.seq_len, evaluation.stride, start)
-            else:
-                stream = token_stream(self.loaded.tokenizer, corpus)
-                windows = make_windows(stream, evaluation.seq_len, evaluation.tokens, start)
-            self.cache[key] = (windows, corpus.describe() | {"start_token": start})
-        return self.cache[key]
-
-    def evaluator(self, evaluation: PerplexityEval | LmEvalEval) -> PerplexityEvaluator | HarnessEvaluator:
-        if isinstance(evaluation, LmEvalEval):
-            if evaluation not in self.cache:
-                self.cache[evaluation] = load_tasks(evaluation)
-            return HarnessEvaluator(evaluation, self.cache[evaluation], self.loaded.tokenizer, self.study.seed)
-        return PerplexityEvaluator(evaluation, *self.windows(evaluation))
+        return CheckpointView(
+            self.loaded.facts.name, self.loaded.tokenizer, self.tokenizer_key, context, self.study.seed, self.cache
+        )
 
     def calibration(self) -> torch.Tensor:
         """The study's calibration windows for this tokenizer, clamped to the model's context."""
@@ -161,8 +131,8 @@ class _CheckpointRun:
         for weight, pristine in zip(self.weights, self.pristine, strict=True):
             weight.write(pristine)
 
-    def score(self, evaluation: PerplexityEval | LmEvalEval) -> tuple[Scored, float]:
-        evaluator = self.evaluator(evaluation)
+    def score(self, evaluation: EvalKind) -> tuple[Scored, float]:
+        evaluator = evaluation.evaluator(self.view())
         started = time.perf_counter()
         scored = evaluator.score(self.loaded.model)
         return scored, time.perf_counter() - started
@@ -171,7 +141,7 @@ class _CheckpointRun:
         """The full-precision scores: restored from the stored arrays, or scored now (then also a Finished)."""
         stored = self.work.stored_baselines.get(job.key)
         if stored is not None:
-            return self.evaluator(job.eval).restore(stored), None
+            return job.eval.evaluator(self.view()).restore(stored), None
         self.restore()
         scored, seconds = self.score(job.eval)
         rows = [MetricRow(metric.name, metric.value, metric.n) for metric in scored.metrics]

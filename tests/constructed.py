@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ptq_eval.spec import Study, expand_jobs, load_study
+from ptq_eval.jobs import expand_jobs
+from ptq_eval.spec import Study, load_study
 from ptq_eval.store import MetricRow, Store
 
 PROVENANCE = {"ptq_eval": "test", "torch": "test", "device": "cpu", "dtype": "float32", "seed": 0}

@@ -3,7 +3,8 @@ earlier version keeps finding its results (a label and the lm-eval backend are n
 
 import pytest
 
-from ptq_eval.spec import expand_jobs, parse_study
+from ptq_eval.jobs import expand_jobs
+from ptq_eval.spec import parse_study
 
 PINNED = [
     ({"kind": "perplexity"}, "3445c62048648618384e5528", "198e4e80a1a133c931f36503"),

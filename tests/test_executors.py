@@ -21,9 +21,10 @@ from kill_resume import stored_jobs
 from ptq_eval.claims import Claims
 from ptq_eval.errors import StoreError, UserError
 from ptq_eval.executors import parse_shard, shard_checkpoints
+from ptq_eval.jobs import CheckpointSpec
 from ptq_eval.results import study_results
 from ptq_eval.runner import run_study
-from ptq_eval.spec import CheckpointSpec, load_study
+from ptq_eval.spec import load_study
 from ptq_eval.store import Store, merge_stores
 
 STUDY = """

@@ -20,9 +20,9 @@ from ptq_eval.gate import (
     load_policy,
     parse_policy,
 )
+from ptq_eval.jobs import expand_jobs
 from ptq_eval.report.verdict import verdict_markdown
 from ptq_eval.results import COLUMNS
-from ptq_eval.spec import expand_jobs
 from ptq_eval.store import MetricRow, Store
 
 EVAL = "ppl:stdlib-python:validation"
@@ -174,6 +174,8 @@ def test_higher_is_better_metrics_count_a_drop_as_damage(monkeypatch):
     assert dropped.checks[0].value == pytest.approx(0.05) and dropped.checks[0].quantity == "drop"  # positive: worse
     assert decisions(improved) == ["pass"] and improved.checks[0].value == pytest.approx(-0.01)
     assert "| drop ≤ 0.02 |" in verdict_markdown(dropped)
+    known = policy({"kind": "absolute", "metric": "acc", "max": 0.02})  # evals/metrics.py knows acc's direction
+    assert decisions(decide(known, "m", results(row("m", -0.05, -0.06, -0.04, metric="acc", fp=0.6)))) == ["fail"]
 
 
 def test_one_failure_fails_the_verdict_even_when_others_are_undecided():
@@ -249,7 +251,11 @@ def test_forecast_of_a_study_without_a_stored_store_is_undecided(tmp_path):
         ),
         ({"kind": "baseline", "max": 1}, "budgets[0]: kind baseline needs checkpoint"),
         ({"kind": "absolute", "max": 1, "fit": "x.csv"}, "budgets[0]: fit applies to kind forecast only, not absolute"),
-        ({"kind": "absolute", "max": 1, "metric": "acc"}, "budgets[0]: metric 'acc' needs higher_is_better"),
+        ({"kind": "absolute", "max": 1, "metric": "f1"}, "budgets[0]: metric 'f1' needs higher_is_better"),
+        (
+            {"kind": "forecast", "max": 1, "fit": "x.csv", "tokens_per_param": 9, "law": "kumr"},
+            "budgets[0].law: 'kumr' is not a law; accepted: kumar, rival, per_bit, phase, phase_only",
+        ),
         ({"kind": "absolute", "max": -1}, "budgets[0].max: Input should be greater than or equal to 0"),
         (
             {"kind": "absolute", "max": 1, "eval": "ppl:x"},

@@ -10,11 +10,11 @@ import pytest
 from in_process import cli
 
 from ptq_eval.evals.harness import HarnessError, evaluate_task, load_tasks
+from ptq_eval.evals.kinds import LmEvalEval
 from ptq_eval.evals.paired import paired_metrics
 from ptq_eval.evals.perplexity import document_metrics, window_losses
 from ptq_eval.evals.windows import rolling_windows
 from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantize
-from ptq_eval.spec import LmEvalEval
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

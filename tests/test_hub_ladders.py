@@ -15,9 +15,10 @@ import pytest
 from ptq_eval import cli
 from ptq_eval.checkpoints import CheckpointRef, tokens_from_schedule
 from ptq_eval.families import hub_revisions, ladder_revisions, pick
+from ptq_eval.jobs import checkpoints
 from ptq_eval.results import study_results
 from ptq_eval.runner import run_study
-from ptq_eval.spec import checkpoints, parse_study
+from ptq_eval.spec import parse_study
 from ptq_eval.store import Store
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")

@@ -3,7 +3,8 @@ a store written by an earlier version keeps finding its results."""
 
 import pytest
 
-from ptq_eval.spec import expand_jobs, parse_study
+from ptq_eval.jobs import expand_jobs
+from ptq_eval.spec import parse_study
 
 CALIBRATION = {"corpus": "stdlib-python", "samples": 16, "seq_len": 64}
 BASELINE_KEY = "c6e96c3785bfda1f4b0ecf62"

@@ -97,7 +97,7 @@ def per_document(model, tokenizer, task: str, backend: str) -> dict:
     from lm_eval import simple_evaluate
 
     from ptq_eval.evals.harness import lm_backend, load_tasks
-    from ptq_eval.spec import LmEvalEval
+    from ptq_eval.evals.kinds import LmEvalEval
 
     evaluation = LmEvalEval(
         kind="lm_eval", task=f"tasks/lm_eval/{task}_local.yaml", limit=12, data_dir=str(SHARED_DATA), backend=backend

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from ptq_eval.spec import StudyError, checkpoints, expand_jobs, load_study, parse_study
+from ptq_eval.jobs import checkpoints, expand_jobs
+from ptq_eval.spec import StudyError, load_study, parse_study
 
 GOOD = {
     "name": "s",

@@ -21,13 +21,11 @@ import numpy as np
 import pandas as pd
 
 from ptq_eval.errors import UserError
+from ptq_eval.evals.metrics import LOSS_METRICS, bare_name, facts_of
 from ptq_eval.fit.laws import Points
 from ptq_eval.quant import INT, METHOD_OPTIONS, number_format
 
 KEY_FIELDS = ("eval", "metric", "method", "format", "group_size", "symmetric")
-# metric -> (how its values become nats, the unit they are then in), in the order an eval's one is chosen
-LOSSES = {"loss": ("nats", "token"), "bits_per_byte": ("bits", "byte"), "perplexity": ("log", "token"),
-          "byte_perplexity": ("log", "byte"), "word_perplexity": ("log", "word")}  # fmt: skip
 UNKNOWN_D = "tokens seen (D) unknown for this checkpoint"
 CI_ZERO = "delta CI includes zero (delta_ci_low <= 0)"
 CI_BELOW = "delta CI at or below zero (delta_ci_high <= 0): no bound on a positive delta"
@@ -39,14 +37,15 @@ class FitError(UserError):
     """The data cannot identify the law; the message says what more to measure."""
 
 
-def loss_name(metric: str) -> str:
-    """A metric's name without lm-eval's `task/` prefix and `,filter` suffix."""
-    return metric.split("/")[-1].split(",")[0]
+def _nats(metric: str) -> tuple[str, str] | None:
+    """How a metric's values become nats and per what (evals/metrics.py); None: not a loss a law fits."""
+    facts = facts_of(metric)
+    return facts.nats if facts is not None else None
 
 
 def nats_label(metric: str) -> str:
     """What a loss metric's δ is once in nats, e.g. `loss (nats/token)`, `log word_perplexity (nats/word)`."""
-    kind, unit = LOSSES[loss_name(metric)]
+    kind, unit = _nats(metric)
     shown = {"nats": metric, "log": f"log {metric}", "bits": f"{metric} × ln 2"}[kind]
     return f"{shown} (nats/{unit})"
 
@@ -140,7 +139,7 @@ def fit_keys(results: pd.DataFrame, where: FitKey = ANY) -> tuple[list[FitKey], 
     evals = rows.groupby("eval", sort=False) if "eval" in rows else [(None, rows)]
     for name, own in evals:
         metrics = list(dict.fromkeys(own.metric))
-        others = [m for m in metrics if loss_name(m) not in LOSSES and not m.startswith("nonfinite_")]
+        others = [m for m in metrics if _nats(m) is None and not m.startswith("nonfinite_")]
         if others:
             notes.append(f"{name}: {', '.join(others)} not fitted (not a loss in nats: reported, not fitted)")
         for chosen, same in _one_loss_each(metrics):
@@ -151,13 +150,12 @@ def fit_keys(results: pd.DataFrame, where: FitKey = ANY) -> tuple[list[FitKey], 
 
 
 def _one_loss_each(metrics: list[str]) -> list[tuple[str, list[str]]]:
-    """Per lm-eval task and filter: the loss metric fitted (the first in LOSSES' order) and the others."""
+    """Per lm-eval task and filter: the loss metric fitted (the first in LOSS_METRICS' order) and the others."""
     groups: dict[tuple[str, str], list[str]] = {}
-    for metric in (m for m in metrics if loss_name(m) in LOSSES):
+    for metric in (m for m in metrics if _nats(m) is not None):
         task, _, rest = metric.rpartition("/")
         groups.setdefault((task, rest.partition(",")[2]), []).append(metric)
-    order = list(LOSSES)
-    chosen = [sorted(group, key=lambda m: order.index(loss_name(m))) for group in groups.values()]
+    chosen = [sorted(group, key=lambda m: LOSS_METRICS.index(bare_name(m))) for group in groups.values()]
     return [(first, rest) for first, *rest in chosen]
 
 
@@ -174,12 +172,12 @@ def _metric_keys(rows: pd.DataFrame, columns: list[str]) -> list[FitKey]:
 
 def in_nats(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The δ, CI and values of one loss metric in nats (per token, word or byte)."""
-    kind = LOSSES.get(loss_name(metric), (None,))[0]
-    if kind is None:
+    if _nats(metric) is None:
         raise FitError(
             f"metric {metric!r} is not a loss in nats, so no loss law is fitted to it; "
-            f"accepted: {', '.join(LOSSES)} (after any task/ prefix)"
+            f"accepted: {', '.join(LOSS_METRICS)} (after any task/ prefix)"
         )
+    kind = _nats(metric)[0]
     out = rows.copy()
     if kind == "bits":
         out[list(VALUES)] = rows[list(VALUES)] * math.log(2)

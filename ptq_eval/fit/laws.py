@@ -171,6 +171,10 @@ PHASE_ONLY = Law(
     "phase_only", ("C", "gamma_N", "gamma_post", "beta"), _phase_only, (LOG, EXPONENT, (0.05, 50.0), (-10.0, 10.0)),
     tuple(itertools.product([0.0], EXPONENTS, (0.5, 1.5, 4.0), (0.0, 1.0, 3.0))), needs_phase=True,
 )  # fmt: skip
+# The δ laws by name, in the order fits and reports list them: those with one form, and those the data shape
+# (per_bit_law: the widths that can be fitted alone; broken_law: the range of the break). Studies, the command
+# line and gate policies accept every name here.
+FIXED_LAWS = {law.name: law for law in (KUMAR, RIVAL, PHASE, PHASE_ONLY)}
 BROKEN_LAWS = ("broken_d", "broken_dn")
 DELTA_LAWS = ("kumar", "rival", "per_bit", "phase", "phase_only", *BROKEN_LAWS)
 BEND_WIDTH = 0.3  # s, in log units: the slope is 12%/88% of the way from γ_1 to γ_2 a factor e^(2s) ≈ 1.8 either side

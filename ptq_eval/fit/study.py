@@ -42,11 +42,9 @@ from ptq_eval.fit.laws import (
     BASE,
     BROKEN_LAWS,
     DELTA_LAWS,
+    FIXED_LAWS,
     KUMAR,
-    PHASE,
     PHASE_LAWS,
-    PHASE_ONLY,
-    RIVAL,
     broken_law,
     per_bit_law,
 )
@@ -140,7 +138,7 @@ def _prepare_delta(results: pd.DataFrame, law: str, key: FitKey, options: FitOpt
     elif law in BROKEN_LAWS:
         chosen = _broken(law, usable, key)
     else:
-        chosen = {"kumar": KUMAR, "rival": RIVAL, "phase": PHASE, "phase_only": PHASE_ONLY}[law]
+        chosen = FIXED_LAWS[law]
     if chosen.needs_phase:
         unknown = usable.decay_done.isna() if "decay_done" in usable else pd.Series(True, usable.index)
         excluded = pd.concat([excluded, usable[unknown].assign(reason=NO_PHASE)])

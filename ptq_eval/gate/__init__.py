@@ -12,7 +12,6 @@ from ptq_eval.gate.checks import (
     judge,
 )
 from ptq_eval.gate.policy import (
-    LOWER_IS_BETTER,
     UNCERTAINTY,
     Budget,
     Policy,
@@ -26,7 +25,6 @@ from ptq_eval.gate.policy import (
 
 __all__ = [
     "DECISIONS",
-    "LOWER_IS_BETTER",
     "UNCERTAINTY",
     "Budget",
     "Check",

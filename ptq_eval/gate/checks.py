@@ -12,7 +12,8 @@ rule. Each budget makes one check per release config (and per eval in its scope)
 - `forecast`: δ of the loss at a planned D/N (N defaults to the checkpoint's), forecast by a scaling law
   fitted to a study's stored results or to a results CSV, with its bootstrap CI.
 
-δ is quant − fp where lower is better (`LOWER_IS_BETTER`) and fp − quant where higher is better, so a
+δ is quant − fp where lower is better and fp − quant where higher is better (`evals/metrics.py`, or the
+budget's `higher_is_better`), so a
 positive δ is always damage. `UNCERTAINTY` lists the rules that turn a value and its 95% CI into pass,
 fail or undecided. A check without data (a result not stored, a law that cannot be fitted) is undecided.
 The verdict fails if any check fails, else is undecided if any check is, else passes.
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ptq_eval.evals.evaluators import eval_metrics, metric_matches
+from ptq_eval.evals.metrics import metric_matches
 from ptq_eval.evals.paired import difference_ci
 from ptq_eval.fit import Estimate, FitError, FitKey, FitOptions, LawFit, fit_delta, predict_delta
 from ptq_eval.fit.breaks import break_support
@@ -111,7 +112,7 @@ def _past_a_break(results: pd.DataFrame, fit: LawFit, key: FitKey, options: FitO
 @functools.cache
 def _produced(evaluation) -> tuple[str, ...]:
     """The metrics an eval produces (an lm-eval task's loaded once per process)."""
-    return tuple(eval_metrics(evaluation))
+    return tuple(evaluation.metrics())
 
 
 def _scope(policy: Policy, budget: Budget) -> list:
@@ -269,7 +270,7 @@ def _measured(
     if short:
         return short
     row = rows.iloc[0][["delta", "delta_ci_low", "delta_ci_high", "fp_value"]].astype(float)
-    if budget.higher_is_better:
+    if budget.higher_better:
         row = pd.Series([-row.delta, -row.delta_ci_high, -row.delta_ci_low, row.fp_value], index=row.index)
     if math.isfinite(row.fp_value) and not math.isfinite(float(rows.iloc[0].quant_value)):  # it diverged: worst
         row = pd.Series([math.inf, math.inf, math.inf, row.fp_value], index=row.index)
@@ -320,7 +321,7 @@ def _quantity(budget: Budget, params: float | None) -> str:
         size = f", N={params:.4g}" if params else ""
         return f"δ at D/N={budget.tokens_per_param:g}{size} ({budget.law} fit on {budget.fit})"
     # A higher-is-better metric's damage is its drop, fp − quant: named so, positive = worse, as δ is.
-    damage = "drop" if budget.higher_is_better else "δ"
+    damage = "drop" if budget.higher_better else "δ"
     if budget.kind == "baseline":
         return f"{damage} − {damage}({reference(budget.checkpoint)})"
     return {"absolute": damage, "relative": f"{damage}/fp (%)"}[budget.kind]

@@ -11,8 +11,12 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from ptq_eval.documents import validate_document
+from ptq_eval.evals.metrics import facts_of
+from ptq_eval.fit.laws import DELTA_LAWS
 from ptq_eval.quant import METHOD_OPTIONS, QuantConfig
-from ptq_eval.spec import LadderItem, QuantGrid, Strict, Study, StudyError, validate_document
+from ptq_eval.schema import Strict
+from ptq_eval.spec import BRANCHES, LadderItem, QuantGrid, Study, StudyError
 from ptq_eval.yaml_files import read_yaml
 
 UNCERTAINTY = {
@@ -20,7 +24,6 @@ UNCERTAINTY = {
     "strict": "pass only if the 95% CI lies within the budget, otherwise fail",
     "point": "compare the point estimate with the budget, ignoring the CI",
 }
-LOWER_IS_BETTER = ("loss", "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
 KIND_FIELDS = {
     "baseline": ("checkpoint",),
     "forecast": ("tokens_per_param", "params", "fit", "store", "law", "resamples"),
@@ -39,14 +42,21 @@ class Budget(Strict):
     max: float = Field(ge=0)
     metric: str = "loss"
     eval: str | None = None  # the name of one eval of the policy (default: every eval)
-    higher_is_better: bool | None = None  # required for metrics not in LOWER_IS_BETTER
+    higher_is_better: bool | None = None  # required for metrics evals/metrics.py does not know
     checkpoint: str | None = None  # baseline: the checkpoint to compare with
     tokens_per_param: float | None = Field(default=None, gt=0)  # forecast: the planned D/N
     params: float | None = Field(default=None, gt=0)  # forecast: N (default: the gated checkpoint's)
     fit: str | None = None  # forecast: a study YAML (its stored results) or a results CSV
     store: str | None = None  # forecast: the fit study's store (default: the policy's)
-    law: Literal["kumar", "rival", "per_bit", "phase", "broken_d", "broken_dn"] = "kumar"  # forecast (phase: annealed)
+    law: str = "kumar"  # forecast: one of fit.laws.DELTA_LAWS
     resamples: int = Field(default=100, gt=0)  # forecast: bootstrap resamples over checkpoints
+
+    @field_validator("law")
+    @classmethod
+    def _known_law(cls, law: str) -> str:
+        if law not in DELTA_LAWS:
+            raise ValueError(f"{law!r} is not a law; accepted: {', '.join(DELTA_LAWS)}")
+        return law
 
     @model_validator(mode="after")
     def _fields_match_kind(self):
@@ -59,9 +69,14 @@ class Budget(Strict):
             raise ValueError(f"kind {self.kind} needs {' and '.join(missing)}")
         if self.kind == "forecast" and self.metric != "loss":
             raise ValueError(f"a forecast bounds the fitted loss δ, so metric must be loss, not {self.metric!r}")
-        if self.higher_is_better is None and self.metric not in LOWER_IS_BETTER:
+        if self.higher_is_better is None and facts_of(self.metric) is None:
             raise ValueError(f"metric {self.metric!r} needs higher_is_better: true or false")
         return self
+
+    @property
+    def higher_better(self) -> bool:
+        """Whether higher values of the metric are better: as the budget says, else as evals/metrics.py knows."""
+        return self.higher_is_better if self.higher_is_better is not None else facts_of(self.metric).higher_is_better
 
 
 class Policy(Study):
@@ -104,7 +119,7 @@ class Policy(Study):
 
 
 def parse_policy(data: object, source: str = "<policy>") -> Policy:
-    return validate_document(Policy, data, source, PolicyError)
+    return validate_document(Policy, data, source, PolicyError, BRANCHES)
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -10,8 +10,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ptq_eval.corpus import STDLIB
+from ptq_eval.documents import validate_document
 from ptq_eval.errors import UserError
-from ptq_eval.spec import Strict, validate_document
+from ptq_eval.schema import Strict
 from ptq_eval.yaml_files import read_yaml
 
 ARCHITECTURES = ("gpt-neox", "llama")

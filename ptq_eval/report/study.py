@@ -31,12 +31,13 @@ from ptq_eval.fit import (
 )
 from ptq_eval.fit.estimate import Progress
 from ptq_eval.fit.study import CONTROL_FACTOR
+from ptq_eval.jobs import expand_jobs
 from ptq_eval.quant import INT, METHOD_OPTIONS, METHODS, granularity
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
 from ptq_eval.report.formats import formats_section
 from ptq_eval.results import coverage_label, study_results, summary_table
-from ptq_eval.spec import Study, expand_jobs
+from ptq_eval.spec import Study
 from ptq_eval.store import Store
 
 PROVENANCE = ("ptq_eval", "torch", "transformers", "python", "device", "dtype", "seed")

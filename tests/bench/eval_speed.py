@@ -59,9 +59,9 @@ def worker(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ptq_eval.evals.harness import evaluate_task, load_tasks
+    from ptq_eval.evals.kinds import LmEvalEval
     from ptq_eval.evals.perplexity import document_metrics, window_losses
     from ptq_eval.evals.windows import rolling_windows
-    from ptq_eval.spec import LmEvalEval
 
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)

@@ -89,11 +89,11 @@ def measure(path: Path, args: argparse.Namespace) -> dict:
 
     from ptq_eval.checkpoints import load_checkpoint
     from ptq_eval.corpus import load_corpus, token_stream
-    from ptq_eval.evals.evaluators import PerplexityEvaluator
+    from ptq_eval.evals.kinds import PerplexityEval
+    from ptq_eval.evals.kinds.perplexity import PerplexityEvaluator
     from ptq_eval.evals.windows import make_windows
     from ptq_eval.quant import QuantConfig, quantize
     from ptq_eval.quant.calibration import calibration_tokens
-    from ptq_eval.spec import PerplexityEval
 
     def timed(fn):
         if device == "cuda":

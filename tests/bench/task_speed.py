@@ -42,7 +42,7 @@ def run_task(model, tokenizer, task: str, data_dir: str, backend: str, limit: in
     from lm_eval import simple_evaluate
 
     from ptq_eval.evals.harness import lm_backend, load_tasks
-    from ptq_eval.spec import LmEvalEval
+    from ptq_eval.evals.kinds import LmEvalEval
 
     evaluation = LmEvalEval(
         kind="lm_eval", task=f"tasks/lm_eval/{task}_local.yaml", limit=limit, batch_size=batch_size,
