@@ -131,17 +131,17 @@ class _CheckpointRun:
         for weight, pristine in zip(self.weights, self.pristine, strict=True):
             weight.write(pristine)
 
-    def score(self, evaluation: EvalKind) -> tuple[Scored, float]:
+    def score(self, evaluation: EvalKind, baseline: Scored | None = None) -> tuple[Scored, float]:
         evaluator = evaluation.evaluator(self.view())
         started = time.perf_counter()
-        scored = evaluator.score(self.loaded.model)
+        scored = evaluator.score(self.loaded.model, baseline)
         return scored, time.perf_counter() - started
 
     def baseline(self, job: Job) -> tuple[Scored, Finished | None]:
         """The full-precision scores: restored from the stored arrays, or scored now (then also a Finished)."""
         stored = self.work.stored_baselines.get(job.key)
         if stored is not None:
-            return job.eval.evaluator(self.view()).restore(stored), None
+            return job.eval.evaluator(self.view()).restore(stored, self.loaded.model), None
         self.restore()
         scored, seconds = self.score(job.eval)
         rows = [MetricRow(metric.name, metric.value, metric.n) for metric in scored.metrics]
@@ -163,8 +163,10 @@ class _CheckpointRun:
         }
         label = f"{self.loaded.facts.name} {config.method} {config.bits}b {config.granularity}"
         for job in jobs:
-            scored, seconds = self.score(job.eval)
-            paired = paired_metrics(baselines[job.baseline().key].metrics, scored.metrics, seed=self.study.seed)
+            baseline = baselines[job.baseline().key]
+            scored, seconds = self.score(job.eval, baseline)
+            fp = [metric for metric in baseline.metrics if metric.name not in scored.not_computed]
+            paired = paired_metrics(fp, scored.metrics, seed=self.study.seed)
             rows = [MetricRow(m.metric, m.quant_value, m.n, m.fp_value, m.delta, m.ci_low, m.ci_high) for m in paired]
             nonfinite = None
             if scored.nonfinite:

@@ -25,7 +25,7 @@ def test_the_readme_example_runs_on_the_committed_ladder(monkeypatch, capsys):
     scope = {}
     exec(compile(readme_example(), "README.md", "exec"), scope)  # noqa: S102 - the project's own README
     results = scope["results"]
-    assert list(results.columns) == COLUMNS + EXTRA and len(results) == 3 * 2  # loss and perplexity per width
+    assert list(results.columns) == COLUMNS + EXTRA and len(results) == 3 * 6  # 6 metrics per width
     loss = results[results.metric == "loss"].set_index("bits")
     assert loss.delta[3] > loss.delta[8] and loss.delta_ci_low[3] > 0
     assert loss.fp_value.nunique() == 1  # one baseline, paired with every config

@@ -365,7 +365,7 @@ def test_gate_runs_missing_jobs_end_to_end(micro_ladder, tmp_path, monkeypatch, 
     assert [c["budget_kind"] for c in record["checks"]] == ["absolute", "baseline"]
     assert record["checks"][1]["decision"] == "pass" and record["checkpoint"] == candidate.rstrip("/")
     with Store(store) as opened:
-        assert len(opened.frame()) == 4 * 2  # fp + rtn for two checkpoints, loss and perplexity each
+        assert len(opened.frame()) == 4 * 6  # fp + rtn for two checkpoints: loss, perplexity, 4 distribution metrics
     assert cli.main(argv) == code
     assert "0 jobs run, 2 already in" in capsys.readouterr().err
 

@@ -90,7 +90,7 @@ def test_a_missing_checkpoint_is_recorded_and_the_study_goes_on(root):
             "not in the local hub cache"
             in store.failures(["EleutherAI/pythia-70m@step999"])["EleutherAI/pythia-70m@step999"]
         )
-        assert len(study_results(study, store)) == 2 * 2  # the local checkpoint's loss and perplexity, two evals
+        assert len(study_results(study, store)) == 2 * 6  # the local checkpoint's six metrics, two evals
         assert list(run_study(study, store).failed) == ["EleutherAI/pythia-70m@step999"]  # retried, fails again
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,35 +34,53 @@ from ptq_eval.evals.windows import Windows
 AUTOCAST = ("bfloat16",)
 
 
+class Observer(Protocol):
+    """Sees each chunk of scored positions (`evals/distribution.py`) and returns their losses."""
+
+    def observe(self, head, hidden: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True)
 class WindowLosses:
-    """Summed token losses (nats) and token counts per window; non-finite tokens counted apart."""
+    """Summed token losses (nats) and token counts per window; non-finite tokens counted apart; with an observer,
+    the window of each scored token in scoring order."""
 
     sums: np.ndarray
     counts: np.ndarray
     nonfinite: int = 0
+    token_windows: np.ndarray | None = None
 
     @property
     def tokens(self) -> int:
         return int(self.counts.sum())
 
 
-def _token_losses(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Cross-entropy (float32) of each position, computing the logits `chunk` positions at a time."""
-    losses = [
-        torch.nn.functional.cross_entropy(
-            head(hidden[start : start + chunk]).float(), targets[start : start + chunk], reduction="none"
-        )
-        for start in range(0, len(targets), chunk)
-    ]
+def _token_losses(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int, observer: Observer | None
+) -> torch.Tensor:
+    """The loss of each position, computing the logits `chunk` positions at a time: cross-entropy (float32), or
+    what the observer returns (it sees each chunk's logits)."""
+    losses = []
+    for start in range(0, len(targets), chunk):
+        states, wanted = hidden[start : start + chunk], targets[start : start + chunk]
+        logits = head(states).float()
+        if observer is None:
+            losses.append(torch.nn.functional.cross_entropy(logits, wanted, reduction="none"))
+        else:
+            losses.append(observer.observe(head, states, logits, wanted))
     return torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)
 
 
 @torch.inference_mode()
 def window_losses(
-    model: torch.nn.Module, windows: Windows, batch_size: int = 16, autocast: str | None = None
+    model: torch.nn.Module,
+    windows: Windows,
+    batch_size: int = 16,
+    autocast: str | None = None,
+    observer: Observer | None = None,
 ) -> WindowLosses:
-    """Score every window's counted predictions; returns its summed token loss (float64) and count."""
+    """Score every window's counted predictions; returns its summed token loss (float64) and count. An observer
+    sees every chunk of logits, in an order the same windows always repeat."""
     if autocast is not None and autocast not in AUTOCAST:
         raise UserError(f"autocast={autocast!r} is not accepted; use one of {AUTOCAST} or none")
     device = next(model.parameters()).device
@@ -72,6 +91,7 @@ def window_losses(
     sums = torch.zeros(len(windows), dtype=torch.float64, device=device)
     nonfinite = torch.zeros((), dtype=torch.long, device=device)
     order = torch.argsort(windows.lengths, descending=True, stable=True)
+    token_windows = []
     for batch in order.split(batch_size):
         lengths, scored = windows.lengths[batch], windows.scored[batch]
         positions = torch.arange(int(lengths.max()))
@@ -85,10 +105,14 @@ def window_losses(
             targets = tokens[index + 1].flatten()
             if picked is not None:
                 hidden, targets = hidden[picked], targets[picked]
-            losses = _token_losses(parts.head, hidden, targets, chunk)
+            losses = _token_losses(parts.head, hidden, targets, chunk, observer)
         nonfinite += (~torch.isfinite(losses)).sum()
-        sums.index_add_(0, batch.repeat_interleave(counted.sum(1)).to(device), losses.double())
-    return WindowLosses(sums.cpu().numpy(), windows.scored.numpy().astype(np.int64), int(nonfinite))
+        owners = batch.repeat_interleave(counted.sum(1))
+        sums.index_add_(0, owners.to(device), losses.double())
+        token_windows.append(owners)
+    counts = windows.scored.numpy().astype(np.int64)
+    owners = torch.cat(token_windows).numpy() if observer is not None and token_windows else None
+    return WindowLosses(sums.cpu().numpy(), counts, int(nonfinite), owners)
 
 
 def _bits(x: np.ndarray) -> np.ndarray:

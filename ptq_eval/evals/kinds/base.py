@@ -42,14 +42,17 @@ class Scored:
     details: dict = field(default_factory=dict)
     nonfinite: int = 0
     nonfinite_metric: str = "nonfinite_tokens"  # the row that counts them, when there are any
+    not_computed: dict[str, str] = field(default_factory=dict)  # metrics this run could not compute, and why
+    reference: object = None  # a baseline's in-memory facts its quantized runs are compared with (never stored)
 
 
 class Evaluator(Protocol):
-    def score(self, model) -> Scored:
-        """Score the model as it is in memory."""
+    def score(self, model, baseline: Scored | None = None) -> Scored:
+        """Score the model as it is in memory: full precision (no baseline), or quantized against `baseline`."""
 
-    def restore(self, arrays: dict[str, np.ndarray]) -> Scored:
-        """A baseline from the arrays its `score` stored (refused if they were scored on other units)."""
+    def restore(self, arrays: dict[str, np.ndarray], model) -> Scored:
+        """A baseline from the arrays its `score` stored (refused if they were scored on other units); `model`
+        is the full-precision model, for what a baseline keeps in memory only."""
 
 
 @dataclass(frozen=True)

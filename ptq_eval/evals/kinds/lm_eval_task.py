@@ -79,10 +79,10 @@ class HarnessEvaluator:
     def __init__(self, evaluation: LmEvalEval, loaded: LoadedTasks, tokenizer, seed: int):
         self.evaluation, self.loaded, self.tokenizer, self.seed = evaluation, loaded, tokenizer, seed
 
-    def score(self, model) -> Scored:
+    def score(self, model, baseline: Scored | None = None) -> Scored:
         scores = evaluate_task(model, self.tokenizer, self.loaded, self.evaluation, self.seed)
         nonfinite = max((int((~np.isfinite(m.values)).sum()) for m in scores.metrics), default=0)
         return Scored(scores.metrics, scores.arrays(), scores.details, nonfinite, "nonfinite_documents")
 
-    def restore(self, arrays: dict[str, np.ndarray]) -> Scored:
+    def restore(self, arrays: dict[str, np.ndarray], model) -> Scored:
         return Scored(restore_scores(self.loaded, arrays).metrics, arrays)

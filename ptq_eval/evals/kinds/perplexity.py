@@ -11,6 +11,15 @@ from pydantic import Field, model_validator
 
 from ptq_eval.corpus import STDLIB, load_corpus, token_stream
 from ptq_eval.errors import UserError
+from ptq_eval.evals.distribution import (
+    DISTRIBUTION_METRICS,
+    Comparison,
+    FullPrecision,
+    Reference,
+    reference_metrics,
+    summary,
+    unit_metrics,
+)
 from ptq_eval.evals.kinds.base import CheckpointView, EvalKind, Scored, Text, register_eval
 from ptq_eval.evals.perplexity import WindowLosses, document_metrics, loss_metrics, window_losses
 from ptq_eval.evals.windows import Windows, make_windows, rolling_windows, start_token
@@ -28,7 +37,9 @@ class PerplexityEval(EvalKind):
     the first `documents` of them, adding lm-eval's word/byte perplexity and bits per byte;
     `stride` < `seq_len` overlaps the windows. `autocast: bfloat16` trades exactness for speed.
     `bos`: whether a BOS token starts each window (`auto`: as the tokenizer encodes text; see
-    `evals/windows.py: start_token`); the token used is recorded with the results.
+    `evals/windows.py: start_token`); the token used is recorded with the results. `distribution` (default
+    on): also how far each token's next-token distribution moved (`evals/distribution.py`: kld, top1_agree,
+    delta_p, rms_delta_p); it is one of a job's inputs, not of its key.
     """
 
     kind: Literal["perplexity"]
@@ -42,9 +53,15 @@ class PerplexityEval(EvalKind):
     documents: int | None = Field(default=None, gt=0)
     autocast: Literal["bfloat16"] | None = None
     bos: Literal["auto", "always", "never"] = "auto"
+    distribution: bool = True
 
+    NOT_IN_KEY: ClassVar[tuple[str, ...]] = ("label", "distribution")
     LATER_OPTIONS: ClassVar[tuple[str, ...]] = ("windows", "stride", "documents", "autocast", "bos")
-    INPUTS: ClassVar[dict[str, str]] = {"window_start": "window start token (bos rule)"}
+    INPUTS: ClassVar[dict[str, str]] = {
+        "window_start": "window start token (bos rule)",
+        "distribution": "distribution metrics (kld, top1_agree, delta_p)",
+    }
+    RECORDED_BEFORE: ClassVar[dict[str, object]] = {"distribution": False}
 
     @model_validator(mode="after")
     def _options_fit_the_windows(self):
@@ -77,10 +94,11 @@ class PerplexityEval(EvalKind):
 
     def inputs(self, tokenizer) -> dict[str, object]:
         """The token each window starts with (the `bos` rule, resolved for this tokenizer)."""
-        return {"window_start": start_token(tokenizer, self.bos, self.rolling)}
+        return {"window_start": start_token(tokenizer, self.bos, self.rolling), "distribution": self.distribution}
 
     def metrics(self) -> list[str]:
-        return list(ROLLING_METRICS if self.rolling else SPREAD_METRICS)
+        losses = ROLLING_METRICS if self.rolling else SPREAD_METRICS
+        return [*losses, *(DISTRIBUTION_METRICS if self.distribution else ())]
 
     def windows_for(self, checkpoint: CheckpointView) -> tuple[Windows, dict]:
         """The eval's token windows and what they were cut from; tokenized once per distinct tokenizer."""
@@ -117,17 +135,56 @@ class PerplexityEvaluator:
     def __init__(self, evaluation: PerplexityEval, windows: Windows, corpus_facts: dict):
         self.evaluation, self.windows, self.corpus_facts = evaluation, windows, corpus_facts
 
-    def _scored(self, losses: WindowLosses) -> Scored:
+    def _units(self, losses: WindowLosses) -> tuple[np.ndarray, np.ndarray]:
+        """Each scored token's unit (its window, or for rolling windows its document) and each unit's tokens."""
+        if not self.evaluation.rolling:
+            return losses.token_windows, losses.counts
+        documents = self.windows.documents.numpy()
+        counts = np.bincount(documents, weights=losses.counts, minlength=len(self.windows.words)).astype(np.int64)
+        return documents[losses.token_windows], counts
+
+    def _scored(self, losses: WindowLosses, reference: FullPrecision | None = None, compared=None) -> Scored:
         metrics = document_metrics(losses, self.windows) if self.evaluation.rolling else loss_metrics(losses)
         arrays = {"window_sums": losses.sums, "window_counts": losses.counts}
-        return Scored(metrics, arrays, {"eval_corpus": self.corpus_facts}, losses.nonfinite)
+        details = {"eval_corpus": self.corpus_facts}
+        why_not = (reference or getattr(compared, "reference", None) or FullPrecision()).why_not
+        why_not = why_not or getattr(compared, "why_not", None)
+        if why_not is not None:
+            details["distribution"] = {"not_computed": why_not}
+            not_computed = dict.fromkeys(DISTRIBUTION_METRICS, why_not)
+            return Scored(metrics, arrays, details, losses.nonfinite, not_computed=not_computed, reference=reference)
+        if reference is not None:
+            metrics += reference_metrics(self._units(losses)[1])
+        if compared is not None:
+            per_token = compared.per_token()
+            metrics += unit_metrics(per_token, *self._units(losses))
+            details["distribution"] = summary(per_token)
+        return Scored(metrics, arrays, details, losses.nonfinite, reference=reference)
 
-    def score(self, model) -> Scored:
+    def _losses(self, model, observer=None) -> WindowLosses:
         evaluation = self.evaluation
-        return self._scored(window_losses(model, self.windows, evaluation.batch_size, evaluation.autocast))
+        return window_losses(model, self.windows, evaluation.batch_size, evaluation.autocast, observer)
 
-    def restore(self, arrays: dict[str, np.ndarray]) -> Scored:
+    def score(self, model, baseline: Scored | None = None) -> Scored:
+        if not self.evaluation.distribution:
+            return self._scored(self._losses(model))
+        if baseline is None:
+            reference = Reference()
+            losses = self._losses(model, reference)
+            return self._scored(losses, reference=reference.finished())
+        compared = Comparison(baseline.reference)
+        return self._scored(self._losses(model, compared), compared=compared)
+
+    def restore(self, arrays: dict[str, np.ndarray], model) -> Scored:
+        """The stored baseline; with distribution metrics, the full-precision model scored again for them (its
+        per-token distributions are not stored: they would take far more room than the results)."""
         counts = arrays["window_counts"].astype(np.int64)
         if not np.array_equal(counts, self.windows.scored.numpy()):
             raise RuntimeError("a stored baseline was scored on other windows than this eval's: cannot pair them")
-        return self._scored(WindowLosses(arrays["window_sums"], counts))
+        stored = WindowLosses(arrays["window_sums"], counts)
+        if not self.evaluation.distribution:
+            return self._scored(stored)
+        reference = Reference()
+        rescored = self._losses(model, reference)
+        stored = WindowLosses(stored.sums, counts, stored.nonfinite, rescored.token_windows)
+        return self._scored(stored, reference=reference.finished())

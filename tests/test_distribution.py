@@ -1,0 +1,144 @@
+"""KLD, top-1 agreement and Δp from the compact full-precision reference, against a float64 full-vocabulary
+computation from both models' logits; and what happens where the metrics cannot be computed."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import ptq_eval.evals.model_parts as model_parts
+from ptq_eval.evals import distribution
+from ptq_eval.evals.distribution import Comparison, Reference, unit_metrics
+from ptq_eval.evals.perplexity import window_losses
+from ptq_eval.evals.windows import make_windows
+from ptq_eval.quant import QuantConfig, quantize
+
+
+class Captured:
+    """An observer that keeps every chunk's logits (float64) and targets: the reference computation's input."""
+
+    def __init__(self):
+        self.logits, self.targets = [], []
+
+    def observe(self, head, hidden, logits, targets):
+        self.logits.append(logits.double())
+        self.targets.append(targets)
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+
+
+def direct(fp: Captured, quant: Captured) -> dict[str, np.ndarray]:
+    """Per scored token: KLD, top-1 agreement and Δp from both models' full logits, in float64."""
+    log_p = torch.log_softmax(torch.cat(fp.logits), -1)
+    log_q = torch.log_softmax(torch.cat(quant.logits), -1)
+    picked = torch.cat(fp.targets)[:, None]
+    return {
+        "kld": (log_p.exp() * (log_p - log_q)).sum(-1).numpy(),
+        "top1_agree": (log_p.argmax(-1) == log_q.argmax(-1)).double().numpy(),
+        "delta_p": (log_q.gather(1, picked).exp() - log_p.gather(1, picked).exp())[:, 0].numpy(),
+    }
+
+
+@pytest.fixture
+def models(tiny_model):
+    with torch.no_grad():  # peaked next-token distributions, as a trained model's are (random weights give flat ones)
+        tiny_model.get_output_embeddings().weight *= 30
+    quantized = copy.deepcopy(tiny_model)
+    quantize(quantized, QuantConfig(method="rtn", bits=3, group_size=-1, symmetric=True))
+    return tiny_model.eval(), quantized.eval()
+
+
+def test_kld_top1_and_delta_p_equal_a_float64_full_vocabulary_computation(models, monkeypatch):
+    fp_model, quant_model = models
+    windows = make_windows(torch.randint(0, 64, (2000,), generator=torch.Generator().manual_seed(1)), seq_len=12)
+    monkeypatch.setattr(model_parts, "LOGITS_PER_CHUNK", 5 * 64)  # 5 positions per chunk: many chunks
+    monkeypatch.setattr(distribution, "TOP", 4)  # most of the vocabulary in the tail
+    reference, fp_logits, quant_logits = Reference(), Captured(), Captured()
+    fp_losses = window_losses(fp_model, windows, batch_size=7, observer=reference)
+    window_losses(fp_model, windows, batch_size=7, observer=fp_logits)
+    compared = Comparison(reference.finished())
+    quant_losses = window_losses(quant_model, windows, batch_size=7, observer=compared)
+    window_losses(quant_model, windows, batch_size=7, observer=quant_logits)
+    per_token, expected = compared.per_token(), direct(fp_logits, quant_logits)
+    np.testing.assert_allclose(per_token["kld"], expected["kld"], atol=1e-6, rtol=0)  # found: 2.8e-7 at most
+    np.testing.assert_array_equal(per_token["top1_agree"], expected["top1_agree"])
+    np.testing.assert_allclose(per_token["delta_p"], expected["delta_p"], atol=1e-6, rtol=0)
+    assert expected["kld"].mean() > 1e-3  # 3-bit RTN moved the distributions: the test compares something
+    assert 0.2 < per_token["top1_agree"].mean() < 1.0
+    np.testing.assert_allclose(fp_losses.sums, window_losses(fp_model, windows).sums, rtol=1e-6)
+    metrics = {m.name: m for m in unit_metrics(per_token, quant_losses.token_windows, quant_losses.counts)}
+    assert metrics["kld"].value == pytest.approx(per_token["kld"].mean(), rel=1e-12)
+    assert metrics["rms_delta_p"].value == pytest.approx(np.sqrt(np.mean(per_token["delta_p"] ** 2)), rel=1e-12)
+    assert np.bincount(quant_losses.token_windows).tolist() == windows.scored.tolist()
+
+
+def test_the_model_against_itself_moves_nothing(models):
+    fp_model, _ = models
+    windows = make_windows(torch.randint(0, 64, (500,), generator=torch.Generator().manual_seed(2)), seq_len=12)
+    reference = Reference()
+    window_losses(fp_model, windows, observer=reference)
+    compared = Comparison(reference.finished())
+    window_losses(fp_model, windows, observer=compared)
+    per_token = compared.per_token()
+    assert np.abs(per_token["kld"]).max() < 1e-6 and per_token["top1_agree"].min() == 1.0
+    assert np.abs(per_token["delta_p"]).max() == 0.0
+
+
+def test_a_quantized_head_is_said_and_no_metric_is_made_up(models):
+    fp_model, _ = models
+    windows = make_windows(torch.arange(200) % 64, seq_len=12)
+    reference = Reference()
+    window_losses(fp_model, windows, observer=reference)
+    quantized = copy.deepcopy(fp_model)  # ptq-eval never rounds the head; a released artifact may have
+    with torch.no_grad():
+        quantized.get_output_embeddings().weight.mul_(1.001)
+    compared = Comparison(reference.finished())
+    window_losses(quantized, windows, observer=compared)
+    assert compared.per_token() is None and "output head was quantized" in compared.why_not
+
+
+STUDY = """
+name: dist
+ladder: ["{ladder}/n7k/tpp160"]
+quant: [{{method: rtn, bits: [3, 8], group_size: -1}}]
+evals:
+  - {{kind: perplexity, tokens: 2048, seq_len: 32}}
+  - {{kind: perplexity, windows: rolling, documents: 3, seq_len: 32}}
+"""
+
+
+def test_a_resumed_study_compares_with_the_reference_it_scores_again(write_study, tmp_path):
+    """The reference is not stored: a run that finds its baselines stored scores the full-precision model again,
+    and gets the same metrics as a run that did it all at once."""
+    from ptq_eval.results import study_results
+    from ptq_eval.runner import run_study
+    from ptq_eval.spec import load_study
+    from ptq_eval.store import Store
+
+    study = load_study(write_study("dist", STUDY))
+    with Store(tmp_path / "once.sqlite") as store:
+        run_study(study, store)
+        once = study_results(study, store)
+    partial = study.model_copy(update={"quant": [study.quant[0].model_copy(update={"bits": 3})]})
+    with Store(tmp_path / "resumed.sqlite") as store:
+        run_study(partial, store)  # the baselines and 3 bits
+        assert run_study(study, store).ran == 2  # 8 bits, against stored baselines
+        resumed = study_results(study, store)
+    columns = ["eval", "bits", "metric", "quant_value", "delta", "delta_ci_low", "delta_ci_high"]
+    assert set(once.metric) >= {"kld", "top1_agree", "delta_p", "rms_delta_p"}
+    assert once[columns].equals(resumed[columns])
+    kld = once[once.metric == "kld"].set_index(["eval", "bits"]).quant_value
+    assert (kld > 0).all() and (kld.xs(3, level="bits") > kld.xs(8, level="bits")).all()
+
+
+def test_a_study_stored_before_the_metrics_is_scored_again_and_says_why(write_study, tmp_path):
+    from ptq_eval.runner import run_study
+    from ptq_eval.spec import load_study
+    from ptq_eval.store import Store
+
+    study = load_study(write_study("dist-stale", STUDY))
+    without = study.model_copy(update={"evals": [e.model_copy(update={"distribution": False}) for e in study.evals]})
+    with Store(tmp_path / "s.sqlite") as store:
+        assert run_study(without, store).ran == 4
+        again = run_study(study, store)
+        assert again.ran == 4 and "distribution metrics (kld, top1_agree, delta_p) changed" in str(again.rescored)
