@@ -294,14 +294,14 @@ def test_keys_keep_evals_metrics_symmetry_and_gptq_options_apart():
     }  # fmt: skip
     assert notes == [
         "ppl: perplexity not fitted separately (the same summed loss as loss)",
-        "task: acc not fitted (not a loss in nats: reported, not fitted)",
+        "task: acc not fitted (no law reads them: reported, not fitted)",
         "task: word_perplexity not fitted separately (the same summed loss as bits_per_byte)",
     ]
     with pytest.raises(FitError, match=r"differ in eval \(ppl, task\); give eval"):
         select(results, FitKey(method="rtn"))
     with pytest.raises(FitError, match=r"differ in symmetric \(True, False\)"):
         select(results, FitKey("ppl", "loss", "rtn"))
-    with pytest.raises(FitError, match="metric 'acc' is not a loss in nats"):
+    with pytest.raises(FitError, match="metric 'acc' is not one a law is fitted to"):
         select(results, FitKey("task", "acc"))
     # Each key's law is its own (not pooled): 10x the damage asymmetric, 2x without act_order; a loss stated in
     # bits per byte or as a word perplexity is the same δ once in nats.

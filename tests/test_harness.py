@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from in_process import cli
 
 from ptq_eval.evals.harness import HarnessError, evaluate_task, load_tasks
@@ -14,7 +15,7 @@ from ptq_eval.evals.kinds import LmEvalEval
 from ptq_eval.evals.paired import paired_metrics
 from ptq_eval.evals.perplexity import document_metrics, window_losses
 from ptq_eval.evals.windows import rolling_windows
-from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantize
+from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantizable_weights, quantize
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -117,6 +118,44 @@ def test_multiple_choice_deltas_pair_document_by_document(micro_checkpoint, tmp_
         assert metric.ci_low <= metric.delta <= metric.ci_high and metric.n == 40
         reported = quant.details["lm_eval"]["results"]["code_choice"][f"{metric.metric},none"]
         assert metric.quant_value == pytest.approx(reported)
+
+
+@pytest.mark.parametrize("backend", ["hflm", "ptq_eval"])
+def test_flips_count_the_documents_whose_answer_changed(micro_checkpoint, tmp_path, backend):
+    """Flips from each run's own answers (the choices' log-likelihoods lm-eval logged), through both backends,
+    from a baseline restored from its stored arrays; never below |Δacc|."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ptq_eval.evals.kinds import CheckpointView
+
+    model = AutoModelForCausalLM.from_pretrained(micro_checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(micro_checkpoint)
+    evaluation = lm_eval(choice_task(tmp_path), batch_size=16, backend=backend)
+    view = CheckpointView("micro", tokenizer, "tok", None, 0, {})
+    evaluator = evaluation.evaluator(view)
+    fp = evaluator.restore(evaluator.score(model).arrays, model)  # as a resumed study finds it
+    fp_choices = load_tasks(evaluation)  # the answers themselves, from lm-eval's own per-document log
+    with torch.no_grad():  # damage enough to change answers on this easy task
+        for weight in (w.read() for w in quantizable_weights(model)):
+            weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * weight.std())
+    quant = evaluator.score(model, fp)
+    paired = {m.metric: m for m in paired_metrics(fp.metrics, quant.metrics)}
+    assert set(paired) == {"acc", "acc_norm", "flips", "flips_to_wrong", "flips_to_right", "all_flips", "choice_kld"}
+    assert all(paired[m].fp_value == 0 for m in ("flips", "all_flips", "choice_kld"))
+    fp_answers = np.split(fp.arrays["code_choice:choice_lls"], np.cumsum(fp.arrays["code_choice:choice_counts"])[:-1])
+    q_answers = np.split(
+        quant.arrays["code_choice:choice_lls"], np.cumsum(quant.arrays["code_choice:choice_counts"])[:-1]
+    )
+    changed = np.mean([np.argmax(a) != np.argmax(b) for a, b in zip(fp_answers, q_answers, strict=True)])
+    assert paired["all_flips"].quant_value == pytest.approx(changed) and changed > 0
+    flips = paired["flips"].quant_value
+    assert flips == pytest.approx(paired["flips_to_wrong"].quant_value + paired["flips_to_right"].quant_value)
+    assert abs(paired["acc"].delta) - 1e-12 <= flips <= paired["all_flips"].quant_value
+    assert paired["acc"].delta == pytest.approx(
+        paired["flips_to_right"].quant_value - paired["flips_to_wrong"].quant_value
+    )
+    assert paired["choice_kld"].quant_value > 0 and paired["flips"].ci_low <= flips <= paired["flips"].ci_high
+    assert fp_choices.choice_tasks() == ["code_choice"]
 
 
 def test_an_unreachable_hub_task_names_itself_and_the_local_way():

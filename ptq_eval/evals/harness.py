@@ -33,6 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from ptq_eval.errors import UserError
+from ptq_eval.evals.flips import FLIP_METRICS, Choices, flip_metrics, flip_units
 from ptq_eval.evals.paired import Transform, UnitMetric
 from ptq_eval.evals.task_files import is_task_file
 
@@ -99,6 +100,24 @@ class LoadedTasks:
         """Each metric of a leaf task and the name of lm-eval's aggregation for it."""
         return {metric: function.__name__ for metric, function in self.tasks[task].aggregation().items()}
 
+    def choice_tasks(self) -> list[str]:
+        """The leaf tasks answered by choosing among choices and scored by `acc`: flips are measured on them."""
+        return [
+            name
+            for name, task in self.tasks.items()
+            if task.OUTPUT_TYPE == "multiple_choice" and "acc" in self.aggregations(name)
+        ]
+
+    def metrics(self) -> list[str]:
+        """`task/metric` for every metric of its tasks that pairs per document, then each choice task's flips."""
+        paired = [
+            f"{task}/{metric}"
+            for task in self.tasks
+            for metric, aggregation in self.aggregations(task).items()
+            if aggregation in PAIRABLE
+        ]
+        return paired + [f"{task}/{metric}" for task in self.choice_tasks() for metric in FLIP_METRICS]
+
 
 def data_folder(data_dir: str | None) -> str | None:
     """The eval's data_dir with environment variables expanded, as an absolute path; an unset variable is an
@@ -156,18 +175,43 @@ def load_tasks(evaluation: LmEvalTask) -> LoadedTasks:
 
 @dataclass(frozen=True)
 class TaskScores:
-    """One lm-eval run: per-document metrics, each under its key `task/metric[,filter]`, and lm-eval's summary."""
+    """One lm-eval run: per-document metrics, each under its key `task/metric[,filter]`, lm-eval's summary, and
+    each choice task's per-document choices (for flips)."""
 
     metrics: list[UnitMetric]
     keys: list[str]
     details: dict
+    choices: dict[str, Choices]
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """What a later run needs to pair with this one, as named float64 arrays."""
+        """What a later run needs to pair with this one, as named arrays."""
         arrays = {}
         for key, metric in zip(self.keys, self.metrics, strict=True):
             arrays |= {f"{key}:values": metric.values, f"{key}:weights": metric.weights, f"{key}:ids": metric.ids}
+        for task, choices in self.choices.items():
+            arrays |= choices.arrays(task)
         return arrays
+
+    def values(self, key: str) -> np.ndarray:
+        """The per-document values of the metric `task/metric[,filter]`."""
+        return self.metrics[self.keys.index(key)].values
+
+    def flips(self, loaded: LoadedTasks, baseline: TaskScores | None) -> list[UnitMetric]:
+        """Each choice task's flip metrics against `baseline` (this run's own full-precision side when None)."""
+        found = []
+        for task in loaded.choice_tasks():
+            keys = [f"{task}/{metric}" for metric in FLIP_METRICS]
+            names = dict(zip(FLIP_METRICS, _display_names(loaded, keys).values(), strict=True))
+            choices = self.choices[task]
+            if baseline is None:
+                found += flip_metrics(names, choices.ids, None)
+                continue
+            if task not in baseline.choices:
+                raise HarnessError(f"{task}: the stored full-precision run kept no choices; score it again")
+            fp_correct, quant_correct = baseline.values(f"{task}/acc"), self.values(f"{task}/acc")
+            units = flip_units(fp_correct, quant_correct, baseline.choices[task], choices)
+            found += flip_metrics(names, choices.ids, units)
+        return found
 
 
 def _display_names(loaded: LoadedTasks, keys: list[str]) -> dict[str, str]:
@@ -182,14 +226,15 @@ def _unit_metric(loaded: LoadedTasks, key: str, name: str, values, weights, ids)
 
 
 def restore_scores(loaded: LoadedTasks, arrays: dict[str, np.ndarray]) -> TaskScores:
-    """A stored run's per-document metrics, as `TaskScores.arrays` wrote them."""
+    """A stored run's per-document metrics and choices, as `TaskScores.arrays` wrote them."""
     keys = sorted(name.removesuffix(":values") for name in arrays if name.endswith(":values"))
     names = _display_names(loaded, keys)
     metrics = [
         _unit_metric(loaded, key, names[key], arrays[f"{key}:values"], arrays[f"{key}:weights"], arrays[f"{key}:ids"])
         for key in keys
     ]
-    return TaskScores(metrics, keys, {})
+    choices = {task: Choices.from_arrays(arrays, task) for task in loaded.choice_tasks()}
+    return TaskScores(metrics, keys, {}, {task: found for task, found in choices.items() if found is not None})
 
 
 def _units(item, aggregation: str) -> tuple[float, float]:
@@ -197,6 +242,21 @@ def _units(item, aggregation: str) -> tuple[float, float]:
     if aggregation in ("weighted_perplexity", "bits_per_byte"):
         return float(item[0]), float(item[1])
     return float(item), 1.0
+
+
+def _choices(loaded: LoadedTasks, samples: dict) -> dict[str, Choices]:
+    """Each choice task's documents' choices' log-likelihoods (lm-eval's responses, unfiltered), by document id."""
+    found = {}
+    for task in loaded.choice_tasks():
+        rows = sorted((r for r in samples.get(task, []) if r["filter"] == "none"), key=lambda r: r["doc_id"])
+        per_document = []
+        for row in rows:
+            count = len(loaded.tasks[task].doc_to_choice(row["doc"]))  # mutual-information tasks ask twice as much
+            per_document.append([float(response[0]) for response in row["filtered_resps"][:count]])
+        ids = np.array([row["doc_id"] for row in rows])
+        counts = np.array([len(lls) for lls in per_document], dtype=np.int64)
+        found[task] = Choices(ids, counts, np.array([ll for lls in per_document for ll in lls], dtype=float))
+    return found
 
 
 def _collect(loaded: LoadedTasks, samples: dict) -> tuple[dict[str, tuple[list, list, list]], set[str]]:
@@ -302,4 +362,5 @@ def evaluate_task(model, tokenizer, loaded: LoadedTasks, evaluation: LmEvalTask,
     keys = sorted(columns)
     names = _display_names(loaded, keys)
     metrics = [_unit_metric(loaded, key, names[key], *columns[key]) for key in keys]
-    return TaskScores(metrics, keys, _summary(out, unpaired, out["samples"], evaluation.backend))
+    details = _summary(out, unpaired, out["samples"], evaluation.backend)
+    return TaskScores(metrics, keys, details, _choices(loaded, out["samples"]))

@@ -1,6 +1,11 @@
-"""What is known about each metric by its name, in one table: which way is better, and how a loss law reads it
-(its values turned into nats per token, byte or word). Every module that asks "is higher better?" or "can a
-loss law fit this?" reads it here.
+"""What is known about each metric by its name, in one table: which way is better, and how a scaling law reads
+it. Every module that asks "is higher better?" or "can a law fit this?" reads it here.
+
+A law fits a metric's δ on the scale `fitted` names: the loss family's (one summed loss over an eval's text:
+loss, bits per byte, the perplexities) in nats per token, byte or word, and of those only one per eval. KLD
+and flips have no full-precision term (the full-precision model against itself moves nothing): their δ is
+their value, and a law reads it as it reads a loss δ (δ = C·D^γ_D/N^γ_N·e^(−P/γ_post)), in nats per token
+(kld) or as a fraction of documents (flips); no base law is fitted to them.
 
 A metric produced under lm-eval is named `task/metric[,filter]`; its facts are its bare name's (`metric`).
 """
@@ -12,29 +17,46 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class MetricFacts:
-    """`nats`: how the values become a loss in nats (`nats` as they are, `log` of a perplexity, `bits` × ln 2)
-    and what it is per, for the metrics a loss law fits; None for the others (reported, not fitted)."""
+    """`fitted`: how a law reads the values (`nats` as they are, `log` of a perplexity, `bits` × ln 2, `fraction`
+    as they are) and what they are per; None: reported, not fitted. `family`: metrics that are views of one
+    quantity (one of them is fitted per eval). `full_precision`: the metric has a full-precision value of its
+    own (a base law can be fitted to it)."""
 
     name: str
     higher_is_better: bool
-    nats: tuple[str, str] | None = None
+    fitted: tuple[str, str] | None = None
+    family: str | None = None
+    full_precision: bool = True
 
 
-# The loss metrics first, in the order an eval's one fitted loss is chosen (data.py: one per eval and task).
+# Within a family, in the order its one fitted metric is chosen (data.py: one per eval, task and family).
 METRICS: dict[str, MetricFacts] = {
     facts.name: facts
     for facts in (
-        MetricFacts("loss", higher_is_better=False, nats=("nats", "token")),
-        MetricFacts("bits_per_byte", higher_is_better=False, nats=("bits", "byte")),
-        MetricFacts("perplexity", higher_is_better=False, nats=("log", "token")),
-        MetricFacts("byte_perplexity", higher_is_better=False, nats=("log", "byte")),
-        MetricFacts("word_perplexity", higher_is_better=False, nats=("log", "word")),
+        MetricFacts("loss", higher_is_better=False, fitted=("nats", "token"), family="loss"),
+        MetricFacts("bits_per_byte", higher_is_better=False, fitted=("bits", "byte"), family="loss"),
+        MetricFacts("perplexity", higher_is_better=False, fitted=("log", "token"), family="loss"),
+        MetricFacts("byte_perplexity", higher_is_better=False, fitted=("log", "byte"), family="loss"),
+        MetricFacts("word_perplexity", higher_is_better=False, fitted=("log", "word"), family="loss"),
+        MetricFacts("kld", higher_is_better=False, fitted=("nats", "token"), family="kld", full_precision=False),
+        MetricFacts("top1_agree", higher_is_better=True),
+        MetricFacts("delta_p", higher_is_better=True),  # the target's probability falling is damage
+        MetricFacts("rms_delta_p", higher_is_better=False),
         MetricFacts("acc", higher_is_better=True),
         MetricFacts("acc_norm", higher_is_better=True),
         MetricFacts("exact_match", higher_is_better=True),
+        MetricFacts(
+            "flips", higher_is_better=False, fitted=("fraction", "document"), family="flips", full_precision=False
+        ),  # fmt: skip
+        MetricFacts("flips_to_wrong", higher_is_better=False),
+        MetricFacts("flips_to_right", higher_is_better=True),
+        MetricFacts("all_flips", higher_is_better=False),
+        MetricFacts(
+            "choice_kld", higher_is_better=False, fitted=("nats", "document"), family="choice_kld", full_precision=False
+        ),  # fmt: skip
     )
 }
-LOSS_METRICS = tuple(name for name, facts in METRICS.items() if facts.nats is not None)
+FITTED_METRICS = tuple(name for name, facts in METRICS.items() if facts.fitted is not None)
 
 
 def bare_name(metric: str) -> str:

@@ -6,7 +6,8 @@ Losses: `loss` (nats/token) as it is; `bits_per_byte` times ln 2 (nats/byte); `p
 CI bounds with fp held fixed, an approximation: their bootstrap ran on the perplexity scale, whose convexity
 squeezes the lower bound towards δ). All five are one summed loss over one eval's text divided by a count, so
 an eval (per lm-eval task and filter) has one of them fitted, the first present in that order; the others
-are noted. Accuracies and every other metric are reported, not fitted: no loss law describes them.
+are noted. KLD and flips are fitted as they are (evals/metrics.py says how a law reads each). Accuracies and
+every other metric are reported, not fitted.
 
 Points: δ > 0 with a CI above zero is measured; a CI reaching zero is censored at its detection limit
 δ − CI_low (or, with `censoring="exclude"`, excluded); see `estimate.py` for why.
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ptq_eval.errors import UserError
-from ptq_eval.evals.metrics import LOSS_METRICS, bare_name, facts_of
+from ptq_eval.evals.metrics import FITTED_METRICS, bare_name, facts_of
 from ptq_eval.fit.laws import Points
 from ptq_eval.quant import INT, METHOD_OPTIONS, number_format
 
@@ -38,14 +39,17 @@ class FitError(UserError):
 
 
 def _nats(metric: str) -> tuple[str, str] | None:
-    """How a metric's values become nats and per what (evals/metrics.py); None: not a loss a law fits."""
+    """How a law reads a metric's values and per what (evals/metrics.py); None: no law fits it."""
     facts = facts_of(metric)
-    return facts.nats if facts is not None else None
+    return facts.fitted if facts is not None else None
 
 
 def nats_label(metric: str) -> str:
-    """What a loss metric's δ is once in nats, e.g. `loss (nats/token)`, `log word_perplexity (nats/word)`."""
+    """What a fitted metric's δ is, e.g. `loss (nats/token)`, `log word_perplexity (nats/word)`, `flips
+    (fraction of documents)`."""
     kind, unit = _nats(metric)
+    if kind == "fraction":
+        return f"{metric} (fraction of {unit}s)"
     shown = {"nats": metric, "log": f"log {metric}", "bits": f"{metric} × ln 2"}[kind]
     return f"{shown} (nats/{unit})"
 
@@ -141,7 +145,7 @@ def fit_keys(results: pd.DataFrame, where: FitKey = ANY) -> tuple[list[FitKey], 
         metrics = list(dict.fromkeys(own.metric))
         others = [m for m in metrics if _nats(m) is None and not m.startswith("nonfinite_")]
         if others:
-            notes.append(f"{name}: {', '.join(others)} not fitted (not a loss in nats: reported, not fitted)")
+            notes.append(f"{name}: {', '.join(others)} not fitted (no law reads them: reported, not fitted)")
         for chosen, same in _one_loss_each(metrics):
             keys += _metric_keys(own[own.metric == chosen], columns)
             if same:
@@ -150,12 +154,13 @@ def fit_keys(results: pd.DataFrame, where: FitKey = ANY) -> tuple[list[FitKey], 
 
 
 def _one_loss_each(metrics: list[str]) -> list[tuple[str, list[str]]]:
-    """Per lm-eval task and filter: the loss metric fitted (the first in LOSS_METRICS' order) and the others."""
-    groups: dict[tuple[str, str], list[str]] = {}
+    """Per lm-eval task, filter and family of metrics: the one fitted (the first in FITTED_METRICS' order) and the
+    others."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
     for metric in (m for m in metrics if _nats(m) is not None):
         task, _, rest = metric.rpartition("/")
-        groups.setdefault((task, rest.partition(",")[2]), []).append(metric)
-    chosen = [sorted(group, key=lambda m: LOSS_METRICS.index(bare_name(m))) for group in groups.values()]
+        groups.setdefault((task, rest.partition(",")[2], facts_of(metric).family), []).append(metric)
+    chosen = [sorted(group, key=lambda m: FITTED_METRICS.index(bare_name(m))) for group in groups.values()]
     return [(first, rest) for first, *rest in chosen]
 
 
@@ -174,8 +179,8 @@ def in_nats(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The δ, CI and values of one loss metric in nats (per token, word or byte)."""
     if _nats(metric) is None:
         raise FitError(
-            f"metric {metric!r} is not a loss in nats, so no loss law is fitted to it; "
-            f"accepted: {', '.join(LOSS_METRICS)} (after any task/ prefix)"
+            f"metric {metric!r} is not one a law is fitted to; "
+            f"accepted: {', '.join(FITTED_METRICS)} (after any task/ prefix)"
         )
     kind = _nats(metric)[0]
     out = rows.copy()

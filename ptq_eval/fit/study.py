@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+from ptq_eval.evals.metrics import facts_of
 from ptq_eval.fit.breaks import break_table
 from ptq_eval.fit.data import (
     ANY,
@@ -289,7 +290,8 @@ def fit_study(results: pd.DataFrame, where: FitKey = ANY, options: FitOptions = 
             f"the same decay_done ({', '.join(f'{p:.2f}' for p in phases) or 'none known'})"
         )
     pairs = list(itertools.product(keys, delta_laws))
-    losses = list(dict.fromkeys(FitKey(key.eval, key.metric) for key in keys)) if "base" in laws else []
+    with_fp = [key for key in keys if facts_of(key.metric).full_precision]  # kld, flips: no full-precision term
+    losses = list(dict.fromkeys(FitKey(key.eval, key.metric) for key in with_fp)) if "base" in laws else []
     prepared = [_prepared(lambda k=key, law=law: _prepare_delta(results, law, k, options)) for key, law in pairs]
     prepared += [_prepared(lambda k=loss: _prepare_base(results, k, options)) for loss in losses]
     found = _fit_all(prepared, cache, workers, progress)

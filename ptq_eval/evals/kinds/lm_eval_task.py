@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from ptq_eval.evals.harness import PAIRABLE, LoadedTasks, evaluate_task, load_tasks, restore_scores
+from ptq_eval.evals.harness import LoadedTasks, evaluate_task, load_tasks, restore_scores
 from ptq_eval.evals.kinds.base import CheckpointView, EvalKind, Scored, Text, register_eval
 from ptq_eval.evals.task_files import is_task_file, task_file_name
 
@@ -34,8 +34,8 @@ class LmEvalEval(EvalKind):
     backend: Literal["ptq_eval", "hflm"] = "ptq_eval"
 
     NOT_IN_KEY: ClassVar[tuple[str, ...]] = ("label", "backend")
-    INPUTS: ClassVar[dict[str, str]] = {"scorer": "lm-eval backend"}
-    RECORDED_BEFORE: ClassVar[dict[str, object]] = {"scorer": "hflm"}
+    INPUTS: ClassVar[dict[str, str]] = {"scorer": "lm-eval backend", "choices": "choices kept (answer flips)"}
+    RECORDED_BEFORE: ClassVar[dict[str, object]] = {"scorer": "hflm", "choices": False}
 
     @field_validator("task")
     @classmethod
@@ -54,17 +54,12 @@ class LmEvalEval(EvalKind):
         return None
 
     def inputs(self, tokenizer) -> dict[str, object]:
-        return {"scorer": self.backend}
+        return {"scorer": self.backend, "choices": True}
 
     def metrics(self) -> list[str]:
-        """`task/metric` for every metric of its tasks that pairs per document (from the loaded task configs)."""
-        loaded = load_tasks(self)
-        return [
-            f"{task}/{metric}"
-            for task in loaded.tasks
-            for metric, aggregation in loaded.aggregations(task).items()
-            if aggregation in PAIRABLE
-        ]
+        """`task/metric` for every metric of its tasks that pairs per document, and the flips of its choice tasks
+        (`evals/flips.py`), from the loaded task configs."""
+        return load_tasks(self).metrics()
 
     def prepare(self) -> LoadedTasks:
         return load_tasks(self)
@@ -80,9 +75,14 @@ class HarnessEvaluator:
         self.evaluation, self.loaded, self.tokenizer, self.seed = evaluation, loaded, tokenizer, seed
 
     def score(self, model, baseline: Scored | None = None) -> Scored:
+        """Its tasks' per-document metrics, then the flips against `baseline` (its stored arrays hold the
+        full-precision answers)."""
         scores = evaluate_task(model, self.tokenizer, self.loaded, self.evaluation, self.seed)
         nonfinite = max((int((~np.isfinite(m.values)).sum()) for m in scores.metrics), default=0)
-        return Scored(scores.metrics, scores.arrays(), scores.details, nonfinite, "nonfinite_documents")
+        fp = None if baseline is None else restore_scores(self.loaded, baseline.arrays)
+        metrics = scores.metrics + scores.flips(self.loaded, fp)
+        return Scored(metrics, scores.arrays(), scores.details, nonfinite, "nonfinite_documents")
 
     def restore(self, arrays: dict[str, np.ndarray], model) -> Scored:
-        return Scored(restore_scores(self.loaded, arrays).metrics, arrays)
+        scores = restore_scores(self.loaded, arrays)
+        return Scored(scores.metrics + scores.flips(self.loaded, None), arrays)
