@@ -586,10 +586,34 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--trust-remote-code", action="store_true")
     export.add_argument("--out", required=True)
     export.set_defaults(func=cmd_export)
+
+    commands.add_parser(
+        "lm-eval",
+        help="lm-eval's command line with ptq-eval's scorer registered: --model ptq_eval --model_args pretrained=PATH",
+        add_help=False,
+    ).add_argument("arguments", nargs=argparse.REMAINDER, help="lm-eval's arguments, as `lm-eval` takes them")
     return parser
 
 
+def cmd_lm_eval(arguments: list[str]) -> int:
+    """lm-eval's own command line, with ptq-eval's packed scorer registered as the model `ptq_eval`."""
+    import lm_eval.__main__
+
+    import ptq_eval.evals.lm_backend  # noqa: F401 - registers the model with lm-eval
+
+    saved = sys.argv
+    sys.argv = ["lm-eval", *arguments]
+    try:
+        lm_eval.__main__.cli_evaluate()
+    finally:
+        sys.argv = saved
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lm-eval"]:  # every argument after it is lm-eval's, so argparse never sees them
+        return cmd_lm_eval(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

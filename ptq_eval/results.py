@@ -158,6 +158,50 @@ def coverage_label(fraction: float, left_out_params: float) -> str:
     return f"{100 * fraction:.1f}%" + (f" ({int(left_out_params)} params left out!)" if left_out_params else "")
 
 
+# the metrics that say how a distribution or an answer moved, shown beside δ, and their column titles
+BESIDE = {
+    "kld": "KLD", "top1_agree": "top-1 agree", "delta_p": "mean Δp", "rms_delta_p": "RMS Δp",
+    "flips": "flips", "flips_to_wrong": "to wrong", "all_flips": "all flips", "choice_kld": "choice KLD",
+}  # fmt: skip
+MAIN_METRICS = ("loss", "acc")  # the δ they are shown beside, the first an eval (or task) has
+
+
+def _significant(value: float) -> str:
+    return "nan" if value != value else f"{value:#.3g}"
+
+
+def _with_ci(rows: pd.DataFrame) -> list[str]:
+    """Each row's quantized value with the CI of its δ moved onto it (fp + CI), to 3 significant digits."""
+    return [
+        f"{_significant(q)} [{_significant(f + lo)}, {_significant(f + hi)}]"
+        for q, f, lo, hi in zip(rows.quant_value, rows.fp_value, rows.delta_ci_low, rows.delta_ci_high, strict=True)
+    ]
+
+
+def beside_delta(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Per eval (an lm-eval group: per task) that has them: one row per checkpoint × config, δ of its loss (or
+    accuracy) with its CI, then KLD, top-1 agreement, Δp and flips, each its value with a 95% CI."""
+    tables = []
+    for name, rows in results.groupby("eval", sort=False):
+        prefixes = rows.metric.map(lambda m: m.rpartition("/")[0])
+        for prefix, own in rows.groupby(prefixes, sort=False):
+            bare = own.metric.map(lambda m: m.rpartition("/")[2])
+            main = next((m for m in MAIN_METRICS if (bare == m).any()), None)
+            shown = [m for m in BESIDE if (bare == m).any()]
+            if main is None or not shown:
+                continue
+            base = own[bare == main]
+            table = summary_table(base, base.metric.iloc[0]).drop(columns=["coverage"])
+            table = table.drop(columns=[c for c in table.columns if c.startswith(("fp ", "quant "))])
+            table = table.rename(columns={"δ [95% CI]": f"δ {main} [95% CI]"})
+            for metric in shown:
+                values = own[bare == metric].set_index(["checkpoint", "method", "bits", "group_size", *varying(own)])
+                ordered = values.reindex(base.set_index(values.index.names).index)
+                table[BESIDE[metric]] = _with_ci(ordered)
+            tables.append((f"{name}{'/' + prefix if prefix else ''}", table))
+    return tables
+
+
 def summary_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """The compact views of a study, titled `eval: metric`: the loss of each perplexity eval, and
     every metric of each lm-eval task (acc, acc_norm, word_perplexity, ...)."""

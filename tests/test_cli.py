@@ -93,3 +93,25 @@ def test_bad_study_exits_3_with_the_key_path(tmp_path):
 def test_ladder_show_lists_n_d_and_ratio(micro_ladder):
     shown = cli("ladder", "show", str(micro_ladder)).stdout
     assert shown.count("| wsd |") == 6 and "tokens_per_param" in shown
+
+
+def test_lm_evals_own_command_line_finds_our_scorer(micro_checkpoint, tmp_path, monkeypatch, capsys):
+    """`ptq-eval lm-eval ARGS`: lm-eval's CLI with the `ptq_eval` model registered, giving HFLM's numbers."""
+    import json
+    from pathlib import Path
+
+    from ptq_eval import cli as entry
+
+    root = Path(__file__).resolve().parents[1]
+    found = {}
+    for model in ("ptq_eval", "hf"):
+        out = tmp_path / model
+        arguments = ["--model", model, "--model_args", f"pretrained={micro_checkpoint}", "--limit", "2",
+                     "--include_path", str(root / "tasks" / "lm_eval"), "--tasks", "stdlib_python",
+                     "--device", "cpu", "--batch_size", "4", "--output_path", str(out)]  # fmt: skip
+        code = entry.main(["lm-eval", *arguments])
+        assert code == 0
+        (written,) = out.rglob("results_*.json")
+        found[model] = json.loads(written.read_text())["results"]["stdlib_python"]["bits_per_byte,none"]
+    assert found["ptq_eval"] == pytest.approx(found["hf"], rel=1e-5)
+    assert "ptq_eval (" in capsys.readouterr().out

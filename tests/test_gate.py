@@ -442,3 +442,42 @@ def test_a_law_without_a_p_term_forecasts_only_at_its_own_p(tmp_path):
     ]
     assert check.decision == "undecided"
     assert check.reason == "the broken_dn law has no P term and was fitted at P=6, not 4: it has no value there"
+
+
+@pytest.mark.parametrize(
+    ("measured", "expected"),
+    [((0.004, 0.003, 0.005), "pass"), ((0.05, 0.045, 0.055), "fail"), ((0.019, 0.015, 0.023), "undecided")],
+)
+def test_a_kld_budget_bounds_the_divergence_itself(measured, expected):
+    """KLD has no full-precision term (fp is 0): δ is the divergence, lower is better."""
+    rules = policy({"kind": "absolute", "metric": "kld", "max": 0.02})
+    verdict = decide(rules, "m", results(row("m", *measured, metric="kld", fp=0.0)))
+    assert decisions(verdict) == [expected] and verdict.checks[0].quantity == "δ"
+    relative = decide(
+        policy({"kind": "relative", "metric": "kld", "max": 5}), "m", results(row("m", *measured, metric="kld", fp=0.0))
+    )
+    assert decisions(relative) == ["undecided"] and "is not positive" in relative.checks[0].reason
+
+
+@pytest.mark.parametrize(
+    ("measured", "expected"),
+    [((0.01, 0.0, 0.03), "pass"), ((0.12, 0.08, 0.16), "fail"), ((0.04, 0.02, 0.07), "undecided")],
+)
+def test_a_flips_budget_fails_a_release_whose_answers_changed_even_when_accuracy_did_not(
+    monkeypatch, measured, expected
+):
+    an_eval_that_produces(monkeypatch, "task/acc", "task/flips")
+    rules = policy(
+        {"kind": "absolute", "metric": "acc", "max": 0.05}, {"kind": "absolute", "metric": "flips", "max": 0.05}
+    )
+    unchanged_accuracy = row("m", 0.0, -0.02, 0.02, metric="task/acc", fp=0.6)
+    verdict = decide(rules, "m", results(unchanged_accuracy, row("m", *measured, metric="task/flips", fp=0.0)))
+    assert decisions(verdict) == ["pass", expected] and verdict.decision == expected
+
+
+def test_top1_agreement_counts_its_drop_as_damage():
+    rules = policy({"kind": "absolute", "metric": "top1_agree", "max": 0.05})
+    agreed = decide(rules, "m", results(row("m", -0.02, -0.03, -0.01, metric="top1_agree", fp=1.0)))
+    disagreed = decide(rules, "m", results(row("m", -0.2, -0.25, -0.15, metric="top1_agree", fp=1.0)))
+    assert decisions(agreed) == ["pass"] and agreed.checks[0].quantity == "drop"
+    assert decisions(disagreed) == ["fail"] and disagreed.checks[0].value == pytest.approx(0.2)

@@ -15,6 +15,7 @@ import pandas as pd
 import scipy
 
 from ptq_eval.errors import UserError
+from ptq_eval.evals.metrics import facts_of
 from ptq_eval.fit import (
     FitError,
     FitOptions,
@@ -36,7 +37,7 @@ from ptq_eval.quant import INT, METHOD_OPTIONS, METHODS, granularity
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
 from ptq_eval.report.formats import formats_section
-from ptq_eval.results import coverage_label, study_results, summary_table
+from ptq_eval.results import beside_delta, coverage_label, study_results, summary_table
 from ptq_eval.spec import Study
 from ptq_eval.store import Store
 
@@ -271,6 +272,22 @@ def _provenance(frame: pd.DataFrame) -> Table:
     return Table("What produced the numbers (one row per distinct setting)", counted)
 
 
+def _beside_section(results: pd.DataFrame) -> Section | None:
+    """KLD, top-1 agreement, Δp and flips beside δ: what a mean hides (changes that cancel)."""
+    tables = [Table(f"{name}: beside δ (each a value with its 95% CI)", table) for name, table in beside_delta(results)]
+    if not tables:
+        return None
+    paragraphs = [
+        "A mean δ nets changes that cancel; these do not. KLD: KL(p_fp ‖ p_q) per token, over the full vocabulary "
+        "(nats); top-1 agree: the share of tokens whose most likely next token is unchanged; Δp: the change in "
+        "the probability of the actual next token (mean, and root mean square); flips: documents whose answer went "
+        "from right to wrong or back (≥ |Δacc|), all flips: whose chosen answer changed at all; choice KLD: the "
+        "divergence of the distribution over a document's choices. The full-precision model against itself scores "
+        "KLD 0, agreement 1, Δp 0 and no flips."
+    ]
+    return Section("Beyond the mean: distributions and answers", paragraphs, tables=tables)
+
+
 def _results_tables(results: pd.DataFrame) -> list[Table]:
     tables = []
     for (name, metric), rows in results.groupby(["eval", "metric"], sort=False):
@@ -289,7 +306,8 @@ def _figure_sections(losses: dict, kumar: list) -> list[Section]:
             plots.delta_vs_tokens_per_param(loss, fits, unit, f"delta_vs_tokens_per_param{suffix}"),
             plots.delta_heatmap(loss, unit, f"delta_heatmap{suffix}"),
         ]
-        training.append(plots.loss_through_training(loss, unit, f"loss_through_training{suffix}"))
+        if facts_of(metric).full_precision:  # KLD and flips have no full-precision value to follow
+            training.append(plots.loss_through_training(loss, unit, f"loss_through_training{suffix}"))
     return [
         Section("Degradation against tokens per parameter", figures=degradation),
         Section("Loss through training", figures=training),
@@ -418,6 +436,8 @@ def study_report(study: Study, store: Store, options: ReportOptions = ReportOpti
         sections += [degradation, training]
         layer_section = _layer_section(frame, next(iter(losses.values())), options)
         sections += ([layer_section] if layer_section else []) + fit_sections
+    beside = _beside_section(results)
+    sections += [beside] if beside else []
     sections.append(Section("Results", tables=_results_tables(results)))
     sections.append(_coverage_section(results))
     sections.append(Section("Provenance", tables=[_provenance(frame)]))
