@@ -612,8 +612,9 @@ def cmd_lm_eval(arguments: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["lm-eval"]:  # every argument after it is lm-eval's, so argparse never sees them
-        return cmd_lm_eval(argv[1:])
+    command = argv[1:2] if argv[:1] == ["--debug"] else argv[:1]
+    if command == ["lm-eval"]:  # every argument after it is lm-eval's, so argparse never sees them
+        return cmd_lm_eval(argv[argv.index("lm-eval") + 1 :])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -29,6 +29,9 @@ WHAT = {
     "calibration_data": "calibration text",
 } | {name: words for kind in EVAL_KINDS.values() for name, words in kind.INPUTS.items()}
 RECORDED_BEFORE = {name: value for kind in EVAL_KINDS.values() for name, value in kind.RECORDED_BEFORE.items()}
+_DECLARED = [name for kind in EVAL_KINDS.values() for name in kind.INPUTS]
+if len(WHAT) != 4 + len(_DECLARED) or len(set(_DECLARED)) != len(_DECLARED):
+    raise RuntimeError(f"two eval kinds (or a kind and the job) name the same input: {_DECLARED}")
 
 
 def tokenizer_identity(tokenizer) -> str:

@@ -1,6 +1,7 @@
 """The eval kinds' registry: what every kind must declare, and what the runner then does for a kind without
 being told (its text hashed into job inputs, calibration text refused where it shares documents with it)."""
 
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -11,6 +12,8 @@ from ptq_eval.jobs import CheckpointSpec, Job
 from ptq_eval.quant import QuantConfig
 from ptq_eval.runner import check_calibration_disjoint
 from ptq_eval.spec import StudyError, parse_study
+
+STDLIB_TASK = Path(__file__).resolve().parents[1] / "tasks" / "lm_eval" / "stdlib_python.yaml"
 
 
 class Scores(EvalKind):
@@ -81,8 +84,9 @@ def test_a_new_kind_has_its_text_hashed_into_job_inputs_and_checked_against_cali
 
 
 def test_a_kind_whose_options_identify_its_data_records_none_and_is_not_checked():
-    study, jobs = _jobs(LmEvalEval(kind="lm_eval", task="arc_easy", backend="hflm"))
+    study, jobs = _jobs(LmEvalEval(kind="lm_eval", task=str(STDLIB_TASK), backend="hflm"))
     data = data_identities(study, jobs)
     inputs = job_inputs(jobs[0], CheckpointIdentity("git:abc", "tok"), data)
     assert inputs["eval_data"] is None and inputs["scorer"] == "hflm"
+    assert inputs["choices"] is False  # a rolling-perplexity task: nothing to flip, and earlier stores stay fresh
     check_calibration_disjoint(study, jobs)  # nothing to compare: no error

@@ -32,6 +32,8 @@ from ptq_eval.evals.paired import UnitMetric
 DISTRIBUTION_METRICS = ("kld", "top1_agree", "delta_p", "rms_delta_p")
 PERCENTILES = (99.9, 99.0, 95.0, 90.0, 50.0, 10.0, 5.0, 1.0, 0.1)  # llama.cpp prints these (KLD: the top five)
 TOP = 32  # full-precision tokens whose p is kept per scored token (the rest enters through m)
+REFERENCE_SPLIT = 5  # the full-precision pass's float64 work (~40 bytes a logit) on a fifth of a chunk at a time
+FINGERPRINT_ROWS = 64  # head rows compared to tell a changed head
 SUM_BLOCK = 1024  # logits summed in float32 at once (a sum over 50k of them errs up to ~1.5e-7; blocks ~3e-8)
 
 
@@ -55,6 +57,20 @@ def _head_parts(head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | Non
     return weight, head.bias
 
 
+def _fingerprint(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+    """What tells a changed head from the one a reference was made with, without a copy of it: the sum and the
+    sum of squares of its weights (float64), every `rows // 64`-th row and the bias, on the CPU."""
+    sums = torch.stack([weight.sum(dtype=torch.float64), weight.float().square().sum(dtype=torch.float64)]).cpu()
+    rows = weight[:: max(1, len(weight) // FINGERPRINT_ROWS)].detach().float().cpu()
+    return sums, rows, None if bias is None else bias.detach().float().cpu()
+
+
+def _same(first: tuple, second: tuple) -> bool:
+    (sums, rows, bias), (sums_2, rows_2, bias_2) = first, second
+    same_bias = (bias is None) == (bias_2 is None) and (bias is None or torch.equal(bias, bias_2))
+    return torch.equal(sums, sums_2) and torch.equal(rows, rows_2) and same_bias
+
+
 @dataclass
 class Reference:
     """The full-precision distribution at each scored token, in scoring order (see the module docstring)."""
@@ -66,8 +82,9 @@ class Reference:
     mean_bias: list[torch.Tensor] = field(default_factory=list)  # Σ p(v)·b_v over the others
     top: list[torch.Tensor] = field(default_factory=list)
     p_target: list[torch.Tensor] = field(default_factory=list)
-    head: tuple[torch.Tensor, torch.Tensor | None] | None = None  # copies, to tell a quantized head
+    head: tuple | None = None  # the head's fingerprint, to tell a changed one
     why_not: str | None = None  # set when the metrics cannot be computed for this model
+    head_float: torch.Tensor | None = None  # the head's weight in float32 while scoring (itself if float32)
 
     def observe(self, head, hidden: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Keep one chunk's statistics; returns its losses (computed as the quantized pass computes them)."""
@@ -77,20 +94,26 @@ class Reference:
             return chunk_losses(logits, targets)[0]
         weight, bias = parts
         if self.head is None:
-            self.head = (weight.detach().clone(), None if bias is None else bias.detach().clone())
+            self.head, self.head_float = _fingerprint(weight, bias), weight.detach().float()
+        step = max(1, len(targets) // REFERENCE_SPLIT)  # float64 work on a fifth of the chunk at a time
+        with torch.autocast(logits.device.type, enabled=False):
+            for start in range(0, len(targets), step):
+                self._keep(logits[start : start + step], bias)
+            losses, _, top = chunk_losses(logits, targets)
+        self.top.append(top.cpu())
+        self.p_target.append(torch.exp(-losses).cpu())
+        return losses
+
+    def _keep(self, logits: torch.Tensor, bias: torch.Tensor | None) -> None:
         log_p = torch.log_softmax(logits.double(), dim=-1)
-        losses, normaliser, top = chunk_losses(logits, targets)
         p = log_p.exp()
         self.neg_entropy.append((p * log_p).sum(dim=-1).cpu())
         likely_p, likely = p.topk(min(TOP, p.shape[1]), dim=-1)
         p.scatter_(1, likely, 0.0)  # the tail
         self.likely.append(likely.to(torch.int32).cpu())
         self.likely_p.append(likely_p.cpu())
-        self.mean_row.append((p.to(weight.dtype) @ weight).float().cpu())  # the tail: small next to the gather
-        self.mean_bias.append((p @ bias.double() if bias is not None else torch.zeros_like(normaliser)).cpu())
-        self.top.append(top.cpu())
-        self.p_target.append(torch.exp(-losses).cpu())
-        return losses
+        self.mean_row.append((p.float() @ self.head_float).cpu())  # the tail: small next to the gathered logits
+        self.mean_bias.append((p @ bias.double() if bias is not None else p.new_zeros(len(p))).cpu())
 
     def finished(self) -> FullPrecision:
         if self.why_not is not None:
@@ -104,7 +127,9 @@ class Reference:
 
 @dataclass(frozen=True)
 class FullPrecision:
-    """A finished `Reference`: float64 per scored token (top: the token ids), or why there is none."""
+    """A finished `Reference`, on the CPU: per scored token Σ p log p, p(x) and Σ p(v)·b_v over the tail (float64),
+    the TOP most likely tokens (int32) and their p (float64), the tail's mean head row (float32), the most likely
+    token; or why there is none."""
 
     neg_entropy: torch.Tensor | None = None
     likely: torch.Tensor | None = None
@@ -121,7 +146,7 @@ class FullPrecision:
         return 0 if self.top is None else len(self.top)
 
     def nbytes(self) -> int:
-        """What it holds in memory (the head's copy aside)."""
+        """What it holds in memory."""
         kept = (self.neg_entropy, self.likely, self.likely_p, self.mean_row, self.mean_bias, self.top, self.p_target)
         return sum(t.numel() * t.element_size() for t in kept if t is not None)
 
@@ -141,32 +166,25 @@ class Comparison:
         self.why_not = self.reference.why_not
 
     def observe(self, head, hidden: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.why_not is None and not self._same_head(head):
-            self.why_not = "the output head was quantized (the metrics need it as in full precision: exclude it)"
+        if self.why_not is None and self.seen == 0:  # the head is checked once per pass
+            parts = _head_parts(head)
+            if parts is None or not _same(_fingerprint(*parts), self.reference.head):
+                self.why_not = "the output head was changed (the metrics need it as in full precision: exclude it)"
         if self.why_not is not None:
             return chunk_losses(logits, targets)[0]
         rows = slice(self.seen, self.seen + len(targets))
         self.seen += len(targets)
         reference, device = self.reference, hidden.device
-        likely = logits.gather(1, reference.likely[rows].to(device).long()).double()
-        losses, normaliser, top = chunk_losses(logits, targets)
-        expected_logit = (likely * reference.likely_p[rows].to(device)).sum(dim=-1)
-        expected_logit += (hidden.double() * reference.mean_row[rows].to(device).double()).sum(dim=-1)
-        expected_logit += reference.mean_bias[rows].to(device)
-        self.kld.append((reference.neg_entropy[rows].to(hidden.device) - expected_logit + normaliser).cpu())
+        with torch.autocast(device.type, enabled=False):
+            likely = logits.gather(1, reference.likely[rows].to(device).long()).double()
+            losses, normaliser, top = chunk_losses(logits, targets)
+            expected_logit = (likely * reference.likely_p[rows].to(device)).sum(dim=-1)
+            expected_logit += (hidden.double() * reference.mean_row[rows].to(device).double()).sum(dim=-1)
+            expected_logit += reference.mean_bias[rows].to(device)
+        self.kld.append((reference.neg_entropy[rows].to(device) - expected_logit + normaliser).cpu())
         self.agree.append((top.cpu() == reference.top[rows]).double())
         self.delta_p.append(torch.exp(-losses).cpu() - reference.p_target[rows])
         return losses
-
-    def _same_head(self, head) -> bool:
-        parts, (weight, bias) = _head_parts(head), self.reference.head
-        if (
-            parts is None
-            or not torch.equal(parts[0], weight.to(parts[0].device))
-            or (bias is None) != (parts[1] is None)
-        ):
-            return False
-        return bias is None or torch.equal(parts[1], bias.to(parts[1].device))
 
     def per_token(self) -> dict[str, np.ndarray] | None:
         """kld, top1_agree, delta_p per scored token (None when not computed)."""

@@ -61,7 +61,8 @@ def flip_units(fp_correct: np.ndarray, quant_correct: np.ndarray, fp: Choices, q
     for p, q in zip(fp.per_document(), quant.per_document(), strict=True):
         changed.append(float(np.argmax(p) != np.argmax(q)))
         log_p, log_q = _log_softmax(p), _log_softmax(q)
-        kld.append(float(np.sum(np.exp(log_p) * (log_p - log_q))))
+        weight = np.exp(log_p)  # a choice with p = 0 (log-likelihood −inf) adds nothing, never 0·(−inf − −inf)
+        kld.append(float(np.sum(np.where(weight > 0, weight * (log_p - log_q), 0.0))))
     return {"flips": to_wrong + to_right, "flips_to_wrong": to_wrong, "flips_to_right": to_right,
             "all_flips": np.array(changed), "choice_kld": np.array(kld)}  # fmt: skip
 

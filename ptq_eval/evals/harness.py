@@ -202,7 +202,9 @@ class TaskScores:
         for task in loaded.choice_tasks():
             keys = [f"{task}/{metric}" for metric in FLIP_METRICS]
             names = dict(zip(FLIP_METRICS, _display_names(loaded, keys).values(), strict=True))
-            choices = self.choices[task]
+            choices = self.choices.get(task)
+            if choices is None:
+                raise HarnessError(f"{task}: this run kept no choices (stored before flips existed); score it again")
             if baseline is None:
                 found += flip_metrics(names, choices.ids, None)
                 continue

@@ -20,7 +20,8 @@ class MetricFacts:
     """`fitted`: how a law reads the values (`nats` as they are, `log` of a perplexity, `bits` × ln 2, `fraction`
     as they are) and what they are per; None: reported, not fitted. `family`: metrics that are views of one
     quantity (one of them is fitted per eval). `full_precision`: the metric has a full-precision value of its
-    own (a base law can be fitted to it)."""
+    own (a base law can be fitted to it, a relative budget divides by it); KLD, Δp and flips do not: the
+    full-precision model against itself scores 0."""
 
     name: str
     higher_is_better: bool
@@ -40,17 +41,17 @@ METRICS: dict[str, MetricFacts] = {
         MetricFacts("word_perplexity", higher_is_better=False, fitted=("log", "word"), family="loss"),
         MetricFacts("kld", higher_is_better=False, fitted=("nats", "token"), family="kld", full_precision=False),
         MetricFacts("top1_agree", higher_is_better=True),
-        MetricFacts("delta_p", higher_is_better=True),  # the target's probability falling is damage
-        MetricFacts("rms_delta_p", higher_is_better=False),
+        MetricFacts("delta_p", higher_is_better=True, full_precision=False),  # the target's p falling is damage
+        MetricFacts("rms_delta_p", higher_is_better=False, full_precision=False),
         MetricFacts("acc", higher_is_better=True),
         MetricFacts("acc_norm", higher_is_better=True),
         MetricFacts("exact_match", higher_is_better=True),
         MetricFacts(
             "flips", higher_is_better=False, fitted=("fraction", "document"), family="flips", full_precision=False
         ),  # fmt: skip
-        MetricFacts("flips_to_wrong", higher_is_better=False),
-        MetricFacts("flips_to_right", higher_is_better=True),
-        MetricFacts("all_flips", higher_is_better=False),
+        MetricFacts("flips_to_wrong", higher_is_better=False, full_precision=False),
+        MetricFacts("flips_to_right", higher_is_better=True, full_precision=False),
+        MetricFacts("all_flips", higher_is_better=False, full_precision=False),
         MetricFacts(
             "choice_kld", higher_is_better=False, fitted=("nats", "document"), family="choice_kld", full_precision=False
         ),  # fmt: skip

@@ -176,7 +176,8 @@ def _metric_keys(rows: pd.DataFrame, columns: list[str]) -> list[FitKey]:
 
 
 def in_nats(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The δ, CI and values of one loss metric in nats (per token, word or byte)."""
+    """The δ, CI and values of one fitted metric on the scale a law reads it (nats per token, word or byte; a
+    fraction as it is)."""
     if _nats(metric) is None:
         raise FitError(
             f"metric {metric!r} is not one a law is fitted to; "

@@ -71,6 +71,12 @@ class Budget(Strict):
             raise ValueError(f"a forecast bounds the fitted loss δ, so metric must be loss, not {self.metric!r}")
         if self.higher_is_better is None and facts_of(self.metric) is None:
             raise ValueError(f"metric {self.metric!r} needs higher_is_better: true or false")
+        facts = facts_of(self.metric)
+        if self.kind == "relative" and facts is not None and not facts.full_precision:
+            raise ValueError(
+                f"metric {self.metric!r} is 0 in full precision, so a relative budget has nothing to divide by; "
+                "use kind: absolute"
+            )
         return self
 
     @property

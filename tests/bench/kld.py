@@ -22,6 +22,7 @@ import argparse
 import copy
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -245,7 +246,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    args.argv = [a for a in __import__("sys").argv[1:]]
+    args.argv = sys.argv[1:]
     torch.set_num_threads(args.threads)
     rows = []
     demo, tokenizer = _demo_model()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -54,7 +55,8 @@ class LmEvalEval(EvalKind):
         return None
 
     def inputs(self, tokenizer) -> dict[str, object]:
-        return {"scorer": self.backend, "choices": True}
+        """The backend, and whether its choice tasks' answers are kept (for flips; False: it has none)."""
+        return {"scorer": self.backend, "choices": _has_choice_tasks(self)}
 
     def metrics(self) -> list[str]:
         """`task/metric` for every metric of its tasks that pairs per document, and the flips of its choice tasks
@@ -66,6 +68,12 @@ class LmEvalEval(EvalKind):
 
     def evaluator(self, checkpoint: CheckpointView) -> HarnessEvaluator:
         return HarnessEvaluator(self, self.prepared(checkpoint.cache), checkpoint.tokenizer, checkpoint.seed)
+
+
+@functools.cache
+def _has_choice_tasks(evaluation: LmEvalEval) -> bool:
+    """Whether any of its tasks is answered by choosing (its tasks loaded once per process)."""
+    return bool(load_tasks(evaluation).choice_tasks())
 
 
 class HarnessEvaluator:

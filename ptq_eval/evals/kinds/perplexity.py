@@ -93,7 +93,9 @@ class PerplexityEval(EvalKind):
         return Text(self.corpus, self.split)
 
     def inputs(self, tokenizer) -> dict[str, object]:
-        """The token each window starts with (the `bos` rule, resolved for this tokenizer)."""
+        """The token each window starts with (the `bos` rule, resolved for this tokenizer), and whether the
+        distribution metrics were computed (with them, losses come from `distribution.chunk_losses` instead of
+        the fused cross-entropy: the same to ~1e-7 per token, but never paired across the two)."""
         return {"window_start": start_token(tokenizer, self.bos, self.rolling), "distribution": self.distribution}
 
     def metrics(self) -> list[str]:
@@ -147,8 +149,7 @@ class PerplexityEvaluator:
         metrics = document_metrics(losses, self.windows) if self.evaluation.rolling else loss_metrics(losses)
         arrays = {"window_sums": losses.sums, "window_counts": losses.counts}
         details = {"eval_corpus": self.corpus_facts}
-        why_not = (reference or getattr(compared, "reference", None) or FullPrecision()).why_not
-        why_not = why_not or getattr(compared, "why_not", None)
+        why_not = (reference or compared or FullPrecision()).why_not  # a comparison carries its reference's
         if why_not is not None:
             details["distribution"] = {"not_computed": why_not}
             not_computed = dict.fromkeys(DISTRIBUTION_METRICS, why_not)
