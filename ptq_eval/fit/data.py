@@ -161,6 +161,7 @@ def _one_loss_each(metrics: list[str]) -> list[tuple[str, list[str]]]:
         task, _, rest = metric.rpartition("/")
         groups.setdefault((task, rest.partition(",")[2], facts_of(metric).family), []).append(metric)
     chosen = [sorted(group, key=lambda m: FITTED_METRICS.index(bare_name(m))) for group in groups.values()]
+    chosen.sort(key=lambda group: FITTED_METRICS.index(bare_name(group[0])))  # the loss first, then KLD, flips
     return [(first, rest) for first, *rest in chosen]
 
 
