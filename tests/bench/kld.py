@@ -232,8 +232,17 @@ def report(rows: list[dict], measured: dict, args) -> str:
         "",
         f"The full-precision reference held per checkpoint and eval: {m['reference_mib']:.1f} MiB for "
         f"{m['tokens']} tokens (hidden 128: the tail's mean row in float32, the 32 most likely tokens with their p, "
-        "and a few float64 numbers per token). Nothing of size tokens × vocabulary is kept; the largest transient "
-        "is one chunk's float64 probabilities in the full-precision pass (2^24 logits: 128 MiB).",
+        "and a few float64 numbers per token). Nothing of size tokens × vocabulary is kept; the full-precision "
+        "pass does its float64 work on a fifth of a head chunk at a time (2^24 / 5 logits: 26 MiB a tensor).",
+        "",
+        "The alternatives, from the same run: recomputing the full-precision logits for each quantized config costs "
+        f"at least one more full-precision pass per config ({_median(m['plain']) + _median(m['baseline_plain']):.1f} s "
+        f"against {_median(m['metrics']):.1f} s here, "
+        f"≥ {1 + _median(m['baseline_plain']) / _median(m['plain']):.1f}×); "
+        "keeping both models in memory doubles the model's memory and costs the same extra pass; storing the logits "
+        f"would take {m['tokens']} × 50,304 × 4 bytes = {m['tokens'] * 50304 * 4 / 2**30:.1f} GiB per checkpoint. "
+        f"Over a checkpoint with k quantized configs the metrics cost (k·{ratio:.2f} + {base_ratio:.2f}) / (k + 1) of "
+        f"the eval without them: {(16 * ratio + base_ratio) / 17:.2f}× for the demo's 16 configs.",
     ]
     return "\n".join(lines) + "\n"
 
