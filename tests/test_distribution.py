@@ -6,6 +6,8 @@ import copy
 import numpy as np
 import pytest
 import torch
+from bench.kld import Captured  # the bench's float64 reference, computed from the logits themselves
+from bench.kld import same_logits as direct
 
 import ptq_eval.evals.model_parts as model_parts
 from ptq_eval.evals import distribution
@@ -13,30 +15,6 @@ from ptq_eval.evals.distribution import Comparison, Reference, unit_metrics
 from ptq_eval.evals.perplexity import window_losses
 from ptq_eval.evals.windows import make_windows
 from ptq_eval.quant import QuantConfig, quantize
-
-
-class Captured:
-    """An observer that keeps every chunk's logits (float64) and targets: the reference computation's input."""
-
-    def __init__(self):
-        self.logits, self.targets = [], []
-
-    def observe(self, head, hidden, logits, targets):
-        self.logits.append(logits.double())
-        self.targets.append(targets)
-        return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-
-
-def direct(fp: Captured, quant: Captured) -> dict[str, np.ndarray]:
-    """Per scored token: KLD, top-1 agreement and Δp from both models' full logits, in float64."""
-    log_p = torch.log_softmax(torch.cat(fp.logits), -1)
-    log_q = torch.log_softmax(torch.cat(quant.logits), -1)
-    picked = torch.cat(fp.targets)[:, None]
-    return {
-        "kld": (log_p.exp() * (log_p - log_q)).sum(-1).numpy(),
-        "top1_agree": (log_p.argmax(-1) == log_q.argmax(-1)).double().numpy(),
-        "delta_p": (log_q.gather(1, picked).exp() - log_p.gather(1, picked).exp())[:, 0].numpy(),
-    }
 
 
 @pytest.fixture
