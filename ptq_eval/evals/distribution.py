@@ -59,8 +59,8 @@ def _head_parts(head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | Non
 
 def _fingerprint(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
     """What tells a changed head from the one a reference was made with, without a copy of it: the sum and the
-    sum of squares of its weights (float64), every `rows // 64`-th row and the bias, on the CPU."""
-    sums = torch.stack([weight.sum(dtype=torch.float64), weight.float().square().sum(dtype=torch.float64)]).cpu()
+    norm of its weights (float64), every `rows // 64`-th row and the bias, on the CPU."""
+    sums = torch.stack([weight.sum(dtype=torch.float64), torch.linalg.vector_norm(weight, dtype=torch.float64)]).cpu()
     rows = weight[:: max(1, len(weight) // FINGERPRINT_ROWS)].detach().float().cpu()
     return sums, rows, None if bias is None else bias.detach().float().cpu()
 
