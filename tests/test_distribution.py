@@ -137,3 +137,32 @@ def test_in_bfloat16_kld_carries_only_the_logits_own_rounding(models, dtype, aut
     ours, expected = compared.per_token()["kld"], direct(fp_logits, quant_logits)["kld"]
     np.testing.assert_allclose(ours, expected, atol=2e-4, rtol=0)
     assert ours.mean() == pytest.approx(expected.mean(), rel=1e-4)
+
+
+def test_a_model_without_a_separate_head_gets_no_distribution_metrics_and_says_why(models, monkeypatch):
+    """The losses still pair; the distribution metrics are left out of both sides with the reason in the details."""
+    import torch.nn
+
+    import ptq_eval.evals.perplexity as perplexity
+    from ptq_eval.evals.kinds import PerplexityEval
+    from ptq_eval.evals.kinds.perplexity import PerplexityEvaluator
+    from ptq_eval.evals.model_parts import ModelParts
+    from ptq_eval.evals.paired import paired_metrics
+
+    def unsplit(model, device):  # as for a model whose logits are not head(last hidden state)
+        def whole(ids, **kwargs):
+            return model(input_ids=ids, use_cache=False)
+
+        return ModelParts(whole, torch.nn.Identity(), split=False, cache_argument="past_key_values")
+
+    monkeypatch.setattr(perplexity, "model_parts", unsplit)
+    fp_model, quant_model = models
+    windows = make_windows(torch.randint(0, 64, (600,), generator=torch.Generator().manual_seed(3)), seq_len=12)
+    evaluation = PerplexityEval(kind="perplexity", tokens=512, seq_len=12)
+    evaluator = PerplexityEvaluator(evaluation, windows, {})
+    fp = evaluator.score(fp_model)
+    quant = evaluator.score(quant_model, fp)
+    assert set(quant.not_computed) == {"kld", "top1_agree", "delta_p", "rms_delta_p"}
+    assert "not a linear map" in quant.details["distribution"]["not_computed"]
+    kept = [m for m in fp.metrics if m.name not in quant.not_computed]
+    assert [m.metric for m in paired_metrics(kept, quant.metrics)] == ["loss", "perplexity"]
