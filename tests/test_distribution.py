@@ -88,6 +88,7 @@ evals:
 def test_a_resumed_study_compares_with_the_reference_it_scores_again(write_study, tmp_path):
     """The reference is not stored: a run that finds its baselines stored scores the full-precision model again,
     and gets the same metrics as a run that did it all at once."""
+    from ptq_eval.report.study import study_report
     from ptq_eval.results import study_results
     from ptq_eval.runner import run_study
     from ptq_eval.spec import load_study
@@ -97,6 +98,11 @@ def test_a_resumed_study_compares_with_the_reference_it_scores_again(write_study
     with Store(tmp_path / "once.sqlite") as store:
         run_study(study, store)
         once = study_results(study, store)
+        beside = next(s for s in study_report(study, store).sections if s.title.startswith("Beyond the mean"))
+    spread = beside.tables[-1]
+    assert [t.caption.rsplit(": beside", 1)[0] for t in beside.tables[:2]] == [e.name for e in study.evals]
+    assert spread.caption.endswith("the percentiles llama.cpp prints") and len(spread.frame) == 2 * 2
+    assert (spread.frame["KLD p99.9"].astype(float) >= spread.frame["KLD p50"].astype(float)).all()
     partial = study.model_copy(update={"quant": [study.quant[0].model_copy(update={"bits": 3})]})
     with Store(tmp_path / "resumed.sqlite") as store:
         run_study(partial, store)  # the baselines and 3 bits

@@ -272,9 +272,41 @@ def _provenance(frame: pd.DataFrame) -> Table:
     return Table("What produced the numbers (one row per distinct setting)", counted)
 
 
-def _beside_section(results: pd.DataFrame) -> Section | None:
-    """KLD, top-1 agreement, Δp and flips beside δ: what a mean hides (changes that cancel)."""
+PERCENTILES_SHOWN = ("mean", "p99.9", "p99", "p95", "p90", "p50")  # of KLD, as llama.cpp prints them
+
+
+def _percentiles(frame: pd.DataFrame) -> Table | None:
+    """KLD and Δp over the tokens (the job's details), per eval and config, at the largest model's most
+    over-trained checkpoint."""
+    rows = frame[(frame.metric == "kld") & frame.tokens_per_param.notna()]
+    if rows.empty:
+        return None
+    largest = rows[rows.nonembedding_params == rows.nonembedding_params.max()]
+    checkpoint = largest.loc[largest.tokens_per_param.idxmax(), "checkpoint"]
+    records = []
+    for row in largest[largest.checkpoint == checkpoint].itertuples():
+        found = json.loads(row.provenance).get("distribution", {})
+        if "kld" not in found:
+            continue
+        record = {"eval": row.eval, "method": row.method, "format": getattr(row, "format", None) or INT,
+                  "bits": int(row.bits), "granularity": granularity(int(row.group_size))}  # fmt: skip
+        record |= {f"KLD {name}": f"{found['kld'][name]:#.3g}" for name in PERCENTILES_SHOWN}
+        record |= {f"Δp {name}": f"{found['delta_p'][name]:#.3g}" for name in ("rms", "p1", "p99")}
+        records.append(record)
+    if not records:
+        return None
+    table = pd.DataFrame(records).sort_values(["eval", "method", "format", "granularity", "bits"])
+    ratio = largest.loc[largest.checkpoint == checkpoint, "tokens_per_param"].iloc[0]
+    title = f"KLD and Δp over the tokens at {checkpoint} (D/N {ratio:.3g}), the percentiles llama.cpp prints"
+    return Table(title, table.drop_duplicates())
+
+
+def _beside_section(results: pd.DataFrame, frame: pd.DataFrame) -> Section | None:
+    """KLD, top-1 agreement, Δp and flips beside δ: what a mean hides (changes that cancel); and how KLD and Δp
+    spread over the tokens."""
     tables = [Table(f"{name}: beside δ (each a value with its 95% CI)", table) for name, table in beside_delta(results)]
+    spread = _percentiles(frame)
+    tables += [spread] if spread is not None else []
     if not tables:
         return None
     paragraphs = [
@@ -436,7 +468,7 @@ def study_report(study: Study, store: Store, options: ReportOptions = ReportOpti
         sections += [degradation, training]
         layer_section = _layer_section(frame, next(iter(losses.values())), options)
         sections += ([layer_section] if layer_section else []) + fit_sections
-    beside = _beside_section(results)
+    beside = _beside_section(results, frame)
     sections += [beside] if beside else []
     sections.append(Section("Results", tables=_results_tables(results)))
     sections.append(_coverage_section(results))
