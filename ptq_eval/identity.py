@@ -22,16 +22,17 @@ from ptq_eval.spec import Study
 
 # every input in words (an eval kind adds its own); inputs recorded only since a later version, and their value
 # before (a stored job without one was computed with it)
-WHAT = {
+JOB_INPUTS = {
     "weights": "checkpoint weights",
     "tokenizer": "tokenizer",
     "eval_data": "eval text",
     "calibration_data": "calibration text",
-} | {name: words for kind in EVAL_KINDS.values() for name, words in kind.INPUTS.items()}
-RECORDED_BEFORE = {name: value for kind in EVAL_KINDS.values() for name, value in kind.RECORDED_BEFORE.items()}
+}
 _DECLARED = [name for kind in EVAL_KINDS.values() for name in kind.INPUTS]
-if len(WHAT) != 4 + len(_DECLARED) or len(set(_DECLARED)) != len(_DECLARED):
-    raise RuntimeError(f"two eval kinds (or a kind and the job) name the same input: {_DECLARED}")
+if len(set(_DECLARED)) != len(_DECLARED) or set(_DECLARED) & set(JOB_INPUTS):
+    raise RuntimeError(f"an input is named twice (by two eval kinds, or a kind and the job): {_DECLARED}")
+WHAT = JOB_INPUTS | {name: words for kind in EVAL_KINDS.values() for name, words in kind.INPUTS.items()}
+RECORDED_BEFORE = {name: value for kind in EVAL_KINDS.values() for name, value in kind.RECORDED_BEFORE.items()}
 
 
 def tokenizer_identity(tokenizer) -> str:

@@ -109,9 +109,10 @@ def window_losses(
         nonfinite += (~torch.isfinite(losses)).sum()
         owners = batch.repeat_interleave(counted.sum(1))
         sums.index_add_(0, owners.to(device), losses.double())
-        token_windows.append(owners)
+        if observer is not None:
+            token_windows.append(owners)
     counts = windows.scored.numpy().astype(np.int64)
-    owners = torch.cat(token_windows).numpy() if observer is not None and token_windows else None
+    owners = torch.cat(token_windows).numpy() if token_windows else None
     return WindowLosses(sums.cpu().numpy(), counts, int(nonfinite), owners)
 
 
@@ -128,12 +129,16 @@ def loss_metrics(losses: WindowLosses) -> list[UnitMetric]:
     ]
 
 
+def per_document(values: np.ndarray, windows: Windows) -> np.ndarray:
+    """Per-window values summed over each rolling document's windows."""
+    return np.bincount(windows.documents.numpy(), weights=values, minlength=len(windows.words))
+
+
 def document_metrics(losses: WindowLosses, windows: Windows) -> list[UnitMetric]:
     """Rolling windows' metrics with documents as the units: loss, perplexity, and lm-eval's
     word perplexity, byte perplexity and bits per byte (exp or /ln 2 of nats per word or byte)."""
-    documents = len(windows.words)
-    sums = np.bincount(windows.documents.numpy(), weights=losses.sums, minlength=documents)
-    counts = np.bincount(windows.documents.numpy(), weights=losses.counts, minlength=documents).astype(np.int64)
+    sums = per_document(losses.sums, windows)
+    counts = per_document(losses.counts, windows).astype(np.int64)
     words, sizes = windows.words, windows.bytes
     return [
         UnitMetric("loss", sums, counts, None, int(counts.sum())),

@@ -21,7 +21,7 @@ from ptq_eval.evals.distribution import (
     unit_metrics,
 )
 from ptq_eval.evals.kinds.base import CheckpointView, EvalKind, Scored, Text, register_eval
-from ptq_eval.evals.perplexity import WindowLosses, document_metrics, loss_metrics, window_losses
+from ptq_eval.evals.perplexity import WindowLosses, document_metrics, loss_metrics, per_document, window_losses
 from ptq_eval.evals.windows import Windows, make_windows, rolling_windows, start_token
 
 SPREAD_METRICS = ("loss", "perplexity")
@@ -142,8 +142,7 @@ class PerplexityEvaluator:
         if not self.evaluation.rolling:
             return losses.token_windows, losses.counts
         documents = self.windows.documents.numpy()
-        counts = np.bincount(documents, weights=losses.counts, minlength=len(self.windows.words)).astype(np.int64)
-        return documents[losses.token_windows], counts
+        return documents[losses.token_windows], per_document(losses.counts, self.windows).astype(np.int64)
 
     def _scored(self, losses: WindowLosses, reference: FullPrecision | None = None, compared=None) -> Scored:
         metrics = document_metrics(losses, self.windows) if self.evaluation.rolling else loss_metrics(losses)
