@@ -92,7 +92,7 @@ def _executor(args, study):
 
     if args.ray_cpus is not None and args.ray_cpus < 1:
         raise UserError(f"--ray-cpus {args.ray_cpus}: expected a positive number of CPUs")
-    return RayExecutor(study.device, args.address, args.ray_cpus, study.gptq_device)
+    return RayExecutor(study.device, args.address, args.ray_cpus, study.quant_device)
 
 
 def cmd_run(args) -> int:

@@ -69,7 +69,7 @@ class RayExecutor:
     """
 
     def __init__(
-        self, study_device: str, address: str | None = None, cpus: int | None = None, gptq_device: str | None = None
+        self, study_device: str, address: str | None = None, cpus: int | None = None, quant_device: str | None = None
     ):
         try:
             import ray
@@ -81,7 +81,7 @@ class RayExecutor:
             ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False, **local)
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
-        devices = [device for device in (study_device, gptq_device) if device]
+        devices = [device for device in (study_device, quant_device) if device]
         for device in devices:
             if device.startswith("cuda:"):
                 raise UserError(f"device {device!r}: under Ray each task sees the one GPU it was given; use cuda")

@@ -125,6 +125,11 @@ def export_gptq(
     check_packable_format(config.format)
     if config.method != "gptq":
         raise UserError(f"export supports method gptq only, not {config.method!r}")
+    if config.rotation != "none":
+        raise UserError(
+            f"rotation: {config.rotation} rounds W·Rᵀ, which a packed GPTQ checkpoint cannot hold without R in its "
+            "forward pass: export without the rotation, or evaluate it with `ptq-eval run`"
+        )
     if config.bits not in PACKABLE_BITS:
         raise UserError(f"bits={config.bits} cannot be packed in the GPTQ format; accepted: {PACKABLE_BITS}")
     if config.group_size == 0:

@@ -136,8 +136,8 @@ def run_study(
     started = time.perf_counter()
     if executor is None:  # a named device absent here is refused before any work (on Ray: where it runs)
         resolve_device(study.device)
-        if study.gptq_device:
-            resolve_device(study.gptq_device)
+        if study.quant_device:
+            resolve_device(study.quant_device)
     jobs = expand_jobs(study)
     if shard is not None:
         counts: dict[CheckpointSpec, int] = {}

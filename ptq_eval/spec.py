@@ -9,7 +9,7 @@ import itertools
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from ptq_eval.corpus import STDLIB
 from ptq_eval.documents import validate_document
@@ -221,14 +221,15 @@ class Study(Strict):
     seed: int = 0
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "auto"
-    # GPTQ block by block on this device while the model stays on `device` (e.g. device: cpu, gptq_device: cuda
-    # for a model larger than the GPU); default: `device`. Not part of job keys.
-    gptq_device: str | None = None
+    # Calibrated methods (GPTQ, AWQ) quantize block by block on this device while the model stays on `device`
+    # (e.g. device: cpu, quant_device: cuda for a model larger than the GPU); default: `device`. Not part of job
+    # keys. `gptq_device`, its name before AWQ, is still read.
+    quant_device: str | None = Field(default=None, validation_alias=AliasChoices("quant_device", "gptq_device"))
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     allow_pickle: bool = False
     trust_remote_code: bool = False
 
-    @field_validator("device", "gptq_device")
+    @field_validator("device", "quant_device")
     @classmethod
     def _device_torch_knows(cls, device: str | None) -> str | None:
         if device not in (None, "auto"):

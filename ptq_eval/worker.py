@@ -104,7 +104,7 @@ class _CheckpointRun:
             self.pristine = [tensor.pin_memory() for tensor in self.pristine]
         self.tokenizer_key = tokenizer_identity(loaded.tokenizer)
         self.facts = _facts(loaded)
-        self.gptq_device = resolve_device(self.study.gptq_device) if self.study.gptq_device else None
+        self.quant_device = resolve_device(self.study.quant_device) if self.study.quant_device else None
         self.calibrated: dict = {}  # what calibration re-uses across this checkpoint's GPTQ configs (quant/blocks.py)
         self.quant_configs = tuple(dict.fromkeys(job.quant for job in work.jobs if job.quant is not None))
 
@@ -152,7 +152,7 @@ class _CheckpointRun:
         self.restore()
         calibration = self.calibration() if config.needs_calibration else None
         report = quantize(
-            self.loaded.model, config, self.study.exclude, calibration, self.gptq_device, self.calibrated,
+            self.loaded.model, config, self.study.exclude, calibration, self.quant_device, self.calibrated,
             share_with=self.quant_configs,
         )  # fmt: skip
         report_facts = {

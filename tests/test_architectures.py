@@ -15,7 +15,7 @@ import transformers as T
 from ptq_eval.quant import QuantConfig, QuantError, quantize, survey
 from ptq_eval.quant.base import ROUTER_REASON
 from ptq_eval.quant.blocks import calibrate, transformer_blocks
-from ptq_eval.quant.hessians import eager_experts, hessians_of
+from ptq_eval.quant.statistics import eager_experts, statistics_of
 
 VOCAB, SEQ_LEN, WINDOW, LAYERS = 96, 16, 4, 3  # three blocks: the middle one is fed what the first hands on
 COMMON = dict(
@@ -130,7 +130,7 @@ def test_block_by_block_hessians_equal_one_full_forward(family):
     tokens = calibration()
     propagated = {}
     calibrate(model, weights, tokens, lambda group, hessians: propagated.update(hessians), batch_size=8)
-    with torch.no_grad(), eager_experts(model), hessians_of(weights) as direct:
+    with torch.no_grad(), eager_experts(model), statistics_of(weights) as direct:
         for batch in tokens.split(8):
             model(input_ids=batch, use_cache=False)
     assert set(propagated) == {weight.name for weight in weights}
@@ -247,7 +247,7 @@ def test_experts_kept_as_a_module_list_are_calibrated_per_block_not_taken_for_th
     assert set(survey(model).defaults.values()) == {"embedding", ROUTER_REASON}
     propagated = {}
     calibrate(model, weights, calibration(), lambda group, hessians: propagated.update(hessians))
-    with torch.no_grad(), hessians_of(weights) as direct:
+    with torch.no_grad(), statistics_of(weights) as direct:
         for batch in calibration().split(8):
             model(batch)
     for name, hessian in propagated.items():

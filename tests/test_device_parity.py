@@ -150,7 +150,7 @@ def test_half_inputs_on_cuda_give_a_hessian_within_float32_summation_error(dtype
     """Half inputs take the tensor cores (exact products, float32 sums): every entry within n·2u of the exact
     sum of |products| (float32's worst case for n terms, doubled for adders that truncate); sums kept in half
     precision would miss it by orders of magnitude."""
-    from ptq_eval.quant.hessians import Hessian
+    from ptq_eval.quant.statistics import Hessian
 
     products = []
     multiply = torch.mm

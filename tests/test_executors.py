@@ -178,17 +178,19 @@ def test_ray_with_a_worker_killed_mid_study_gives_the_in_process_rows(reference,
     assert stored_jobs(store_path) == 36 and rows(study, store_path) == rows(study, reference_path)
 
 
-def test_a_gptq_device_absent_here_is_refused_before_any_work(study_file, tmp_path):
+def test_a_quant_device_absent_here_is_refused_before_any_work(study_file, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    study = load_study(study_file).model_copy(update={"gptq_device": "cuda"})
+    study = load_study(study_file).model_copy(update={"quant_device": "cuda"})
     with Store(tmp_path / "s.sqlite") as store, pytest.raises(UserError, match="device 'cuda': this machine has 0"):
         run_study(study, store)
     assert stored_jobs(tmp_path / "s.sqlite") == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("setting", [{"dtype": "bfloat16", "device": "cuda"}, {"device": "cpu", "gptq_device": "cuda"}])
+@pytest.mark.parametrize(
+    "setting", [{"dtype": "bfloat16", "device": "cuda"}, {"device": "cpu", "quant_device": "cuda"}]
+)
 def test_cuda_studies_bf16_and_gptq_offloaded(reference, tmp_path, setting):
     original, reference_path = reference
     study = original.model_copy(update=setting)

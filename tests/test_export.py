@@ -60,6 +60,7 @@ def simulated_gptq(checkpoint, config):
         (QuantConfig(method="gptq", bits=4, group_size=0), "group_size=0"),
         (QuantConfig(method="gptq", bits=4, group_size=8, symmetric=False), "symmetric grids only"),
         (QuantConfig(method="rtn", bits=4, group_size=8), "gptq only"),
+        (QuantConfig(method="gptq", bits=4, group_size=8, options={"rotation": "hadamard"}), "rounds W·Rᵀ"),
     ],
 )
 def test_unexportable_configs_are_clear_errors(micro_checkpoint, tmp_path, config, message):

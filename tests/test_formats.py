@@ -10,8 +10,8 @@ from ptq_eval.errors import UserError
 from ptq_eval.export import check_packable_format
 from ptq_eval.quant import FORMATS, FormatError, QuantConfig
 from ptq_eval.quant.formats import E2M1, E4M3, E5M2, number_format, quantize_tensor
-from ptq_eval.quant.gptq import output_error
 from ptq_eval.quant.gptq_solve import gptq_solve, gptq_weight
+from ptq_eval.quant.statistics import output_error
 from ptq_eval.spec import StudyError, parse_study
 
 E2M1_VALUES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]

@@ -5,9 +5,8 @@ import torch
 
 from ptq_eval.quant import DEFAULT_EXCLUDE, QuantConfig, quantize
 from ptq_eval.quant.formats import quantize_tensor
-from ptq_eval.quant.gptq import output_error
 from ptq_eval.quant.gptq_solve import gptq_weight
-from ptq_eval.quant.hessians import Hessian
+from ptq_eval.quant.statistics import Hessian, output_error
 
 
 def correlated_problem(rows=32, columns=128, samples=2048, seed=0):

@@ -208,8 +208,9 @@ class WeightMatrix:
 
 @dataclass(frozen=True)
 class LayerReport:
-    """Weight error ‖W − Ŵ‖² / ‖W‖²; for GPTQ the output errors ‖WX − ŴX‖² / ‖WX‖² of GPTQ and of RTN on the
-    same calibration inputs, the calibration rows the matrix saw, and why it fell back to RTN (if it did)."""
+    """Weight error ‖W − Ŵ‖² / ‖W‖²; for calibrated methods the output errors ‖WX − ŴX‖² / ‖WX‖² of the method and
+    of RTN on the same calibration inputs, the calibration rows the matrix saw, why it fell back to RTN (if it
+    did), and (AWQ) the scale exponent α its search chose."""
 
     name: str
     shape: tuple[int, int]
@@ -218,6 +219,7 @@ class LayerReport:
     rtn_output_error: float | None = None
     samples: int | None = None
     fallback: str | None = None
+    alpha: float | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Calibration block by block: each matrix's Hessian from the inputs it sees once the blocks before it
+"""Calibration block by block: each matrix's calibration statistic (the one its method asks for: GPTQ's Hessian,
+AWQ's Hessian and channel magnitudes; `quant/statistics.py`) from the inputs it sees once the blocks before it
 (and, with `sequential="layer"`, the layers before it in its own block) are quantized.
 
 1. Matrices outside the block stack that run before the first block (e.g. OPT's `project_in`) are
@@ -11,13 +12,13 @@
 4. Matrices outside the stack that run after it (e.g. OPT's `project_out`) are processed from one
    forward pass of the quantized model.
 
-`sequential="none"` instead takes every matrix's Hessian from one pass over the full-precision model: not
+`sequential="none"` instead takes every matrix's statistic from one pass over the full-precision model: not
 the sequential GPTQ algorithm (no matrix sees the error of those quantized before it), but one pass serves
 every GPTQ config of a checkpoint. A `cache` dict kept by the caller for one checkpoint and one calibration
-set holds what is exact to re-use across configs: those full-precision Hessians, and the inputs of every
+set holds what is exact to re-use across configs: those full-precision statistics, and the inputs of every
 block recorded in step 2 (unless a matrix before the stack was quantized, which changes them).
 
-`process(weights, hessians)` does the work (GPTQ quantizes; a test only records).
+`process(weights, statistics)` does the work (a method quantizes; a test only records).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from collections.abc import Callable
 import torch
 
 from ptq_eval.quant.base import QuantError, WeightMatrix
-from ptq_eval.quant.hessians import Hessian, eager_experts, hessians_of, watch_inputs
+from ptq_eval.quant.statistics import Hessian, MakeStatistic, Statistic, eager_experts, statistics_of, watch_inputs
 
-Process = Callable[[list[WeightMatrix], dict[str, Hessian]], None]
+Process = Callable[[list[WeightMatrix], dict[str, Statistic]], None]
 Call = tuple[list, dict]
 
 
@@ -170,29 +171,37 @@ def _sequential_groups(
 
 @torch.no_grad()
 def _process_block(
-    block, weights: list[WeightMatrix], hidden: list, calls: list[Call], process: Process, sequential: str
+    block,
+    weights: list[WeightMatrix],
+    hidden: list,
+    calls: list[Call],
+    process: Process,
+    sequential: str,
+    statistic: MakeStatistic,
 ) -> list:
     groups = _sequential_groups(block, weights, hidden[0], calls[0]) if sequential == "layer" else [weights]
     for group in groups:
-        with hessians_of(group) as hessians:
+        with statistics_of(group, statistic) as found:
             for states, call in zip(hidden, calls, strict=True):
                 _run_block(block, states, call)
-        process(group, hessians)
+        process(group, found)
     return [_run_block(block, states, call) for states, call in zip(hidden, calls, strict=True)]
 
 
 @torch.no_grad()
-def _process_outside(model, weights: list[WeightMatrix], batches, stop_at, process: Process) -> list[WeightMatrix]:
+def _process_outside(
+    model, weights: list[WeightMatrix], batches, stop_at, process: Process, statistic: MakeStatistic
+) -> list[WeightMatrix]:
     """Process the outside matrices that a forward pass (up to `stop_at`) reaches; returns the others."""
     if not weights:
         return []
-    with hessians_of(weights) as hessians:
+    with statistics_of(weights, statistic) as found:
         _forward_until(model, batches, stop_at)
-    reached = [weight for weight in weights if hessians[weight.name].samples]
+    reached = [weight for weight in weights if found[weight.name].samples]
     if stop_at is None:
-        reached = weights  # the last pass: what no input reached goes too (GPTQ refuses it unless an expert)
+        reached = weights  # the last pass: what no input reached goes too (methods refuse it unless an expert)
     if reached:
-        process(reached, {weight.name: hessians[weight.name] for weight in reached})
+        process(reached, {weight.name: found[weight.name] for weight in reached})
     return [weight for weight in weights if weight not in reached]
 
 
@@ -205,13 +214,16 @@ def fingerprint(batches: list[torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _full_precision_hessians(model, weights: list[WeightMatrix], batches, cache: dict) -> dict[str, Hessian]:
-    """Every matrix's Hessian from one pass over the (full-precision) model; computed once per cache."""
-    key = ("hessians", tuple(weight.name for weight in weights), fingerprint(batches))
+def _full_precision_statistics(
+    model, weights: list[WeightMatrix], batches, cache: dict, statistic: MakeStatistic
+) -> dict[str, Statistic]:
+    """Every matrix's statistic from one pass over the (full-precision) model; computed once per cache (and kind
+    of statistic: `statistic` is part of the key, so it must compare equal only to the same rule)."""
+    key = ("statistics", statistic, tuple(weight.name for weight in weights), fingerprint(batches))
     if key not in cache:
-        with eager_experts(model), hessians_of(weights) as hessians:
+        with eager_experts(model), statistics_of(weights, statistic) as found:
             _forward_until(model, batches, None)
-        cache[key] = hessians
+        cache[key] = found
     return cache[key]
 
 
@@ -233,8 +245,10 @@ def calibrate(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     cache: dict | None = None,
+    statistic: MakeStatistic = Hessian,
 ) -> None:
-    """Hand every matrix, with its Hessian, to `process`, in the order described in the module docstring.
+    """Hand every matrix, with its statistic (`statistic(input width)`, fed every input row), to `process`, in
+    the order described in the module docstring.
 
     `device`: where each block runs (default: where the model is); the model stays where it is, each block
     moving to `device` for its turn and back after it, while the activations stay on `device`. `cache`: kept
@@ -244,8 +258,8 @@ def calibrate(
     home = next(model.parameters()).device
     device = home if device is None else torch.device(device)
     if sequential == "none":
-        hessians = _full_precision_hessians(model, weights, _batches(calibration, batch_size, home), cache)
-        process(weights, hessians)
+        found = _full_precision_statistics(model, weights, _batches(calibration, batch_size, home), cache, statistic)
+        process(weights, found)
         return
     blocks = transformer_blocks(model, weights)
     members = {id(m): index for index, block in enumerate(blocks or []) for m in block.modules()}
@@ -257,7 +271,7 @@ def calibrate(
     with eager_experts(model):
         if blocks is not None:
             before = len(outside)
-            outside = _process_outside(model, outside, batches, blocks[0], process)
+            outside = _process_outside(model, outside, batches, blocks[0], process, statistic)
             if len(outside) == before:  # nothing before the stack changed: block inputs are the full-precision ones
                 calls = _recorded_calls(model, blocks, batches, device, cache)
             else:
@@ -266,8 +280,8 @@ def calibrate(
             for block, block_weights, block_calls in zip(blocks, per_block, calls, strict=True):
                 block.to(device)
                 if block_weights:
-                    hidden = _process_block(block, block_weights, hidden, block_calls, process, sequential)
+                    hidden = _process_block(block, block_weights, hidden, block_calls, process, sequential, statistic)
                 else:
                     hidden = [_run_block(block, states, call) for states, call in zip(hidden, block_calls, strict=True)]
                 block.to(home)
-        _process_outside(model, outside, batches, None, process)
+        _process_outside(model, outside, batches, None, process, statistic)

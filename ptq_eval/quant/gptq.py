@@ -20,25 +20,25 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ptq_eval.errors import UserError
-from ptq_eval.quant.base import LayerReport, QuantConfig, QuantError, QuantReport, WeightMatrix, register
+from ptq_eval.quant.base import LayerReport, QuantConfig, QuantReport, WeightMatrix, register
 from ptq_eval.quant.blocks import calibrate, fingerprint
-from ptq_eval.quant.formats import FormatError, number_format, quantize_tensor
+from ptq_eval.quant.formats import FormatError, number_format
 from ptq_eval.quant.gptq_solve import gptq_solve, solve_key
-from ptq_eval.quant.hessians import Hessian
-from ptq_eval.quant.rtn import relative_error, rtn_result
+from ptq_eval.quant.rotation import ROTATION_OPTIONS, RotationOptions, rotation_for
+from ptq_eval.quant.rtn import relative_error, round_to_nearest, rtn_result
+from ptq_eval.quant.statistics import NO_INPUT, Hessian, check_inputs_reached, equal_input_sets, output_error
 
 SEQUENTIAL = ("block", "layer", "none")
 
 
-class GPTQOptions(BaseModel):
+class GPTQOptions(RotationOptions):
     """GPTQ's options and their defaults (the reference GPTQ's): act-order (columns by descending Hessian
     diagonal), static groups (grids fitted before the loop), dampening (a fraction of the mean diagonal), the
-    lazy-update block, and what each matrix's inputs come from (`quant/blocks.py`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # `act_order: "yes"` is an error
+    lazy-update block, and what each matrix's inputs come from (`quant/blocks.py`); the rotation every method
+    shares (solved in the rotated basis, against R·H·Rᵀ). Strict: `act_order: "yes"` is an error."""
 
     act_order: bool = False
     static_groups: bool = False
@@ -58,47 +58,14 @@ def check_groups_fit_the_format(config: QuantConfig) -> None:
         )
 
 
-NO_INPUT = "rtn: the router sent it no calibration token"
 STACK_ELEMENTS = 2**28  # rows x columns of one stacked solve (1 GiB in float32); more parts wait for another loop
 Grids = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 Solved = tuple[torch.Tensor, Grids | None, LayerReport]  # de-quantized weight, grids, layer report
 
 
-def output_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.Tensor) -> float:
-    """‖WX − ŴX‖² / ‖WX‖², from the Hessian (XXᵀ up to a factor that cancels)."""
-    delta = (weight.double() - quantized.double()) @ hessian.double()
-    numerator = (delta * (weight.double() - quantized.double())).sum().item()
-    denominator = ((weight.double() @ hessian.double()) * weight.double()).sum().item()
-    return numerator / denominator if denominator else 0.0
-
-
 def _rtn_fallback(weight: WeightMatrix, config: QuantConfig) -> Solved:
     quantized, layer = rtn_result(weight, config, fallback=NO_INPUT)
     return quantized, None, layer
-
-
-def _fingerprint(hessian: Hessian) -> tuple:
-    """A cheap summary that equal Hessians share (one host sync per matrix), so few pairs need a full compare."""
-    if not hessian.samples:
-        return (0,)
-    return hessian.samples, tuple(hessian.matrix.shape), float(hessian.matrix.diagonal().sum())
-
-
-def equal_input_sets(group: list[WeightMatrix], hessians: dict[str, Hessian]) -> list[list[WeightMatrix]]:
-    """The group's matrices in sets with equal Hessians (they read the same input), in the group's order."""
-    sets: list[list[WeightMatrix]] = []
-    by_fingerprint: dict[tuple, list[list[WeightMatrix]]] = {}
-    for weight in group:
-        mine = hessians[weight.name]
-        key = _fingerprint(mine)
-        for members in by_fingerprint.get(key, []) if mine.samples else []:
-            if torch.equal(hessians[members[0].name].matrix, mine.matrix):
-                members.append(weight)
-                break
-        else:
-            sets.append([weight])
-            by_fingerprint.setdefault(key, []).append(sets[-1])
-    return sets
 
 
 def _chunks(
@@ -137,28 +104,35 @@ def _solve_set(
         for config, weight in itertools.product(configs, members):
             keep(config, weight, _rtn_fallback(weight, config))
         return solved
-    for _, shared in itertools.groupby(sorted(configs, key=lambda c: str(solve_key(c))), key=solve_key):
-        for pairs in _chunks(list(itertools.product(list(shared), members)), hessian.matrix.shape[0]):
-            results = gptq_solve([(stored[weight.name], config) for config, weight in pairs], hessian.matrix)
+    for _, shared in itertools.groupby(sorted(configs, key=lambda c: str(_loop_key(c))), key=_loop_key):
+        shared = list(shared)
+        rotation = rotation_for(shared[0], hessian.matrix.shape[0])
+        inputs, hessian_seen = stored, hessian.matrix
+        if rotation is not None:  # solved in the rotated basis: W·Rᵀ against R·H·Rᵀ
+            inputs = {name: rotation.rotate(weight).to(weight.dtype) for name, weight in stored.items()}
+            hessian_seen = rotation.conjugate(hessian.matrix).float()
+        for pairs in _chunks(list(itertools.product(shared, members)), hessian.matrix.shape[0]):
+            results = gptq_solve([(inputs[weight.name], config) for config, weight in pairs], hessian_seen)
             for (config, weight), result in zip(pairs, results, strict=True):
                 original = stored[weight.name].float()
-                rtn = quantize_tensor(
-                    stored[weight.name], config.bits, config.group_size, config.symmetric, config.format
-                ).float()
+                quantized, grids = result.weight, (result.scales.to(home), result.zeros.to(home), result.group_index)
+                if rotation is not None:  # back in the model's basis; the grids hold the rotated weights
+                    quantized, grids = rotation.restore(quantized).float(), None
                 layer = LayerReport(
                     weight.name,
                     weight.shape,
-                    relative_error(original, result.weight),
-                    output_error(original, result.weight, hessian.matrix),
-                    output_error(original, rtn, hessian.matrix),
+                    relative_error(original, quantized),
+                    output_error(original, quantized, hessian.matrix),
+                    output_error(original, round_to_nearest(stored[weight.name], config).float(), hessian.matrix),
                     hessian.samples,
                 )
-                keep(
-                    config,
-                    weight,
-                    (result.weight, (result.scales.to(home), result.zeros.to(home), result.group_index), layer),
-                )
+                keep(config, weight, (quantized, grids, layer))
     return solved
+
+
+def _loop_key(config: QuantConfig) -> tuple:
+    """Configs with equal keys share a column loop: the same solve options, format and rotation."""
+    return solve_key(config), config.rotation, config.rotation_seed
 
 
 def _apply(weights: list[WeightMatrix], solved: dict[str, Solved], report: QuantReport) -> None:
@@ -171,23 +145,11 @@ def _apply(weights: list[WeightMatrix], solved: dict[str, Solved], report: Quant
         report.layers.append(layer)
 
 
-def check_inputs_reached(group: list[WeightMatrix], hessians: dict[str, Hessian]) -> None:
-    """Only an expert may see no calibration input, and only when others of its tensor saw some (the router
-    chose them): anything else means its inputs were not captured, which must not pass as a rounding."""
-    reached = {w.expert_family for w in group if w.expert_family is not None and hessians[w.name].samples}
-    for weight in group:
-        if hessians[weight.name].samples == 0 and weight.expert_family not in reached:
-            raise QuantError(
-                f"GPTQ saw no calibration input reach {weight.name} ({type(weight.module).__name__}); "
-                "ptq-eval cannot see how the model uses it: exclude it or use method rtn"
-            )
-
-
 @register(
     "gptq",
     options=GPTQOptions,
     needs_calibration=True,
-    later_options=("sequential",),
+    later_options=("sequential", *ROTATION_OPTIONS),
     check=check_groups_fit_the_format,
 )
 def quantize_gptq(
@@ -223,7 +185,7 @@ def quantize_gptq(
     fresh: dict[QuantConfig, tuple[int, dict[str, Solved]]] = {}  # kept only once every matrix is solved
 
     def process(group: list[WeightMatrix], hessians: dict[str, Hessian]) -> None:
-        check_inputs_reached(group, hessians)
+        check_inputs_reached(group, hessians, "GPTQ")
         for members in equal_input_sets(group, hessians):
             for other, results in _solve_set(members, hessians[members[0].name], configs, config, home).items():
                 if other == config:

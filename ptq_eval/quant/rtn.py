@@ -1,4 +1,5 @@
-"""Round-to-nearest: every selected matrix rounded to its grid independently."""
+"""Round-to-nearest: every selected matrix rounded to its grid independently (its inputs rotated first when the
+config asks for a rotation, `quant/rotation.py`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import torch
 
 from ptq_eval.quant.base import LayerReport, QuantConfig, QuantReport, WeightMatrix, register
 from ptq_eval.quant.formats import quantize_tensor
+from ptq_eval.quant.rotation import ROTATION_OPTIONS, RotationOptions, rotation_for
+
+
+class RTNOptions(RotationOptions):
+    """RTN's options: only the rotation every method shares."""
 
 
 def relative_error(original: torch.Tensor, quantized: torch.Tensor) -> float:
@@ -15,13 +21,23 @@ def relative_error(original: torch.Tensor, quantized: torch.Tensor) -> float:
     return (original - quantized.double()).pow(2).sum().item() / denominator if denominator else 0.0
 
 
+def round_to_nearest(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """The [out, in] weight rounded onto the config's grid, Q(W) or, rotated, Q(W·Rᵀ)·R; in the weight's dtype."""
+    rotation = rotation_for(config, weight.shape[1])
+    if rotation is None:
+        return quantize_tensor(weight, config.bits, config.group_size, config.symmetric, config.format)
+    rotated = rotation.rotate(weight).to(weight.dtype)
+    quantized = quantize_tensor(rotated, config.bits, config.group_size, config.symmetric, config.format)
+    return rotation.restore(quantized).to(weight.dtype)
+
+
 @torch.no_grad()
 def rtn_result(
     weight: WeightMatrix, config: QuantConfig, fallback: str | None = None
 ) -> tuple[torch.Tensor, LayerReport]:
     """One matrix rounded to nearest (not written), and its report."""
     original = weight.read()
-    quantized = quantize_tensor(original, config.bits, config.group_size, config.symmetric, config.format)
+    quantized = round_to_nearest(original, config)
     return quantized, LayerReport(weight.name, weight.shape, relative_error(original, quantized), fallback=fallback)
 
 
@@ -32,6 +48,6 @@ def rtn_matrix(weight: WeightMatrix, config: QuantConfig) -> LayerReport:
     return report
 
 
-@register("rtn")
+@register("rtn", options=RTNOptions, later_options=ROTATION_OPTIONS)
 def quantize_rtn(model: torch.nn.Module, weights: list[WeightMatrix], config: QuantConfig, **_unused) -> QuantReport:
     return QuantReport(config, [rtn_matrix(weight, config) for weight in weights])

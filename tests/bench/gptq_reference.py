@@ -14,7 +14,7 @@ import torch
 
 from ptq_eval.quant import QuantConfig
 from ptq_eval.quant.gptq_solve import gptq_weight
-from ptq_eval.quant.hessians import Hessian
+from ptq_eval.quant.statistics import Hessian
 
 
 def problem(rows: int = 64, columns: int = 256, samples: int = 4096, seed: int = 0):

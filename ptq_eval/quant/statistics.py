@@ -1,4 +1,6 @@
-"""What each quantizable matrix sees: its inputs, gathered while the model (or one block) runs.
+"""What each quantizable matrix sees: its inputs, gathered while the model (or one block) runs, and the
+calibration statistics methods keep of them (GPTQ: the Hessian; AWQ: the Hessian and each input channel's mean
+magnitude). A statistic is anything built from a matrix's input width with `add(rows)` and `samples`.
 
 Linears and Conv1Ds are hooked as modules. A fused expert tensor is one parameter holding every
 expert, so its inputs are found at the functional level: while active, a torch function mode
@@ -12,11 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from typing import Protocol
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ptq_eval.quant.base import WeightMatrix, is_fused_experts
+from ptq_eval.quant.base import QuantError, WeightMatrix, is_fused_experts
 
 InputSink = Callable[[WeightMatrix, torch.Tensor], None]
 _LINEAR, _MATMUL = {"linear"}, {"matmul", "__matmul__", "mm"}
@@ -24,6 +27,17 @@ _PRODUCTS = _LINEAR | _MATMUL
 
 
 _HALF = (torch.bfloat16, torch.float16)
+
+
+class Statistic(Protocol):
+    """What a method keeps of one matrix's calibration inputs (built from the input width)."""
+
+    samples: int
+
+    def add(self, inputs: torch.Tensor) -> None: ...
+
+
+MakeStatistic = Callable[[int], Statistic]
 
 
 class Hessian:
@@ -124,8 +138,56 @@ def watch_inputs(weights: list[WeightMatrix], sink: InputSink) -> Iterator[None]
 
 
 @contextmanager
-def hessians_of(weights: list[WeightMatrix]) -> Iterator[dict[str, Hessian]]:
-    """The Hessians of these matrices, accumulated from every forward run while the context is open."""
-    hessians = {weight.name: Hessian(weight.shape[1]) for weight in weights}
-    with watch_inputs(weights, lambda weight, rows: hessians[weight.name].add(rows)):
-        yield hessians
+def statistics_of(weights: list[WeightMatrix], make: MakeStatistic = Hessian) -> Iterator[dict[str, Statistic]]:
+    """One statistic per matrix (`make(input width)`), fed every input row of each forward run while open."""
+    found = {weight.name: make(weight.shape[1]) for weight in weights}
+    with watch_inputs(weights, lambda weight, rows: found[weight.name].add(rows)):
+        yield found
+
+
+def _fingerprint(statistic: Hessian) -> tuple:
+    """A cheap summary that equal Hessians share (one host sync per matrix), so few pairs need a full compare."""
+    if not statistic.samples:
+        return (0,)
+    return statistic.samples, tuple(statistic.matrix.shape), float(statistic.matrix.diagonal().sum())
+
+
+def equal_input_sets(group: list[WeightMatrix], statistics: dict[str, Hessian]) -> list[list[WeightMatrix]]:
+    """The group's matrices in sets with equal Hessians (they read the same input: q/k/v, gate/up), in order."""
+    sets: list[list[WeightMatrix]] = []
+    by_fingerprint: dict[tuple, list[list[WeightMatrix]]] = {}
+    for weight in group:
+        mine = statistics[weight.name]
+        key = _fingerprint(mine)
+        for members in by_fingerprint.get(key, []) if mine.samples else []:
+            if torch.equal(statistics[members[0].name].matrix, mine.matrix):
+                members.append(weight)
+                break
+        else:
+            sets.append([weight])
+            by_fingerprint.setdefault(key, []).append(sets[-1])
+    return sets
+
+
+def output_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.Tensor) -> float:
+    """‖WX − ŴX‖² / ‖WX‖², from the Hessian (XXᵀ up to a factor that cancels)."""
+    delta = (weight.double() - quantized.double()) @ hessian.double()
+    numerator = (delta * (weight.double() - quantized.double())).sum().item()
+    denominator = ((weight.double() @ hessian.double()) * weight.double()).sum().item()
+    return numerator / denominator if denominator else 0.0
+
+
+NO_INPUT = "rtn: the router sent it no calibration token"
+
+
+def check_inputs_reached(group: list[WeightMatrix], statistics: dict[str, Statistic], method: str) -> None:
+    """Only an expert may see no calibration input, and only when others of its tensor saw some (the router
+    chose them; it is then rounded to nearest, its report saying NO_INPUT): anything else means its inputs were
+    not captured, which must not pass as a rounding."""
+    reached = {w.expert_family for w in group if w.expert_family is not None and statistics[w.name].samples}
+    for weight in group:
+        if statistics[weight.name].samples == 0 and weight.expert_family not in reached:
+            raise QuantError(
+                f"{method} saw no calibration input reach {weight.name} ({type(weight.module).__name__}); "
+                "ptq-eval cannot see how the model uses it: exclude it or use method rtn"
+            )

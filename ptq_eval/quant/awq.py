@@ -1,0 +1,227 @@
+"""AWQ (Lin et al., MLSys 2024): per-input-channel scales from the activations, then a weight-clipping search.
+
+Block by block (`quant/blocks.py`, each block's inputs from the blocks before it, quantized), for each set of
+matrices reading one input (q/k/v, gate/up; any other matrix alone), with x̄ each input channel's mean |x|
+over the calibration tokens:
+1. scales s = x̄^α (`duo_scaling`: x̄^α / w̄^(1−α), w̄ each column's mean |w| relative to its group's largest),
+   at least 1e-4 and divided by √(max s · min s), for α in 0, 1/grid, …, (grid − 1)/grid; the α whose rounded
+   weights give the set the least output error Σ ‖(Ŵ − W)X‖² on the calibration inputs is kept (α = 0 is RTN);
+2. clipping (`clip`): for every row and group of the scaled weight W·diag(s), the largest |w| shrunk by
+   1 − i/clip_grid, i < max_shrink · clip_grid; the shrink whose group gives the least error of its share of the
+   output is kept.
+The simulated weight is Q(clip(W·diag(s)))·diag(s)⁻¹. A deployment folds diag(s)⁻¹ into the op before (a norm's
+weight, or the previous linear's rows: v_proj for o_proj, up_proj for down_proj) where the architecture allows
+it; in exact arithmetic the product is the same, so ptq-eval scales every matrix, foldable or not (for GPT-NeoX's
+or GPT-2's MLP output, after GELU, a deployment needs an explicit multiply, as AutoAWQ's ScaledActivation).
+
+The error is read from the Hessian (‖ΔW·X‖² = tr(ΔW·H·ΔWᵀ) up to a factor), not from forward passes of the
+attention or MLP module around the matrices as llm-awq does: what a set's own outputs lose, cheaply and exactly.
+With `rotation`, everything happens in the rotated basis (W·Rᵀ, inputs R·x) and the weight comes back as
+Ŵ_R·R. An expert the router sent no calibration token is rounded to nearest, as under GPTQ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pydantic import Field
+
+from ptq_eval.errors import UserError
+from ptq_eval.quant.base import LayerReport, QuantConfig, QuantReport, WeightMatrix, register
+from ptq_eval.quant.blocks import calibrate
+from ptq_eval.quant.formats import quantize_tensor
+from ptq_eval.quant.grid import PER_CHANNEL, PER_TENSOR
+from ptq_eval.quant.rotation import ROTATION_OPTIONS, Rotation, RotationOptions, rotation_for
+from ptq_eval.quant.rtn import relative_error, rtn_result
+from ptq_eval.quant.statistics import NO_INPUT, Hessian, check_inputs_reached, equal_input_sets, output_error
+
+SMALLEST_SCALE = 1e-4
+
+
+class AWQOptions(RotationOptions):
+    """AWQ's options and their defaults (llm-awq's): the α grid, duo scaling (off), the clipping search and its
+    grid, and the rotation every method shares."""
+
+    grid: int = Field(default=20, ge=1)
+    duo_scaling: bool = False
+    clip: bool = True
+    clip_grid: int = Field(default=20, ge=1)
+    max_shrink: float = Field(default=0.5, ge=0, lt=1)
+
+
+class InputMagnitudes(Hessian):
+    """The Hessian of a matrix's inputs and each input channel's mean |x| (float64), of the rotated inputs R·x
+    when a rotation is given."""
+
+    def __init__(self, columns: int, rotation: Rotation | None = None):
+        super().__init__(columns)
+        self.rotation = rotation
+        self.magnitude_sum: torch.Tensor | None = None
+
+    def add(self, inputs: torch.Tensor) -> None:
+        x = inputs.reshape(-1, inputs.shape[-1])
+        if self.rotation is not None:
+            x = self.rotation.rotate(x).float()
+        magnitudes = x.abs().sum(dim=0, dtype=torch.float64)
+        self.magnitude_sum = magnitudes if self.magnitude_sum is None else self.magnitude_sum + magnitudes
+        super().add(x)
+
+    @property
+    def magnitude(self) -> torch.Tensor:
+        """Each input channel's mean |x| (float32)."""
+        return (self.magnitude_sum / max(1, self.samples)).float()
+
+
+@dataclass(frozen=True)
+class Magnitudes:
+    """Builds each matrix's InputMagnitudes under the config's rotation (equal for equal configs)."""
+
+    config: QuantConfig
+
+    def __call__(self, columns: int) -> InputMagnitudes:
+        return InputMagnitudes(columns, rotation_for(self.config, columns))
+
+
+def _round(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    return quantize_tensor(weight, config.bits, config.group_size, config.symmetric, config.format).float()
+
+
+def _spans(columns: int, config: QuantConfig) -> list[slice]:
+    """The column spans that share a scale in a row, as `quantize_tensor` groups them."""
+    if config.group_size in (PER_CHANNEL, PER_TENSOR):
+        return [slice(0, columns)]
+    return [slice(start, min(start + config.group_size, columns)) for start in range(0, columns, config.group_size)]
+
+
+def _column_magnitude(weights: list[torch.Tensor], config: QuantConfig) -> torch.Tensor:
+    """Each input column's mean |w| over the set's rows, each |w| relative to its group's largest (duo scaling)."""
+    rows = torch.cat(weights).abs()
+    relative = torch.cat([rows[:, span] / rows[:, span].amax(dim=1, keepdim=True).clamp_min(1e-12)
+                          for span in _spans(rows.shape[1], config)], dim=1)  # fmt: skip
+    return relative.mean(dim=0)
+
+
+def _scales(magnitude: torch.Tensor, column: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    scales = magnitude.pow(alpha)
+    if column is not None:
+        scales = scales / column.pow(1 - alpha).clamp_min(SMALLEST_SCALE)
+    scales = scales.clamp_min(SMALLEST_SCALE)
+    return scales / (scales.max() * scales.min()).sqrt()
+
+
+def _error(delta: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
+    """tr(Δ·H·Δᵀ): the output error's share of the inputs H describes (up to a constant)."""
+    return ((delta @ hessian) * delta).sum()
+
+
+@torch.no_grad()
+def search_scales(
+    weights: list[torch.Tensor], statistic: InputMagnitudes, config: QuantConfig
+) -> tuple[torch.Tensor, float]:
+    """The set's per-input-channel scales and the α that chose them (float32 weights, [out, in] each)."""
+    hessian, magnitude = statistic.matrix.float(), statistic.magnitude.to(statistic.matrix.device)
+    column = _column_magnitude(weights, config) if config.duo_scaling else None
+    best = (None, 0.0, None)
+    for step in range(config.grid):
+        alpha = step / config.grid
+        scales = _scales(magnitude, column, alpha)
+        error = sum(_error(_round(w * scales, config) / scales - w, hessian) for w in weights)
+        if best[0] is None or error < best[0]:
+            best = (error, alpha, scales)
+    return best[2], best[1]
+
+
+def _clamped(scaled: torch.Tensor, ratios: torch.Tensor, spans: list[slice]) -> torch.Tensor:
+    """Each row's groups clamped to ± ratio × their largest |w| (ratios [rows, groups])."""
+    parts = []
+    for index, span in enumerate(spans):
+        limit = scaled[:, span].abs().amax(dim=1, keepdim=True) * ratios[:, index : index + 1]
+        parts.append(torch.maximum(torch.minimum(scaled[:, span], limit), -limit))
+    return torch.cat(parts, dim=1)
+
+
+@torch.no_grad()
+def search_clip(scaled: torch.Tensor, hessian: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """Per row and group (one for the whole matrix per tensor), the shrink of the largest |w| whose rounding
+    loses the least of that group's output; `hessian` is that of the scaled weight's inputs."""
+    spans = _spans(scaled.shape[1], config)
+    rows = scaled.shape[0]
+    best_ratio = torch.ones(rows, len(spans), device=scaled.device)
+    best_error = torch.full((rows, len(spans)), float("inf"), device=scaled.device)
+    for step in range(int(config.max_shrink * config.clip_grid)):
+        ratio = 1 - step / config.clip_grid
+        delta = _round(_clamped(scaled, torch.full_like(best_ratio, ratio), spans), config) - scaled
+        error = torch.stack([((delta[:, span] @ hessian[span, span]) * delta[:, span]).sum(dim=1)
+                             for span in spans], dim=1)  # fmt: skip
+        if config.group_size == PER_TENSOR:
+            error = error.sum().expand_as(error)
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
+    return _clamped(scaled, best_ratio, spans)
+
+
+@torch.no_grad()
+def _quantize_set(members: list[WeightMatrix], statistic: InputMagnitudes, config: QuantConfig) -> list[LayerReport]:
+    """AWQ for matrices reading one input: one α and one set of scales for all, clipping per matrix."""
+    rotation = statistic.rotation
+    stored = [weight.read() for weight in members]
+    weights = [(w if rotation is None else rotation.rotate(w)).to(w.dtype).float() for w in stored]
+    hessian = statistic.matrix.float()
+    scales, alpha = search_scales(weights, statistic, config)
+    scaled_hessian = hessian / scales[:, None] / scales[None, :]
+    layers = []
+    for weight, original, w in zip(members, stored, weights, strict=True):
+        scaled = (w * scales).to(original.dtype).float()
+        if config.clip:
+            scaled = search_clip(scaled, scaled_hessian, config)
+        quantized = _round(scaled.to(original.dtype), config) / scales
+        rtn = _round(w.to(original.dtype), config)
+        restored = quantized if rotation is None else rotation.restore(quantized).float()
+        weight.write(restored)
+        layers.append(
+            LayerReport(
+                weight.name,
+                weight.shape,
+                relative_error(w, quantized),
+                output_error(w, quantized, hessian),
+                output_error(w, rtn, hessian),
+                statistic.samples,
+                alpha=alpha,
+            )
+        )
+    return layers
+
+
+@register("awq", options=AWQOptions, needs_calibration=True, later_options=ROTATION_OPTIONS)
+def quantize_awq(
+    model: torch.nn.Module,
+    weights: list[WeightMatrix],
+    config: QuantConfig,
+    calibration: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int = 8,
+    cache: dict | None = None,
+    **_unused,
+) -> QuantReport:
+    """Quantize these matrices of the model in place with AWQ, block by block (see `quant/blocks.py`)."""
+    if calibration is None or len(calibration) == 0:
+        raise UserError("AWQ needs calibration data (the study's calibration: section)")
+    report = QuantReport(config)
+
+    def process(group: list[WeightMatrix], statistics: dict[str, InputMagnitudes]) -> None:
+        check_inputs_reached(group, statistics, "AWQ")
+        for members in equal_input_sets(group, statistics):
+            if statistics[members[0].name].samples == 0:
+                for weight in members:
+                    quantized, layer = rtn_result(weight, config, fallback=NO_INPUT)
+                    weight.write(quantized)
+                    report.layers.append(layer)
+                continue
+            report.layers.extend(_quantize_set(members, statistics[members[0].name], config))
+
+    calibrate(model, weights, calibration, process, "block", batch_size, device, cache, statistic=Magnitudes(config))
+    position = {weight.name: index for index, weight in enumerate(weights)}
+    report.layers.sort(key=lambda layer: position[layer.name])
+    return report
