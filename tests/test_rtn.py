@@ -31,5 +31,7 @@ def test_rtn_rounds_every_chosen_weight_and_reports_errors(tiny_model):
 def test_unknown_method_is_a_clear_error(tiny_model):
     import pytest
 
-    with pytest.raises(QuantError, match=r"unknown quantization method 'smoothquant'; accepted: (?=.*rtn)(?=.*gptq)(?=.*awq)"):
+    with pytest.raises(
+        QuantError, match=r"unknown quantization method 'smoothquant'; accepted: (?=.*rtn)(?=.*gptq)(?=.*awq)"
+    ):
         quantize(tiny_model, QuantConfig(method="smoothquant", bits=4))

@@ -3,9 +3,10 @@
 Block by block (`quant/blocks.py`, each block's inputs from the blocks before it, quantized), for each set of
 matrices reading one input (q/k/v, gate/up; any other matrix alone), with x̄ each input channel's mean |x|
 over the calibration tokens:
-1. scales s = x̄^α (`duo_scaling`: x̄^α / w̄^(1−α), w̄ each column's mean |w| relative to its group's largest),
-   at least 1e-4 and divided by √(max s · min s), for α in 0, 1/grid, …, (grid − 1)/grid; the α whose rounded
-   weights give the set the least output error Σ ‖(Ŵ − W)X‖² on the calibration inputs is kept (α = 0 is RTN);
+1. scales s = x̄^α (`duo_scaling`, the default of AutoAWQ and llm-compressor: x̄^α / (w̄^(1−α) + 1e-4), w̄ each
+   column's mean |w| relative to its group's largest), at least 1e-4 and divided by √(max s · min s), for α in
+   0, 1/(grid − 1), …, 1, and the unscaled weights (s = 1, RTN); the candidate whose rounded weights give the
+   set the least output error Σ ‖(Ŵ − W)X‖² on the calibration inputs is kept (the first of equals);
 2. clipping (`clip`): for every row and group of the scaled weight W·diag(s), the largest |w| shrunk by
    1 − i/clip_grid, i < max_shrink · clip_grid; the shrink whose group gives the least error of its share of the
    output is kept.
@@ -40,11 +41,12 @@ SMALLEST_SCALE = 1e-4
 
 
 class AWQOptions(RotationOptions):
-    """AWQ's options and their defaults (llm-awq's): the α grid, duo scaling (off), the clipping search and its
-    grid, and the rotation every method shares."""
+    """AWQ's options and their defaults: how many α in [0, 1], duo scaling (on, as AutoAWQ and llm-compressor),
+    the clipping search of llm-awq and AutoAWQ (on; llm-compressor has none) and its grid, and the rotation every
+    method shares."""
 
-    grid: int = Field(default=20, ge=1)
-    duo_scaling: bool = False
+    grid: int = Field(default=20, ge=2)
+    duo_scaling: bool = True
     clip: bool = True
     clip_grid: int = Field(default=20, ge=1)
     max_shrink: float = Field(default=0.5, ge=0, lt=1)
@@ -97,7 +99,7 @@ def _spans(columns: int, config: QuantConfig) -> list[slice]:
 def _column_magnitude(weights: list[torch.Tensor], config: QuantConfig) -> torch.Tensor:
     """Each input column's mean |w| over the set's rows, each |w| relative to its group's largest (duo scaling)."""
     rows = torch.cat(weights).abs()
-    relative = torch.cat([rows[:, span] / rows[:, span].amax(dim=1, keepdim=True).clamp_min(1e-12)
+    relative = torch.cat([rows[:, span] / (rows[:, span].amax(dim=1, keepdim=True) + 1e-6)
                           for span in _spans(rows.shape[1], config)], dim=1)  # fmt: skip
     return relative.mean(dim=0)
 
@@ -105,7 +107,7 @@ def _column_magnitude(weights: list[torch.Tensor], config: QuantConfig) -> torch
 def _scales(magnitude: torch.Tensor, column: torch.Tensor | None, alpha: float) -> torch.Tensor:
     scales = magnitude.pow(alpha)
     if column is not None:
-        scales = scales / column.pow(1 - alpha).clamp_min(SMALLEST_SCALE)
+        scales = scales / (column.pow(1 - alpha) + SMALLEST_SCALE)
     scales = scales.clamp_min(SMALLEST_SCALE)
     return scales / (scales.max() * scales.min()).sqrt()
 
@@ -118,14 +120,16 @@ def _error(delta: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def search_scales(
     weights: list[torch.Tensor], statistic: InputMagnitudes, config: QuantConfig
-) -> tuple[torch.Tensor, float]:
-    """The set's per-input-channel scales and the α that chose them (float32 weights, [out, in] each)."""
+) -> tuple[torch.Tensor, float | None]:
+    """The set's per-input-channel scales and the α that chose them (None: the unscaled weights won), for float32
+    weights ([out, in] each)."""
     hessian, magnitude = statistic.matrix.float(), statistic.magnitude.to(statistic.matrix.device)
     column = _column_magnitude(weights, config) if config.duo_scaling else None
-    best = (None, 0.0, None)
-    for step in range(config.grid):
-        alpha = step / config.grid
-        scales = _scales(magnitude, column, alpha)
+    candidates = [(None, torch.ones_like(magnitude))]
+    candidates += [(step / (config.grid - 1), None) for step in range(config.grid)]
+    best = (None, None, None)
+    for alpha, scales in candidates:
+        scales = _scales(magnitude, column, alpha) if scales is None else scales
         error = sum(_error(_round(w * scales, config) / scales - w, hessian) for w in weights)
         if best[0] is None or error < best[0]:
             best = (error, alpha, scales)
@@ -167,7 +171,7 @@ def _quantize_set(members: list[WeightMatrix], statistic: InputMagnitudes, confi
     """AWQ for matrices reading one input: one α and one set of scales for all, clipping per matrix."""
     rotation = statistic.rotation
     stored = [weight.read() for weight in members]
-    weights = [(w if rotation is None else rotation.rotate(w)).to(w.dtype).float() for w in stored]
+    weights = [(w if rotation is None else rotation.rotate(w)).to(w.dtype).to(torch.float32, copy=True) for w in stored]
     hessian = statistic.matrix.float()
     scales, alpha = search_scales(weights, statistic, config)
     scaled_hessian = hessian / scales[:, None] / scales[None, :]
