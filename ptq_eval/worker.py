@@ -161,6 +161,8 @@ class _CheckpointRun:
             "coverage": report.coverage.as_dict(),
             "solved_together": report.solved_together,
         }
+        if report.warnings:
+            report_facts["warnings"] = report.warnings
         label = f"{self.loaded.facts.name} {config.method} {config.bits}b {config.granularity}"
         for job in jobs:
             baseline = baselines[job.baseline().key]

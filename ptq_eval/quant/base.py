@@ -252,8 +252,8 @@ class Coverage:
 
 @dataclass
 class QuantReport:
-    """Per-layer errors, coverage, the time quantization took, and (GPTQ) the grids behind the weights and how
-    many configs shared their solve."""
+    """Per-layer errors, coverage, the time quantization took, (GPTQ) the grids behind the weights and how many
+    configs shared their solve, and warnings the job keeps."""
 
     config: QuantConfig
     layers: list[LayerReport] = field(default_factory=list)
@@ -263,6 +263,7 @@ class QuantReport:
     # Configs served by one shared GPTQ pass (sequential: none; one calibration pass, their column loops shared
     # where their solve options agree): the config that ran it holds its seconds, the others the time to write.
     solved_together: int = 1
+    warnings: list[str] = field(default_factory=list)  # what ran otherwise than asked (e.g. GPTQ's eager loop)
 
     @property
     def mean_relative_error(self) -> float:

@@ -26,6 +26,7 @@ from ptq_eval.errors import UserError
 from ptq_eval.quant.base import LayerReport, QuantConfig, QuantReport, WeightMatrix, register
 from ptq_eval.quant.blocks import calibrate, fingerprint
 from ptq_eval.quant.formats import FormatError, number_format
+from ptq_eval.quant.gptq_columns import loop_warnings
 from ptq_eval.quant.gptq_solve import gptq_solve, solve_key
 from ptq_eval.quant.rotation import ROTATION_OPTIONS, RotationOptions, rotation_for
 from ptq_eval.quant.rtn import relative_error, round_to_nearest, rtn_result
@@ -176,6 +177,7 @@ def quantize_gptq(
         _apply(weights, results, report)
         report.grids = {name: grids if grids is None else tuple(t.to(home) for t in grids)
                         for name, grids in report.grids.items()}  # fmt: skip
+        report.warnings = loop_warnings(number_format(config.format).elements)
         return report
     configs = [config]
     if config.sequential == "none" and cache is not None:
@@ -195,6 +197,7 @@ def quantize_gptq(
 
     report.solved_together = len(configs)
     calibrate(model, weights, calibration, process, config.sequential, batch_size, device, cache)
+    report.warnings = loop_warnings(number_format(config.format).elements)
     position = {weight.name: index for index, weight in enumerate(weights)}  # the report in the weights' order
     report.layers.sort(key=lambda layer: position[layer.name])
     report.grids = dict(sorted(report.grids.items(), key=lambda item: position[item[0]]))

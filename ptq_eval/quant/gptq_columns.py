@@ -7,7 +7,8 @@ subtracted from the block's later columns (`quant/gptq_solve.py` does the lazy u
 - the fused loop (`quant/gptq_triton.py`): one Triton kernel per block on CUDA, integer grids and float formats,
   with the same arithmetic step for step, so the same weights as the eager loop on that device (tested through
   Triton's interpreter on the CPU; `make gpu-check` compares the two on CUDA; each process checks it once per
-  device before its first solve there).
+  device and format before its first solve there, and where the two disagree runs the eager loop instead and
+  says why in every affected job's quant report: `loop_warnings`).
 
 `PTQ_EVAL_GPTQ_LOOP=eager` forces the eager loop (a check, or a GPU where Triton fails); `auto`, the default,
 takes the fused loop where it applies.
@@ -64,11 +65,8 @@ def fused_columns(
     top: torch.Tensor | int,
     elements: FloatElements | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fused loop, with `eager_columns`' arguments; checked against the eager loop once per device and format
-    first. (Triton is imported only where the fused loop runs.)"""
-    if (block.device, elements) not in _AGREED:
-        _check_agreement(block.device, elements)
-        _AGREED.add((block.device, elements))
+    """The fused loop, with `eager_columns`' arguments (`column_loop` hands it out only where it agreed with the
+    eager loop). Triton is imported only where the fused loop runs."""
     return _launch(block, hinv, scale, zero, top, elements)
 
 
@@ -79,16 +77,22 @@ def _launch(block, hinv, scale, zero, top, elements) -> tuple[torch.Tensor, torc
     return gptq_triton.columns(block, hinv, scale, zero, top.contiguous(), elements)
 
 
-# (device, float elements or None) where the fused loop has given the eager loop's columns
-_AGREED: set[tuple[torch.device, FloatElements | None]] = set()
+# (device, float elements or None) → None where the fused loop gave the eager loop's columns, else why not
+_CHECKED: dict[tuple[torch.device, FloatElements | None], str | None] = {}
 
 
-def _check_agreement(device: torch.device, elements: FloatElements | None) -> None:
+def loop_warnings(elements: FloatElements | None) -> list[str]:
+    """Why solves of this format (`elements`; None: integer grids) ran the eager loop where the fused one was
+    chosen, one line per device where the fused loop failed its check in this process."""
+    return [why for (_, checked), why in _CHECKED.items() if checked == elements and why]
+
+
+def _check_agreement(device: torch.device, elements: FloatElements | None) -> str | None:
     """Seeded blocks of this format (`elements`; None: integer grids) through both loops on `device`, laid out as
     solves lay them out (a full block with each row's grid broadcast and the column-major factor; a narrower tail
     block with a grid per column and one top level), some columns on rounding ties and small negatives (−0): a
-    compiler or driver that changes the arithmetic stops the solve here, loudly, instead of moving weights
-    without a word."""
+    compiler or driver that changes the arithmetic is caught here: the reason (None when they agree) sends solves
+    to the eager loop and into the quant report, instead of moving weights without a word."""
     generator = torch.Generator().manual_seed(0)
     rows, differ, total = 24, 0, 0
     for width, broadcast in ((128, True), (72, False)):
@@ -108,20 +112,30 @@ def _check_agreement(device: torch.device, elements: FloatElements | None) -> No
         found = _launch(block.clone(), hinv, scale, zero, top, elements)
         differ += sum(int((a != b).sum()) for a, b in zip(expected, found, strict=True))
         total += 2 * rows * width
-    if differ:
-        raise RuntimeError(
-            f"GPTQ's fused column loop disagrees with the eager loop on {device} ({differ} of {total} values differ "
-            f"in a seeded check): set {LOOP_VARIABLE}=eager to run the eager loop, and report this (unless torch's "
-            "float32 matmul precision is set below 'highest': TF32 then rounds the eager loop's products)"
-        )
+    if not differ:
+        return None
+    return (
+        f"GPTQ's fused column loop disagrees with the eager loop on {device} ({differ} of {total} values differ in "
+        f"a seeded check): the eager loop ran instead (slower, same weights as the CPU's arithmetic on {device}); "
+        "report this, unless torch's float32 matmul precision is set below 'highest' (TF32 rounds the eager loop's "
+        f"products); {LOOP_VARIABLE}=eager skips the check"
+    )
+
+
+def _fused_runs_on(device: torch.device) -> bool:
+    return device.type == "cuda" and importlib.util.find_spec("triton") is not None
 
 
 def column_loop(device: torch.device, elements: FloatElements | None) -> tuple[str, Columns]:
     """The loop a solve on `device` runs, and its name: fused on CUDA where Triton is installed (unless
-    PTQ_EVAL_GPTQ_LOOP=eager), else eager. `elements`: the format's float values (None: integer levels); every
-    format the project has runs fused."""
+    PTQ_EVAL_GPTQ_LOOP=eager, or where it failed its check against the eager loop: `loop_warnings` says so),
+    else eager. `elements`: the format's float values (None: integer levels); every format the project has runs
+    fused."""
     choice = os.environ.get(LOOP_VARIABLE, "auto")
     if choice not in LOOPS:
         raise UserError(f"{LOOP_VARIABLE}={choice!r} is not a GPTQ column loop; use one of {', '.join(LOOPS)}")
-    fused = device.type == "cuda" and importlib.util.find_spec("triton") is not None
-    return ("fused", fused_columns) if fused and choice == "auto" else ("eager", eager_columns)
+    if not _fused_runs_on(device) or choice != "auto":
+        return "eager", eager_columns
+    if (device, elements) not in _CHECKED:
+        _CHECKED[(device, elements)] = _check_agreement(device, elements)
+    return ("eager", eager_columns) if _CHECKED[(device, elements)] else ("fused", fused_columns)

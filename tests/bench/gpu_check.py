@@ -103,7 +103,11 @@ def environment() -> list[str]:
 def cuda_tests() -> list[str]:
     if not CUDA:
         return ["Skipped: no CUDA on this machine."]
-    tests = ["tests/test_device_parity.py", "tests/test_executors.py::test_cuda_studies_bf16_and_gptq_offloaded"]
+    tests = [
+        "tests/test_device_parity.py",
+        "tests/test_executors.py::test_cuda_studies_bf16_and_gptq_offloaded",
+        "tests/test_gptq_columns.py",  # incl. a drifting fused loop giving way to the eager one on CUDA
+    ]
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", *tests],
         capture_output=True,
