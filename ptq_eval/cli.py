@@ -524,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--seed", type=int, default=0)
     report.add_argument("--budget", type=_positive, default=0.05, help="δ budget (nats/token) for the forecasts")
     report.add_argument("--bits", type=int, default=4, help="precision of the forecasts")
-    report.add_argument("--checkpoint", help="checkpoint whose GPTQ per-layer errors are shown")
+    report.add_argument("--checkpoint", help="checkpoint whose per-layer errors (GPTQ, AWQ) are shown")
     report.add_argument(
         "--screenshot", action="store_true", help="render the HTML in headless Chromium, save report.png, check it"
     )

@@ -54,7 +54,7 @@ def test_report_has_every_section_and_figure(written):
         "Study constructed",
         "Degradation against tokens per parameter",
         "Loss through training",
-        "GPTQ per-layer error",
+        "Per-layer error of the calibrated methods",
         "Scaling-law fits",
         "Forecasts",
         "Results",
@@ -75,7 +75,7 @@ def test_report_has_every_section_and_figure(written):
         "delta_vs_tokens_per_param.png",
         "delta_heatmap.png",
         "loss_through_training.png",
-        "gptq_layer_errors.png",
+        "layer_errors.png",
     }
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in (out / "figures").iterdir())
     markdown = (out / "report.md").read_text()

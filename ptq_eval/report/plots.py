@@ -44,7 +44,7 @@ def _bit_colors(bits) -> dict[int, tuple]:
 
 
 def quant_configs(loss: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(title, rows) per quant config, GPTQ options included where they differ (never pooled, as in the fits)."""
+    """(title, rows) per quant config, method options included where they differ (never pooled, as in the fits)."""
     config = [c for c in CONFIG if c in loss]  # results from before formats have no format
     grids = loss.groupby(config, dropna=False)
     options = [c for c in METHOD_OPTIONS if c in loss and (grids[c].nunique(dropna=False) > 1).any()]
@@ -308,7 +308,8 @@ def delta_heatmap(loss: pd.DataFrame, unit: str = "loss (nats/token)", name: str
 
 
 def layer_errors(layers: dict[str, list[dict]], checkpoint: str) -> Figure:
-    """Per-layer GPTQ output error ‖WX − ŴX‖² / ‖WX‖² on the calibration data, one bar group per layer."""
+    """Per-layer output error ‖WX − ŴX‖² / ‖WX‖² of each calibrated config (GPTQ, AWQ) on the calibration data,
+    one bar group per layer."""
     names = list(dict.fromkeys(layer["name"] for entries in layers.values() for layer in entries))
     figure = MplFigure(
         figsize=(max(6.0, 0.45 * len(names) * max(1, len(layers)) ** 0.5 + 2), 4.2), layout="constrained"
@@ -321,10 +322,13 @@ def layer_errors(layers: dict[str, list[dict]], checkpoint: str) -> Figure:
         heights = [errors.get(name) or np.nan for name in names]
         ax.bar(np.arange(len(names)) + (i - (len(layers) - 1) / 2) * width, heights, width, label=label, color=cmap(i))
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-    ax.set(yscale="log", ylabel="relative output error", title=f"GPTQ per-layer error, {checkpoint}")
+    ax.set(yscale="log", ylabel="relative output error", title=f"Per-layer output error, {checkpoint}")
     ax.legend(fontsize=8)
-    caption = f"GPTQ reconstruction error ‖WX − ŴX‖² / ‖WX‖² per layer on the calibration tokens, {checkpoint}."
-    return Figure("gptq_layer_errors", _png(figure), caption)
+    caption = (
+        f"Reconstruction error ‖WX − ŴX‖² / ‖WX‖² per layer on the calibration tokens of each calibrated method "
+        f"(GPTQ, AWQ: its inputs X come from the blocks before it, quantized), {checkpoint}."
+    )
+    return Figure("layer_errors", _png(figure), caption)
 
 
 def delta_overlay(table: pd.DataFrame, labels: tuple[str, str]) -> Figure:

@@ -50,7 +50,7 @@ class ReportOptions:
     seed: int = 0
     budget: float = 0.05  # δ budget (nats/token) for the forecasts
     bits: int = 4  # precision P of the forecasts
-    layers_checkpoint: str | None = None  # GPTQ per-layer errors of this checkpoint (default: most over-trained)
+    layers_checkpoint: str | None = None  # calibrated methods' per-layer errors here (default: most over-trained)
 
 
 def _losses(results: pd.DataFrame) -> tuple[dict[tuple[str, str], pd.DataFrame], list[str]]:
@@ -213,17 +213,20 @@ def _calibrated(methods: pd.Series) -> pd.Series:
 
 
 def _layer_section(frame: pd.DataFrame, loss: pd.DataFrame, options: ReportOptions) -> Section | None:
-    gptq = frame[_calibrated(frame.method) & (frame.metric == "loss")]
-    if gptq.empty:
+    calibrated = frame[_calibrated(frame.method) & (frame.metric == "loss")]
+    if calibrated.empty:
         return None
     checkpoint = options.layers_checkpoint
     if checkpoint is None:
         ordered = loss[_calibrated(loss.method)].sort_values(["nonembedding_params", "tokens"], na_position="first")
-        checkpoint = ordered.checkpoint.iloc[-1] if len(ordered) else gptq.checkpoint.iloc[0]
-    chosen = gptq[gptq.checkpoint == checkpoint].drop_duplicates("job_key")
+        checkpoint = ordered.checkpoint.iloc[-1] if len(ordered) else calibrated.checkpoint.iloc[0]
+    chosen = calibrated[calibrated.checkpoint == checkpoint].drop_duplicates("job_key")
     if chosen.empty:
-        known = ", ".join(sorted(gptq.checkpoint.unique()))
-        raise UserError(f"no GPTQ results for checkpoint {checkpoint!r}; GPTQ was run on: {known}")
+        known = ", ".join(sorted(calibrated.checkpoint.unique()))
+        names = ", ".join(sorted(calibrated.method.unique()))
+        raise UserError(
+            f"no results of a calibrated method ({names}) for checkpoint {checkpoint!r}; they ran on: {known}"
+        )
     layers = {}
     varied = [c for c in METHOD_OPTIONS if c in chosen and chosen[c].astype(str).nunique() > 1]  # where they vary
     for row in chosen.sort_values(["bits", "group_size"]).itertuples():
@@ -232,7 +235,7 @@ def _layer_section(frame: pd.DataFrame, loss: pd.DataFrame, options: ReportOptio
         label = f"{int(row.bits)}-bit " + shown
         label += "".join(f" {c}={getattr(row, c)}" for c in varied)
         layers[label] = json.loads(row.provenance).get("quant_report", {}).get("layers", [])
-    return Section("GPTQ per-layer error", figures=[plots.layer_errors(layers, checkpoint)])
+    return Section("Per-layer error of the calibrated methods", figures=[plots.layer_errors(layers, checkpoint)])
 
 
 def _coverage_section(results: pd.DataFrame) -> Section:
@@ -347,7 +350,7 @@ def _figure_sections(losses: dict, kumar: list) -> list[Section]:
 
 
 def _headline_config(loss: pd.DataFrame, kumar: list) -> tuple[str, pd.DataFrame, LawFit | None]:
-    """One quant config's title (GPTQ options named where they vary, as in the figures), its rows with D > 0
+    """One quant config's title (method options named where they vary, as in the figures), its rows with D > 0
     and the fit of exactly those rows among `kumar`: RTN per channel when measured (the integer grid before other
     formats), else the first (symmetric grids before asymmetric ones).
     No rows when D is unknown or zero for every checkpoint."""
