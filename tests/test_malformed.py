@@ -75,7 +75,7 @@ STUDIES = [
         3,
         "quant[0].group_size: -5 is not accepted",
     ),
-    ("unknown method", study(quant="[{method: awq, bits: 4}]"), 3, "quant[0].method: 'awq' is not a method"),
+    ("unknown method", study(quant="[{method: smoothquant, bits: 4}]"), 3, "method: 'smoothquant' is not a method"),
     (
         "gptq option on rtn",
         study(quant="[{method: rtn, bits: 4, act_order: true}]"),

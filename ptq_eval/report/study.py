@@ -36,7 +36,7 @@ from ptq_eval.jobs import expand_jobs
 from ptq_eval.quant import INT, METHOD_OPTIONS, METHODS, granularity
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
-from ptq_eval.report.formats import formats_section
+from ptq_eval.report.side_by_side import formats_section, methods_section
 from ptq_eval.results import beside_delta, coverage_label, study_results, summary_table
 from ptq_eval.spec import Study
 from ptq_eval.store import Store
@@ -150,8 +150,10 @@ def _fits_sections(results: pd.DataFrame, losses: dict, skipped: list[str], opti
         [Table("Forecasts with 95% bootstrap intervals", stack(frames))] if frames else [],
     )
     loss_key, loss = next(iter(losses.items()))
-    formats = formats_section(loss, fitted.fits, nats_label(loss_key[1]))
-    return [fits, *([phase] if phase else []), *([formats] if formats else []), forecasts], kumar
+    unit = nats_label(loss_key[1])
+    compared = [section for section in (formats_section(loss, fitted.fits, unit), methods_section(loss, fitted.fits,
+                unit)) if section is not None]  # fmt: skip
+    return [fits, *([phase] if phase else []), *compared, forecasts], kumar
 
 
 def _phase_section(fitted: StudyFit, losses: dict, options: ReportOptions) -> Section | None:

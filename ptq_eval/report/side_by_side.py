@@ -1,0 +1,156 @@
+"""The report's comparisons of configs side by side — number formats, and methods (rotations included): each
+config's precision P (bits per weight, scales counted), its damage at the most over-trained point measured, how
+fast that damage grows with D/N (γ_D), and (methods) whether it bends."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ptq_eval.fit import LawFit
+from ptq_eval.fit.breaks import break_support
+from ptq_eval.fit.laws import BROKEN_LAWS
+from ptq_eval.quant import METHOD_OPTIONS
+from ptq_eval.report import plots
+from ptq_eval.report.document import Section, Table
+
+# Formats at or below this many bits per weight compete with INT4 (FP4 e2m1, MXFP4, NVFP4, INT4 with groups).
+FOUR_BIT_CLASS = 4.5
+
+
+def _interval(value: float, low: float, high: float) -> str:
+    if math.isnan(value):
+        return ""
+    bounds = "" if math.isnan(low) else f" [{low:.3g}, {high:.3g}]"
+    return f"{value:.3g}{bounds}"
+
+
+def _gamma_d(fits: list[LawFit], rows: pd.DataFrame, precision: float) -> tuple[float, str, str]:
+    """γ_D, it with its interval, and the law it came from: Kumar et al.'s where it was fitted (several bit
+    widths), else the per-bit law's exponent of D at this P (nan, "", "not fitted": neither)."""
+    own = [fit for fit in fits if fit.key.matches(rows).all()]
+    for name, parameter in (("kumar", "gamma_D"), ("per_bit", f"a_P{precision:g}")):
+        for fit in (fit for fit in own if fit.law.name == name):
+            table = fit.table().set_index("parameter")
+            if parameter in table.index:
+                row = table.loc[parameter]
+                return float(row.value), _interval(float(row.value), float(row.ci_low), float(row.ci_high)), name
+    return math.nan, "", "not fitted"
+
+
+def formats_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Section | None:
+    """One row per (method, format, granularity, bits) of one loss; None unless the study has several formats."""
+    if "format" not in loss or loss.format.nunique() < 2:
+        return None
+    largest = loss[loss.nonembedding_params == loss.nonembedding_params.max()]
+    ratio = largest.tokens_per_param.max()
+    rows, at_target = [], []
+    config = [c for c in (*plots.CONFIG, "bits") if c in loss]
+    for _, own in loss.groupby(config, sort=True, dropna=False):
+        first = own.iloc[0]
+        precision = float(first.bits_per_weight)
+        point = own[(own.nonembedding_params == largest.nonembedding_params.iloc[0]) & (own.tokens_per_param == ratio)]
+        delta = point.iloc[0] if len(point) else None
+        _, gamma, law = _gamma_d(fits, own[own.bits == first.bits], precision)
+        label = f"{first.method} {first.format} {first.granularity}" + ("" if first.symmetric else " asym")
+        rows.append(
+            {
+                "config": f"{int(first.bits)}-bit {label}",
+                "bits per weight (P)": f"{precision:g}",
+                f"δ at D/N {ratio:g} [95% CI]": ""
+                if delta is None
+                else _interval(delta.delta, delta.delta_ci_low, delta.delta_ci_high),
+                "γ_D [95% CI]": gamma,
+                "γ_D from": law,
+            }
+        )
+        if delta is not None:
+            at_target.append((float(delta.delta), precision, rows[-1]["config"]))
+    paragraphs = [
+        f"Each config's precision P counts its scales (`quant/formats.py`: INT4 in groups of 128 is 4.125 bits "
+        f"per weight, NVFP4 4.5, MXFP4 4.25), so every format sits on the laws' one P axis. δ is {unit} at the "
+        f"largest model ({plots.size_label(largest.nonembedding_params.iloc[0])}) and its most over-trained "
+        "checkpoint; γ_D is how fast δ grows with D (δ ∝ D^γ_D at fixed N and P)."
+    ]
+    if at_target:
+        least = min(at_target)
+        paragraphs.append(f"At D/N {ratio:g}, {least[2]} degrades least (δ {least[0]:.3g} at P = {least[1]:g}).")
+        four_bit = [entry for entry in at_target if entry[1] <= FOUR_BIT_CLASS]
+        if four_bit and min(four_bit) != least:
+            best = min(four_bit)
+            paragraphs.append(
+                f"Among configs at ≤ {FOUR_BIT_CLASS:g} bits per weight, {best[2]} degrades least "
+                f"(δ {best[0]:.3g} at P = {best[1]:g})."
+            )
+    return Section("Number formats", paragraphs, [Table("Formats side by side", pd.DataFrame(rows))])
+
+
+def _rotation(rows: pd.DataFrame) -> str:
+    rotation = rows.iloc[0].get("rotation") if "rotation" in rows else None
+    return "" if not isinstance(rotation, str) or rotation == "none" else f" + {rotation}"
+
+
+def _bends(fits: list[LawFit], rows: pd.DataFrame) -> str:
+    """The broken-law check of the config's key: whether a bend in D/N (or D) is supported, and why not."""
+    own = [fit for fit in fits if fit.key.matches(rows).all()]
+    verdicts = [break_support(fit, fits) for fit in own if fit.law.name in BROKEN_LAWS]
+    if not verdicts:
+        return "not fitted"
+    supported = [verdict for verdict in verdicts if verdict.supported]
+    if supported:
+        found = supported[0]
+        axis = "D/N" if found.fit.law.name == "broken_dn" else "D"
+        return f"yes, in {axis}: γ_D {found.before.value:.3g} → {found.after.value:.3g}"
+    return "no"
+
+
+def methods_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Section | None:
+    """One row per (method, rotation, granularity, bits) of one loss: δ at the most over-trained point of the
+    largest model, γ_D with its interval, whether δ bends; which method's damage grows slowest with D/N and which
+    loses least there. None unless the study has several methods or rotations on one format."""
+    fmt = loss.format if "format" in loss else pd.Series("int", index=loss.index)
+    variants = loss.method + loss.get("rotation", pd.Series("none", index=loss.index)).fillna("none").astype(str)
+    if variants.nunique() < 2 or fmt.nunique() > 1:
+        return None
+    largest = loss[loss.nonembedding_params == loss.nonembedding_params.max()]
+    ratio = largest.tokens_per_param.max()
+    config = [c for c in (*plots.CONFIG, *METHOD_OPTIONS) if c in loss and loss[c].notna().any()]
+    rows, growth, damage = [], {}, {}
+    for _, own in loss.groupby([*config, "bits"], sort=True, dropna=False):
+        first = own.iloc[0]
+        name = f"{first.method}{_rotation(own)}"
+        point = own[(own.nonembedding_params == largest.nonembedding_params.iloc[0]) & (own.tokens_per_param == ratio)]
+        value, gamma, law = _gamma_d(fits, own[own.bits == first.bits], float(first.bits_per_weight))
+        label = f"{int(first.bits)}-bit {first.granularity}"
+        rows.append(
+            {
+                "method": name,
+                "bits, grid": label,
+                f"δ at D/N {ratio:g} [95% CI]": ""
+                if point.empty
+                else _interval(point.iloc[0].delta, point.iloc[0].delta_ci_low, point.iloc[0].delta_ci_high),
+                "γ_D [95% CI]": gamma,
+                "γ_D from": law,
+                "bends?": _bends(fits, own),
+            }
+        )
+        if not math.isnan(value):
+            growth.setdefault(first.granularity, {})[name] = (value, gamma)
+        if not point.empty:
+            damage.setdefault(label, []).append((float(point.iloc[0].delta), name))
+    paragraphs = [
+        f"Each method on the same checkpoints, calibration tokens and grids; δ is {unit} at the largest model "
+        f"({plots.size_label(largest.nonembedding_params.iloc[0])}) and its most over-trained checkpoint (D/N "
+        f"{ratio:g}); γ_D is how fast δ grows with D at fixed N and P (δ ∝ D^γ_D), Kumar et al.'s where several bit "
+        "widths were fitted; 'bends?' is the broken-law check of the config (supported: the slope changes and the "
+        "broken law predicts held-out checkpoints better)."
+    ]
+    for granularity, found in growth.items():
+        ranked = sorted(found.items(), key=lambda item: item[1][0])
+        listed = ", ".join(f"{name} {text}" for name, (_, text) in ranked)
+        paragraphs.append(f"Damage grows slowest with D/N ({granularity}): {ranked[0][0]} (γ_D: {listed}).")
+    for label, found in damage.items():
+        least = min(found)
+        paragraphs.append(f"At D/N {ratio:g}, {label}: {least[1]} loses least (δ {least[0]:.3g}).")
+    return Section("Methods", paragraphs, [Table("Methods side by side", pd.DataFrame(rows))])

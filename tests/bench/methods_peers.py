@@ -1,0 +1,267 @@
+"""Benchmark: our AWQ and Hadamard rotations beside llm-compressor's AWQModifier and QuIPModifier on demo
+checkpoints (`make bench-awq` → reports/bench/awq.md, `make bench-rotation` → reports/bench/rotation.md).
+
+Same checkpoint, calibration tokens (128 windows of 128, stdlib-python train, seed 0), integer grid (symmetric,
+per channel or groups of 32) and evaluation windows (65,536 tokens of stdlib-python validation), float32.
+Each quantized model is scored as a plain transformers model: llm-compressor's fake-quantized weights (and, for
+QuIP, its rotation folded back: Q(W·Hᵀ/√n)·H/√n) are copied into a float32 copy of the checkpoint.
+
+- AWQ: theirs is `AWQModifier(duo_scaling=True, n_grid=20)` then RTN (`QuantizationModifier`). Ours "matched"
+  runs the same candidates (the unscaled weights and α = i/18, duo) without clipping, which llm-compressor does
+  not do; ours "default" is `method: awq` as a study runs it (clipping on). Known differences: their loss is
+  the parent module's output (all of self_attn for q/k/v, all of the MLP for gate/up), ours the set's own
+  outputs from the Hessian; their activations are full precision, ours come from the quantized blocks before;
+  and they scale only matrices with a foldable predecessor (on Llama with grouped-query attention, not o_proj;
+  on GPT-NeoX, which has no mapping of theirs, the mappings we give them reach the attention and MLP inputs
+  only), where ours scales every matrix. "ours, their set" scales only what theirs scales and rounds the rest
+  to nearest, to isolate that last difference.
+- Rotation: theirs is `QuIPModifier(rotations=["v"], transform_type="random-hadamard")` then RTN or GPTQ
+  (`actorder="weight"`: our act_order + static_groups). The two draw different random rotations (theirs a
+  Hadamard of the width's known order times a Sylvester one, ours a Sylvester Hadamard times a random
+  orthogonal of the odd factor), so the weights differ by construction; what must agree is δ, within the CI
+  of the paired difference between the two quantized models.
+
+δ = mean paired loss difference to full precision (nats/token) with its 95% bootstrap CI over windows;
+"theirs − ours" pairs the two quantized models window by window. Each peer runs in the throwaway venv its make
+target builds; neither is a project dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from gptq_peers import _fp32_copy, max_weight_difference
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ptq_eval.corpus import load_corpus, token_stream
+from ptq_eval.evals.paired import paired_metrics
+from ptq_eval.evals.perplexity import loss_metrics, window_losses
+from ptq_eval.evals.windows import make_windows
+from ptq_eval.quant import QuantConfig, quantizable_weights, quantize
+from ptq_eval.quant.calibration import calibration_tokens
+
+CHECKPOINTS = ["demo-llama/n23k/tpp320", "demo-llama/n92k/tpp80", "demo-llama/n92k/tpp320", "demo/n100k/tpp320"]
+EXCLUDE = ("lm_head", "embed_out")
+CALIBRATION = (128, 128)
+EVAL_LEN, EVAL_TOKENS = 128, 65_536
+# what llm-compressor's AWQ scales (its mappings; v_proj → o_proj is skipped under grouped-query attention)
+THEIR_MAPPINGS = {
+    "llama": None,  # its registry's Llama mappings
+    "gpt_neox": [
+        ("re:.*input_layernorm$", ["re:.*query_key_value$"]),
+        ("re:.*post_attention_layernorm$", ["re:.*dense_h_to_4h$"]),
+    ],  # fmt: skip
+}
+THEIR_UNSCALED = {"llama": ("*o_proj",), "gpt_neox": ("*attention.dense", "*dense_4h_to_h")}
+
+
+def _scheme(config: QuantConfig):
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    grouped = config.group_size > 0
+    weights = QuantizationArgs(
+        num_bits=config.bits,
+        type="int",
+        symmetric=config.symmetric,
+        strategy="group" if grouped else "channel",
+        group_size=config.group_size if grouped else None,
+    )
+    return {"weights": QuantizationScheme(targets=["Linear"], weights=weights)}
+
+
+def theirs(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, recipe: list):
+    """llm-compressor's oneshot with these modifiers, then RTN or GPTQ onto the config's grid: a plain float32
+    model with its fake-quantized weights (a QuIP rotation folded back) and the seconds `oneshot` took."""
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+    from llmcompressor.pipelines.cache import IntermediatesCache
+    from torch.utils.data import DataLoader
+
+    IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None  # AWQ pins memory, which a CPU cannot
+    final = (
+        GPTQModifier(config_groups=_scheme(config), ignore=["lm_head", "embed_out"], actorder="weight",
+                     dampening_frac=config.damp, block_size=config.block_size)
+        if config.method == "gptq"
+        else QuantizationModifier(config_groups=_scheme(config), ignore=["lm_head", "embed_out"])
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    batches = DataLoader([{"input_ids": row, "attention_mask": torch.ones_like(row)} for row in calibration], 8)
+    started = time.perf_counter()
+    oneshot(model=model, dataset=batches, recipe=[*recipe, final], pipeline="sequential",
+            num_calibration_samples=len(calibration))  # fmt: skip
+    seconds = time.perf_counter() - started
+    modules = dict(model.named_modules())
+
+    def plain(name: str) -> torch.Tensor:
+        module = modules[name]
+        weight = module.weight.data
+        if getattr(module, "weight_scale", None) is not None:
+            scheme = module.quantization_scheme.weights
+            weight = fake_quantize(weight, module.weight_scale, module.weight_zero_point, scheme)
+        if hasattr(module, "v_input"):
+            rotation = module.v_input.weight.to(torch.float64)
+            weight = (weight.double() @ rotation.T / rotation.shape[0] ** 0.5).float()
+        return weight
+
+    return _fp32_copy(checkpoint, plain), seconds
+
+
+def ours(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, unscaled: tuple[str, ...] = ()):
+    """Our method on the checkpoint (with `unscaled`: those matrices rounded to nearest instead)."""
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    started = time.perf_counter()
+    quantize(model, config, EXCLUDE + unscaled, calibration)
+    if unscaled:
+        rest = tuple(w.name for w in quantizable_weights(model, EXCLUDE) if w.name not in _names(model, unscaled))
+        plain = QuantConfig(method="rtn", bits=config.bits, group_size=config.group_size)
+        quantize(model, plain, EXCLUDE + rest)
+    return model, time.perf_counter() - started
+
+
+def _names(model: torch.nn.Module, patterns: tuple[str, ...]) -> set[str]:
+    every = {w.name for w in quantizable_weights(model, EXCLUDE)}
+    return every - {w.name for w in quantizable_weights(model, EXCLUDE + patterns)}
+
+
+def _cell(metric) -> str:
+    return f"{metric.delta:.4f} [{metric.ci_low:.4f}, {metric.ci_high:.4f}]"
+
+
+class Scorer:
+    """One checkpoint's evaluation windows and full-precision losses; δ of a model, and two models paired."""
+
+    def __init__(self, checkpoint: Path):
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        stream = token_stream(tokenizer, load_corpus("stdlib-python", "validation"))
+        self.windows = make_windows(stream, EVAL_LEN, EVAL_TOKENS)
+        self.calibration = calibration_tokens(tokenizer, "stdlib-python", "train", *CALIBRATION, 0)
+        self.fp = self.losses(AutoModelForCausalLM.from_pretrained(checkpoint).eval())
+
+    def losses(self, model: torch.nn.Module):
+        return loss_metrics(window_losses(model, self.windows))
+
+    def delta(self, losses, against=None):
+        return paired_metrics(self.fp if against is None else against, losses)[0]
+
+
+def awq_rows(name: str, checkpoint: Path, scorer: Scorer, family: str) -> list[str]:
+    from llmcompressor.modifiers.transform import AWQModifier
+    from llmcompressor.modifiers.transform.awq import AWQMapping
+
+    mappings = THEIR_MAPPINGS[family]
+    kwargs = {} if mappings is None else {"mappings": [AWQMapping(smooth, balance) for smooth, balance in mappings]}
+    rows = []
+    for bits, group in itertools.product((3, 4), (-1, 32)):
+        grid = {"bits": bits, "group_size": group}
+        matched = QuantConfig(method="awq", **grid, options={"grid": 19, "clip": False})
+        rtn = QuantConfig(method="rtn", **grid)
+        their_rtn, _ = theirs(checkpoint, rtn, scorer.calibration, [])
+        our_rtn, _ = ours(checkpoint, rtn, scorer.calibration)
+        their_recipe = [AWQModifier(duo_scaling=True, n_grid=20, **kwargs)]
+        their_awq, their_s = theirs(checkpoint, matched, scorer.calibration, their_recipe)
+        our_awq, our_s = ours(checkpoint, matched, scorer.calibration)
+        our_set, _ = ours(checkpoint, matched, scorer.calibration, THEIR_UNSCALED[family])
+        default, _ = ours(checkpoint, QuantConfig(method="awq", **grid), scorer.calibration)
+        models = {"rtn": our_rtn, "theirs": their_awq, "ours": our_awq, "set": our_set, "default": default}
+        losses = {key: scorer.losses(model) for key, model in models.items()}
+        cells = [
+            _cell(scorer.delta(losses["rtn"])),
+            f"{max_weight_difference(their_rtn, our_rtn):.1e}",
+            _cell(scorer.delta(losses["ours"])),
+            f"{our_s:.2f}",
+            _cell(scorer.delta(losses["theirs"])),
+            f"{their_s:.2f}",
+            _cell(scorer.delta(losses["theirs"], losses["ours"])),
+            _cell(scorer.delta(losses["theirs"], losses["set"])),
+            f"{max_weight_difference(their_awq, our_awq):.1e}",
+            _cell(scorer.delta(losses["default"])),
+        ]
+        rows.append(f"| {name} | {bits} | {group} | " + " | ".join(cells) + " |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def rotation_rows(name: str, checkpoint: Path, scorer: Scorer, family: str) -> list[str]:
+    from llmcompressor.modifiers.transform import QuIPModifier
+
+    rows = []
+    for method, bits, group in itertools.product(("rtn", "gptq"), (3, 4), (-1, 32)):
+        options = {"act_order": True, "static_groups": True} if method == "gptq" else {}
+        plain = QuantConfig(method=method, bits=bits, group_size=group, options=options)
+        rotated = QuantConfig(method=method, bits=bits, group_size=group, options=options | {"rotation": "hadamard"})
+        our_plain, _ = ours(checkpoint, plain, scorer.calibration)
+        our_rotated, our_s = ours(checkpoint, rotated, scorer.calibration)
+        recipe = [QuIPModifier(rotations=["v"], transform_type="random-hadamard")]
+        their_rotated, their_s = theirs(checkpoint, plain, scorer.calibration, recipe)
+        models = {"plain": our_plain, "ours": our_rotated, "theirs": their_rotated}
+        losses = {key: scorer.losses(model) for key, model in models.items()}
+        cells = [
+            _cell(scorer.delta(losses["plain"])),
+            _cell(scorer.delta(losses["ours"])),
+            f"{our_s:.2f}",
+            _cell(scorer.delta(losses["theirs"])),
+            f"{their_s:.2f}",
+            _cell(scorer.delta(losses["theirs"], losses["ours"])),
+        ]
+        rows.append(f"| {name} | {method} | {bits} | {group} | " + " | ".join(cells) + " |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+HEADERS = {
+    "awq": (
+        "| checkpoint | bits | group | RTN δ | RTN max abs Δw (theirs vs ours) | ours matched δ | ours s | "
+        "llm-compressor δ | llm-compressor s | theirs − ours matched | theirs − ours, their set | AWQ max abs Δw "
+        "| ours default δ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ),
+    "rotation": (
+        "| checkpoint | method | bits | group | ours unrotated δ | ours + H δ | ours s | llm-compressor QuIP δ | "
+        "llm-compressor s | theirs − ours (+ H) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ),
+}
+TITLES = {"awq": "Our AWQ beside llm-compressor's AWQModifier", "rotation": "Our Hadamard rotation beside "
+          "llm-compressor's QuIPModifier"}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", choices=HEADERS)
+    parser.add_argument(
+        "--checkpoints", nargs="*", default=CHECKPOINTS, help="LADDER/SIZE/REVISION under tasks/ladders"
+    )
+    parser.add_argument("--out", help="Markdown table (default: reports/bench/STUDY.md)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady wall times)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    lines = [
+        f"# {TITLES[args.study]} ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"torch {torch.__version__}, transformers {version('transformers')}, llmcompressor {version('llmcompressor')})",
+        "",
+        __doc__.split("\n\n", 1)[1].strip(),
+        "",
+        f"Command: `make bench-{args.study}`; {args.threads} torch thread(s).",
+        "",
+        *HEADERS[args.study],
+    ]
+    rows = awq_rows if args.study == "awq" else rotation_rows
+    for name in args.checkpoints:
+        checkpoint = Path("tasks/ladders") / name
+        family = AutoModelForCausalLM.from_pretrained(checkpoint).config.model_type
+        lines += rows(name, checkpoint, Scorer(checkpoint), family)
+    out = Path(args.out or f"reports/bench/{args.study}.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
