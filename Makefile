@@ -7,7 +7,7 @@ LADDER := tasks/ladders/demo
 
 .PHONY: install test demo demo-llama ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
 	demo-lm-eval demo-sequential demo-shared-hessians demo-ray demo-formats bench-formats ladder-wide bench-eval bench-fit bench-fit-speed bench-scale bench stress \
-	gpu-check gpu-check-prepare bench-gptq-shared bench-kld
+	gpu-check gpu-check-prepare bench-gptq-shared bench-kld demo-methods bench-awq bench-rotation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,16 @@ ladder-wide: $(STAMP)
 demo-formats: $(STAMP)
 	$(BIN)/ptq-eval run tasks/demo-formats.yaml --report-dir reports/demo-formats
 	$(BIN)/ptq-eval report tasks/demo-formats.yaml --out reports/demo-formats
+
+# Methods: RTN, GPTQ, AWQ, RTN and GPTQ after a Hadamard rotation, 3 and 4 bits, per channel and g32, on the
+# GPT-NeoX and the Llama demo ladders: γ_D per method, which grows slowest, which loses least at D/N 320
+# -> reports/demo-methods/, reports/demo-methods-llama/ (the RTN and GPTQ jobs are make demo's and make
+# demo-llama's own: run in their stores, so either order reuses them)
+demo-methods: $(STAMP)
+	$(BIN)/ptq-eval run tasks/demo-methods.yaml --store runs/demo.sqlite --report-dir reports/demo-methods
+	$(BIN)/ptq-eval report tasks/demo-methods.yaml --store runs/demo.sqlite --out reports/demo-methods
+	$(BIN)/ptq-eval run tasks/demo-methods-llama.yaml --store runs/demo-llama.sqlite --report-dir reports/demo-methods-llama
+	$(BIN)/ptq-eval report tasks/demo-methods-llama.yaml --store runs/demo-llama.sqlite --out reports/demo-methods-llama
 
 # The demo study on a local Ray instance (2 CPUs: one checkpoint group per CPU), into its own store
 demo-ray: $(STAMP)
@@ -181,7 +191,7 @@ stress: $(STAMP)
 	$(BIN)/python tests/bench/stress.py --kills 12
 
 # Every benchmark (peers in throwaway venvs): speed and agreement tables under reports/bench/
-bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-gptq-shared bench-formats bench-fit bench-fit-speed bench-kld bench-scale
+bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-awq bench-rotation bench-gptq-shared bench-formats bench-fit bench-fit-speed bench-kld bench-scale
 
 # The GPU path in one command (about 9 minutes on one H100/H200 by estimate, under the device's 10-minute call;
 # run it first whenever a CUDA machine is at hand): CUDA tests, RTN/GPTQ weights CPU vs CUDA, GPTQ's fused column

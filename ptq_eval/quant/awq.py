@@ -10,10 +10,12 @@ over the calibration tokens:
 2. clipping (`clip`): for every row and group of the scaled weight W·diag(s), the largest |w| shrunk by
    1 − i/clip_grid, i < max_shrink · clip_grid; the shrink whose group gives the least error of its share of the
    output is kept.
-The simulated weight is Q(clip(W·diag(s)))·diag(s)⁻¹. A deployment folds diag(s)⁻¹ into the op before (a norm's
-weight, or the previous linear's rows: v_proj for o_proj, up_proj for down_proj) where the architecture allows
-it; in exact arithmetic the product is the same, so ptq-eval scales every matrix, foldable or not (for GPT-NeoX's
-or GPT-2's MLP output, after GELU, a deployment needs an explicit multiply, as AutoAWQ's ScaledActivation).
+The simulated weight is Q(clip(W·diag(s)))·diag(s)⁻¹: what a deployment computes once diag(s)⁻¹ is folded into
+the op before (a norm's weight, or the previous linear's rows), equal in exact arithmetic. Which matrices have
+such an op is found by testing the model (`quant/folding.py`; e.g. Llama: q/k/v and gate/up into their norms,
+down_proj into up_proj, o_proj nowhere under grouped-query attention). `unfoldable: skip` (the default, as
+AutoAWQ and llm-compressor) rounds the others without scales (clipping still searched); `unfoldable: scale`
+scales them too, as a deployment could only with an explicit multiply before the matrix.
 
 The error is read from the Hessian (‖ΔW·X‖² = tr(ΔW·H·ΔWᵀ) up to a factor), not from forward passes of the
 attention or MLP module around the matrices as llm-awq does: what a set's own outputs lose, cheaply and exactly.
@@ -24,6 +26,7 @@ With `rotation`, everything happens in the rotated basis (W·Rᵀ, inputs R·x) 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -31,6 +34,7 @@ from pydantic import Field
 from ptq_eval.errors import UserError
 from ptq_eval.quant.base import LayerReport, QuantConfig, QuantReport, WeightMatrix, register
 from ptq_eval.quant.blocks import calibrate
+from ptq_eval.quant.folding import fold_targets
 from ptq_eval.quant.formats import quantize_tensor
 from ptq_eval.quant.grid import PER_CHANNEL, PER_TENSOR
 from ptq_eval.quant.rotation import ROTATION_OPTIONS, Rotation, RotationOptions, rotation_for
@@ -47,6 +51,7 @@ class AWQOptions(RotationOptions):
 
     grid: int = Field(default=20, ge=2)
     duo_scaling: bool = True
+    unfoldable: Literal["skip", "scale"] = "skip"
     clip: bool = True
     clip_grid: int = Field(default=20, ge=1)
     max_shrink: float = Field(default=0.5, ge=0, lt=1)
@@ -167,13 +172,19 @@ def search_clip(scaled: torch.Tensor, hessian: torch.Tensor, config: QuantConfig
 
 
 @torch.no_grad()
-def _quantize_set(members: list[WeightMatrix], statistic: InputMagnitudes, config: QuantConfig) -> list[LayerReport]:
-    """AWQ for matrices reading one input: one α and one set of scales for all, clipping per matrix."""
+def _quantize_set(
+    members: list[WeightMatrix], statistic: InputMagnitudes, config: QuantConfig, fold: str | None
+) -> list[LayerReport]:
+    """AWQ for matrices reading one input: one α and one set of scales for all (none where the scales fold
+    nowhere and `unfoldable` is skip), clipping per matrix."""
     rotation = statistic.rotation
     stored = [weight.read() for weight in members]
     weights = [(w if rotation is None else rotation.rotate(w)).to(w.dtype).to(torch.float32, copy=True) for w in stored]
     hessian = statistic.matrix.float()
-    scales, alpha = search_scales(weights, statistic, config)
+    if fold is None and config.unfoldable == "skip":
+        scales, alpha = torch.ones(hessian.shape[0], device=hessian.device), None
+    else:
+        scales, alpha = search_scales(weights, statistic, config)
     scaled_hessian = hessian / scales[:, None] / scales[None, :]
     layers = []
     for weight, original, w in zip(members, stored, weights, strict=True):
@@ -193,6 +204,7 @@ def _quantize_set(members: list[WeightMatrix], statistic: InputMagnitudes, confi
                 output_error(w, rtn, hessian),
                 statistic.samples,
                 alpha=alpha,
+                folds_into=fold,
             )
         )
     return layers
@@ -213,6 +225,7 @@ def quantize_awq(
     if calibration is None or len(calibration) == 0:
         raise UserError("AWQ needs calibration data (the study's calibration: section)")
     report = QuantReport(config)
+    folds = fold_targets(model, weights, calibration)
 
     def process(group: list[WeightMatrix], statistics: dict[str, InputMagnitudes]) -> None:
         check_inputs_reached(group, statistics, "AWQ")
@@ -223,7 +236,7 @@ def quantize_awq(
                     weight.write(quantized)
                     report.layers.append(layer)
                 continue
-            report.layers.extend(_quantize_set(members, statistics[members[0].name], config))
+            report.layers.extend(_quantize_set(members, statistics[members[0].name], config, folds[members[0].name]))
 
     calibrate(model, weights, calibration, process, "block", batch_size, device, cache, statistic=Magnitudes(config))
     position = {weight.name: index for index, weight in enumerate(weights)}

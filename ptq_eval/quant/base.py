@@ -210,7 +210,7 @@ class WeightMatrix:
 class LayerReport:
     """Weight error ‖W − Ŵ‖² / ‖W‖²; for calibrated methods the output errors ‖WX − ŴX‖² / ‖WX‖² of the method and
     of RTN on the same calibration inputs, the calibration rows the matrix saw, why it fell back to RTN (if it
-    did), and (AWQ) the scale exponent α its search chose (None: unscaled)."""
+    did), and (AWQ) the scale exponent α its search chose (None: unscaled) and the module its scales fold into."""
 
     name: str
     shape: tuple[int, int]
@@ -220,6 +220,7 @@ class LayerReport:
     samples: int | None = None
     fallback: str | None = None
     alpha: float | None = None
+    folds_into: str | None = None
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ QuIP, its rotation folded back: Q(W·Hᵀ/√n)·H/√n) are copied into a float
 
 - AWQ: theirs is `AWQModifier(duo_scaling=True, n_grid=20)` then RTN (`QuantizationModifier`). Ours "matched"
   runs the same candidates (the unscaled weights and α = i/18, duo) without clipping, which llm-compressor does
-  not do; ours "default" is `method: awq` as a study runs it (clipping on). Known differences: their loss is
-  the parent module's output (all of self_attn for q/k/v, all of the MLP for gate/up), ours the set's own
-  outputs from the Hessian; their activations are full precision, ours come from the quantized blocks before;
-  and they scale only matrices with a foldable predecessor (on Llama with grouped-query attention, not o_proj;
-  on GPT-NeoX, which has no mapping of theirs, the mappings we give them reach the attention and MLP inputs
-  only), where ours scales every matrix. "ours, their set" scales only what theirs scales and rounds the rest
-  to nearest, to isolate that last difference.
+  not do; ours "default" is `method: awq` as a study runs it (clipping on); ours "all scaled" scales the
+  matrices no op before can absorb too (`unfoldable: scale`). Both scale the same matrices (their Llama
+  mappings skip v_proj → o_proj under grouped-query attention, and our fold test finds no fold for o_proj
+  there; GPT-NeoX has no mapping of theirs, so we give them the two norm → input mappings our fold test
+  finds). Known differences: their loss is the parent module's output (all of self_attn for q/k/v, all of the
+  MLP for gate/up), ours the set's own outputs from the Hessian; their activations are full precision, ours
+  come from the quantized blocks before.
 - Rotation: theirs is `QuIPModifier(rotations=["v"], transform_type="random-hadamard")` then RTN or GPTQ
   (`actorder="weight"`: our act_order + static_groups). The two draw different random rotations (theirs a
   Hadamard of the width's known order times a Sylvester one, ours a Sylvester Hadamard times a random
@@ -44,7 +44,7 @@ from ptq_eval.corpus import load_corpus, token_stream
 from ptq_eval.evals.paired import paired_metrics
 from ptq_eval.evals.perplexity import loss_metrics, window_losses
 from ptq_eval.evals.windows import make_windows
-from ptq_eval.quant import QuantConfig, quantizable_weights, quantize
+from ptq_eval.quant import QuantConfig, quantize
 from ptq_eval.quant.calibration import calibration_tokens
 
 CHECKPOINTS = ["demo-llama/n23k/tpp320", "demo-llama/n92k/tpp80", "demo-llama/n92k/tpp320", "demo/n100k/tpp320"]
@@ -59,7 +59,6 @@ THEIR_MAPPINGS = {
         ("re:.*post_attention_layernorm$", ["re:.*dense_h_to_4h$"]),
     ],  # fmt: skip
 }
-THEIR_UNSCALED = {"llama": ("*o_proj",), "gpt_neox": ("*attention.dense", "*dense_4h_to_h")}
 
 
 def _scheme(config: QuantConfig):
@@ -86,12 +85,12 @@ def theirs(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, rec
     from torch.utils.data import DataLoader
 
     IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None  # AWQ pins memory, which a CPU cannot
+    common = {"config_groups": _scheme(config), "ignore": ["lm_head", "embed_out"], "bypass_divisibility_checks": True}
     final = (
-        GPTQModifier(config_groups=_scheme(config), ignore=["lm_head", "embed_out"], actorder="weight",
-                     dampening_frac=config.damp, block_size=config.block_size)
+        GPTQModifier(**common, actorder="weight", dampening_frac=config.damp, block_size=config.block_size)
         if config.method == "gptq"
-        else QuantizationModifier(config_groups=_scheme(config), ignore=["lm_head", "embed_out"])
-    )  # fmt: skip
+        else QuantizationModifier(**common)
+    )
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     batches = DataLoader([{"input_ids": row, "attention_mask": torch.ones_like(row)} for row in calibration], 8)
     started = time.perf_counter()
@@ -114,21 +113,12 @@ def theirs(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, rec
     return _fp32_copy(checkpoint, plain), seconds
 
 
-def ours(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, unscaled: tuple[str, ...] = ()):
-    """Our method on the checkpoint (with `unscaled`: those matrices rounded to nearest instead)."""
+def ours(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor):
+    """Our method on the checkpoint: the quantized model and the seconds it took."""
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     started = time.perf_counter()
-    quantize(model, config, EXCLUDE + unscaled, calibration)
-    if unscaled:
-        rest = tuple(w.name for w in quantizable_weights(model, EXCLUDE) if w.name not in _names(model, unscaled))
-        plain = QuantConfig(method="rtn", bits=config.bits, group_size=config.group_size)
-        quantize(model, plain, EXCLUDE + rest)
+    quantize(model, config, EXCLUDE, calibration)
     return model, time.perf_counter() - started
-
-
-def _names(model: torch.nn.Module, patterns: tuple[str, ...]) -> set[str]:
-    every = {w.name for w in quantizable_weights(model, EXCLUDE)}
-    return every - {w.name for w in quantizable_weights(model, EXCLUDE + patterns)}
 
 
 def _cell(metric) -> str:
@@ -168,9 +158,10 @@ def awq_rows(name: str, checkpoint: Path, scorer: Scorer, family: str) -> list[s
         their_recipe = [AWQModifier(duo_scaling=True, n_grid=20, **kwargs)]
         their_awq, their_s = theirs(checkpoint, matched, scorer.calibration, their_recipe)
         our_awq, our_s = ours(checkpoint, matched, scorer.calibration)
-        our_set, _ = ours(checkpoint, matched, scorer.calibration, THEIR_UNSCALED[family])
+        everything = QuantConfig(method="awq", **grid, options={"grid": 19, "clip": False, "unfoldable": "scale"})
+        our_all, _ = ours(checkpoint, everything, scorer.calibration)
         default, _ = ours(checkpoint, QuantConfig(method="awq", **grid), scorer.calibration)
-        models = {"rtn": our_rtn, "theirs": their_awq, "ours": our_awq, "set": our_set, "default": default}
+        models = {"rtn": our_rtn, "theirs": their_awq, "ours": our_awq, "all": our_all, "default": default}
         losses = {key: scorer.losses(model) for key, model in models.items()}
         cells = [
             _cell(scorer.delta(losses["rtn"])),
@@ -180,9 +171,9 @@ def awq_rows(name: str, checkpoint: Path, scorer: Scorer, family: str) -> list[s
             _cell(scorer.delta(losses["theirs"])),
             f"{their_s:.2f}",
             _cell(scorer.delta(losses["theirs"], losses["ours"])),
-            _cell(scorer.delta(losses["theirs"], losses["set"])),
             f"{max_weight_difference(their_awq, our_awq):.1e}",
             _cell(scorer.delta(losses["default"])),
+            _cell(scorer.delta(losses["all"])),
         ]
         rows.append(f"| {name} | {bits} | {group} | " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
@@ -219,8 +210,8 @@ def rotation_rows(name: str, checkpoint: Path, scorer: Scorer, family: str) -> l
 HEADERS = {
     "awq": (
         "| checkpoint | bits | group | RTN δ | RTN max abs Δw (theirs vs ours) | ours matched δ | ours s | "
-        "llm-compressor δ | llm-compressor s | theirs − ours matched | theirs − ours, their set | AWQ max abs Δw "
-        "| ours default δ |",
+        "llm-compressor δ | llm-compressor s | theirs − ours matched | AWQ max abs Δw | ours default δ | "
+        "ours all scaled δ |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ),
     "rotation": (
