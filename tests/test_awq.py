@@ -1,0 +1,121 @@
+"""AWQ: where its scales fold (found by testing each family), what its searches promise, and its options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_architectures import build, calibration
+
+from ptq_eval.quant import QuantConfig, quantize, survey
+from ptq_eval.quant.awq import InputMagnitudes, search_clip, search_scales
+from ptq_eval.quant.folding import fold_targets
+from ptq_eval.quant.formats import quantize_tensor
+
+# layer 1's matrices → the module their input scales fold into, as the fold test finds them
+FOLDS = {
+    "llama": {  # grouped-query attention: o_proj's input mixes heads that share a value head
+        "q_proj": "input_layernorm", "v_proj": "input_layernorm", "o_proj": None,
+        "gate_proj": "post_attention_layernorm", "down_proj": "up_proj",
+    },
+    "opt": {"q_proj": "self_attn_layer_norm", "out_proj": "v_proj", "fc1": "final_layer_norm", "fc2": "fc1"},  # ReLU
+    "gpt2": {"c_attn": "ln_1", "c_proj": None, "c_fc": "ln_2"},  # Conv1D; GELU stops the MLP's fold
+    "gpt_neox": {"query_key_value": "input_layernorm", "dense": None, "dense_h_to_4h": "post_attention_layernorm"},
+    "gemma2": {"q_proj": None, "down_proj": "up_proj"},  # its norms scale by (1 + w): no plain fold into w
+    "olmo2": {"q_proj": None},  # norms after the projections: q/k/v read the residual stream itself
+    "mixtral": {"q_proj": "input_layernorm"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", list(FOLDS))
+def test_each_family_folds_where_a_deployment_can(family):
+    model = build(family)
+    weights = survey(model).selected
+    targets = fold_targets(model, weights, calibration())
+    second = {name.split(".")[-1]: target for name, target in targets.items() if ".1." in name}
+    for matrix, target in FOLDS[family].items():
+        found = second[matrix]
+        assert (found and found.split(".")[-1]) == target, (matrix, found)
+    assert all(target is None for name, target in targets.items() if "experts" in name)
+
+
+def test_fold_tests_leave_the_model_as_it_was():
+    model = build("llama")
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    fold_targets(model, survey(model).selected, calibration())
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+
+
+def outlier_problem(columns: int = 64, rows: int = 48):
+    """A matrix whose inputs have a few channels 30× larger than the rest, as AWQ's salient channels."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, columns, generator=generator)
+    x[:, :3] *= 30
+    weight = torch.randn(rows, columns, generator=generator) * 0.05
+    statistic = InputMagnitudes(columns)
+    statistic.add(x)
+    return weight, statistic
+
+
+def output_error(weight, quantized, hessian) -> float:
+    delta = (quantized - weight).double()
+    return float(((delta @ hessian.double()) * delta).sum())
+
+
+@pytest.mark.parametrize("duo", [False, True])
+def test_scales_protect_salient_channels_and_never_lose_to_rounding(duo):
+    weight, statistic = outlier_problem()
+    config = QuantConfig(method="awq", bits=3, group_size=-1, options={"duo_scaling": duo})
+    scales, alpha = search_scales([weight], statistic, config)
+    rtn = quantize_tensor(weight, 3)
+    awq = quantize_tensor(weight * scales, 3) / scales
+    assert alpha is not None and alpha > 0 and scales[:3].min() > scales[3:].max()
+    assert output_error(weight, awq, statistic.matrix) < 0.8 * output_error(weight, rtn, statistic.matrix)
+
+
+def test_the_unscaled_weights_win_when_inputs_are_even():
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randn(16, 32, generator=generator)
+    statistic = InputMagnitudes(32)
+    statistic.add(torch.ones(8, 32))  # every channel alike: any α gives s = 1
+    config = QuantConfig(method="awq", bits=4, group_size=-1, options={"duo_scaling": False})
+    scales, alpha = search_scales([weight], statistic, config)
+    assert alpha is None and torch.equal(scales, torch.ones(32))
+
+
+@pytest.mark.parametrize("group_size", [-1, 16, 0])
+def test_clipping_loses_no_more_of_each_row_than_the_full_range(group_size):
+    weight, statistic = outlier_problem()
+    config = QuantConfig(method="awq", bits=3, group_size=group_size)
+    clipped = search_clip(weight, statistic.matrix, config)
+    assert (clipped.abs() <= weight.abs()).all() and not torch.equal(clipped, weight)
+    quantized = quantize_tensor(clipped, 3, group_size)
+    plain = quantize_tensor(weight, 3, group_size)
+    hessian = statistic.matrix.double()
+    per_row = lambda q: (((q - weight).double() @ hessian) * (q - weight).double()).sum(dim=1)  # noqa: E731
+    if group_size == -1:  # one group per row: the search's objective is the row's whole output error
+        assert (per_row(quantized) <= per_row(plain) * (1 + 1e-9)).all()
+    assert per_row(quantized).sum() <= per_row(plain).sum() * (1 + 1e-9)
+
+
+def test_unfoldable_matrices_are_skipped_by_default_and_scaled_when_asked():
+    reports = {}
+    for unfoldable in ("skip", "scale"):
+        model = build("llama")
+        config = QuantConfig(method="awq", bits=3, group_size=-1, options={"unfoldable": unfoldable})
+        reports[unfoldable] = {layer.name: layer for layer in quantize(model, config, calibration=calibration()).layers}
+    o_proj, down = "model.layers.1.self_attn.o_proj", "model.layers.1.mlp.down_proj"
+    assert reports["skip"][o_proj].alpha is None and reports["skip"][o_proj].folds_into is None
+    assert reports["scale"][o_proj].alpha is not None
+    assert reports["skip"][down].folds_into == "model.layers.1.mlp.up_proj"
+
+
+def test_the_rotation_reaches_awqs_statistics():
+    """With a rotation, AWQ's channel magnitudes are those of the rotated inputs R·x."""
+    from ptq_eval.quant.rotation import Rotation
+
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(2))
+    rotation = Rotation(32, seed=0)
+    rotated = InputMagnitudes(32, rotation)
+    rotated.add(x)
+    torch.testing.assert_close(rotated.magnitude, rotation.rotate(x).abs().mean(dim=0).float())
+    torch.testing.assert_close(rotated.matrix, rotation.conjugate(2 * x.double().T @ x.double() / 64).float())
