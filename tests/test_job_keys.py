@@ -43,8 +43,8 @@ def job_of(grid: dict):
         ({"method": "rtn", "bits": 4, "rotation": "none", "rotation_seed": 0}, "26275f652f32b75f59fcc49c"),
         ({"method": "gptq", "bits": 4, "rotation": "none"}, "9b92c1103f68aeb45d1adeb6"),
         # pinned when AWQ and rotations came (2026-12-06)
-        ({"method": "awq", "bits": 4}, "35753ea5eb481e85c6cb93fb"),
-        ({"method": "awq", "bits": 3, "group_size": 32, "rotation": "hadamard"}, "50c2185a93c1ff940ee73143"),
+        ({"method": "awq", "bits": 4}, "840549d8e3078321a35830db"),
+        ({"method": "awq", "bits": 3, "group_size": 32, "rotation": "hadamard"}, "8ba3187d562a4e25c358efff"),
         ({"method": "rtn", "bits": 4, "rotation": "hadamard"}, "e268356e97e1de675524433a"),
         ({"method": "gptq", "bits": 4, "rotation": "hadamard", "rotation_seed": 3}, "65739f5db91df378fb3eb3f5"),
     ],

@@ -2,7 +2,8 @@
 checkpoints (`make bench-awq` → reports/bench/awq.md, `make bench-rotation` → reports/bench/rotation.md).
 
 Same checkpoint, calibration tokens (128 windows of 128, stdlib-python train, seed 0), integer grid (symmetric,
-per channel or groups of 32) and evaluation windows (65,536 tokens of stdlib-python validation), float32.
+per channel or groups of 32; of 8 on the demo Llama, whose MLP widths 88 and 176 llm-compressor cannot split
+into groups of 32 or 16) and evaluation windows (65,536 tokens of stdlib-python validation), float32.
 Each quantized model is scored as a plain transformers model: llm-compressor's fake-quantized weights (and, for
 QuIP, its rotation folded back: Q(W·Hᵀ/√n)·H/√n) are copied into a float32 copy of the checkpoint.
 
@@ -44,12 +45,13 @@ from ptq_eval.corpus import load_corpus, token_stream
 from ptq_eval.evals.paired import paired_metrics
 from ptq_eval.evals.perplexity import loss_metrics, window_losses
 from ptq_eval.evals.windows import make_windows
-from ptq_eval.quant import QuantConfig, quantize
+from ptq_eval.quant import QuantConfig, quantizable_weights, quantize
 from ptq_eval.quant.calibration import calibration_tokens
 
 CHECKPOINTS = ["demo-llama/n23k/tpp320", "demo-llama/n92k/tpp80", "demo-llama/n92k/tpp320", "demo/n100k/tpp320"]
 EXCLUDE = ("lm_head", "embed_out")
 CALIBRATION = (128, 128)
+GROUPS = (32, 16, 8, 4)  # the largest that divides every width: llm-compressor's observer cannot hold a partial group
 EVAL_LEN, EVAL_TOKENS = 128, 65_536
 # what llm-compressor's AWQ scales (its mappings; v_proj → o_proj is skipped under grouped-query attention)
 THEIR_MAPPINGS = {
@@ -133,7 +135,10 @@ class Scorer:
         stream = token_stream(tokenizer, load_corpus("stdlib-python", "validation"))
         self.windows = make_windows(stream, EVAL_LEN, EVAL_TOKENS)
         self.calibration = calibration_tokens(tokenizer, "stdlib-python", "train", *CALIBRATION, 0)
-        self.fp = self.losses(AutoModelForCausalLM.from_pretrained(checkpoint).eval())
+        model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+        self.fp = self.losses(model)
+        widths = {weight.shape[1] for weight in quantizable_weights(model, EXCLUDE)}
+        self.group = next(size for size in GROUPS if all(width % size == 0 for width in widths))
 
     def losses(self, model: torch.nn.Module):
         return loss_metrics(window_losses(model, self.windows))
@@ -149,7 +154,7 @@ def awq_rows(name: str, checkpoint: Path, scorer: Scorer, family: str) -> list[s
     mappings = THEIR_MAPPINGS[family]
     kwargs = {} if mappings is None else {"mappings": [AWQMapping(smooth, balance) for smooth, balance in mappings]}
     rows = []
-    for bits, group in itertools.product((3, 4), (-1, 32)):
+    for bits, group in itertools.product((3, 4), (-1, scorer.group)):
         grid = {"bits": bits, "group_size": group}
         matched = QuantConfig(method="awq", **grid, options={"grid": 19, "clip": False})
         rtn = QuantConfig(method="rtn", **grid)
@@ -184,7 +189,7 @@ def rotation_rows(name: str, checkpoint: Path, scorer: Scorer, family: str) -> l
     from llmcompressor.modifiers.transform import QuIPModifier
 
     rows = []
-    for method, bits, group in itertools.product(("rtn", "gptq"), (3, 4), (-1, 32)):
+    for method, bits, group in itertools.product(("rtn", "gptq"), (3, 4), (-1, scorer.group)):
         options = {"act_order": True, "static_groups": True} if method == "gptq" else {}
         plain = QuantConfig(method=method, bits=bits, group_size=group, options=options)
         rotated = QuantConfig(method=method, bits=bits, group_size=group, options=options | {"rotation": "hadamard"})
