@@ -119,3 +119,16 @@ def test_the_rotation_reaches_awqs_statistics():
     rotated.add(x)
     torch.testing.assert_close(rotated.magnitude, rotation.rotate(x).abs().mean(dim=0).float())
     torch.testing.assert_close(rotated.matrix, rotation.conjugate(2 * x.double().T @ x.double() / 64).float())
+
+
+def test_full_precision_inputs_differ_from_block_by_block_only_after_the_first_block():
+    weights = {}
+    for sequential in ("block", "none"):
+        model = build("llama")
+        config = QuantConfig(method="awq", bits=3, group_size=-1, options={"sequential": sequential})
+        quantize(model, config, calibration=calibration())
+        weights[sequential] = {name: tensor for name, tensor in model.state_dict().items() if "proj" in name}
+    first = [name for name in weights["block"] if ".layers.0." in name]
+    later = [name for name in weights["block"] if ".layers.2." in name]
+    assert all(torch.equal(weights["block"][name], weights["none"][name]) for name in first)
+    assert not all(torch.equal(weights["block"][name], weights["none"][name]) for name in later)

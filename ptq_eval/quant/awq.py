@@ -1,7 +1,8 @@
 """AWQ (Lin et al., MLSys 2024): per-input-channel scales from the activations, then a weight-clipping search.
 
-Block by block (`quant/blocks.py`, each block's inputs from the blocks before it, quantized), for each set of
-matrices reading one input (q/k/v, gate/up; any other matrix alone), with x̄ each input channel's mean |x|
+Block by block (`quant/blocks.py`, each block's inputs from the blocks before it, quantized; with `sequential:
+none`, from one pass over the full-precision model, as AutoAWQ and llm-compressor), for each set of matrices
+reading one input (q/k/v, gate/up; any other matrix alone), with x̄ each input channel's mean |x|
 over the calibration tokens:
 1. scales s = x̄^α (`duo_scaling`, the default of AutoAWQ and llm-compressor: x̄^α / (w̄^(1−α) + 1e-4), w̄ each
    column's mean |w| relative to its group's largest), at least 1e-4 and divided by √(max s · min s), for α in
@@ -46,11 +47,14 @@ SMALLEST_SCALE = 1e-4
 
 class AWQOptions(RotationOptions):
     """AWQ's options and their defaults: how many α in [0, 1], duo scaling (on, as AutoAWQ and llm-compressor),
-    the clipping search of llm-awq and AutoAWQ (on; llm-compressor has none) and its grid, and the rotation every
-    method shares."""
+    where the inputs come from (`sequential`: block, each block's from the quantized blocks before it, as GPTQ;
+    none, one pass over the full-precision model, as AutoAWQ and llm-compressor), what becomes of matrices whose
+    scales fold nowhere, the clipping search of llm-awq and AutoAWQ (on; llm-compressor has none) and its grid,
+    and the rotation every method shares."""
 
     grid: int = Field(default=20, ge=2)
     duo_scaling: bool = True
+    sequential: Literal["block", "none"] = "block"
     unfoldable: Literal["skip", "scale"] = "skip"
     clip: bool = True
     clip_grid: int = Field(default=20, ge=1)
@@ -238,7 +242,7 @@ def quantize_awq(
                 continue
             report.layers.extend(_quantize_set(members, statistics[members[0].name], config, folds[members[0].name]))
 
-    calibrate(model, weights, calibration, process, "block", batch_size, device, cache, statistic=Magnitudes(config))
+    calibrate(model, weights, calibration, process, config.sequential, batch_size, device, cache, Magnitudes(config))
     position = {weight.name: index for index, weight in enumerate(weights)}
     report.layers.sort(key=lambda layer: position[layer.name])
     return report

@@ -89,23 +89,30 @@ def gptqmodel(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, 
     return _fp32_copy(checkpoint, lambda name: dequantize_packed(tensors, name, config.bits)), seconds
 
 
-def llmcompressor(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, workdir: str):
-    """llm-compressor's GPTQModifier (sequential pipeline): the quantized model and the seconds `oneshot` took."""
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    from llmcompressor import oneshot
-    from llmcompressor.modifiers.gptq import GPTQModifier
-    from torch.utils.data import DataLoader
+def llmcompressor_weights(config: QuantConfig):
+    """The config's integer grid as llm-compressor's QuantizationArgs (per channel, or groups)."""
+    from compressed_tensors.quantization import QuantizationArgs
 
     grouped = config.group_size > 0
-    if config.act_order and grouped and not config.static_groups:
-        raise ValueError("llm-compressor's GPTQ orders columns only with static groups (actorder='weight')")
-    weights = QuantizationArgs(
+    return QuantizationArgs(
         num_bits=config.bits,
         type="int",
         symmetric=config.symmetric,
         strategy="group" if grouped else "channel",
         group_size=config.group_size if grouped else None,
     )
+
+
+def llmcompressor(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, workdir: str):
+    """llm-compressor's GPTQModifier (sequential pipeline): the quantized model and the seconds `oneshot` took."""
+    from compressed_tensors.quantization import QuantizationScheme
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.gptq import GPTQModifier
+    from torch.utils.data import DataLoader
+
+    if config.act_order and config.group_size > 0 and not config.static_groups:
+        raise ValueError("llm-compressor's GPTQ orders columns only with static groups (actorder='weight')")
+    weights = llmcompressor_weights(config)
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     linears = _matrices(model)
     recipe = GPTQModifier(  # targets: exactly the Linears ours quantizes

@@ -10,12 +10,13 @@ QuIP, its rotation folded back: Q(W·Hᵀ/√n)·H/√n) are copied into a float
 - AWQ: theirs is `AWQModifier(duo_scaling=True, n_grid=20)` then RTN (`QuantizationModifier`). Ours "matched"
   runs the same candidates (the unscaled weights and α = i/18, duo) without clipping, which llm-compressor does
   not do; ours "default" is `method: awq` as a study runs it (clipping on); ours "all scaled" scales the
-  matrices no op before can absorb too (`unfoldable: scale`). Both scale the same matrices (their Llama
-  mappings skip v_proj → o_proj under grouped-query attention, and our fold test finds no fold for o_proj
+  matrices no op before can absorb too (`unfoldable: scale`); ours "fp inputs" takes every matrix's
+  statistics from one pass over the full-precision model (`sequential: none`), as theirs does. Both scale the
+  same matrices (their Llama mappings skip v_proj → o_proj under grouped-query attention, and our fold test finds no fold for o_proj
   there; GPT-NeoX has no mapping of theirs, so we give them the two norm → input mappings our fold test
   finds). Known differences: their loss is the parent module's output (all of self_attn for q/k/v, all of the
-  MLP for gate/up), ours the set's own outputs from the Hessian; their activations are full precision, ours
-  come from the quantized blocks before.
+  MLP for gate/up), ours the set's own outputs from the Hessian; their activations are full precision, ours by
+  default come from the quantized blocks before (the "fp inputs" columns remove that difference).
 - Rotation: theirs is `QuIPModifier(rotations=["v"], transform_type="random-hadamard")` then RTN or GPTQ
   (`actorder="weight"`: our act_order + static_groups). The two draw different random rotations (theirs a
   Hadamard of the width's known order times a Sylvester one, ours a Sylvester Hadamard times a random
@@ -38,7 +39,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
-from gptq_peers import _fp32_copy, max_weight_difference
+from gptq_peers import _fp32_copy, llmcompressor_weights, max_weight_difference
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ptq_eval.corpus import load_corpus, token_stream
@@ -64,17 +65,9 @@ THEIR_MAPPINGS = {
 
 
 def _scheme(config: QuantConfig):
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization import QuantizationScheme
 
-    grouped = config.group_size > 0
-    weights = QuantizationArgs(
-        num_bits=config.bits,
-        type="int",
-        symmetric=config.symmetric,
-        strategy="group" if grouped else "channel",
-        group_size=config.group_size if grouped else None,
-    )
-    return {"weights": QuantizationScheme(targets=["Linear"], weights=weights)}
+    return {"weights": QuantizationScheme(targets=["Linear"], weights=llmcompressor_weights(config))}
 
 
 def theirs(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, recipe: list):
@@ -165,8 +158,11 @@ def awq_rows(name: str, checkpoint: Path, scorer: Scorer, family: str) -> list[s
         our_awq, our_s = ours(checkpoint, matched, scorer.calibration)
         everything = QuantConfig(method="awq", **grid, options={"grid": 19, "clip": False, "unfoldable": "scale"})
         our_all, _ = ours(checkpoint, everything, scorer.calibration)
+        full = QuantConfig(method="awq", **grid, options={"grid": 19, "clip": False, "sequential": "none"})
+        our_full, _ = ours(checkpoint, full, scorer.calibration)
         default, _ = ours(checkpoint, QuantConfig(method="awq", **grid), scorer.calibration)
-        models = {"rtn": our_rtn, "theirs": their_awq, "ours": our_awq, "all": our_all, "default": default}
+        models = {"rtn": our_rtn, "theirs": their_awq, "ours": our_awq, "all": our_all, "default": default,
+                  "full": our_full}  # fmt: skip
         losses = {key: scorer.losses(model) for key, model in models.items()}
         cells = [
             _cell(scorer.delta(losses["rtn"])),
@@ -176,6 +172,8 @@ def awq_rows(name: str, checkpoint: Path, scorer: Scorer, family: str) -> list[s
             _cell(scorer.delta(losses["theirs"])),
             f"{their_s:.2f}",
             _cell(scorer.delta(losses["theirs"], losses["ours"])),
+            _cell(scorer.delta(losses["full"])),
+            _cell(scorer.delta(losses["theirs"], losses["full"])),
             f"{max_weight_difference(their_awq, our_awq):.1e}",
             _cell(scorer.delta(losses["default"])),
             _cell(scorer.delta(losses["all"])),
@@ -215,9 +213,9 @@ def rotation_rows(name: str, checkpoint: Path, scorer: Scorer, family: str) -> l
 HEADERS = {
     "awq": (
         "| checkpoint | bits | group | RTN δ | RTN max abs Δw (theirs vs ours) | ours matched δ | ours s | "
-        "llm-compressor δ | llm-compressor s | theirs − ours matched | AWQ max abs Δw | ours default δ | "
-        "ours all scaled δ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "llm-compressor δ | llm-compressor s | theirs − ours matched | ours matched, fp inputs δ | theirs − ours "
+        "fp inputs | AWQ max abs Δw | ours default δ | ours all scaled δ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ),
     "rotation": (
         "| checkpoint | method | bits | group | ours unrotated δ | ours + H δ | ours s | llm-compressor QuIP δ | "
