@@ -12,11 +12,12 @@ QuIP, its rotation folded back: Q(W·Hᵀ/√n)·H/√n) are copied into a float
   not do; ours "default" is `method: awq` as a study runs it (clipping on); ours "all scaled" scales the
   matrices no op before can absorb too (`unfoldable: scale`); ours "fp inputs" takes every matrix's
   statistics from one pass over the full-precision model (`sequential: none`), as theirs does. Both scale the
-  same matrices (their Llama mappings skip v_proj → o_proj under grouped-query attention, and our fold test finds no fold for o_proj
-  there; GPT-NeoX has no mapping of theirs, so we give them the two norm → input mappings our fold test
-  finds). Known differences: their loss is the parent module's output (all of self_attn for q/k/v, all of the
-  MLP for gate/up), ours the set's own outputs from the Hessian; their activations are full precision, ours by
-  default come from the quantized blocks before (the "fp inputs" columns remove that difference).
+  same matrices: their Llama mappings skip v_proj → o_proj under grouped-query attention, and our fold test
+  finds no fold for o_proj there; GPT-NeoX has no mapping of theirs, so we give them the two norm → input
+  mappings our fold test finds. Known differences: their loss is the parent module's output (all of self_attn
+  for q/k/v, all of the MLP for gate/up), ours the set's own outputs from the Hessian; their activations are
+  full precision, ours by default come from the quantized blocks before (the "fp inputs" columns remove that
+  difference).
 - Rotation: theirs is `QuIPModifier(rotations=["v"], transform_type="random-hadamard")` then RTN or GPTQ
   (`actorder="weight"`: our act_order + static_groups). The two draw different random rotations (theirs a
   Hadamard of the width's known order times a Sylvester one, ours a Sylvester Hadamard times a random
