@@ -5,7 +5,8 @@ Same checkpoint, calibration tokens (128 windows of 128, stdlib-python train, se
 per channel or groups of 32; of 8 on the demo Llama, whose MLP widths 88 and 176 llm-compressor cannot split
 into groups of 32 or 16) and evaluation windows (65,536 tokens of stdlib-python validation), float32.
 Each quantized model is scored as a plain transformers model: llm-compressor's fake-quantized weights (and, for
-QuIP, its rotation folded back: Q(W·Hᵀ/√n)·H/√n) are copied into a float32 copy of the checkpoint.
+QuIP, its rotation folded back: Q(W·Hᵀ/√n)·H/√n) and every other parameter it left (AWQ divides the norms'
+weights by its scales) are copied into a float32 copy of the checkpoint.
 
 - AWQ: theirs is `AWQModifier(duo_scaling=True, n_grid=20)` then RTN (`QuantizationModifier`). Ours "matched"
   runs the same candidates (the unscaled weights and α = i/18, duo) without clipping, which llm-compressor does
@@ -40,7 +41,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
-from gptq_peers import _fp32_copy, llmcompressor_weights, max_weight_difference
+from gptq_peers import llmcompressor_weights, max_weight_difference
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ptq_eval.corpus import load_corpus, token_stream
@@ -49,6 +50,7 @@ from ptq_eval.evals.perplexity import loss_metrics, window_losses
 from ptq_eval.evals.windows import make_windows
 from ptq_eval.quant import QuantConfig, quantizable_weights, quantize
 from ptq_eval.quant.calibration import calibration_tokens
+from ptq_eval.quant.folding import fold_targets
 
 CHECKPOINTS = ["demo-llama/n23k/tpp320", "demo-llama/n92k/tpp80", "demo-llama/n92k/tpp320", "demo/n100k/tpp320"]
 EXCLUDE = ("lm_head", "embed_out")
@@ -106,7 +108,22 @@ def theirs(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor, rec
             weight = (weight.double() @ rotation.T / rotation.shape[0] ** 0.5).float()
         return weight
 
-    return _fp32_copy(checkpoint, plain), seconds
+    return _their_state(checkpoint, model, plain), seconds
+
+
+@torch.no_grad()
+def _their_state(checkpoint: Path, model: torch.nn.Module, plain) -> torch.nn.Module:
+    """A float32 copy of the checkpoint holding every parameter of their model: its quantized matrices as
+    `plain(name)` gives them, and the rest as they left it (AWQ divides norm weights by its scales)."""
+    copy = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    theirs_by_name = dict(model.named_modules())
+    matrices = {weight.name for weight in quantizable_weights(copy, EXCLUDE)}
+    for name, module in copy.named_modules():
+        for parameter_name, parameter in module.named_parameters(recurse=False):
+            quantized = parameter_name == "weight" and name in matrices
+            value = plain(name) if quantized else getattr(theirs_by_name[name], parameter_name)
+            parameter.copy_(value.reshape(parameter.shape) if not quantized else value)
+    return copy
 
 
 def ours(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor):
@@ -115,6 +132,30 @@ def ours(checkpoint: Path, config: QuantConfig, calibration: torch.Tensor):
     started = time.perf_counter()
     quantize(model, config, EXCLUDE, calibration)
     return model, time.perf_counter() - started
+
+
+@torch.no_grad()
+def effective_difference(checkpoint: Path, theirs_model, ours_model, calibration: torch.Tensor) -> float:
+    """The largest |Δw| between their and our AWQ weights as the model computes with them: theirs times the
+    scales they folded into a norm (their norm weight over the original), for the matrices whose scales fold into
+    a norm or nowhere (a scale folded into another quantized matrix cannot be read back exactly)."""
+    original = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    weights = quantizable_weights(original, EXCLUDE)
+    targets = fold_targets(original, weights, calibration)
+    modules = {name: dict(model.named_modules()) for name, model in (("theirs", theirs_model), ("orig", original))}
+    mine = {weight.name: weight for weight in quantizable_weights(ours_model, EXCLUDE)}
+    largest = 0.0
+    for weight in quantizable_weights(theirs_model, EXCLUDE):
+        target = targets[weight.name]
+        if target is not None and target not in {name for name in modules["orig"] if "norm" in name}:
+            continue
+        effective = weight.read().double()
+        if target is not None:
+            effective = effective * (
+                modules["theirs"][target].weight.double() / modules["orig"][target].weight.double()
+            )
+        largest = max(largest, (effective - mine[weight.name].read().double()).abs().max().item())
+    return largest
 
 
 def _cell(metric) -> str:
@@ -175,7 +216,7 @@ def awq_rows(name: str, checkpoint: Path, scorer: Scorer, family: str) -> list[s
             _cell(scorer.delta(losses["theirs"], losses["ours"])),
             _cell(scorer.delta(losses["full"])),
             _cell(scorer.delta(losses["theirs"], losses["full"])),
-            f"{max_weight_difference(their_awq, our_awq):.1e}",
+            f"{effective_difference(checkpoint, their_awq, our_awq, scorer.calibration):.1e}",
             _cell(scorer.delta(losses["default"])),
             _cell(scorer.delta(losses["all"])),
         ]
@@ -215,7 +256,7 @@ HEADERS = {
     "awq": (
         "| checkpoint | bits | group | RTN δ | RTN max abs Δw (theirs vs ours) | ours matched δ | ours s | "
         "llm-compressor δ | llm-compressor s | theirs − ours matched | ours matched, fp inputs δ | theirs − ours "
-        "fp inputs | AWQ max abs Δw | ours default δ | ours all scaled δ |",
+        "fp inputs | AWQ max abs Δw (effective; norm-fed and unscaled matrices) | ours default δ | ours all scaled δ |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ),
     "rotation": (
