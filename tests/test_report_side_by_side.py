@@ -67,7 +67,7 @@ def test_methods_side_by_side_name_the_slowest_growth_and_the_least_damage(tmp_p
         assert table.loc[(method, "3-bit channel"), "γ_D from"] == "kumar"
     assert set(table["bends?"]) <= {"no", "not fitted"} | {v for v in table["bends?"] if v.startswith("yes, in")}
     text = " ".join(section.paragraphs)
-    assert "Damage grows slowest with D/N (channel): awq" in text
+    assert "Damage grows slowest with D/N (channel): awq" in text and "its interval lies below every other's" in text
     assert "At D/N 160, 3-bit channel: awq loses least" in text and "4-bit channel: awq loses least" in text
 
 

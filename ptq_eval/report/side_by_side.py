@@ -26,17 +26,18 @@ def _interval(value: float, low: float, high: float) -> str:
     return f"{value:.3g}{bounds}"
 
 
-def _gamma_d(fits: list[LawFit], rows: pd.DataFrame, precision: float) -> tuple[float, str, str]:
-    """γ_D, it with its interval, and the law it came from: Kumar et al.'s where it was fitted (several bit
-    widths), else the per-bit law's exponent of D at this P (nan, "", "not fitted": neither)."""
+def _gamma_d(fits: list[LawFit], rows: pd.DataFrame, precision: float) -> tuple[tuple[float, float, float], str]:
+    """γ_D with its 95% interval (value, low, high), and the law it came from: Kumar et al.'s where it was fitted
+    (several bit widths), else the per-bit law's exponent of D at this P ((nan, nan, nan), "not fitted":
+    neither)."""
     own = [fit for fit in fits if fit.key.matches(rows).all()]
     for name, parameter in (("kumar", "gamma_D"), ("per_bit", f"a_P{precision:g}")):
         for fit in (fit for fit in own if fit.law.name == name):
             table = fit.table().set_index("parameter")
             if parameter in table.index:
                 row = table.loc[parameter]
-                return float(row.value), _interval(float(row.value), float(row.ci_low), float(row.ci_high)), name
-    return math.nan, "", "not fitted"
+                return (float(row.value), float(row.ci_low), float(row.ci_high)), name
+    return (math.nan, math.nan, math.nan), "not fitted"
 
 
 def formats_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Section | None:
@@ -52,7 +53,7 @@ def formats_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Sectio
         precision = float(first.bits_per_weight)
         point = own[(own.nonembedding_params == largest.nonembedding_params.iloc[0]) & (own.tokens_per_param == ratio)]
         delta = point.iloc[0] if len(point) else None
-        _, gamma, law = _gamma_d(fits, own[own.bits == first.bits], precision)
+        gamma, law = _gamma_d(fits, own[own.bits == first.bits], precision)
         label = f"{first.method} {first.format} {first.granularity}" + ("" if first.symmetric else " asym")
         rows.append(
             {
@@ -61,7 +62,7 @@ def formats_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Sectio
                 f"δ at D/N {ratio:g} [95% CI]": ""
                 if delta is None
                 else _interval(delta.delta, delta.delta_ci_low, delta.delta_ci_high),
-                "γ_D [95% CI]": gamma,
+                "γ_D [95% CI]": _interval(*gamma),
                 "γ_D from": law,
             }
         )
@@ -105,6 +106,20 @@ def _bends(fits: list[LawFit], rows: pd.DataFrame) -> str:
     return "no"
 
 
+def _slowest(granularity: str, found: dict[str, tuple[float, float, float]]) -> str:
+    """Which method's γ_D is lowest, and whether its interval leaves the others' (a resolved ranking) or not."""
+    ranked = sorted(found.items(), key=lambda item: item[1][0])
+    name, (_, _, high) = ranked[0]
+    listed = ", ".join(f"{other} {_interval(*gamma)}" for other, gamma in ranked)
+    overlapping = [other for other, (_, low, _) in ranked[1:] if math.isnan(high) or math.isnan(low) or low <= high]
+    verdict = (
+        f"its interval overlaps those of {', '.join(overlapping)}: at 95% the data do not tell these apart"
+        if overlapping
+        else "its interval lies below every other's"
+    )
+    return f"Damage grows slowest with D/N ({granularity}): {name} (γ_D: {listed}); {verdict}."
+
+
 def methods_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Section | None:
     """One row per (method, rotation, granularity, bits) of one loss: δ at the most over-trained point of the
     largest model, γ_D with its interval, whether δ bends; which method's damage grows slowest with D/N and which
@@ -121,7 +136,7 @@ def methods_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Sectio
         first = own.iloc[0]
         name = f"{first.method}{_rotation(own)}"
         point = own[(own.nonembedding_params == largest.nonembedding_params.iloc[0]) & (own.tokens_per_param == ratio)]
-        value, gamma, law = _gamma_d(fits, own[own.bits == first.bits], float(first.bits_per_weight))
+        gamma, law = _gamma_d(fits, own[own.bits == first.bits], float(first.bits_per_weight))
         label = f"{int(first.bits)}-bit {first.granularity}"
         rows.append(
             {
@@ -130,13 +145,13 @@ def methods_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Sectio
                 f"δ at D/N {ratio:g} [95% CI]": ""
                 if point.empty
                 else _interval(point.iloc[0].delta, point.iloc[0].delta_ci_low, point.iloc[0].delta_ci_high),
-                "γ_D [95% CI]": gamma,
+                "γ_D [95% CI]": _interval(*gamma),
                 "γ_D from": law,
                 "bends?": _bends(fits, own),
             }
         )
-        if not math.isnan(value):
-            growth.setdefault(first.granularity, {})[name] = (value, gamma)
+        if not math.isnan(gamma[0]):
+            growth.setdefault(first.granularity, {})[name] = gamma
         if not point.empty:
             damage.setdefault(label, []).append((float(point.iloc[0].delta), name))
     paragraphs = [
@@ -147,9 +162,7 @@ def methods_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Sectio
         "broken law predicts held-out checkpoints better)."
     ]
     for granularity, found in growth.items():
-        ranked = sorted(found.items(), key=lambda item: item[1][0])
-        listed = ", ".join(f"{name} {text}" for name, (_, text) in ranked)
-        paragraphs.append(f"Damage grows slowest with D/N ({granularity}): {ranked[0][0]} (γ_D: {listed}).")
+        paragraphs.append(_slowest(granularity, found))
     for label, found in damage.items():
         least = min(found)
         paragraphs.append(f"At D/N {ratio:g}, {label}: {least[1]} loses least (δ {least[0]:.3g}).")

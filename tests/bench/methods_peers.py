@@ -22,8 +22,9 @@ weights by its scales) are copied into a float32 copy of the checkpoint.
 - Rotation: theirs is `QuIPModifier(rotations=["v"], transform_type="random-hadamard")` then RTN or GPTQ
   (`actorder="weight"`: our act_order + static_groups). The two draw different random rotations (theirs a
   Hadamard of the width's known order times a Sylvester one, ours a Sylvester Hadamard times a random
-  orthogonal of the odd factor), so the weights differ by construction; what must agree is δ, within the CI
-  of the paired difference between the two quantized models.
+  orthogonal of the odd factor), so the weights differ by construction; what must agree is δ, up to what
+  another draw of the rotation moves it: the last column pairs ours under `rotation_seed: 1` with ours under
+  seed 0, the spread one draw gives.
 
 δ = mean paired loss difference to full precision (nats/token) with its 95% bootstrap CI over windows;
 "theirs − ours" pairs the two quantized models window by window. Each peer runs in the throwaway venv its make
@@ -235,9 +236,12 @@ def rotation_rows(name: str, checkpoint: Path, scorer: Scorer, family: str) -> l
         rotated = QuantConfig(method=method, bits=bits, group_size=group, options=options | {"rotation": "hadamard"})
         our_plain, _ = ours(checkpoint, plain, scorer.calibration)
         our_rotated, our_s = ours(checkpoint, rotated, scorer.calibration)
+        reseeded = QuantConfig(method=method, bits=bits, group_size=group,
+                               options=options | {"rotation": "hadamard", "rotation_seed": 1})  # fmt: skip
+        our_reseeded, _ = ours(checkpoint, reseeded, scorer.calibration)
         recipe = [QuIPModifier(rotations=["v"], transform_type="random-hadamard")]
         their_rotated, their_s = theirs(checkpoint, plain, scorer.calibration, recipe)
-        models = {"plain": our_plain, "ours": our_rotated, "theirs": their_rotated}
+        models = {"plain": our_plain, "ours": our_rotated, "theirs": their_rotated, "reseeded": our_reseeded}
         losses = {key: scorer.losses(model) for key, model in models.items()}
         cells = [
             _cell(scorer.delta(losses["plain"])),
@@ -246,6 +250,7 @@ def rotation_rows(name: str, checkpoint: Path, scorer: Scorer, family: str) -> l
             _cell(scorer.delta(losses["theirs"])),
             f"{their_s:.2f}",
             _cell(scorer.delta(losses["theirs"], losses["ours"])),
+            _cell(scorer.delta(losses["reseeded"], losses["ours"])),
         ]
         rows.append(f"| {name} | {method} | {bits} | {group} | " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
@@ -261,8 +266,8 @@ HEADERS = {
     ),
     "rotation": (
         "| checkpoint | method | bits | group | ours unrotated δ | ours + H δ | ours s | llm-compressor QuIP δ | "
-        "llm-compressor s | theirs − ours (+ H) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "llm-compressor s | theirs − ours (+ H) | ours seed 1 − seed 0 (+ H) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ),
 }
 TITLES = {"awq": "Our AWQ beside llm-compressor's AWQModifier", "rotation": "Our Hadamard rotation beside "
