@@ -132,3 +132,39 @@ def test_full_precision_inputs_differ_from_block_by_block_only_after_the_first_b
     later = [name for name in weights["block"] if ".layers.2." in name]
     assert all(torch.equal(weights["block"][name], weights["none"][name]) for name in first)
     assert not all(torch.equal(weights["block"][name], weights["none"][name]) for name in later)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mixtral"])
+def test_scored_by_their_own_outputs_awq_never_loses_more_of_a_set_than_rounding(family):
+    """Under `objective: outputs` with clipping off, every set's output error is at most RTN's (the unscaled
+    weights are a candidate); a matrix alone is one such set."""
+    model = build(family)
+    config = QuantConfig(method="awq", bits=3, group_size=-1, options={"objective": "outputs", "clip": False})
+    report = quantize(model, config, calibration=calibration())
+    for layer in report.layers:
+        if layer.alpha is None:  # unscaled: exactly RTN
+            assert layer.output_error == pytest.approx(layer.rtn_output_error, rel=1e-9), layer.name
+    assert sum(layer.output_error for layer in report.layers) <= sum(
+        layer.rtn_output_error for layer in report.layers
+    ) * (1 + 1e-6)
+
+
+def test_the_module_objective_replays_recorded_calls_without_recording_them_again():
+    from ptq_eval.quant.awq_objective import ModuleObjective, ParentCalls
+
+    model = build("llama")
+    weights = survey(model).selected
+    parents = ParentCalls(model, weights)
+    with parents.recording(), torch.no_grad():
+        model(input_ids=calibration()[:2], use_cache=False)
+        members = [w for w in weights if w.name.startswith("model.layers.0.self_attn.") and "o_proj" not in w.name]
+        name = parents.parent_of(members)
+        assert name == "model.layers.0.self_attn" and len(parents.calls[name]) == 1
+        with parents.using():
+            objective = ModuleObjective(parents.modules[name], parents.calls[name], members, None)
+            originals = [member.read().clone() for member in members]
+            assert objective.error(originals) == 0
+            assert objective.error([w * 1.01 for w in originals]) > 0
+            assert len(parents.calls[name]) == 1  # the replays were not recorded
+        assert parents.calls == {}  # forgotten once used
+    assert all(torch.equal(member.read(), original) for member, original in zip(members, originals, strict=True))

@@ -43,8 +43,8 @@ def job_of(grid: dict):
         ({"method": "rtn", "bits": 4, "rotation": "none", "rotation_seed": 0}, "26275f652f32b75f59fcc49c"),
         ({"method": "gptq", "bits": 4, "rotation": "none"}, "9b92c1103f68aeb45d1adeb6"),
         # pinned when AWQ and rotations came (2026-12-06)
-        ({"method": "awq", "bits": 4}, "e1ce8a5c5aec449984f16a64"),
-        ({"method": "awq", "bits": 3, "group_size": 32, "rotation": "hadamard"}, "c95c881c40fbc5c1ca007b8a"),
+        ({"method": "awq", "bits": 4}, "79ff7ae3eeef695f4b71c5fb"),
+        ({"method": "awq", "bits": 3, "group_size": 32, "rotation": "hadamard"}, "ef9a5aab95bba74ff7380769"),
         ({"method": "rtn", "bits": 4, "rotation": "hadamard"}, "e268356e97e1de675524433a"),
         ({"method": "gptq", "bits": 4, "rotation": "hadamard", "rotation_seed": 3}, "65739f5db91df378fb3eb3f5"),
     ],

@@ -6,8 +6,11 @@ reading one input (q/k/v, gate/up; any other matrix alone), with x̄ each input 
 over the calibration tokens:
 1. scales s = x̄^α (`duo_scaling`, the default of AutoAWQ and llm-compressor: x̄^α / (w̄^(1−α) + 1e-4), w̄ each
    column's mean |w| relative to its group's largest), at least 1e-4 and divided by √(max s · min s), for α in
-   0, 1/(grid − 1), …, 1, and the unscaled weights (s = 1, RTN); the candidate whose rounded weights give the
-   set the least output error Σ ‖(Ŵ − W)X‖² on the calibration inputs is kept (the first of equals);
+   0, 1/(grid − 1), …, 1, and the unscaled weights (s = 1, RTN); the candidate whose rounded weights move the
+   output of the module holding the set (self_attn for q/k/v, the MLP for gate/up; a matrix alone: its own
+   output) least on the calibration tokens is kept (the first of equals), as llm-awq and llm-compressor score
+   them (`quant/awq_objective.py`); `objective: outputs` scores by the set's own output error Σ ‖(Ŵ − W)X‖²
+   instead, read from the Hessian (no forward pass; it lost 0.001–0.025 nats more on the demo Llama);
 2. clipping (`clip`): for every row and group of the scaled weight W·diag(s), the largest |w| shrunk by
    1 − i/clip_grid, i < max_shrink · clip_grid; the shrink whose group gives the least error of its share of the
    output is kept.
@@ -18,14 +21,15 @@ down_proj into up_proj, o_proj nowhere under grouped-query attention). `unfoldab
 AutoAWQ and llm-compressor) rounds the others without scales (clipping still searched); `unfoldable: scale`
 scales them too, as a deployment could only with an explicit multiply before the matrix.
 
-The error is read from the Hessian (‖ΔW·X‖² = tr(ΔW·H·ΔWᵀ) up to a factor), not from forward passes of the
-attention or MLP module around the matrices as llm-awq does: what a set's own outputs lose, cheaply and exactly.
-With `rotation`, everything happens in the rotated basis (W·Rᵀ, inputs R·x) and the weight comes back as
-Ŵ_R·R. An expert the router sent no calibration token is rounded to nearest, as under GPTQ.
+The clipping search reads its error from the Hessian (‖ΔW·X‖² = tr(ΔW·H·ΔWᵀ) up to a factor). With `rotation`,
+everything happens in the rotated basis (W·Rᵀ, inputs R·x) and the weight comes back as Ŵ_R·R. An expert the
+router sent no calibration token is rounded to nearest, as under GPTQ.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +37,7 @@ import torch
 from pydantic import Field
 
 from ptq_eval.errors import UserError
+from ptq_eval.quant.awq_objective import ModuleObjective, ParentCalls
 from ptq_eval.quant.base import LayerReport, QuantConfig, QuantReport, WeightMatrix, register
 from ptq_eval.quant.blocks import calibrate
 from ptq_eval.quant.folding import fold_targets
@@ -48,13 +53,16 @@ SMALLEST_SCALE = 1e-4
 class AWQOptions(RotationOptions):
     """AWQ's options and their defaults: how many α in [0, 1], duo scaling (on, as AutoAWQ and llm-compressor),
     where the inputs come from (`sequential`: block, each block's from the quantized blocks before it, as GPTQ;
-    none, one pass over the full-precision model, as AutoAWQ and llm-compressor), what becomes of matrices whose
+    none, one pass over the full-precision model, as AutoAWQ and llm-compressor), what scores a candidate
+    (`objective`: module, the output of the module holding the set, as llm-awq and llm-compressor; outputs, the
+    set's own outputs from the Hessian, no forward pass), what becomes of matrices whose
     scales fold nowhere, the clipping search of llm-awq and AutoAWQ (on; llm-compressor has none) and its grid,
     and the rotation every method shares."""
 
     grid: int = Field(default=20, ge=2)
     duo_scaling: bool = True
     sequential: Literal["block", "none"] = "block"
+    objective: Literal["module", "outputs"] = "module"
     unfoldable: Literal["skip", "scale"] = "skip"
     clip: bool = True
     clip_grid: int = Field(default=20, ge=1)
@@ -128,10 +136,14 @@ def _error(delta: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def search_scales(
-    weights: list[torch.Tensor], statistic: InputMagnitudes, config: QuantConfig
+    weights: list[torch.Tensor],
+    statistic: InputMagnitudes,
+    config: QuantConfig,
+    error_of: Callable[[list[torch.Tensor]], float] | None = None,
 ) -> tuple[torch.Tensor, float | None]:
     """The set's per-input-channel scales and the α that chose them (None: the unscaled weights won), for float32
-    weights ([out, in] each)."""
+    weights ([out, in] each); a candidate's error is the set's output error from the Hessian, or `error_of` its
+    rounded weights."""
     hessian, magnitude = statistic.matrix.float(), statistic.magnitude.to(statistic.matrix.device)
     column = _column_magnitude(weights, config) if config.duo_scaling else None
     candidates = [(None, torch.ones_like(magnitude))]
@@ -139,7 +151,11 @@ def search_scales(
     best = (None, None, None)
     for alpha, scales in candidates:
         scales = _scales(magnitude, column, alpha) if scales is None else scales
-        error = sum(_error(_round(w * scales, config) / scales - w, hessian) for w in weights)
+        rounded = [_round(w * scales, config) / scales for w in weights]
+        if error_of is None:
+            error = sum(_error(candidate - w, hessian) for candidate, w in zip(rounded, weights, strict=True))
+        else:
+            error = error_of(rounded)
         if best[0] is None or error < best[0]:
             best = (error, alpha, scales)
     return best[2], best[1]
@@ -177,10 +193,14 @@ def search_clip(scaled: torch.Tensor, hessian: torch.Tensor, config: QuantConfig
 
 @torch.no_grad()
 def _quantize_set(
-    members: list[WeightMatrix], statistic: InputMagnitudes, config: QuantConfig, fold: str | None
+    members: list[WeightMatrix],
+    statistic: InputMagnitudes,
+    config: QuantConfig,
+    fold: str | None,
+    objective: ModuleObjective | None = None,
 ) -> list[LayerReport]:
     """AWQ for matrices reading one input: one α and one set of scales for all (none where the scales fold
-    nowhere and `unfoldable` is skip), clipping per matrix."""
+    nowhere and `unfoldable` is skip; scored by `objective` where given), clipping per matrix."""
     rotation = statistic.rotation
     stored = [weight.read() for weight in members]
     weights = [(w if rotation is None else rotation.rotate(w)).to(w.dtype).to(torch.float32, copy=True) for w in stored]
@@ -188,7 +208,7 @@ def _quantize_set(
     if fold is None and config.unfoldable == "skip":
         scales, alpha = torch.ones(hessian.shape[0], device=hessian.device), None
     else:
-        scales, alpha = search_scales(weights, statistic, config)
+        scales, alpha = search_scales(weights, statistic, config, None if objective is None else objective.error)
     scaled_hessian = hessian / scales[:, None] / scales[None, :]
     layers = []
     for weight, original, w in zip(members, stored, weights, strict=True):
@@ -230,19 +250,32 @@ def quantize_awq(
         raise UserError("AWQ needs calibration data (the study's calibration: section)")
     report = QuantReport(config)
     folds = fold_targets(model, weights, calibration)
+    parents = ParentCalls(model, weights)
 
     def process(group: list[WeightMatrix], statistics: dict[str, InputMagnitudes]) -> None:
         check_inputs_reached(group, statistics, "AWQ")
+        with parents.using():
+            quantize_group(group, statistics)
+
+    def quantize_group(group: list[WeightMatrix], statistics: dict[str, InputMagnitudes]) -> None:
         for members in equal_input_sets(group, statistics):
-            if statistics[members[0].name].samples == 0:
+            statistic = statistics[members[0].name]
+            if statistic.samples == 0:
                 for weight in members:
                     quantized, layer = rtn_result(weight, config, fallback=NO_INPUT)
                     weight.write(quantized)
                     report.layers.append(layer)
                 continue
-            report.layers.extend(_quantize_set(members, statistics[members[0].name], config, folds[members[0].name]))
+            parent = parents.parent_of(members)
+            objective = None
+            if parent is not None:
+                calls = parents.calls[parent]
+                objective = ModuleObjective(parents.modules[parent], calls, members, statistic.rotation)
+            report.layers.extend(_quantize_set(members, statistic, config, folds[members[0].name], objective))
 
-    calibrate(model, weights, calibration, process, config.sequential, batch_size, device, cache, Magnitudes(config))
+    with parents.recording() if config.objective == "module" else nullcontext():
+        calibrate(model, weights, calibration, process, config.sequential, batch_size, device, cache,
+                  Magnitudes(config))  # fmt: skip
     position = {weight.name: index for index, weight in enumerate(weights)}
     report.layers.sort(key=lambda layer: position[layer.name])
     return report

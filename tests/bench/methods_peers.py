@@ -10,15 +10,15 @@ weights by its scales) are copied into a float32 copy of the checkpoint.
 
 - AWQ: theirs is `AWQModifier(duo_scaling=True, n_grid=20)` then RTN (`QuantizationModifier`). Ours "matched"
   runs the same candidates (the unscaled weights and α = i/18, duo) without clipping, which llm-compressor does
-  not do; ours "default" is `method: awq` as a study runs it (clipping on); ours "all scaled" scales the
-  matrices no op before can absorb too (`unfoldable: scale`); ours "fp inputs" takes every matrix's
-  statistics from one pass over the full-precision model (`sequential: none`), as theirs does. Both scale the
-  same matrices: their Llama mappings skip v_proj → o_proj under grouped-query attention, and our fold test
-  finds no fold for o_proj there; GPT-NeoX has no mapping of theirs, so we give them the two norm → input
-  mappings our fold test finds. Known differences: their loss is the parent module's output (all of self_attn
-  for q/k/v, all of the MLP for gate/up), ours the set's own outputs from the Hessian; their activations are
-  full precision, ours by default come from the quantized blocks before (the "fp inputs" columns remove that
-  difference).
+  not do, and scores candidates as theirs does, by the output of the module holding the set (self_attn for
+  q/k/v, the MLP for gate/up); ours "default" is `method: awq` as a study runs it (clipping on); ours
+  "objective outputs" scores by the set's own outputs from the Hessian (`objective: outputs`); ours "all
+  scaled" scales the matrices no op before can absorb too (`unfoldable: scale`); ours "fp inputs" takes every
+  matrix's statistics from one pass over the full-precision model (`sequential: none`), as theirs does. Both
+  scale the same matrices: their Llama mappings skip v_proj → o_proj under grouped-query attention, and our
+  fold test finds no fold for o_proj there; GPT-NeoX has no mapping of theirs, so we give them the two
+  norm → input mappings our fold test finds. Known difference: their activations are full precision, ours by default come
+  from the quantized blocks before (the "fp inputs" columns remove that difference).
 - Rotation: theirs is `QuIPModifier(rotations=["v"], transform_type="random-hadamard")` then RTN or GPTQ
   (`actorder="weight"`: our act_order + static_groups). The two draw different random rotations (theirs a
   Hadamard of the width's known order times a Sylvester one, ours a Sylvester Hadamard times a random
@@ -201,11 +201,13 @@ def awq_rows(name: str, checkpoint: Path, scorer: Scorer, family: str) -> list[s
         our_awq, our_s = ours(checkpoint, matched, scorer.calibration)
         everything = QuantConfig(method="awq", **grid, options={"grid": 19, "clip": False, "unfoldable": "scale"})
         our_all, _ = ours(checkpoint, everything, scorer.calibration)
+        hessian = QuantConfig(method="awq", **grid, options={"grid": 19, "clip": False, "objective": "outputs"})
+        our_hessian, _ = ours(checkpoint, hessian, scorer.calibration)
         full = QuantConfig(method="awq", **grid, options={"grid": 19, "clip": False, "sequential": "none"})
         our_full, _ = ours(checkpoint, full, scorer.calibration)
         default, _ = ours(checkpoint, QuantConfig(method="awq", **grid), scorer.calibration)
         models = {"rtn": our_rtn, "theirs": their_awq, "ours": our_awq, "all": our_all, "default": default,
-                  "full": our_full}  # fmt: skip
+                  "full": our_full, "hessian": our_hessian}  # fmt: skip
         losses = {key: scorer.losses(model) for key, model in models.items()}
         cells = [
             _cell(scorer.delta(losses["rtn"])),
@@ -217,8 +219,9 @@ def awq_rows(name: str, checkpoint: Path, scorer: Scorer, family: str) -> list[s
             _cell(scorer.delta(losses["theirs"], losses["ours"])),
             _cell(scorer.delta(losses["full"])),
             _cell(scorer.delta(losses["theirs"], losses["full"])),
-            f"{effective_difference(checkpoint, their_awq, our_awq, scorer.calibration):.1e}",
+            f"{effective_difference(checkpoint, their_awq, our_full, scorer.calibration):.1e}",
             _cell(scorer.delta(losses["default"])),
+            _cell(scorer.delta(losses["hessian"])),
             _cell(scorer.delta(losses["all"])),
         ]
         rows.append(f"| {name} | {bits} | {group} | " + " | ".join(cells) + " |")
@@ -261,8 +264,9 @@ HEADERS = {
     "awq": (
         "| checkpoint | bits | group | RTN δ | RTN max abs Δw (theirs vs ours) | ours matched δ | ours s | "
         "llm-compressor δ | llm-compressor s | theirs − ours matched | ours matched, fp inputs δ | theirs − ours "
-        "fp inputs | AWQ max abs Δw (effective; norm-fed and unscaled matrices) | ours default δ | ours all scaled δ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "fp inputs | AWQ max abs Δw, theirs vs ours fp inputs (effective; norm-fed and unscaled matrices) | "
+        "ours default δ | ours, objective outputs δ | ours all scaled δ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ),
     "rotation": (
         "| checkpoint | method | bits | group | ours unrotated δ | ours + H δ | ours s | llm-compressor QuIP δ | "
