@@ -17,8 +17,8 @@ weights by its scales) are copied into a float32 copy of the checkpoint.
   matrix's statistics from one pass over the full-precision model (`sequential: none`), as theirs does. Both
   scale the same matrices: their Llama mappings skip v_proj → o_proj under grouped-query attention, and our
   fold test finds no fold for o_proj there; GPT-NeoX has no mapping of theirs, so we give them the two
-  norm → input mappings our fold test finds. Known difference: their activations are full precision, ours by default come
-  from the quantized blocks before (the "fp inputs" columns remove that difference).
+  norm → input mappings our fold test finds. Known difference: their activations are full precision, ours by
+  default come from the quantized blocks before (the "fp inputs" columns remove that difference).
 - Rotation: theirs is `QuIPModifier(rotations=["v"], transform_type="random-hadamard")` then RTN or GPTQ
   (`actorder="weight"`: our act_order + static_groups). The two draw different random rotations (theirs a
   Hadamard of the width's known order times a Sylvester one, ours a Sylvester Hadamard times a random
