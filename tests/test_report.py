@@ -56,6 +56,7 @@ def test_report_has_every_section_and_figure(written):
         "Loss through training",
         "Per-layer error of the calibrated methods",
         "Scaling-law fits",
+        "Methods",  # RTN and GPTQ side by side
         "Forecasts",
         "Results",
         "Coverage",

@@ -10,7 +10,8 @@ over the calibration tokens:
    output of the module holding the set (self_attn for q/k/v, the MLP for gate/up; a matrix alone: its own
    output) least on the calibration tokens is kept (the first of equals), as llm-awq and llm-compressor score
    them (`quant/awq_objective.py`); `objective: outputs` scores by the set's own output error Σ ‖(Ŵ − W)X‖²
-   instead, read from the Hessian (no forward pass; it lost 0.001–0.025 nats more on the demo Llama);
+   instead, read from the Hessian (no forward pass; it lost more in 10 of the 12 demo-Llama rows of
+   `reports/bench/awq.md`, by up to 0.013 nats/token);
 2. clipping (`clip`): for every row and group of the scaled weight W·diag(s), the largest |w| shrunk by
    1 − i/clip_grid, i < max_shrink · clip_grid; the shrink whose group gives the least error of its share of the
    output is kept.
