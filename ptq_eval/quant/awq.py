@@ -192,6 +192,11 @@ def search_clip(scaled: torch.Tensor, hessian: torch.Tensor, config: QuantConfig
     return _clamped(scaled, best_ratio, spans)
 
 
+def _searched(config: QuantConfig, fold: str | None) -> bool:
+    """Whether a set's scales are searched: where they fold, or everywhere under `unfoldable: scale`."""
+    return fold is not None or config.unfoldable == "scale"
+
+
 @torch.no_grad()
 def _quantize_set(
     members: list[WeightMatrix],
@@ -206,7 +211,7 @@ def _quantize_set(
     stored = [weight.read() for weight in members]
     weights = [(w if rotation is None else rotation.rotate(w)).to(w.dtype).to(torch.float32, copy=True) for w in stored]
     hessian = statistic.matrix.float()
-    if fold is None and config.unfoldable == "skip":
+    if not _searched(config, fold):
         scales, alpha = torch.ones(hessian.shape[0], device=hessian.device), None
     else:
         scales, alpha = search_scales(weights, statistic, config, None if objective is None else objective.error)
@@ -269,7 +274,7 @@ def quantize_awq(
                 continue
             parent = parents.parent_of(members)
             objective = None
-            if parent is not None:
+            if parent is not None and _searched(config, folds[members[0].name]):
                 calls = parents.calls[parent]
                 objective = ModuleObjective(parents.modules[parent], calls, members, statistic.rotation)
             report.layers.extend(_quantize_set(members, statistic, config, folds[members[0].name], objective))
