@@ -105,7 +105,7 @@ class _CheckpointRun:
         self.tokenizer_key = tokenizer_identity(loaded.tokenizer)
         self.facts = _facts(loaded)
         self.quant_device = resolve_device(self.study.quant_device) if self.study.quant_device else None
-        self.calibrated: dict = {}  # what calibration re-uses across this checkpoint's GPTQ configs (quant/blocks.py)
+        self.calibrated: dict = {}  # what calibration re-uses across calibrated configs (quant/blocks.py)
         self.quant_configs = tuple(dict.fromkeys(job.quant for job in work.jobs if job.quant is not None))
 
     def view(self) -> CheckpointView:

@@ -38,6 +38,15 @@ def test_each_family_folds_where_a_deployment_can(family):
     assert all(target is None for name, target in targets.items() if "experts" in name)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_folds_are_found_alike_in_half_precision(dtype):
+    """The test scales by powers of two, exact in every float dtype: a half-precision model folds as in float32."""
+    model = build("llama")
+    expected = fold_targets(model, survey(model).selected, calibration())
+    half = build("llama").to(dtype)
+    assert fold_targets(half, survey(half).selected, calibration()) == expected
+
+
 def test_fold_tests_leave_the_model_as_it_was():
     model = build("llama")
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
@@ -149,22 +158,25 @@ def test_scored_by_their_own_outputs_awq_never_loses_more_of_a_set_than_rounding
     ) * (1 + 1e-6)
 
 
-def test_the_module_objective_replays_recorded_calls_without_recording_them_again():
+def test_the_module_objective_records_statistics_passes_only_and_replays_without_recording():
     from ptq_eval.quant.awq_objective import ModuleObjective, ParentCalls
 
     model = build("llama")
     weights = survey(model).selected
     parents = ParentCalls(model, weights)
-    with parents.recording(), torch.no_grad():
+    block0 = [w for w in weights if ".layers.0." in w.name]
+    with parents.hooked(), torch.no_grad():
+        model(input_ids=calibration()[:2], use_cache=False)  # no pass armed: nothing recorded
+        assert parents.calls == {}
+        parents.pass_started(block0)
         model(input_ids=calibration()[:2], use_cache=False)
-        members = [w for w in weights if w.name.startswith("model.layers.0.self_attn.") and "o_proj" not in w.name]
+        parents.pass_ended()
+        assert set(parents.calls) == {"model.layers.0.self_attn", "model.layers.0.mlp"}  # block 0's holders only
+        members = [w for w in block0 if "self_attn" in w.name and "o_proj" not in w.name]
         name = parents.parent_of(members)
-        assert name == "model.layers.0.self_attn" and len(parents.calls[name]) == 1
-        with parents.using():
-            objective = ModuleObjective(parents.modules[name], parents.calls[name], members, None)
-            originals = [member.read().clone() for member in members]
-            assert objective.error(originals) == 0
-            assert objective.error([w * 1.01 for w in originals]) > 0
-            assert len(parents.calls[name]) == 1  # the replays were not recorded
-        assert parents.calls == {}  # forgotten once used
+        objective = ModuleObjective(parents.modules[name], parents.calls[name], members, None)
+        originals = [member.read().clone() for member in members]
+        assert objective.error(originals) == 0
+        assert objective.error([w * 1.01 for w in originals]) > 0
+        assert len(parents.calls[name]) == 1  # the replays were not recorded
     assert all(torch.equal(member.read(), original) for member, original in zip(members, originals, strict=True))

@@ -159,4 +159,6 @@ def test_a_fused_loop_that_disagrees_with_the_eager_one_gives_way_to_it_and_the_
     for (name, found), expected in zip(model.state_dict().items(), eager_model.state_dict().values(), strict=True):
         assert torch.equal(found, expected), name
     other_format = QuantConfig(method="gptq", bits=4, group_size=16, format="fp4_e2m1")
-    assert gptq_columns.loop_warnings(number_format(other_format.format).elements) == []
+    assert gptq_columns.loop_warnings(DEVICE, number_format(other_format.format).elements) == []
+    other_device = torch.device("cpu" if DEVICE.type == "cuda" else "cuda")
+    assert gptq_columns.loop_warnings(other_device, None) == []  # a job on another device carries none of it

@@ -29,9 +29,10 @@ router sent no calibration token is rounded to nearest, as under GPTQ.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -95,12 +96,22 @@ class InputMagnitudes(Hessian):
 
 @dataclass(frozen=True)
 class Magnitudes:
-    """Builds each matrix's InputMagnitudes under the config's rotation (equal for equal configs)."""
+    """Builds each matrix's InputMagnitudes under the config's rotation (equal for equal configs), and tells the
+    module objective's recorder (if any) when a statistics pass starts and ends."""
 
     config: QuantConfig
+    parents: ParentCalls | None = field(default=None, compare=False, hash=False)
 
     def __call__(self, columns: int) -> InputMagnitudes:
         return InputMagnitudes(columns, rotation_for(self.config, columns))
+
+    def pass_started(self, weights: list[WeightMatrix]) -> None:
+        if self.parents is not None:
+            self.parents.pass_started(weights)
+
+    def pass_ended(self) -> None:
+        if self.parents is not None:
+            self.parents.pass_ended()
 
 
 def _round(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
@@ -141,10 +152,11 @@ def search_scales(
     statistic: InputMagnitudes,
     config: QuantConfig,
     error_of: Callable[[list[torch.Tensor]], float] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, float | None]:
     """The set's per-input-channel scales and the α that chose them (None: the unscaled weights won), for float32
-    weights ([out, in] each); a candidate's error is the set's output error from the Hessian, or `error_of` its
-    rounded weights."""
+    weights ([out, in] each) rounded as the model's `dtype` holds them; a candidate's error is the set's output
+    error from the Hessian, or `error_of` its rounded weights."""
     hessian, magnitude = statistic.matrix.float(), statistic.magnitude.to(statistic.matrix.device)
     column = _column_magnitude(weights, config) if config.duo_scaling else None
     candidates = [(None, torch.ones_like(magnitude))]
@@ -152,7 +164,7 @@ def search_scales(
     best = (None, None, None)
     for alpha, scales in candidates:
         scales = _scales(magnitude, column, alpha) if scales is None else scales
-        rounded = [_round(w * scales, config) / scales for w in weights]
+        rounded = [_round((w * scales).to(dtype), config) / scales for w in weights]
         if error_of is None:
             error = sum(_error(candidate - w, hessian) for candidate, w in zip(rounded, weights, strict=True))
         else:
@@ -162,34 +174,41 @@ def search_scales(
     return best[2], best[1]
 
 
-def _clamped(scaled: torch.Tensor, ratios: torch.Tensor, spans: list[slice]) -> torch.Tensor:
-    """Each row's groups clamped to ± ratio × their largest |w| (ratios [rows, groups])."""
+def _clamped(scaled: torch.Tensor, ratios: torch.Tensor, spans: list[slice], per_tensor: bool) -> torch.Tensor:
+    """Each row's groups clamped to ± ratio × their largest |w| (ratios [rows, groups]); per tensor, to ± ratio ×
+    the matrix's largest |w|, as its one scale is fitted."""
     parts = []
     for index, span in enumerate(spans):
-        limit = scaled[:, span].abs().amax(dim=1, keepdim=True) * ratios[:, index : index + 1]
+        largest = scaled.abs().amax() if per_tensor else scaled[:, span].abs().amax(dim=1, keepdim=True)
+        limit = largest * ratios[:, index : index + 1]
         parts.append(torch.maximum(torch.minimum(scaled[:, span], limit), -limit))
     return torch.cat(parts, dim=1)
 
 
 @torch.no_grad()
-def search_clip(scaled: torch.Tensor, hessian: torch.Tensor, config: QuantConfig) -> torch.Tensor:
-    """Per row and group (one for the whole matrix per tensor), the shrink of the largest |w| whose rounding
-    loses the least of that group's output; `hessian` is that of the scaled weight's inputs."""
+def search_clip(
+    scaled: torch.Tensor, hessian: torch.Tensor, config: QuantConfig, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Per row and group (one for the whole matrix per tensor), the shrink of the largest |w| whose rounding (in
+    the model's `dtype`) loses the least of that group's output; `hessian` is that of the scaled weight's
+    inputs."""
     spans = _spans(scaled.shape[1], config)
     rows = scaled.shape[0]
     best_ratio = torch.ones(rows, len(spans), device=scaled.device)
     best_error = torch.full((rows, len(spans)), float("inf"), device=scaled.device)
-    for step in range(int(config.max_shrink * config.clip_grid)):
+    per_tensor = config.group_size == PER_TENSOR
+    for step in range(math.floor(config.max_shrink * config.clip_grid + 1e-9)):
         ratio = 1 - step / config.clip_grid
-        delta = _round(_clamped(scaled, torch.full_like(best_ratio, ratio), spans), config) - scaled
+        clamped = _clamped(scaled, torch.full_like(best_ratio, ratio), spans, per_tensor)
+        delta = _round(clamped.to(dtype), config) - scaled
         error = torch.stack([((delta[:, span] @ hessian[span, span]) * delta[:, span]).sum(dim=1)
                              for span in spans], dim=1)  # fmt: skip
-        if config.group_size == PER_TENSOR:
+        if per_tensor:
             error = error.sum().expand_as(error)
         better = error < best_error
         best_error = torch.where(better, error, best_error)
         best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
-    return _clamped(scaled, best_ratio, spans)
+    return _clamped(scaled, best_ratio, spans, per_tensor)
 
 
 def _searched(config: QuantConfig, fold: str | None) -> bool:
@@ -214,13 +233,14 @@ def _quantize_set(
     if not _searched(config, fold):
         scales, alpha = torch.ones(hessian.shape[0], device=hessian.device), None
     else:
-        scales, alpha = search_scales(weights, statistic, config, None if objective is None else objective.error)
+        error_of = None if objective is None else objective.error
+        scales, alpha = search_scales(weights, statistic, config, error_of, stored[0].dtype)
     scaled_hessian = hessian / scales[:, None] / scales[None, :]
     layers = []
     for weight, original, w in zip(members, stored, weights, strict=True):
         scaled = (w * scales).to(original.dtype).float()
         if config.clip:
-            scaled = search_clip(scaled, scaled_hessian, config)
+            scaled = search_clip(scaled, scaled_hessian, config, original.dtype)
         quantized = _round(scaled.to(original.dtype), config) / scales
         rtn = _round(w.to(original.dtype), config)
         restored = quantized if rotation is None else rotation.restore(quantized).float()
@@ -260,8 +280,8 @@ def quantize_awq(
 
     def process(group: list[WeightMatrix], statistics: dict[str, InputMagnitudes]) -> None:
         check_inputs_reached(group, statistics, "AWQ")
-        with parents.using():
-            quantize_group(group, statistics)
+        quantize_group(group, statistics)
+        parents.forget()
 
     def quantize_group(group: list[WeightMatrix], statistics: dict[str, InputMagnitudes]) -> None:
         for members in equal_input_sets(group, statistics):
@@ -279,9 +299,12 @@ def quantize_awq(
                 objective = ModuleObjective(parents.modules[parent], calls, members, statistic.rotation)
             report.layers.extend(_quantize_set(members, statistic, config, folds[members[0].name], objective))
 
-    with parents.recording() if config.objective == "module" else nullcontext():
+    module = config.objective == "module"
+    if module and config.sequential == "none":
+        cache = None  # statistics kept from another call would skip the pass that records the modules' calls
+    with parents.hooked() if module else nullcontext():
         calibrate(model, weights, calibration, process, config.sequential, batch_size, device, cache,
-                  Magnitudes(config))  # fmt: skip
+                  Magnitudes(config, parents if module else None))  # fmt: skip
     position = {weight.name: index for index, weight in enumerate(weights)}
     report.layers.sort(key=lambda layer: position[layer.name])
     return report

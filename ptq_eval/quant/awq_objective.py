@@ -3,9 +3,10 @@ matrices reading one input is scored by how far the smallest module holding them
 MLP for gate/up) moves its output, with the candidate weights, from its output with the weights it had, over the
 calls that module received in the calibration pass; a matrix alone is scored by its own output (the Hessian).
 
-The calls are recorded by hooks on every module that directly holds a quantizable matrix, from the moment the
-recorder opens; a method clears them once it has used a block's (so one block's worth is held under `sequential:
-block`; under `none`, one pass over the whole model records every block's).
+The calls are recorded only during the statistics passes of the block walker (`pass_started` / `pass_ended`,
+called by `statistics_of`), and only for the modules directly holding that pass's matrices: one block's worth
+under `sequential: block`; the whole model's under `none`. The method replays them, recording nothing, and
+forgets them once used.
 """
 
 from __future__ import annotations
@@ -21,32 +22,44 @@ from ptq_eval.quant.rotation import Rotation
 Call = tuple[tuple, dict]
 
 
+def _holder(weight: WeightMatrix) -> str:
+    return weight.name.rsplit(".", 1)[0]
+
+
 class ParentCalls:
-    """The calls each direct holder of a quantizable matrix receives while the recorder is open."""
+    """The calls that the direct holders of the matrices being measured receive during a statistics pass."""
 
     def __init__(self, model: torch.nn.Module, weights: list[WeightMatrix]):
         self.modules = dict(model.named_modules())
-        self.holders = {weight.name.rsplit(".", 1)[0] for weight in weights if weight.kind != "expert"}
+        self.holders = {_holder(weight) for weight in weights if weight.kind != "expert"} & set(self.modules)
         self.calls: dict[str, list[Call]] = {}
-        self.paused = False
+        self.armed: set[str] = set()
 
     @contextmanager
-    def recording(self) -> Iterator[ParentCalls]:
+    def hooked(self) -> Iterator[ParentCalls]:
+        """Hooks on every holder for the method's run (they record only what a pass arms)."""
+
         def note(name: str):
             def hook(module, args, kwargs) -> None:
-                if not self.paused:
+                if name in self.armed:
                     self.calls.setdefault(name, []).append((args, kwargs))
 
             return hook
 
-        handles = [self.modules[name].register_forward_pre_hook(note(name), with_kwargs=True)
-                   for name in self.holders if name in self.modules]  # fmt: skip
+        handles = [self.modules[name].register_forward_pre_hook(note(name), with_kwargs=True) for name in self.holders]
         try:
             yield self
         finally:
             for handle in handles:
                 handle.remove()
+            self.armed.clear()
             self.calls.clear()
+
+    def pass_started(self, weights: list[WeightMatrix]) -> None:
+        self.armed = {_holder(weight) for weight in weights} & self.holders
+
+    def pass_ended(self) -> None:
+        self.armed = set()
 
     def parent_of(self, members: list[WeightMatrix]) -> str | None:
         """The smallest recorded module holding every member (None for a matrix alone, or none recorded)."""
@@ -61,16 +74,9 @@ class ParentCalls:
         name = ".".join(common)
         return name if self.calls.get(name) else None
 
-    @contextmanager
-    def using(self) -> Iterator[ParentCalls]:
-        """Record nothing while the recorded calls are replayed (the objective runs the modules), and forget
-        them after."""
-        self.paused = True
-        try:
-            yield self
-        finally:
-            self.paused = False
-            self.calls.clear()
+    def forget(self) -> None:
+        """Drop the calls of the pass just used."""
+        self.calls.clear()
 
 
 def _output(result) -> torch.Tensor:

@@ -424,9 +424,9 @@ def quantize(
 ) -> QuantReport:
     """Quantize the model's weights in place with the configured method; the report carries the coverage.
 
-    `device` (GPTQ only; not part of the config, so job keys do not depend on it): where each
-    transformer block is quantized while the rest of the model stays where it is. `cache` (GPTQ only): one
-    dict per checkpoint and calibration set, kept across configs, for what calibration can exactly re-use
+    `device` (calibrated methods: GPTQ, AWQ; not part of the config, so job keys do not depend on it): where each
+    transformer block is quantized while the rest of the model stays where it is. `cache` (calibrated methods):
+    one dict per checkpoint and calibration set, kept across configs, for what calibration can exactly re-use
     (`quant/blocks.py`); the model's weights must be the pristine ones at each call. `share_with` (GPTQ under
     `sequential: none`, with `cache`): the checkpoint's other configs, solved in the same loops and kept in `cache`
     for their own calls (`quant/gptq.py`).

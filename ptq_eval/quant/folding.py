@@ -4,9 +4,9 @@ output reaches the matrix channel by channel (v_proj for o_proj where no key/val
 down_proj in a gated MLP).
 
 Found by testing the model rather than by its class name: a producer P (a norm module, or a Linear or Conv1D of
-the same block) folds the scales of a matrix M when multiplying P's output channels by a seeded positive s
-(its weight's rows and its bias) multiplies M's input by exactly s (float32 rounding aside) on a short window
-of calibration tokens. Norms are tried where M reads the norm's output tensor itself; linears of M's block
+the same block) folds the scales of a matrix M when multiplying P's output channels by a seeded s of powers of
+two (its weight's rows and its bias; exact in every float dtype) multiplies M's input by s on a short window of
+calibration tokens. Norms are tried where M reads the norm's output tensor itself; linears of M's block
 whose output width is M's input width otherwise. Experts (fused or in a ModuleList) are never folded: their
 scales differ per expert, and one norm feeds them all (and the router).
 """
@@ -64,7 +64,8 @@ def _folds(model, producer: torch.nn.Module, weight: WeightMatrix, tokens, refer
     if width != reference.shape[-1]:
         return False
     generator = torch.Generator().manual_seed(width)
-    scales = (torch.rand(width, generator=generator, dtype=torch.float64) * 1.5 + 0.5).to(reference.device)
+    powers = torch.tensor([0.5, 2.0, 4.0], dtype=torch.float64)  # exact scalings in any float dtype
+    scales = powers[torch.randint(0, len(powers), (width,), generator=generator)].to(reference.device)
     saved = [tensor.detach().clone() for tensor, _ in tensors]
     try:
         for tensor, axis in tensors:
@@ -100,7 +101,7 @@ def fold_targets(model: torch.nn.Module, weights: list[WeightMatrix], tokens: to
 
     handles = [module.register_forward_hook(note) for module in norms]
     try:
-        with watch_inputs(weights, first):
+        with watch_inputs([weight for weight in weights if weight.kind != "expert"], first):
             model(input_ids=tokens, use_cache=False)
     finally:
         for handle in handles:

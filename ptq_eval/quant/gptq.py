@@ -169,6 +169,7 @@ def quantize_gptq(
         raise UserError("GPTQ needs calibration data (the study's calibration: section)")
     report = QuantReport(config)
     home = next(model.parameters()).device
+    solve_device = home if device is None else torch.device(device)
     names = tuple((weight.name, weight.read().dtype) for weight in weights)
     key = ("gptq solved", names, fingerprint([calibration]), str(device), batch_size)
     kept = cache.get(key, {}) if cache is not None else {}
@@ -177,7 +178,7 @@ def quantize_gptq(
         _apply(weights, results, report)
         report.grids = {name: grids if grids is None else tuple(t.to(home) for t in grids)
                         for name, grids in report.grids.items()}  # fmt: skip
-        report.warnings = loop_warnings(number_format(config.format).elements)
+        report.warnings = loop_warnings(solve_device, number_format(config.format).elements)
         return report
     configs = [config]
     if config.sequential == "none" and cache is not None:
@@ -197,7 +198,7 @@ def quantize_gptq(
 
     report.solved_together = len(configs)
     calibrate(model, weights, calibration, process, config.sequential, batch_size, device, cache)
-    report.warnings = loop_warnings(number_format(config.format).elements)
+    report.warnings = loop_warnings(solve_device, number_format(config.format).elements)
     position = {weight.name: index for index, weight in enumerate(weights)}  # the report in the weights' order
     report.layers.sort(key=lambda layer: position[layer.name])
     report.grids = dict(sorted(report.grids.items(), key=lambda item: position[item[0]]))

@@ -81,10 +81,11 @@ def _launch(block, hinv, scale, zero, top, elements) -> tuple[torch.Tensor, torc
 _CHECKED: dict[tuple[torch.device, FloatElements | None], str | None] = {}
 
 
-def loop_warnings(elements: FloatElements | None) -> list[str]:
-    """Why solves of this format (`elements`; None: integer grids) ran the eager loop where the fused one was
-    chosen, one line per device where the fused loop failed its check in this process."""
-    return [why for (_, checked), why in _CHECKED.items() if checked == elements and why]
+def loop_warnings(device: torch.device, elements: FloatElements | None) -> list[str]:
+    """Why solves of this format (`elements`; None: integer grids) on devices of `device`'s type ran the eager
+    loop where the fused one was chosen, one line per device where the fused loop failed its check in this
+    process."""
+    return [why for (on, checked), why in _CHECKED.items() if on.type == device.type and checked == elements and why]
 
 
 def _check_agreement(device: torch.device, elements: FloatElements | None) -> str | None:

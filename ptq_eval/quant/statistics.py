@@ -121,6 +121,15 @@ def eager_experts(model: torch.nn.Module) -> Iterator[None]:
             config._experts_implementation = saved[key]
 
 
+def _input_hook(weight: WeightMatrix, sink: InputSink):
+    """A forward hook handing the module's input rows to `sink` (returning None: the output stays the module's)."""
+
+    def hook(module, args, output) -> None:
+        sink(weight, args[0])
+
+    return hook
+
+
 @contextmanager
 def watch_inputs(weights: list[WeightMatrix], sink: InputSink) -> Iterator[None]:
     """While active, every input row any of these matrices multiplies goes to `sink(weight, rows)`."""
@@ -130,7 +139,7 @@ def watch_inputs(weights: list[WeightMatrix], sink: InputSink) -> Iterator[None]
             if weight.kind == "expert":
                 experts.setdefault(id(getattr(weight.module, weight.parameter)), {})[weight.expert] = weight
             else:
-                handle = weight.module.register_forward_hook(lambda m, args, out, w=weight: sink(w, args[0]))
+                handle = weight.module.register_forward_hook(_input_hook(weight, sink))
                 stack.callback(handle.remove)
         if experts:
             stack.enter_context(_ExpertInputs(experts, sink))
@@ -139,10 +148,15 @@ def watch_inputs(weights: list[WeightMatrix], sink: InputSink) -> Iterator[None]
 
 @contextmanager
 def statistics_of(weights: list[WeightMatrix], make: MakeStatistic = Hessian) -> Iterator[dict[str, Statistic]]:
-    """One statistic per matrix (`make(input width)`), fed every input row of each forward run while open."""
+    """One statistic per matrix (`make(input width)`), fed every input row of each forward run while open. A
+    factory with `pass_started(weights)` / `pass_ended()` is told when such a pass begins and ends."""
     found = {weight.name: make(weight.shape[1]) for weight in weights}
-    with watch_inputs(weights, lambda weight, rows: found[weight.name].add(rows)):
-        yield found
+    getattr(make, "pass_started", lambda weights: None)(weights)
+    try:
+        with watch_inputs(weights, lambda weight, rows: found[weight.name].add(rows)):
+            yield found
+    finally:
+        getattr(make, "pass_ended", lambda: None)()
 
 
 def _fingerprint(statistic: Hessian) -> tuple:

@@ -87,6 +87,16 @@ def formats_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Sectio
     return Section("Number formats", paragraphs, [Table("Formats side by side", pd.DataFrame(rows))])
 
 
+def _varied_options(loss: pd.DataFrame) -> dict[str, list[str]]:
+    """Per method, the options other than the rotation whose values differ between its rows (named in labels, so
+    two configs of one method never share a line)."""
+    found = {}
+    for method, rows in loss.groupby("method"):
+        found[method] = [c for c in METHOD_OPTIONS if c in rows and c != "rotation" and rows[c].notna().any()
+                         and rows[c].astype(str).nunique() > 1]  # fmt: skip
+    return found
+
+
 def _rotation(rows: pd.DataFrame) -> str:
     rotation = rows.iloc[0].get("rotation") if "rotation" in rows else None
     return "" if not isinstance(rotation, str) or rotation == "none" else f" + {rotation}"
@@ -131,13 +141,14 @@ def methods_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Sectio
     largest = loss[loss.nonembedding_params == loss.nonembedding_params.max()]
     ratio = largest.tokens_per_param.max()
     config = [c for c in (*plots.CONFIG, *METHOD_OPTIONS) if c in loss and loss[c].notna().any()]
+    varied = _varied_options(loss)
     rows, growth, damage = [], {}, {}
     for _, own in loss.groupby([*config, "bits"], sort=True, dropna=False):
         first = own.iloc[0]
-        name = f"{first.method}{_rotation(own)}"
+        name = f"{first.method}{_rotation(own)}" + "".join(f" {c}={first[c]}" for c in varied[first.method])
         point = own[(own.nonembedding_params == largest.nonembedding_params.iloc[0]) & (own.tokens_per_param == ratio)]
         gamma, law = _gamma_d(fits, own[own.bits == first.bits], float(first.bits_per_weight))
-        label = f"{int(first.bits)}-bit {first.granularity}"
+        label = f"{int(first.bits)}-bit {first.granularity}" + ("" if first.symmetric else " asym")
         rows.append(
             {
                 "method": name,
