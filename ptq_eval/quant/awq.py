@@ -43,10 +43,9 @@ from ptq_eval.quant.awq_objective import ModuleObjective, ParentCalls
 from ptq_eval.quant.base import LayerReport, QuantConfig, QuantReport, WeightMatrix, register
 from ptq_eval.quant.blocks import calibrate
 from ptq_eval.quant.folding import fold_targets
-from ptq_eval.quant.formats import quantize_tensor
 from ptq_eval.quant.grid import PER_CHANNEL, PER_TENSOR
 from ptq_eval.quant.rotation import ROTATION_OPTIONS, Rotation, RotationOptions, rotation_for
-from ptq_eval.quant.rtn import relative_error, rtn_result
+from ptq_eval.quant.rtn import onto_grid, relative_error, rtn_result
 from ptq_eval.quant.statistics import NO_INPUT, Hessian, check_inputs_reached, equal_input_sets, output_error
 
 SMALLEST_SCALE = 1e-4
@@ -114,10 +113,6 @@ class Magnitudes:
             self.parents.pass_ended()
 
 
-def _round(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
-    return quantize_tensor(weight, config.bits, config.group_size, config.symmetric, config.format).float()
-
-
 def _spans(columns: int, config: QuantConfig) -> list[slice]:
     """The column spans that share a scale in a row, as `quantize_tensor` groups them."""
     if config.group_size in (PER_CHANNEL, PER_TENSOR):
@@ -164,7 +159,7 @@ def search_scales(
     best = (None, None, None)
     for alpha, scales in candidates:
         scales = _scales(magnitude, column, alpha) if scales is None else scales
-        rounded = [_round((w * scales).to(dtype), config) / scales for w in weights]
+        rounded = [onto_grid((w * scales).to(dtype), config).float() / scales for w in weights]
         if error_of is None:
             error = sum(_error(candidate - w, hessian) for candidate, w in zip(rounded, weights, strict=True))
         else:
@@ -200,7 +195,7 @@ def search_clip(
     for step in range(math.floor(config.max_shrink * config.clip_grid + 1e-9)):
         ratio = 1 - step / config.clip_grid
         clamped = _clamped(scaled, torch.full_like(best_ratio, ratio), spans, per_tensor)
-        delta = _round(clamped.to(dtype), config) - scaled
+        delta = onto_grid(clamped.to(dtype), config).float() - scaled
         error = torch.stack([((delta[:, span] @ hessian[span, span]) * delta[:, span]).sum(dim=1)
                              for span in spans], dim=1)  # fmt: skip
         if per_tensor:
@@ -241,8 +236,8 @@ def _quantize_set(
         scaled = (w * scales).to(original.dtype).float()
         if config.clip:
             scaled = search_clip(scaled, scaled_hessian, config, original.dtype)
-        quantized = _round(scaled.to(original.dtype), config) / scales
-        rtn = _round(w.to(original.dtype), config)
+        quantized = onto_grid(scaled.to(original.dtype), config).float() / scales
+        rtn = onto_grid(w.to(original.dtype), config).float()
         restored = quantized if rotation is None else rotation.restore(quantized).float()
         weight.write(restored)
         layers.append(

@@ -14,6 +14,7 @@ scales differ per expert, and one norm feeds them all (and the router).
 from __future__ import annotations
 
 import torch
+from transformers.pytorch_utils import Conv1D
 
 from ptq_eval.quant.base import WeightMatrix
 from ptq_eval.quant.blocks import transformer_blocks
@@ -34,7 +35,7 @@ def _is_norm(module: torch.nn.Module) -> bool:
 
 def _scaled_tensors(module: torch.nn.Module) -> list[tuple[torch.Tensor, int]]:
     """The tensors whose output channels a producer's scale multiplies, and along which axis."""
-    found = [(module.weight, 1 if type(module).__name__ == "Conv1D" else 0)]
+    found = [(module.weight, 1 if isinstance(module, Conv1D) else 0)]  # Conv1D stores [in, out]
     bias = getattr(module, "bias", None)
     return found + ([(bias, 0)] if isinstance(bias, torch.Tensor) else [])
 
@@ -86,7 +87,8 @@ def fold_targets(model: torch.nn.Module, weights: list[WeightMatrix], tokens: to
     tokens = tokens[:1, :FOLD_TOKENS].to(next(model.parameters()).device)
     norm_outputs: dict[int, str] = {}
     keep: list[torch.Tensor] = []  # outputs held so their ids stay theirs
-    names = {id(module): name for name, module in model.named_modules()}
+    modules = dict(model.named_modules())
+    names = {id(module): name for name, module in modules.items()}
     norms = [module for module in model.modules() if _is_norm(module)]
 
     def note(module, args, output) -> None:
@@ -106,7 +108,6 @@ def fold_targets(model: torch.nn.Module, weights: list[WeightMatrix], tokens: to
     finally:
         for handle in handles:
             handle.remove()
-    modules = dict(model.named_modules())
     blocks = transformer_blocks(model, weights)
     block_of = {id(m): index for index, block in enumerate(blocks or []) for m in block.modules()}
     targets: dict[str, str | None] = {}

@@ -21,14 +21,17 @@ def relative_error(original: torch.Tensor, quantized: torch.Tensor) -> float:
     return (original - quantized.double()).pow(2).sum().item() / denominator if denominator else 0.0
 
 
+def onto_grid(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """Q(W): the [out, in] weight rounded onto the config's grid as it stands (no rotation), in its dtype."""
+    return quantize_tensor(weight, config.bits, config.group_size, config.symmetric, config.format)
+
+
 def round_to_nearest(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     """The [out, in] weight rounded onto the config's grid, Q(W) or, rotated, Q(W·Rᵀ)·R; in the weight's dtype."""
     rotation = rotation_for(config, weight.shape[1])
     if rotation is None:
-        return quantize_tensor(weight, config.bits, config.group_size, config.symmetric, config.format)
-    rotated = rotation.rotate(weight).to(weight.dtype)
-    quantized = quantize_tensor(rotated, config.bits, config.group_size, config.symmetric, config.format)
-    return rotation.restore(quantized).to(weight.dtype)
+        return onto_grid(weight, config)
+    return rotation.restore(onto_grid(rotation.rotate(weight).to(weight.dtype), config)).to(weight.dtype)
 
 
 @torch.no_grad()
