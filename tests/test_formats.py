@@ -10,12 +10,14 @@ from ptq_eval.errors import UserError
 from ptq_eval.export import check_packable_format
 from ptq_eval.quant import FORMATS, FormatError, QuantConfig
 from ptq_eval.quant.formats import E2M1, E4M3, E5M2, number_format, quantize_tensor
+from ptq_eval.quant.ggml_formats import GGML_FORMATS
 from ptq_eval.quant.gptq_solve import gptq_solve, gptq_weight
 from ptq_eval.quant.statistics import output_error
 from ptq_eval.spec import StudyError, parse_study
 
 E2M1_VALUES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
-FLOAT_FORMATS = [name for name in FORMATS if name != "int"]
+GGML = {fmt.name for fmt in GGML_FORMATS}  # llama.cpp's own rounding: tests/test_ggml_formats.py
+FLOAT_FORMATS = [name for name in FORMATS if name != "int" and name not in GGML]
 
 
 def weights(rows=24, columns=96, seed=0, dtype=torch.float32) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_architectures import CONFIGS, assert_every_weight_quantized, build, calibration, weight_slices
 
-from ptq_eval.quant import FORMATS, METHODS, QuantConfig, QuantError, quantize
+from ptq_eval.quant import FORMATS, METHODS, FormatError, QuantConfig, QuantError, quantize
 from ptq_eval.quant.rotation import ROTATION_OPTIONS, Rotation
 
 ROTATIONS = ("none", "hadamard")
@@ -33,6 +33,10 @@ def test_every_method_quantizes_every_weight_of_every_family(method, rotation, f
         assert all(layer.output_error >= 0 and layer.rtn_output_error > 0 for layer in report.layers)
 
 
+# grids a method cannot round onto: llama.cpp's q·d + m blocks are no grid of GPTQ's column loop
+REFUSED_FORMATS = {("gptq", "q4_1"), ("gptq", "q5_1")}
+
+
 def format_config(method: str, name: str, rotation: str) -> QuantConfig:
     fmt = FORMATS[name]
     return QuantConfig(
@@ -44,6 +48,10 @@ def format_config(method: str, name: str, rotation: str) -> QuantConfig:
 @pytest.mark.parametrize("name", list(FORMATS))
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_rounds_onto_every_format_and_repeats_itself(method, name, rotation):
+    if (method, name) in REFUSED_FORMATS:  # refused by name when the config is made, before any work
+        with pytest.raises(FormatError, match=f"format {name} .* GPTQ's column loop does not hold"):
+            format_config(method, name, rotation)
+        return
     config = format_config(method, name, rotation)
     weights = []
     for _ in range(2):

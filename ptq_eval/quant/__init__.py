@@ -23,7 +23,8 @@ from ptq_eval.quant.base import (
     quantize,
     survey,
 )
-from ptq_eval.quant.formats import FORMATS, FormatError, number_format
+from ptq_eval.quant.formats import FORMATS, number_format
+from ptq_eval.quant.number_format import FormatError
 
 METHOD_OPTIONS = option_names()  # every registered method's options: results columns, fit and report keys
 

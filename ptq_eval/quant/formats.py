@@ -10,8 +10,10 @@ chosen, what bits and group sizes mean for it, and what one weight costs in stor
   elements beyond the largest value saturate.
 - `nvfp4`: e2m1 elements, 16 consecutive weights of a row sharing an e4m3 scale, times one float32 scale per
   matrix chosen so the largest block scale lands on e4m3's largest value (max|W| / (448 · 6)).
+- `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`: llama.cpp's legacy blocks of 32 with float16 scales, rounded as
+  llama.cpp rounds them (`quant/ggml_formats.py`), so a simulation and a GGUF file of the type agree.
 
-Every rounding is round-to-nearest, ties to even, with saturation: one IEEE operation at a time on one
+Every other rounding is round-to-nearest, ties to even, with saturation: one IEEE operation at a time on one
 device, so CPU and CUDA agree bit for bit (`quant/grid.py`). In bfloat16 the scale's free float32 part is
 rounded up to the significant bits that keep every element × scale exact in the dtype, as the integer grid's
 is; the power-of-two scales of MX need nothing. float16 holds no float element's products exactly (its
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ptq_eval.errors import UserError
+from ptq_eval.quant.ggml_formats import GGML_FORMATS
 from ptq_eval.quant.grid import (
     PER_CHANNEL,
     PER_TENSOR,
@@ -38,67 +40,17 @@ from ptq_eval.quant.grid import (
     Grid,
     check_bits,
     check_dtype,
-    check_group_size,
     exact_scale,
     fit_grid,
     power_of_two,
 )
+from ptq_eval.quant.number_format import GROUP_SCALE_BITS, FormatError, NumberFormat
 
 E2M1 = FloatElements(bits=4, mantissa_bits=1, min_exponent=0, max_value=6.0)  # OCP FP4
 E4M3 = FloatElements(bits=8, mantissa_bits=3, min_exponent=-6, max_value=448.0)  # OCP FP8, no infinities
 E5M2 = FloatElements(bits=8, mantissa_bits=2, min_exponent=-14, max_value=57344.0)  # OCP FP8
-GROUP_SCALE_BITS = 16  # a group's scale as int and the float formats with a chosen group store it
 E8M0_BITS = 8
 E8M0_RANGE = (-126, 127)  # E8M0 reaches 2^-127; float32's normal range stops at 2^-126 (a block that small is 0)
-
-
-class FormatError(UserError):
-    """A format cannot hold this combination (bits, group size, symmetry, dtype); the message says what can."""
-
-
-@dataclass(frozen=True)
-class NumberFormat:
-    """A grid rule. `bits` and `group`: what the format fixes (None: the config chooses); `elements`: the float
-    values its points are scaled from (None: integer levels)."""
-
-    name: str
-    bits: int | None = None
-    group: int | None = None
-    elements: FloatElements | None = None
-
-    def check(self, bits: int, group_size: int, symmetric: bool) -> None:
-        """Refuse what means nothing for this format, naming what it accepts."""
-        check_group_size(group_size)
-        if self.bits is not None and bits != self.bits:
-            raise FormatError(f"format {self.name} holds {self.bits}-bit elements; bits={bits} means nothing for it")
-        if self.group is not None and group_size != self.group:
-            raise FormatError(
-                f"format {self.name} fixes its blocks at {self.group} weights; group_size={group_size} means "
-                f"nothing for it (leave group_size out or give {self.group})"
-            )
-        if self.name != "int" and not symmetric:
-            raise FormatError(f"format {self.name} is symmetric (sign and magnitude); symmetric=false means nothing")
-
-    def check_dtype(self, bits: int, symmetric: bool, dtype: torch.dtype) -> None:
-        if dtype == torch.float16:
-            raise FormatError(
-                f"format {self.name} cannot be held exactly in float16 (its smallest elements times a scale fall "
-                "among float16's subnormals); use dtype bfloat16 or float32"
-            )
-
-    def bits_per_weight(self, bits: int, group_size: int, symmetric: bool) -> float:
-        """The scaling law's P: element bits plus the group's scale spread over the group (see the module)."""
-        return bits + (GROUP_SCALE_BITS / group_size if group_size > 0 else 0.0)
-
-    def tensor_scale(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-        """A scale the whole matrix shares (fixed before any group is fitted), or None."""
-        return None
-
-    def fit(
-        self, x: torch.Tensor, bits: int, symmetric: bool, dtype: torch.dtype, tensor_scale: torch.Tensor | None
-    ) -> Grid:
-        """One grid per row of x ([rows, k]), its points exact in `dtype`."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -204,6 +156,7 @@ FORMATS: dict[str, NumberFormat] = {
         MXFloat("mxfp4", bits=4, group=32, elements=E2M1),
         MXInt("mxint8", bits=8, group=32),
         NVFP4("nvfp4", bits=4, group=16, elements=E2M1),
+        *GGML_FORMATS,
     )
 }
 
@@ -212,10 +165,6 @@ def number_format(name: str) -> NumberFormat:
     if name not in FORMATS:
         raise FormatError(f"format {name!r} is not known; accepted: {', '.join(FORMATS)}")
     return FORMATS[name]
-
-
-def _round_rows(x: torch.Tensor, fmt: NumberFormat, bits: int, symmetric: bool, tensor_scale) -> torch.Tensor:
-    return fmt.fit(x, bits, symmetric, x.dtype, tensor_scale).fake_quantize(x)
 
 
 def quantize_tensor(
@@ -230,14 +179,14 @@ def quantize_tensor(
     tensor_scale = fmt.tensor_scale(weight, weight.dtype)
     if group_size == PER_TENSOR:
         return (
-            _round_rows(weight.reshape(1, -1), fmt, bits, symmetric, tensor_scale)
+            fmt.round_rows(weight.reshape(1, -1), bits, symmetric, tensor_scale)
             .reshape(weight.shape)
             .to(weight.dtype)
         )
     rows, columns = weight.shape
     group = columns if group_size == PER_CHANNEL else min(group_size, columns)
     full = columns - columns % group
-    parts = [_round_rows(weight[:, :full].reshape(-1, group), fmt, bits, symmetric, tensor_scale).reshape(rows, full)]
+    parts = [fmt.round_rows(weight[:, :full].reshape(-1, group), bits, symmetric, tensor_scale).reshape(rows, full)]
     if full < columns:
-        parts.append(_round_rows(weight[:, full:], fmt, bits, symmetric, tensor_scale))
+        parts.append(fmt.round_rows(weight[:, full:], bits, symmetric, tensor_scale))
     return torch.cat(parts, dim=1).to(weight.dtype)

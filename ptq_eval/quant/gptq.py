@@ -52,6 +52,11 @@ def check_groups_fit_the_format(config: QuantConfig) -> None:
     """A format with fixed blocks of consecutive columns cannot hold act-order's groups in Hessian order (checked
     when the config is made, before any calibration)."""
     fmt = number_format(config.format)
+    if fmt.stored_minimum:
+        raise FormatError(
+            f"format {config.format} stores each block as q·d + m (a float16 minimum), a grid GPTQ's column loop "
+            "does not hold; use method rtn or awq for it, or a format with a zero point (q4_0, q5_0, q8_0, int)"
+        )
     if fmt.group is not None and config.act_order and not config.static_groups:
         raise FormatError(
             f"format {config.format} stores blocks of {fmt.group} consecutive columns; act_order without "
