@@ -179,9 +179,7 @@ def quantize_tensor(
     tensor_scale = fmt.tensor_scale(weight, weight.dtype)
     if group_size == PER_TENSOR:
         return (
-            fmt.round_rows(weight.reshape(1, -1), bits, symmetric, tensor_scale)
-            .reshape(weight.shape)
-            .to(weight.dtype)
+            fmt.round_rows(weight.reshape(1, -1), bits, symmetric, tensor_scale).reshape(weight.shape).to(weight.dtype)
         )
     rows, columns = weight.shape
     group = columns if group_size == PER_CHANNEL else min(group_size, columns)
