@@ -14,63 +14,18 @@ refused before any work. Tied input/output embeddings are written once (transfor
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from ptq_eval.artifacts.gptq_pack import pack
 from ptq_eval.checkpoints import load_model
 from ptq_eval.errors import UserError
 from ptq_eval.quant import DEFAULT_EXCLUDE, FORMATS, INT, QuantConfig, QuantError, quantizable_weights, quantize
 from ptq_eval.quant.calibration import calibration_tokens
 
 PACKABLE_BITS = (2, 3, 4, 8)
-
-
-def _layout(bits: int) -> tuple[int, int]:
-    """(values, words) per block: codes are laid end to end as one little-endian bit string."""
-    common = math.gcd(32, bits)
-    return 32 // common, bits // common
-
-
-def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack non-negative integer codes along dim 0 into int32 words, `bits` bits each, low bits first."""
-    values, words = _layout(bits)
-    if codes.shape[0] % values:
-        raise UserError(f"dimension {codes.shape[0]} is not a multiple of {values} ({bits}-bit packing)")
-    blocks = codes.to(torch.int64).reshape(codes.shape[0] // values, values, *codes.shape[1:])
-    packed = torch.zeros(blocks.shape[0], words, *codes.shape[1:], dtype=torch.int64)
-    for i in range(values):
-        word, shift = divmod(i * bits, 32)
-        packed[:, word] |= (blocks[:, i] << shift) & 0xFFFFFFFF
-        if shift + bits > 32:
-            packed[:, word + 1] |= blocks[:, i] >> (32 - shift)
-    packed = packed.reshape(-1, *codes.shape[1:])
-    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
-
-
-def unpack(words: torch.Tensor, bits: int) -> torch.Tensor:
-    """Inverse of `pack`: int64 codes."""
-    values, per_block = _layout(bits)
-    blocks = (words.to(torch.int64) & 0xFFFFFFFF).reshape(words.shape[0] // per_block, per_block, *words.shape[1:])
-    mask = 2**bits - 1
-    codes = []
-    for i in range(values):
-        word, shift = divmod(i * bits, 32)
-        code = blocks[:, word] >> shift
-        if shift + bits > 32:
-            code = code | (blocks[:, word + 1] << (32 - shift))
-        codes.append(code & mask)
-    return torch.stack(codes, dim=1).reshape(-1, *words.shape[1:])
-
-
-def dequantize_packed(tensors: dict[str, torch.Tensor], prefix: str, bits: int) -> torch.Tensor:
-    """The float32 [out, in] weight a packed GPTQ layer (checkpoint_format gptq) stands for."""
-    codes = unpack(tensors[f"{prefix}.qweight"], bits).T
-    zeros = unpack(tensors[f"{prefix}.qzeros"].T, bits).T + 1
-    index = tensors[f"{prefix}.g_idx"].long()
-    return tensors[f"{prefix}.scales"].float()[index].T * (codes - zeros[index].T)
 
 
 def packed_tensors(

@@ -3,7 +3,8 @@
 A job's inputs are the checkpoint's weights (hub commit SHA or the hash of its files), its tokenizer's
 definition, the eval's text (the hash of the corpus split its kind scores; an lm-eval task is identified by
 its config only: its datasets are lm-eval's), what else its kind says it depends on (the window start token,
-the lm-eval backend), and for calibrated methods the calibration text's hash. A stored job (a baseline
+the lm-eval backend), for calibrated methods the calibration text's hash, and for a quantized file (artifact) the
+hash of its files. A stored job (a baseline
 included) whose recorded inputs differ from the current ones, or that recorded none, is computed again.
 """
 
@@ -14,6 +15,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ptq_eval.artifacts import artifact_digest
 from ptq_eval.checkpoints import load_tokenizer, weights_identity, weights_stamp
 from ptq_eval.corpus import Corpus, load_corpus
 from ptq_eval.evals.kinds import EVAL_KINDS
@@ -27,6 +29,7 @@ JOB_INPUTS = {
     "tokenizer": "tokenizer",
     "eval_data": "eval text",
     "calibration_data": "calibration text",
+    "artifact": "artifact file",
 }
 _DECLARED = [name for kind in EVAL_KINDS.values() for name in kind.INPUTS]
 if len(set(_DECLARED)) != len(_DECLARED) or set(_DECLARED) & set(JOB_INPUTS):
@@ -62,14 +65,16 @@ def checkpoint_identity(reference: str, trust_remote_code: bool = False) -> Chec
 
 
 def data_identities(study: Study, jobs: list[Job], corpus: Callable[[str, str], Corpus] = load_corpus) -> dict:
-    """Each eval's text hash (None for a kind whose data its options identify, as lm-eval tasks'), and the
-    calibration text's under "calibration"."""
+    """Each eval's text hash (None for a kind whose data its options identify, as lm-eval tasks'), the
+    calibration text's under "calibration", and each artifact's files' hash under the artifact."""
     data: dict = {}
     for evaluation in dict.fromkeys(job.eval for job in jobs):
         text = evaluation.scored_text()
         data[evaluation] = None if text is None else corpus(*text).sha256()
     if any(job.quant.needs_calibration for job in jobs):
         data["calibration"] = corpus(study.calibration.corpus, study.calibration.split).sha256()
+    for artifact in dict.fromkeys(job.artifact for job in jobs if job.artifact is not None):
+        data[artifact] = artifact_digest(artifact)
     return data
 
 
@@ -78,6 +83,8 @@ def job_inputs(job: Job, checkpoint: CheckpointIdentity, data: dict) -> dict:
     inputs |= job.eval.inputs(checkpoint.tokenizer_object)
     if job.quant is not None and job.quant.needs_calibration:
         inputs["calibration_data"] = data["calibration"]
+    if job.artifact is not None:
+        inputs["artifact"] = data[job.artifact]
     return inputs
 
 

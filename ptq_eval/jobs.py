@@ -9,9 +9,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ptq_eval.artifacts import Artifact
 from ptq_eval.evals.kinds import EvalKind
 from ptq_eval.quant import QuantConfig
-from ptq_eval.spec import Calibration, FamilyLadder, LadderEntry, Study, StudyError
+from ptq_eval.spec import Calibration, FamilyLadder, LadderEntry, Study, StudyError, artifact_config
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,8 @@ class CheckpointSpec:
 
 @dataclass(frozen=True)
 class Job:
-    """One (checkpoint, quant config or full precision, evaluation) unit of work."""
+    """One (checkpoint, quant config or full precision, evaluation) unit of work; `artifact`: the quantized
+    file whose weights the config stands for (method artifact)."""
 
     checkpoint: CheckpointSpec
     quant: QuantConfig | None
@@ -31,6 +33,7 @@ class Job:
     seed: int
     exclude: tuple[str, ...]
     calibration: Calibration | None = None
+    artifact: Artifact | None = None
 
     def describe(self) -> dict:
         """What the job is, as stored with its results; the key is a hash of this."""
@@ -52,6 +55,8 @@ class Job:
             description["exclude"] = list(self.exclude)
         if self.quant and self.quant.needs_calibration:
             description["calibration"] = self.calibration.model_dump()
+        if self.artifact is not None:  # its path in the key; what its files hold is an input (identity.py)
+            description |= {"artifact": self.artifact.reference, "bits_per_weight": self.artifact.bits_per_weight}
         return description
 
     @property
@@ -82,11 +87,25 @@ def checkpoints(study: Study) -> list[CheckpointSpec]:
 
 
 def expand_jobs(study: Study) -> list[Job]:
-    """Every quantized job of the study (each implies its full-precision baseline)."""
-    configs = list(dict.fromkeys(config for grid in study.quant for config in grid.configs()))
-    return [
-        Job(checkpoint, config, evaluation, study.dtype, study.seed, study.exclude, study.calibration)
-        for checkpoint in checkpoints(study)
-        for config in configs
-        for evaluation in study.evals
-    ]
+    """Every quantized job of the study (each implies its full-precision baseline): each config of the grids on
+    every checkpoint, each artifact on its base."""
+    configs = list(dict.fromkeys(config for grid in study.grids() for config in grid.configs()))
+    ladder = checkpoints(study)
+    files: dict[CheckpointSpec, list[Artifact]] = {}
+    by_reference = {checkpoint.reference: checkpoint for checkpoint in ladder}
+    for entry in study.artifacts():
+        try:
+            pairs = entry.pairs(list(by_reference))
+        except ValueError as error:
+            raise StudyError(f"quant: {error}") from None
+        for base, artifact in pairs:
+            files.setdefault(by_reference[base], []).append(artifact)
+    jobs = []
+    for checkpoint in ladder:
+        for config in configs:
+            jobs += [Job(checkpoint, config, evaluation, study.dtype, study.seed, study.exclude, study.calibration)
+                     for evaluation in study.evals]  # fmt: skip
+        for artifact in files.get(checkpoint, []):
+            jobs += [Job(checkpoint, artifact_config(artifact), evaluation, study.dtype, study.seed, study.exclude,
+                         artifact=artifact) for evaluation in study.evals]  # fmt: skip
+    return jobs

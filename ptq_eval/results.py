@@ -47,11 +47,12 @@ COVERAGE = {
 }
 OUTPUT_FORMATS = ("csv", "json", "md")
 # what study_results adds to COLUMNS: the grid cell's label, the methods' options (empty for a method without
-# them: rows that differ in one are never pooled into one fit), the checkpoint's learning-rate schedule and how
-# far its decay had come (NaN: unknown), the job's time
+# them: rows that differ in one are never pooled into one fit), the quantized file a row measured (empty for
+# simulated configs), the checkpoint's learning-rate schedule and how far its decay had come (NaN: unknown), the
+# job's time
 NUMERIC = ["params", "nonembedding_params", "tokens", "tokens_per_param", "fp_value", "quant_value", "delta",
            "delta_ci_low", "delta_ci_high"]  # fmt: skip
-EXTRA = ["granularity", *METHOD_OPTIONS, "schedule", "decay_done", "seconds"]
+EXTRA = ["granularity", *METHOD_OPTIONS, "artifact", "schedule", "decay_done", "seconds"]
 # config fields a printed table shows only where they vary (CSV and JSON always carry them)
 VARYING = ["format", "symmetric", *METHOD_OPTIONS, "eval", "schedule"]
 
@@ -75,10 +76,17 @@ def study_results(study: Study, store: Store) -> pd.DataFrame:
     stored = frame["format"] if "format" in frame else pd.Series(None, index=frame.index, dtype=object)
     frame["format"] = stored.where(stored.notna() | frame.bits.isna(), INT)  # keys name a format other than int
     frame["granularity"] = [granularity(int(g)) if g == g else "" for g in frame.group_size]
-    frame["bits_per_weight"] = [
-        number_format(f).bits_per_weight(int(b), int(g), bool(s)) if b == b else math.nan
-        for f, b, g, s in zip(frame.format, frame.bits, frame.group_size, frame.symmetric, strict=True)
-    ]
+    counted = pd.Series(
+        [
+            number_format(f).bits_per_weight(int(b), int(g), bool(s)) if b == b else math.nan
+            for f, b, g, s in zip(frame.format, frame.bits, frame.group_size, frame.symmetric, strict=True)
+        ],
+        index=frame.index,
+        dtype=float,
+    )
+    recorded = frame["bits_per_weight"] if "bits_per_weight" in frame else pd.Series(math.nan, index=frame.index)
+    frame["bits_per_weight"] = recorded.astype(float).fillna(counted)  # an artifact's job records its file's
+    frame["artifact"] = frame["artifact"].fillna("") if "artifact" in frame else ""
     schedules = frame["schedule"] if "schedule" in frame else pd.Series([{}] * len(frame), index=frame.index)
     schedules = schedules.map(lambda facts: facts if isinstance(facts, dict) else {})
     frame["schedule"] = schedules.map(lambda facts: facts.get("kind", ""))

@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from ptq_eval.checkpoints import checkpoint_tokens
+from ptq_eval.artifacts import check_base
+from ptq_eval.checkpoints import CheckpointRef, checkpoint_tokens
 from ptq_eval.claims import DEFAULT_LEASE_SECONDS, Claims
 from ptq_eval.corpus import Corpus, load_corpus, shared_documents
 from ptq_eval.executors import Executor, GroupEnd, InProcess, shard_checkpoints
@@ -103,15 +104,23 @@ def _plan(study: Study, jobs: list[Job], store: Store, summary: RunSummary) -> l
     by_checkpoint: dict[CheckpointSpec, list[Job]] = {}
     for job in jobs:
         by_checkpoint.setdefault(job.checkpoint, []).append(job)
-    groups = []
-    for checkpoint, checkpoint_jobs in by_checkpoint.items():
+    identities, failures = {}, {}
+    for checkpoint in by_checkpoint:
         try:
-            identity = checkpoint_identity(checkpoint.reference, study.trust_remote_code)
+            identities[checkpoint] = checkpoint_identity(checkpoint.reference, study.trust_remote_code)
             checkpoint_tokens(checkpoint.reference, checkpoint.tokens)  # its metadata, checked before any model loads
         except CHECKPOINT_FAILURES as error:
-            summary.failed[checkpoint.reference] = str(error)
-            store.record_failure(checkpoint.reference, str(error))
-            continue
+            failures[checkpoint] = str(error)
+    for checkpoint, identity in identities.items():  # an artifact not of its base stops the run, nothing written
+        for artifact in dict.fromkeys(job.artifact for job in by_checkpoint[checkpoint] if job.artifact is not None):
+            ref = CheckpointRef.parse(checkpoint.reference)
+            check_base(artifact, ref.repo, identity.tokenizer_object, ref.revision)
+    for checkpoint, reason in failures.items():
+        summary.failed[checkpoint.reference] = reason
+        store.record_failure(checkpoint.reference, reason)
+    groups = []
+    for checkpoint, identity in identities.items():
+        checkpoint_jobs = by_checkpoint[checkpoint]
         everything = [*checkpoint_jobs, *(job.baseline() for job in checkpoint_jobs)]
         inputs = {job.key: job_inputs(job, identity, data) for job in everything}
         groups.append(_Group(checkpoint, checkpoint_jobs, identity, inputs))

@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from ptq_eval.artifacts import Artifact, describe
 from ptq_eval.corpus import STDLIB
 from ptq_eval.documents import validate_document
 from ptq_eval.errors import UserError
@@ -18,6 +19,7 @@ from ptq_eval.evals.kinds import EVAL_KINDS
 from ptq_eval.families import get_family, hub_revisions, ladder_revisions, pick
 from ptq_eval.quant import DEFAULT_EXCLUDE, FORMATS, INT, METHODS, QuantConfig, number_format
 from ptq_eval.quant.grid import MAX_BITS, MIN_BITS, PER_CHANNEL
+from ptq_eval.quant.stored import ARTIFACT
 from ptq_eval.schema import Strict
 from ptq_eval.yaml_files import read_yaml
 
@@ -109,16 +111,24 @@ class QuantGrid(BaseModel):
     @field_validator("method")
     @classmethod
     def _known_method(cls, method: str) -> str:
+        simulated = [name for name, m in METHODS.items() if not m.reads_file]
+        if method in METHODS and METHODS[method].reads_file:
+            raise ValueError(f"method {method} reads a quantized file: write {{artifact: PATH}} instead of a grid")
         if method not in METHODS:
-            raise ValueError(f"{method!r} is not a method; accepted: {', '.join(METHODS)}")
+            raise ValueError(f"{method!r} is not a method; accepted: {', '.join(simulated)} (or artifact: PATH)")
         return method
 
     @field_validator("format")
     @classmethod
     def _known_formats(cls, formats):
+        simulated = [name for name, fmt in FORMATS.items() if not fmt.read_only]
         for value in _as_list(formats):
+            if value in FORMATS and FORMATS[value].read_only:
+                raise ValueError(
+                    f"format {value} is read from files only (artifact: PATH); simulated: {', '.join(simulated)}"
+                )
             if value not in FORMATS:
-                raise ValueError(f"{value!r} is not a number format; accepted: {', '.join(FORMATS)}")
+                raise ValueError(f"{value!r} is not a number format; accepted: {', '.join(simulated)}")
         return formats
 
     @field_validator("bits")
@@ -182,6 +192,58 @@ class QuantGrid(BaseModel):
         return configs
 
 
+class ArtifactEntry(Strict):
+    """A quantized file as the quantized side of a pair: one path (a ladder of one checkpoint, its base), or a
+    mapping base checkpoint → path (a ladder of files, e.g. one GGUF per D/N). What each file is (type, bits,
+    group size, bits per weight) is read from it now, before any work."""
+
+    artifact: str | dict[str, str]
+
+    @field_validator("artifact")
+    @classmethod
+    def _readable(cls, artifact):
+        for path in artifact.values() if isinstance(artifact, dict) else [artifact]:
+            try:
+                describe(path)
+            except UserError as error:
+                raise ValueError(str(error)) from None
+        return artifact
+
+    def pairs(self, checkpoints: list[str]) -> list[tuple[str, Artifact]]:
+        """(base checkpoint, artifact) for each file; a file's base must be a checkpoint of the ladder."""
+        if isinstance(self.artifact, str):
+            if len(checkpoints) != 1:
+                raise ValueError(
+                    f"artifact {self.artifact} is one file but the ladder has {len(checkpoints)} checkpoints: give a "
+                    "mapping, base checkpoint: file"
+                )
+            return [(checkpoints[0], describe(self.artifact))]
+        for base in self.artifact:
+            if base not in checkpoints:
+                raise ValueError(
+                    f"artifact base {base!r} is not a checkpoint of the ladder; it has: {', '.join(checkpoints)}"
+                )
+        return [(base, describe(path)) for base, path in self.artifact.items()]
+
+
+def artifact_config(artifact: Artifact) -> QuantConfig:
+    """The config a file stands for, as its metadata describes it."""
+    return QuantConfig(
+        method=ARTIFACT, bits=artifact.bits, format=artifact.format, group_size=artifact.group_size,
+        symmetric=artifact.symmetric,
+        options={"artifact_type": artifact.artifact_type, "quantized_as": artifact.quantized_as},
+    )  # fmt: skip
+
+
+def _quant_kind(entry: object) -> str:
+    return "artifact" if isinstance(entry, dict) and "artifact" in entry else "grid"
+
+
+QuantItem = Annotated[
+    Annotated[QuantGrid, Tag("grid")] | Annotated[ArtifactEntry, Tag("artifact")], Discriminator(_quant_kind)
+]
+
+
 class Calibration(Strict):
     """Calibration text for methods that need it (never the evaluation split)."""
 
@@ -209,13 +271,13 @@ LadderItem = Annotated[
     Discriminator(_ladder_kind),
 ]
 # the names pydantic gives the branches of a study's unions in an error's key path (not keys the user wrote)
-BRANCHES = ("ladder-path", "ladder-entry", "ladder-family", *EVAL_KINDS)
+BRANCHES = ("ladder-path", "ladder-entry", "ladder-family", "grid", "artifact", *EVAL_KINDS)
 
 
 class Study(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     ladder: list[LadderItem] = Field(min_length=1)
-    quant: list[QuantGrid] = Field(min_length=1)
+    quant: list[QuantItem] = Field(min_length=1)
     evals: list[EvalSpec] = Field(min_length=1)
     calibration: Calibration = Calibration()
     seed: int = 0
@@ -247,12 +309,26 @@ class Study(Strict):
     def _bits_fit_the_dtype(self):
         import torch
 
-        for grid in self.quant:
+        for grid in self.grids():
             for config in grid.configs():
                 try:
                     number_format(config.format).check_dtype(config.bits, config.symmetric, getattr(torch, self.dtype))
                 except UserError as error:
                     raise ValueError(f"quant: {error}") from None
+        return self
+
+    def grids(self) -> list[QuantGrid]:
+        return [entry for entry in self.quant if isinstance(entry, QuantGrid)]
+
+    def artifacts(self) -> list[ArtifactEntry]:
+        return [entry for entry in self.quant if isinstance(entry, ArtifactEntry)]
+
+    @model_validator(mode="after")
+    def _artifacts_have_float32_bases(self):
+        if self.artifacts() and self.dtype != "float32":
+            raise ValueError(
+                f"dtype {self.dtype}: an artifact's de-quantized weights are exact in float32 only; use dtype float32"
+            )
         return self
 
     @model_validator(mode="after")

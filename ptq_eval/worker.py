@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import transformers
 
+from ptq_eval.artifacts import Artifact, stored_weights
 from ptq_eval.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint, weights_stamp
 from ptq_eval.errors import UserError
 from ptq_eval.evals.kinds import CheckpointView, EvalKind, Scored
@@ -102,6 +103,7 @@ class _CheckpointRun:
         self.pristine = [weight.read().detach().to("cpu", copy=True) for weight in self.weights]
         if pin:
             self.pristine = [tensor.pin_memory() for tensor in self.pristine]
+        self.pristine_others: dict[str, torch.Tensor] = {}  # parameters an artifact wrote beside the matrices
         self.tokenizer_key = tokenizer_identity(loaded.tokenizer)
         self.facts = _facts(loaded)
         self.quant_device = resolve_device(self.study.quant_device) if self.study.quant_device else None
@@ -127,9 +129,22 @@ class _CheckpointRun:
             )
         return self.cache[key]
 
+    @torch.no_grad()
     def restore(self) -> None:
         for weight, pristine in zip(self.weights, self.pristine, strict=True):
             weight.write(pristine)
+        parameters = dict(self.loaded.model.named_parameters())
+        for name, pristine in self.pristine_others.items():
+            parameters[name].copy_(pristine)
+
+    def read_artifact(self, artifact: Artifact):
+        """The artifact's weights, with a pristine copy kept of every other parameter it will write."""
+        stored = stored_weights(artifact, self.loaded.model)
+        parameters = dict(self.loaded.model.named_parameters())
+        for name in stored.others(self.weights):
+            if name not in self.pristine_others:
+                self.pristine_others[name] = parameters[name].detach().to("cpu", copy=True)
+        return stored
 
     def score(self, evaluation: EvalKind, baseline: Scored | None = None) -> tuple[Scored, float]:
         evaluator = evaluation.evaluator(self.view())
@@ -148,12 +163,15 @@ class _CheckpointRun:
         details = provenance(self.study, self.device) | scored.details | {"inputs": self.work.inputs[job.key]}
         return scored, Finished(job.key, job.describe(), self.facts, details, seconds, rows, scored.arrays)
 
-    def quantized(self, config: QuantConfig, jobs: list[Job], baselines: dict[str, Scored]) -> Iterator[Finished]:
+    def quantized(
+        self, config: QuantConfig, jobs: list[Job], baselines: dict[str, Scored], artifact: Artifact | None = None
+    ) -> Iterator[Finished]:
         self.restore()
         calibration = self.calibration() if config.needs_calibration else None
+        stored = self.read_artifact(artifact) if artifact is not None else None
         report = quantize(
             self.loaded.model, config, self.study.exclude, calibration, self.quant_device, self.calibrated,
-            share_with=self.quant_configs,
+            share_with=self.quant_configs, stored=stored,
         )  # fmt: skip
         report_facts = {
             "seconds": report.seconds,
@@ -164,6 +182,9 @@ class _CheckpointRun:
         if report.warnings:
             report_facts["warnings"] = report.warnings
         label = f"{self.loaded.facts.name} {config.method} {config.bits}b {config.granularity}"
+        if artifact is not None:
+            report_facts["artifact"] = {"reference": artifact.reference, "types": dict(artifact.types)}
+            label = f"{self.loaded.facts.name} {artifact.artifact_type} {artifact.quantized_as}"
         for job in jobs:
             baseline = baselines[job.baseline().key]
             scored, seconds = self.score(job.eval, baseline)
@@ -201,8 +222,8 @@ def run_checkpoint(work: CheckpointWork, cache: dict | None = None) -> Iterator[
         baselines[job.key], finished = run.baseline(job)
         if finished is not None:
             yield finished
-    by_config: dict[QuantConfig, list[Job]] = {}
+    by_config: dict[tuple[QuantConfig, Artifact | None], list[Job]] = {}
     for job in work.jobs:
-        by_config.setdefault(job.quant, []).append(job)
-    for config, config_jobs in by_config.items():
-        yield from run.quantized(config, config_jobs, baselines)
+        by_config.setdefault((job.quant, job.artifact), []).append(job)
+    for (config, artifact), config_jobs in by_config.items():
+        yield from run.quantized(config, config_jobs, baselines, artifact)

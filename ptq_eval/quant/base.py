@@ -29,6 +29,7 @@ from transformers.pytorch_utils import Conv1D
 from ptq_eval.errors import UserError
 from ptq_eval.quant.formats import number_format
 from ptq_eval.quant.grid import PER_CHANNEL, PER_TENSOR, check_bits
+from ptq_eval.quant.number_format import FormatError
 
 DEFAULT_EXCLUDE = ("lm_head", "embed_out")
 EXPERT_INDEX = r"\.experts\.\d+(?=\.|$)"  # an expert's index in a ModuleList named experts
@@ -58,6 +59,7 @@ class Method:
     needs_calibration: bool = False
     later_options: tuple[str, ...] = ()
     check: Callable[[QuantConfig], None] | None = None  # rules tying the options to the format
+    reads_file: bool = False  # its weights are read from a quantized file (`stored=`), not computed
 
     def default(self, option: str) -> object:
         return self.options.model_fields[option].default
@@ -126,7 +128,10 @@ class QuantConfig:
         method = method_named(self.method)
         object.__setattr__(self, "options", method.validate_options(dict(self.options)))
         check_bits(self.bits)
-        number_format(self.format).check(self.bits, self.group_size, self.symmetric)
+        fmt = number_format(self.format)
+        if fmt.read_only and not method.reads_file:
+            raise FormatError(f"format {fmt.name} names what a quantized file holds; give the file (artifact: PATH)")
+        fmt.check(self.bits, self.group_size, self.symmetric)
         if method.check is not None:
             method.check(self)
 
@@ -144,6 +149,10 @@ class QuantConfig:
     @property
     def needs_calibration(self) -> bool:
         return METHODS[self.method].needs_calibration
+
+    @property
+    def reads_file(self) -> bool:
+        return METHODS[self.method].reads_file
 
     @property
     def bits_per_weight(self) -> float:
@@ -388,16 +397,18 @@ def register(
     needs_calibration: bool = False,
     later_options: tuple[str, ...] = (),
     check: Callable[[QuantConfig], None] | None = None,
+    reads_file: bool = False,
 ) -> Callable[[Callable[..., QuantReport]], Callable[..., QuantReport]]:
     """Make a method reachable as `quantize(..., QuantConfig(method=name, ...))`, with its options' schema.
 
     A method is called as `method(model, weights, config, calibration=..., device=..., cache=..., share_with=...)`,
     quantizes every given matrix in place onto `config.format`'s grid and returns a QuantReport with one
-    LayerReport per matrix.
+    LayerReport per matrix. A method that `reads_file` is called as `method(model, weights, config, stored=...)`
+    and writes the weights a quantized file holds (`quant/stored.py`).
     """
 
     def add(run: Callable[..., QuantReport]) -> Callable[..., QuantReport]:
-        METHODS[name] = Method(name, run, options, needs_calibration, later_options, check)
+        METHODS[name] = Method(name, run, options, needs_calibration, later_options, check, reads_file)
         return run
 
     return add
@@ -421,6 +432,7 @@ def quantize(
     device: str | torch.device | None = None,
     cache: dict | None = None,
     share_with: Sequence[QuantConfig] = (),
+    stored: object | None = None,
 ) -> QuantReport:
     """Quantize the model's weights in place with the configured method; the report carries the coverage.
 
@@ -429,14 +441,21 @@ def quantize(
     one dict per checkpoint and calibration set, kept across configs, for what calibration can exactly re-use
     (`quant/blocks.py`); the model's weights must be the pristine ones at each call. `share_with` (GPTQ under
     `sequential: none`, with `cache`): the checkpoint's other configs, solved in the same loops and kept in `cache`
-    for their own calls (`quant/gptq.py`).
+    for their own calls (`quant/gptq.py`). `stored` (a method that reads a file): the file's weights
+    (`quant/stored.py`).
     """
     found = survey(model, exclude)
     check_selection(model, found)
+    method = METHODS[config.method]
+    if method.reads_file != (stored is not None):
+        raise QuantError(f"method {config.method} {'needs' if method.reads_file else 'takes no'} stored weights")
     started = time.perf_counter()
-    report = METHODS[config.method].run(
-        model, found.selected, config, calibration=calibration, device=device, cache=cache, share_with=share_with
-    )
+    if method.reads_file:
+        report = method.run(model, found.selected, config, stored=stored)
+    else:
+        report = method.run(
+            model, found.selected, config, calibration=calibration, device=device, cache=cache, share_with=share_with
+        )
     report.seconds = time.perf_counter() - started
     reported = {layer.name for layer in report.layers}
     missing = [weight.name for weight in found.selected if weight.name not in reported]

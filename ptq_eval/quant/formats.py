@@ -12,6 +12,7 @@ chosen, what bits and group sizes mean for it, and what one weight costs in stor
   matrix chosen so the largest block scale lands on e4m3's largest value (max|W| / (448 · 6)).
 - `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`: llama.cpp's legacy blocks of 32 with float16 scales, rounded as
   llama.cpp rounds them (`quant/ggml_formats.py`), so a simulation and a GGUF file of the type agree.
+- `gguf`: what a GGUF file of other types holds (K-quants, i-quants, mixes): read from files, never simulated.
 
 Every other rounding is round-to-nearest, ties to even, with saturation: one IEEE operation at a time on one
 device, so CPU and CUDA agree bit for bit (`quant/grid.py`). In bfloat16 the scale's free float32 part is
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ptq_eval.quant.ggml_formats import GGML_FORMATS
+from ptq_eval.quant.ggml_formats import GGML_FORMATS, GGUF_READ_ONLY
 from ptq_eval.quant.grid import (
     PER_CHANNEL,
     PER_TENSOR,
@@ -157,6 +158,7 @@ FORMATS: dict[str, NumberFormat] = {
         MXInt("mxint8", bits=8, group=32),
         NVFP4("nvfp4", bits=4, group=16, elements=E2M1),
         *GGML_FORMATS,
+        GGUF_READ_ONLY,
     )
 }
 

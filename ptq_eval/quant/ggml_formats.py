@@ -131,6 +131,27 @@ class GGMLMinimum(GGMLFormat):
         raise FormatError(f"format {self.name} stores q·d + m (a float16 minimum), not a grid GPTQ's loop holds")
 
 
+@dataclass(frozen=True)
+class ReadOnly(NumberFormat):
+    """llama.cpp's other types (K-quants, i-quants) and mixes of types: read from GGUF files, never simulated."""
+
+    def check(self, bits: int, group_size: int, symmetric: bool) -> None:
+        """Anything a file says of itself."""
+
+    def check_dtype(self, bits: int, symmetric: bool, dtype: torch.dtype) -> None:
+        """Checked when the file is read."""
+
+    def bits_per_weight(self, bits: int, group_size: int, symmetric: bool) -> float:
+        """The element bits; a job of a file records what the file's matrices really cost."""
+        return float(bits)
+
+    def round_rows(self, x, bits, symmetric, tensor_scale=None) -> torch.Tensor:
+        raise FormatError(f"format {self.name} is read from GGUF files only; simulate {', '.join(SIMULATED)} instead")
+
+    def fit(self, x, bits, symmetric, dtype, tensor_scale=None) -> Grid:
+        raise FormatError(f"format {self.name} is read from GGUF files only; simulate {', '.join(SIMULATED)} instead")
+
+
 GGML_FORMATS = (
     GGMLScaled("q8_0", bits=8, group=GGML_BLOCK),
     GGMLCentred("q4_0", bits=4, group=GGML_BLOCK),
@@ -138,3 +159,6 @@ GGML_FORMATS = (
     GGMLMinimum("q4_1", bits=4, group=GGML_BLOCK, stored_minimum=True),
     GGMLMinimum("q5_1", bits=5, group=GGML_BLOCK, stored_minimum=True),
 )
+SIMULATED = tuple(fmt.name for fmt in GGML_FORMATS)
+# a GGUF file of other types (Q4_K_M's mix of Q4_K and Q6_K, IQ4_XS, ...), as the quantized side of a pair
+GGUF_READ_ONLY = ReadOnly("gguf", read_only=True)

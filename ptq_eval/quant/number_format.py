@@ -21,13 +21,15 @@ class FormatError(UserError):
 class NumberFormat:
     """A grid rule. `bits` and `group`: what the format fixes (None: the config chooses); `elements`: the float
     values its points are scaled from (None: integer levels); `stored_minimum`: its points are q·d + m, a stored
-    minimum m rather than an integer zero point (a grid GPTQ's column loop does not hold)."""
+    minimum m rather than an integer zero point (a grid GPTQ's column loop does not hold); `read_only`: it names
+    what a quantized file holds and is never simulated."""
 
     name: str
     bits: int | None = None
     group: int | None = None
     elements: FloatElements | None = None
     stored_minimum: bool = False
+    read_only: bool = False
 
     def check(self, bits: int, group_size: int, symmetric: bool) -> None:
         """Refuse what means nothing for this format, naming what it accepts."""
