@@ -329,12 +329,17 @@ def cmd_compare(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from ptq_eval.gate import check_budget_scopes, decide, fit_forecasts, gate_study, load_policy
+    from ptq_eval.artifacts import describe
+    from ptq_eval.gate import artifact_policy, check_budget_scopes, decide, fit_forecasts, gate_study, load_policy
     from ptq_eval.results import study_results
     from ptq_eval.store import Store
 
     _quiet_transformers()
     policy = load_policy(args.policy)
+    artifact = None
+    if args.artifact:  # the shipped file judged in place of the policy's release configs
+        policy = artifact_policy(policy, args.artifact)
+        artifact = describe(args.artifact).describe()
     check_budget_scopes(policy)  # before any model work
     study = gate_study(policy, args.checkpoint)
     path = store_path(args.store or policy.store, study.name)
@@ -349,7 +354,7 @@ def cmd_gate(args) -> int:
         results = study_results(study, store)
     for reference, reason in failed.items():
         print(f"error: checkpoint {reference} failed: {reason}; its checks are undecided", file=sys.stderr)
-    verdict = decide(policy, args.checkpoint, results, fit_forecasts(policy, path), failed)
+    verdict = decide(policy, args.checkpoint, results, fit_forecasts(policy, path), failed, artifact)
     return _publish_verdict(verdict, args, path)
 
 
@@ -548,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--out", help="JSON verdict (default: reports/gate/<checkpoint>.json)")
     gate.add_argument("--summary", help="also append the Markdown verdict here ($GITHUB_STEP_SUMMARY always is)")
     gate.add_argument("--no-run", action="store_true", help="use stored results only; a missing one is undecided")
+    gate.add_argument(
+        "--artifact", help="judge this quantized file of CHECKPOINT (a .gguf file, a GPTQ pack), not release configs"
+    )
     gate.set_defaults(func=cmd_gate)
 
     ladder = commands.add_parser("ladder", help="train or list a reference ladder").add_subparsers(

@@ -202,12 +202,19 @@ class ArtifactEntry(Strict):
     @field_validator("artifact")
     @classmethod
     def _readable(cls, artifact):
-        for path in artifact.values() if isinstance(artifact, dict) else [artifact]:
+        for path in list(artifact.values()) if isinstance(artifact, dict) else [artifact]:
             try:
                 describe(path)
             except UserError as error:
                 raise ValueError(str(error)) from None
         return artifact
+
+    def files(self) -> list[str]:
+        return list(self.artifact.values()) if isinstance(self.artifact, dict) else [self.artifact]
+
+    def configs(self) -> list[QuantConfig]:
+        """The configs its files stand for (a release policy's configs, as a grid's)."""
+        return list(dict.fromkeys(artifact_config(describe(path)) for path in self.files()))
 
     def pairs(self, checkpoints: list[str]) -> list[tuple[str, Artifact]]:
         """(base checkpoint, artifact) for each file; a file's base must be a checkpoint of the ladder."""
@@ -236,7 +243,8 @@ def artifact_config(artifact: Artifact) -> QuantConfig:
 
 
 def _quant_kind(entry: object) -> str:
-    return "artifact" if isinstance(entry, dict) and "artifact" in entry else "grid"
+    written = isinstance(entry, dict) and "artifact" in entry
+    return "artifact" if written or isinstance(entry, ArtifactEntry) else "grid"
 
 
 QuantItem = Annotated[

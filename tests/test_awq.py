@@ -106,15 +106,26 @@ def test_clipping_loses_no_more_of_each_row_than_the_full_range(group_size):
     assert per_row(quantized).sum() <= per_row(plain).sum() * (1 + 1e-9)
 
 
-def test_unfoldable_matrices_are_skipped_by_default_and_scaled_when_asked():
-    reports = {}
+def test_unfoldable_matrices_are_skipped_by_default_and_scaled_when_asked(monkeypatch):
+    """Llama's o_proj reads attention outputs, which no module's output scales fold into: its scales are
+    searched only under unfoldable: scale (whether the search then keeps s = 1 depends on the weights)."""
+    from ptq_eval.quant import awq
+
+    reports, searched = {}, {}
+    search = awq.search_scales
     for unfoldable in ("skip", "scale"):
+        shapes = searched.setdefault(unfoldable, [])
+        monkeypatch.setattr(
+            awq, "search_scales", lambda weights, *rest, s=shapes: s.append(weights[0].shape) or search(weights, *rest)
+        )
         model = build("llama")
         config = QuantConfig(method="awq", bits=3, group_size=-1, options={"unfoldable": unfoldable})
         reports[unfoldable] = {layer.name: layer for layer in quantize(model, config, calibration=calibration()).layers}
     o_proj, down = "model.layers.1.self_attn.o_proj", "model.layers.1.mlp.down_proj"
     assert reports["skip"][o_proj].alpha is None and reports["skip"][o_proj].folds_into is None
-    assert reports["scale"][o_proj].alpha is not None
+    o_shape = reports["skip"][o_proj].shape
+    layers = model.config.num_hidden_layers
+    assert searched["skip"].count(o_shape) + layers == searched["scale"].count(o_shape)
     assert reports["skip"][down].folds_into == "model.layers.1.mlp.up_proj"
 
 

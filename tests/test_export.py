@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ptq_eval.export import dequantize_packed, export_gptq, pack, unpack
+from ptq_eval.artifacts.gptq_pack import dequantize_packed, pack, unpack
+from ptq_eval.export import export_gptq
 from ptq_eval.quant import QuantConfig
 
 CALIBRATION = {"corpus": "stdlib-python", "split": "train", "samples": 16, "seq_len": 32, "seed": 0}

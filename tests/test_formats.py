@@ -17,7 +17,7 @@ from ptq_eval.spec import StudyError, parse_study
 
 E2M1_VALUES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 GGML = {fmt.name for fmt in GGML_FORMATS}  # llama.cpp's own rounding: tests/test_ggml_formats.py
-FLOAT_FORMATS = [name for name in FORMATS if name != "int" and name not in GGML]
+FLOAT_FORMATS = [name for name, fmt in FORMATS.items() if name != "int" and name not in GGML and not fmt.read_only]
 
 
 def weights(rows=24, columns=96, seed=0, dtype=torch.float32) -> torch.Tensor:

@@ -12,6 +12,7 @@ LAYERS = {
     "hub_text": 1, "corpus": 1, "tokenizer": 1, "families": 1, "in_memory": 1,
     "quant": 2, "evals": 2, "fit": 2,
     "spec": 3, "documents": 3, "jobs": 3, "identity": 3, "checkpoints": 3, "store": 3, "results": 3, "claims": 3,
+    "artifacts": 3,
     "worker": 4, "executors": 4, "runner": 4,
     "gate": 5, "ladder": 5, "export": 5,
     "report": 6,

@@ -36,7 +36,8 @@ class Artifact:
 
     def describe(self) -> str:
         mix = ", ".join(f"{kind}×{count}" for kind, count in self.types)
-        return f"{self.reference} ({self.artifact_type} {self.quantized_as}: {mix})"
+        cost = f"{self.bits_per_weight:.3g} bits/weight"
+        return f"{self.reference} ({self.artifact_type} {self.quantized_as}: {mix}; {cost})"
 
 
 def file_digest(paths: list[Path]) -> str:

@@ -190,6 +190,7 @@ class Verdict:
     policy: str
     uncertainty: str
     checks: tuple[Check, ...]
+    artifact: str | None = None  # the quantized file judged (its path, type and quantization), if one was
 
     @property
     def decision(self) -> str:
@@ -205,6 +206,7 @@ class Verdict:
         """JSON-ready, non-finite numbers as None."""
         checks = [json_ready(asdict(check)) for check in self.checks]
         head = {"checkpoint": self.checkpoint, "policy": self.policy, "uncertainty": self.uncertainty}
+        head |= {"artifact": self.artifact} if self.artifact else {}
         return head | {"decision": self.decision, "counts": self.counts(), "checks": checks}
 
 
@@ -403,9 +405,11 @@ def decide(
     results: pd.DataFrame,
     forecasts: ForecastFits | None = None,
     failed: dict[str, str] | None = None,
+    artifact: str | None = None,
 ) -> Verdict:
     """The verdict on one checkpoint from results in the `results` columns, the forecast budgets' fits, and the
-    checkpoints that failed in the run before it (checkpoint -> why: their measured checks are undecided)."""
+    checkpoints that failed in the run before it (checkpoint -> why: their measured checks are undecided);
+    `artifact`: the quantized file of it the policy judges (`policy.artifact_policy`), as the verdict names it."""
     candidate = reference(checkpoint)
     check_budget_scopes(policy)
     checks = [
@@ -417,4 +421,4 @@ def decide(
             else _measured_checks(policy, budget, candidate, results, failed or {})
         )
     ]
-    return Verdict(candidate, policy.name, policy.uncertainty, tuple(checks))
+    return Verdict(candidate, policy.name, policy.uncertainty, tuple(checks), artifact)

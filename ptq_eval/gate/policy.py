@@ -16,7 +16,7 @@ from ptq_eval.evals.metrics import facts_of
 from ptq_eval.fit.laws import DELTA_LAWS
 from ptq_eval.quant import METHOD_OPTIONS, QuantConfig
 from ptq_eval.schema import Strict
-from ptq_eval.spec import BRANCHES, LadderItem, QuantGrid, Study, StudyError
+from ptq_eval.spec import BRANCHES, ArtifactEntry, LadderItem, QuantItem, Study, StudyError
 from ptq_eval.yaml_files import read_yaml
 
 UNCERTAINTY = {
@@ -137,13 +137,26 @@ def reference(checkpoint: str) -> str:
     return os.path.normpath(checkpoint)
 
 
-def release_configs(grids: list[QuantGrid]) -> list[QuantConfig]:
-    """The distinct quant configs of these grid entries, in order."""
+def release_configs(grids: list[QuantItem]) -> list[QuantConfig]:
+    """The distinct quant configs of these entries (grids, or the files of artifact entries), in order."""
     return list(dict.fromkeys(config for grid in grids for config in grid.configs()))
 
 
 def _config_key(config: QuantConfig) -> tuple:
     return config.method, config.format, config.bits, config.group_size, config.symmetric
+
+
+def artifact_policy(policy: Policy, artifact: str) -> Policy:
+    """The policy judging one quantized file of the gated checkpoint instead of its release configs; a baseline
+    budget (the same config on another checkpoint) has nothing to compare a file with and is refused."""
+    for index, budget in enumerate(policy.budgets):
+        if budget.kind == "baseline":
+            raise PolicyError(
+                f"budgets[{index}] (kind baseline) compares a config on two checkpoints; the artifact {artifact} "
+                "belongs to one base: gate it without this budget"
+            )
+    entry = validate_document(ArtifactEntry, {"artifact": artifact}, "--artifact", PolicyError, BRANCHES)
+    return policy.model_copy(update={"quant": [entry]})
 
 
 def gate_study(policy: Policy, checkpoint: str) -> Study:

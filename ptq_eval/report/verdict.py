@@ -48,7 +48,8 @@ def verdict_markdown(verdict: Verdict) -> str:
         table = table.drop(columns="format")  # shown where a release is gated in another format
     counts = ", ".join(f"{n} {decision}" for decision, n in verdict.counts().items())
     shown = Path(verdict.checkpoint).name if Path(verdict.checkpoint).is_absolute() else verdict.checkpoint
-    heading = f"## Release gate: {MARKS[verdict.decision]} {verdict.decision.upper()} — `{shown}`\n\n"
+    judged = f" as `{verdict.artifact}`" if verdict.artifact else ""
+    heading = f"## Release gate: {MARKS[verdict.decision]} {verdict.decision.upper()} — `{shown}`{judged}\n\n"
     rule = f"Policy `{verdict.policy}`, uncertainty rule `{verdict.uncertainty}`: {UNCERTAINTY[verdict.uncertainty]}."
     return heading + f"{rule} {len(checks)} checks: {counts}.\n\n" + markdown_table(table)
 

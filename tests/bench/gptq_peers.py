@@ -39,11 +39,11 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+from ptq_eval.artifacts.gptq_pack import dequantize_packed  # noqa: E402
 from ptq_eval.corpus import load_corpus, token_stream  # noqa: E402
 from ptq_eval.evals.paired import paired_metrics  # noqa: E402
 from ptq_eval.evals.perplexity import loss_metrics, window_losses  # noqa: E402
 from ptq_eval.evals.windows import make_windows  # noqa: E402
-from ptq_eval.export import dequantize_packed  # noqa: E402
 from ptq_eval.quant import QuantConfig, WeightMatrix, quantizable_weights, quantize  # noqa: E402
 from ptq_eval.quant.calibration import calibration_tokens  # noqa: E402
 

@@ -1,0 +1,272 @@
+"""Quantized files as the quantized side of a pair: GGUF files written by the gguf package from our own
+checkpoints (the committed demo ladder, a tiny Llama whose query and key rows llama.cpp reorders, stories260K)
+and our own GPTQ export. What a file says of itself, the weights it holds against the simulation of the same
+config, its δ in a study, and the bad files that stop a run before anything is written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+import yaml
+
+from ptq_eval.artifacts import check_base, describe, stored_weights
+from ptq_eval.cli import main
+from ptq_eval.errors import EXIT_INPUT
+from ptq_eval.quant import QuantConfig, quantize
+from ptq_eval.quant.formats import quantize_tensor
+from ptq_eval.results import study_results
+from ptq_eval.spec import StudyError, load_study
+from ptq_eval.store import Store
+
+gguf = pytest.importorskip("gguf")
+from gguf_writing import write_gguf  # noqa: E402  (needs gguf)
+
+DEMO = Path(__file__).resolve().parent.parent / "tasks" / "ladders" / "demo" / "n25k"
+LLAMA_TOKENIZER = DEMO.parent.parent / "demo-llama" / "n9k" / "tpp20"
+STORIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "models" / "stories260K-hf"
+EVAL = {"kind": "perplexity", "corpus": "stdlib-python", "split": "validation", "tokens": 4096, "seq_len": 128}
+
+
+def _load(directory: Path):
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    return model, transformers.AutoTokenizer.from_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def demo_files(tmp_path_factory) -> dict[str, Path]:
+    """Q4_0, Q8_0 and Q5_1 files of the demo ladder's n25k/tpp20, and a Q4_0 file of n25k/tpp320."""
+    out = tmp_path_factory.mktemp("gguf")
+    files = {}
+    for checkpoint, kinds in (("tpp20", ("Q4_0", "Q8_0", "Q5_1")), ("tpp320", ("Q4_0",))):
+        model, tokenizer = _load(DEMO / checkpoint)
+        for kind in kinds:
+            files[f"{checkpoint}-{kind}"] = write_gguf(model, tokenizer, out / f"{checkpoint}-{kind}.gguf", kind)
+    return files
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A seeded Llama (grouped-query attention, widths multiples of 32) saved with the demo Llama tokenizer."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(LLAMA_TOKENIZER)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize(("kind", "bits", "per_weight"), [("Q4_0", 4, 4.5), ("Q8_0", 8, 8.5), ("Q5_1", 5, 6.0)])
+def test_a_gguf_file_says_its_type_bits_and_true_bits_per_weight(demo_files, kind, bits, per_weight):
+    artifact = describe(str(demo_files[f"tpp20-{kind}"]))
+    assert (artifact.artifact_type, artifact.quantized_as, artifact.format) == ("gguf", kind, kind.lower())
+    assert (artifact.bits, artifact.group_size, artifact.bits_per_weight) == (bits, 32, per_weight)
+    assert artifact.architectures == ("gpt_neox",) and artifact.types == ((kind, 8),)
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q8_0", "Q5_1"])
+def test_a_gguf_file_holds_the_simulation_of_its_type_bit_for_bit(demo_files, kind):
+    model, tokenizer = _load(DEMO / "tpp20")
+    artifact = describe(str(demo_files[f"tpp20-{kind}"]))
+    check_base(artifact, str(DEMO / "tpp20"), tokenizer)
+    stored = stored_weights(artifact, model)
+    simulated, _ = _load(DEMO / "tpp20")
+    report = quantize(simulated, QuantConfig(method="rtn", format=kind.lower(), bits=artifact.bits, group_size=32))
+    quantized = {f"{layer.name}.weight" for layer in report.layers}
+    assert stored.quantized == quantized
+    for name, parameter in simulated.named_parameters():
+        assert torch.equal(stored.tensors[name], parameter.detach()), name
+
+
+def test_llama_s_reordered_query_and_key_rows_are_put_back(tiny_llama, tmp_path):
+    model, tokenizer = _load(tiny_llama)
+    path = write_gguf(model, tokenizer, tmp_path / "llama-q8.gguf", "Q8_0")
+    artifact = describe(str(path))
+    check_base(artifact, str(tiny_llama), tokenizer)
+    stored = stored_weights(artifact, model)
+    for name, parameter in model.named_parameters():
+        expected = parameter.detach()
+        if name in stored.quantized:
+            expected = quantize_tensor(expected, 8, 32, True, "q8_0")
+        assert torch.equal(stored.tensors[name], expected), name
+
+
+@pytest.mark.skipif(not STORIES.is_dir(), reason="stories260K-hf is not in ../shared/data")
+def test_stories260k_keeps_what_llama_cpp_cannot_block_in_float16(tmp_path):
+    """Its 172-wide down projections are no multiple of 32: llama.cpp stores them in F16, and so the file does."""
+    model, tokenizer = _load(STORIES)
+    path = write_gguf(model, tokenizer, tmp_path / "stories-q4_0.gguf", "Q4_0")
+    artifact = describe(str(path))
+    assert artifact.format == "gguf" and artifact.quantized_as == "Q4_0" and dict(artifact.types)["F16"] == 5
+    check_base(artifact, str(STORIES), tokenizer)
+    stored = stored_weights(artifact, model)
+    for name, parameter in model.named_parameters():
+        if name in stored.quantized:
+            assert torch.equal(stored.tensors[name], quantize_tensor(parameter.detach(), 4, 32, True, "q4_0")), name
+        elif name.endswith("down_proj.weight"):
+            assert stored.types[name] == "F16"
+            assert torch.equal(stored.tensors[name], parameter.detach().half().float()), name
+
+
+def _study(tmp_path: Path, quant: list, ladder: list[str], name: str = "artifacts") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "ladder": ladder, "quant": quant, "evals": [EVAL]}))
+    return path
+
+
+def test_a_ladder_of_files_pairs_each_with_its_base_and_equals_the_simulation(demo_files, tmp_path, capsys):
+    ladder = [str(DEMO / "tpp20"), str(DEMO / "tpp320")]
+    files = {}
+    for base, name in zip(ladder, ("tpp20-Q4_0", "tpp320-Q4_0"), strict=True):
+        files[base] = str(shutil.copy(demo_files[name], tmp_path / f"{name}.gguf"))
+    study = _study(tmp_path, [{"method": "rtn", "format": "q4_0"}, {"artifact": files}], ladder)
+    store = tmp_path / "store.sqlite"
+    assert main(["run", str(study), "--store", str(store)]) == 0
+    results = study_results(load_study(study), Store(store))
+    loss = results[results.metric == "loss"].set_index(["checkpoint", "method"])
+    for checkpoint in ladder:
+        simulated, real = loss.loc[(checkpoint, "rtn")], loss.loc[(checkpoint, "artifact")]
+        assert real.quant_value == simulated.quant_value and real.delta == simulated.delta
+        assert real.bits_per_weight == 4.5 and real.quantized_as == "Q4_0" and real.artifact_type == "gguf"
+    assert set(results[results.method == "artifact"].artifact) == set(files.values())
+    capsys.readouterr()
+    assert main(["run", str(study), "--store", str(store)]) == 0  # the same files: nothing computed again
+    assert "4/4 jobs already in the store" in capsys.readouterr().err
+    shutil.copy(demo_files["tpp320-Q4_0"], files[ladder[0]])  # another file at the same path: measured again
+    assert main(["run", str(study), "--store", str(store)]) == 0
+    assert "computing again 1 stored jobs: artifact file changed" in capsys.readouterr().err
+
+
+def _refused(tmp_path: Path, quant: list, ladder: list[str], message: str, capsys) -> None:
+    study = _study(tmp_path, quant, ladder)
+    store = tmp_path / "refused.sqlite"
+    assert main(["run", str(study), "--store", str(store)]) == EXIT_INPUT
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0], error
+    assert not store.exists() or Store(store).frame().empty  # nothing written
+
+
+def test_a_file_of_another_base_is_refused_by_the_mismatch_before_any_work(demo_files, tmp_path, capsys):
+    other = DEMO.parent / "n56k" / "tpp20"
+    _refused(tmp_path, [{"artifact": str(demo_files["tpp20-Q4_0"])}], [str(other)],
+             "gpt_neox.embed_in.weight is [1024, 32] in the file, [1024, 48] in the base", capsys)  # fmt: skip
+
+
+def test_a_file_of_another_tokenizer_is_refused(demo_files, tmp_path, capsys):
+    base = tmp_path / "retokenized"
+    shutil.copytree(DEMO / "tpp20", base)
+    tokenizer = json.loads((base / "tokenizer.json").read_text())
+    vocabulary = tokenizer["model"]["vocab"]
+    first, second = sorted(vocabulary, key=vocabulary.get)[300:302]
+    vocabulary[first], vocabulary[second] = vocabulary[second], vocabulary[first]
+    (base / "tokenizer.json").write_text(json.dumps(tokenizer))
+    _refused(tmp_path, [{"artifact": str(demo_files["tpp20-Q4_0"])}], [str(base)], "does not tokenize as its base",
+             capsys)  # fmt: skip
+
+
+def test_an_architecture_without_a_name_table_here_is_refused_by_name(tmp_path, capsys):
+    path = tmp_path / "phi.gguf"
+    writer = gguf.GGUFWriter(path, "phi3")
+    writer.add_block_count(1)
+    writer.add_tensor("blk.0.attn_qkv.weight", torch.zeros(96, 32).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    _refused(tmp_path, [{"artifact": str(path)}], [str(DEMO / "tpp20")], "GGUF architecture 'phi3' is not mapped",
+             capsys)  # fmt: skip
+
+
+def test_a_truncated_file_is_refused_in_one_line(demo_files, tmp_path, capsys):
+    whole = demo_files["tpp20-Q4_0"].read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole[: len(whole) - 1000])
+    _refused(tmp_path, [{"artifact": str(cut)}], [str(DEMO / "tpp20")], "not a readable GGUF file", capsys)
+
+
+def test_pickle_files_and_pickle_only_packs_are_never_read(tmp_path, capsys):
+    pickled = tmp_path / "model.bin"
+    pickled.write_bytes(b"\x80\x04")
+    _refused(tmp_path, [{"artifact": str(pickled)}], [str(DEMO / "tpp20")], "pickle", capsys)
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    config = json.loads((DEMO / "tpp20" / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 32, "sym": True}
+    (pack / "config.json").write_text(json.dumps(config))
+    (pack / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    _refused(tmp_path, [{"artifact": str(pack)}], [str(DEMO / "tpp20")], "pytorch_model.bin: pickle", capsys)
+
+
+@pytest.mark.parametrize(
+    ("quant", "message"),
+    [
+        ([{"method": "rtn", "format": "gguf", "bits": 4}], "format gguf is read from files only"),
+        ([{"method": "artifact", "bits": 4}], "method artifact reads a quantized file"),
+        ([{"artifact": "no/such/file.gguf"}], "no such file or directory"),
+    ],
+)
+def test_what_only_a_file_can_say_is_refused_in_a_grid(tmp_path, quant, message):
+    with pytest.raises(StudyError, match=message):
+        load_study(_study(tmp_path, quant, [str(DEMO / "tpp20")]))
+
+
+def test_one_file_for_a_ladder_of_several_asks_for_a_mapping(demo_files, tmp_path, capsys):
+    ladder = [str(DEMO / "tpp20"), str(DEMO / "tpp320")]
+    _refused(tmp_path, [{"artifact": str(demo_files["tpp20-Q4_0"])}], ladder, "give a mapping", capsys)
+
+
+def test_a_gptq_export_reads_back_as_its_simulation_with_float16_scales(tmp_path):
+    from ptq_eval.export import export_gptq
+
+    calibration = {"corpus": "stdlib-python", "split": "train", "samples": 8, "seq_len": 64, "seed": 0}
+    config = QuantConfig(method="gptq", bits=4, group_size=32)
+    export_gptq(str(DEMO / "tpp20"), tmp_path / "pack", config, calibration)
+    artifact = describe(str(tmp_path / "pack"))
+    assert (artifact.artifact_type, artifact.bits, artifact.group_size, artifact.format) == ("gptq", 4, 32, "int")
+    # per [out, in] matrix: 4-bit codes, a float16 scale and a 4-bit zero per 32 weights, an int32 g_idx per column
+    shapes = [(96, 32), (32, 32), (128, 32), (32, 128)] * 2
+    stored_bits = sum(o * i * 4 + i // 32 * o * (16 + 4) + i * 32 for o, i in shapes)
+    assert artifact.bits_per_weight == pytest.approx(stored_bits / sum(o * i for o, i in shapes))
+    model, tokenizer = _load(DEMO / "tpp20")
+    check_base(artifact, str(DEMO / "tpp20"), tokenizer)
+    stored = stored_weights(artifact, model)
+    assert len(stored.quantized) == 8
+
+
+@pytest.mark.parametrize(("budget", "code", "decision"), [(0.05, 0, "PASS"), (1e-5, 1, "FAIL")])
+def test_the_gate_judges_the_shipped_file_and_names_it(demo_files, tmp_path, capsys, budget, code, decision):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({
+        "name": "release", "quant": [{"method": "rtn", "bits": 8}], "evals": [EVAL],
+        "budgets": [{"kind": "absolute", "max": budget, "metric": "loss"}],
+    }))  # fmt: skip
+    path = str(demo_files["tpp20-Q4_0"])
+    arguments = ["gate", str(DEMO / "tpp20"), "--artifact", path, "--policy", str(policy)]
+    out = tmp_path / "verdict.json"
+    assert main([*arguments, "--store", str(tmp_path / "gate.sqlite"), "--out", str(out)]) == code
+    markdown = capsys.readouterr().out
+    assert f"{decision} — `tpp20` as `{path} (gguf Q4_0: Q4_0×8; 4.5 bits/weight)`" in markdown
+    verdict = json.loads(out.read_text())
+    assert [(c["method"], c["format"], c["bits"]) for c in verdict["checks"]] == [("artifact", "q4_0", 4)]
+    assert verdict["artifact"].startswith(path)
+
+
+def test_a_baseline_budget_has_nothing_to_compare_a_file_with(demo_files, tmp_path, capsys):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({
+        "name": "release", "quant": [{"method": "rtn", "bits": 8}], "evals": [EVAL],
+        "budgets": [{"kind": "baseline", "max": 0.01, "checkpoint": str(DEMO / "tpp320")}],
+    }))  # fmt: skip
+    arguments = ["gate", str(DEMO / "tpp20"), "--artifact", str(demo_files["tpp20-Q4_0"]), "--policy", str(policy)]
+    assert main([*arguments, "--store", str(tmp_path / "gate.sqlite")]) == EXIT_INPUT
+    assert "belongs to one base" in capsys.readouterr().err
