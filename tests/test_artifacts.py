@@ -270,3 +270,42 @@ def test_a_baseline_budget_has_nothing_to_compare_a_file_with(demo_files, tmp_pa
     arguments = ["gate", str(DEMO / "tpp20"), "--artifact", str(demo_files["tpp20-Q4_0"]), "--policy", str(policy)]
     assert main([*arguments, "--store", str(tmp_path / "gate.sqlite")]) == EXIT_INPUT
     assert "belongs to one base" in capsys.readouterr().err
+
+
+def test_a_compressed_tensors_checkpoint_reads_back_as_its_simulation(tmp_path):
+    pytest.importorskip("compressed_tensors")
+    from compressed_writing import write_compressed
+
+    model, tokenizer = _load(DEMO / "tpp20")
+    write_compressed(model, tokenizer, tmp_path / "w4g32")
+    artifact = describe(str(tmp_path / "w4g32"))
+    assert (artifact.artifact_type, artifact.quantized_as, artifact.format) == (
+        "compressed-tensors",
+        "pack-quantized",
+        "int",
+    )
+    assert (artifact.bits, artifact.group_size, artifact.symmetric) == (4, 32, True)
+    assert artifact.bits_per_weight == 4 + 32 / 32  # a float32 scale per 32 weights (zero points not stored)
+    base, tokenizer = _load(DEMO / "tpp20")
+    check_base(artifact, str(DEMO / "tpp20"), tokenizer)
+    stored = stored_weights(artifact, base)
+    assert len(stored.quantized) == 8
+    for name, parameter in base.named_parameters():
+        expected = parameter.detach()
+        if name in stored.quantized:
+            expected = quantize_tensor(expected, 4, 32, True, "int")
+        assert torch.equal(stored.tensors[name], expected), name
+
+
+def test_a_compressed_checkpoint_that_quantizes_activations_is_refused_by_name(tmp_path, capsys):
+    pytest.importorskip("compressed_tensors")
+    from compressed_writing import write_compressed
+
+    model, tokenizer = _load(DEMO / "tpp20")
+    path = write_compressed(model, tokenizer, tmp_path / "w8a8", bits=8)
+    config = json.loads((path / "config.json").read_text())
+    group = config["quantization_config"]["config_groups"]["group_0"]
+    group["input_activations"] = {"num_bits": 8, "type": "int", "strategy": "token", "dynamic": True}
+    (path / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()  # the writer's progress
+    _refused(tmp_path, [{"artifact": str(path)}], [str(DEMO / "tpp20")], "quantizes activations too", capsys)

@@ -1,7 +1,8 @@
-"""Quantized files someone released, as the quantized side of a pair: a GGUF file (`gguf_file.py`) or a packed
-GPTQ checkpoint (`gptq_pack.py`). `describe` reads what a file says of itself (when a study is validated),
-`check_base` holds it to its base before any model loads (architecture, every parameter's shape, the
-tokenizer), `stored_weights` de-quantizes it for the worker. Local files only; pickle is never read."""
+"""Quantized files someone released, as the quantized side of a pair: a GGUF file (`gguf_file.py`), a packed
+GPTQ checkpoint (`gptq_pack.py`) or a compressed-tensors checkpoint (`compressed.py`). `describe` reads what a
+file says of itself (when a study is validated), `check_base` holds it to its base before any model loads
+(architecture, every parameter's shape, the tokenizer), `stored_weights` de-quantizes it for the worker. Local
+files only; pickle is never read."""
 
 from __future__ import annotations
 
@@ -12,21 +13,25 @@ import torch
 import transformers
 
 from ptq_eval.artifacts.base import Artifact, ArtifactError, file_digest
+from ptq_eval.artifacts.checkpoint_files import PICKLE_SUFFIXES, checkpoint_settings
+from ptq_eval.artifacts.compressed import METHOD as COMPRESSED
+from ptq_eval.artifacts.compressed import compressed_shapes, describe_compressed, read_compressed
 from ptq_eval.artifacts.gguf_file import DERIVED, describe_gguf, gguf_names, gguf_shapes, gguf_vocabulary, read_gguf
 from ptq_eval.artifacts.gptq_pack import describe_pack, pack_shapes, read_pack
+from ptq_eval.artifacts.names import stored_to_model
 from ptq_eval.quant.stored import StoredWeights
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 GGUF_MAGIC = b"GGUF"
 
 __all__ = ["Artifact", "ArtifactError", "artifact_digest", "check_base", "describe", "stored_weights"]
 
 
 def describe(reference: str) -> Artifact:
-    """What the file at `reference` (a .gguf file, or a GPTQ pack's directory) says of itself."""
+    """What the file at `reference` (a .gguf file, or a quantized checkpoint's directory) says of itself."""
     path = Path(reference)
     if path.is_dir():
-        return describe_pack(path, reference)
+        method = checkpoint_settings(path)["quantization_config"].get("quant_method")
+        return describe_compressed(path, reference) if method == COMPRESSED else describe_pack(path, reference)
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
             raise ArtifactError(f"{reference}: a pickle file ({path.suffix}), which ptq-eval never loads")
@@ -48,11 +53,10 @@ def artifact_digest(artifact: Artifact) -> str:
     return file_digest([artifact.path])
 
 
-def _base_shapes(config) -> dict[str, tuple[int, ...]]:
-    """The base's parameters (tied ones once) and their shapes, from its config alone (no weights read)."""
+def _meta_model(config) -> torch.nn.Module:
+    """The base's model with no weights (its parameters' names and shapes, tied ones once)."""
     with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config)
-    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+        return transformers.AutoModelForCausalLM.from_config(config)
 
 
 def _check_vocabulary(artifact: Artifact, tokenizer) -> None:
@@ -87,9 +91,10 @@ def _merges(tokenizer) -> list[str] | None:
     return None if merges is None else [m if isinstance(m, str) else " ".join(m) for m in merges]
 
 
-def _file_shapes(artifact: Artifact, names: list[str]) -> dict[str, tuple[int, ...]]:
+def _file_shapes(artifact: Artifact, model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     """base parameter name → the shape the file holds for it; the file's tensors that map to no base parameter
     are an error."""
+    names = [name for name, _ in model.named_parameters()]
     if artifact.artifact_type == "gguf":
         mapped = gguf_names(artifact.path, names)
         shapes = gguf_shapes(artifact.path)
@@ -100,7 +105,9 @@ def _file_shapes(artifact: Artifact, names: list[str]) -> dict[str, tuple[int, .
             raise ArtifactError(f"{artifact.reference}: the file has no {tensor} (the base's {parameter})")
         found = {parameter: shapes[tensor] for parameter, tensor in mapped.items()}
     else:
-        found = pack_shapes(artifact.path)
+        rename = stored_to_model(model)
+        stored = pack_shapes(artifact.path) if artifact.artifact_type == "gptq" else compressed_shapes(artifact.path)
+        found = {rename(name): shape for name, shape in stored.items()}
         unused = set(found) - set(names)
     if unused:
         raise ArtifactError(f"{artifact.reference}: tensors the base has no parameter for: {', '.join(sorted(unused))}")
@@ -116,9 +123,9 @@ def check_base(artifact: Artifact, base: str, tokenizer, revision: str | None = 
             f"{artifact.reference} is a {' or '.join(artifact.architectures)} model; its base {base} is "
             f"{config.model_type}"
         )
-    shapes = _base_shapes(config)
-    found = _file_shapes(artifact, list(shapes))
-    for name, shape in shapes.items():
+    model = _meta_model(config)
+    found = _file_shapes(artifact, model)
+    for name, shape in ((name, tuple(p.shape)) for name, p in model.named_parameters()):
         if name not in found:
             raise ArtifactError(f"{artifact.reference}: the file has no tensor for the base's {name}")
         if found[name] != shape:
@@ -133,4 +140,6 @@ def stored_weights(artifact: Artifact, model: torch.nn.Module) -> StoredWeights:
     names = [name for name, _ in model.named_parameters()]
     if artifact.artifact_type == "gguf":
         return read_gguf(artifact.path, gguf_names(artifact.path, names))
-    return read_pack(artifact.path)
+    if artifact.artifact_type == COMPRESSED:
+        return read_compressed(artifact.path, names, stored_to_model(model))
+    return read_pack(artifact.path, stored_to_model(model))

@@ -6,14 +6,15 @@ exactly as the kernels de-quantize it (in float32). Safetensors only: a pack of 
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ptq_eval.artifacts.base import Artifact, ArtifactError
+from ptq_eval.artifacts.checkpoint_files import checkpoint_settings, safetensors_files, stored_bits, tensor_headers
 from ptq_eval.errors import UserError
 from ptq_eval.quant.stored import StoredWeights
 
@@ -69,47 +70,9 @@ def dequantize_packed(tensors: dict[str, torch.Tensor], prefix: str, bits: int, 
     return tensors[f"{prefix}.scales"].float()[index].T * (codes - zeros[index].T)
 
 
-def _settings(directory: Path) -> dict:
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise ArtifactError(f"{directory}: no config.json (a GPTQ pack is a checkpoint directory)")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
-        raise ArtifactError(f"{config_file}: not JSON ({error})") from None
-    return config
-
-
-def _files(directory: Path) -> list[Path]:
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        pickled = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
-        held = f" (it holds {', '.join(pickled)}: pickle, which ptq-eval never loads)" if pickled else ""
-        raise ArtifactError(f"{directory}: no .safetensors weights{held}")
-    return files
-
-
-def _headers(files: list[Path]) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """name → (dtype, shape) from the safetensors headers (no tensor read); a damaged file is an error."""
-    from safetensors import SafetensorError, safe_open
-
-    found = {}
-    for path in files:
-        try:
-            with safe_open(path, framework="pt") as handle:
-                for name in handle.keys():
-                    part = handle.get_slice(name)
-                    found[name] = (part.get_dtype(), tuple(part.get_shape()))
-        except (SafetensorError, OSError) as error:
-            raise ArtifactError(f"{path}: damaged safetensors file ({error})") from None
-    return found
-
-
 def pack_settings(directory: Path) -> dict:
     """The pack's quantization_config, checked to be one this reader de-quantizes exactly."""
-    settings = _settings(directory).get("quantization_config")
-    if not isinstance(settings, dict):
-        raise ArtifactError(f"{directory}: config.json has no quantization_config (not a quantized checkpoint)")
+    settings = checkpoint_settings(directory)["quantization_config"]
     method = settings.get("quant_method")
     if method != "gptq":
         raise ArtifactError(f"{directory}: quant_method {method!r} packs are not read here; accepted: gptq")
@@ -124,17 +87,17 @@ def pack_settings(directory: Path) -> dict:
 def describe_pack(directory: Path, reference: str) -> Artifact:
     """What a GPTQ pack says of itself: bits, group size, symmetry; bits per weight from its stored tensors."""
     settings = pack_settings(directory)
-    headers = _headers(_files(directory))
+    headers = tensor_headers(safetensors_files(directory))
     bits, group = int(settings["bits"]), int(settings.get("group_size", -1))
     prefixes = [name.removesuffix(".qweight") for name in headers if name.endswith(".qweight")]
     if not prefixes:
         raise ArtifactError(f"{directory}: quantization_config says gptq, but no tensor is packed (no .qweight)")
-    stored_bits = weights = 0
+    stored = weights = 0
     for prefix in prefixes:
         codes = headers[f"{prefix}.qweight"][1]
         weights += codes[0] * 32 // bits * codes[1]
-        stored_bits += sum(
-            _bytes(*headers[f"{prefix}.{part}"]) * 8 for part in PACK_TENSORS if f"{prefix}.{part}" in headers
+        stored += sum(
+            stored_bits(*headers[f"{prefix}.{part}"]) for part in PACK_TENSORS if f"{prefix}.{part}" in headers
         )
     plain = [
         dtype
@@ -144,20 +107,16 @@ def describe_pack(directory: Path, reference: str) -> Artifact:
     types = [(f"int{bits}", len(prefixes)), *sorted(Counter(plain).items())]
     return Artifact(
         reference=reference, path=directory, artifact_type="gptq", quantized_as="gptq",
-        architectures=(str(_settings(directory).get("model_type")),), bits=bits, group_size=group, format="int",
-        symmetric=bool(settings.get("sym", True)), bits_per_weight=stored_bits / weights, types=tuple(types),
+        architectures=(str(checkpoint_settings(directory).get("model_type")),), bits=bits, group_size=group,
+        format="int",
+        symmetric=bool(settings.get("sym", True)), bits_per_weight=stored / weights, types=tuple(types),
     )  # fmt: skip
-
-
-def _bytes(dtype: str, shape: tuple[int, ...]) -> int:
-    size = {"F64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "I8": 1, "U8": 1}[dtype]
-    return size * math.prod(shape)
 
 
 def pack_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
     """The model parameter each tensor of the pack stands for, and its shape ([out, in] for a packed layer)."""
     settings = pack_settings(directory)
-    headers = _headers(_files(directory))
+    headers = tensor_headers(safetensors_files(directory))
     shapes = {}
     for name, (_, shape) in headers.items():
         prefix, _, part = name.rpartition(".")
@@ -168,14 +127,15 @@ def pack_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def read_pack(directory: Path) -> StoredWeights:
-    """Every tensor of the pack as float32 under the model's parameter names, packed layers de-quantized."""
+def read_pack(directory: Path, rename: Callable[[str], str]) -> StoredWeights:
+    """Every tensor of the pack as float32 under the model's parameter names (`rename`: stored name → model's),
+    packed layers de-quantized."""
     from safetensors.torch import load_file
 
     settings = pack_settings(directory)
     bits, offset = int(settings["bits"]), PACK_FORMATS[settings.get("checkpoint_format", "gptq")]
     tensors: dict[str, torch.Tensor] = {}
-    for path in _files(directory):
+    for path in safetensors_files(directory):
         tensors |= load_file(path)
     prefixes = [name.removesuffix(".qweight") for name in tensors if name.endswith(".qweight")]
     unpacked = {f"{prefix}.weight": dequantize_packed(tensors, prefix, bits, offset) for prefix in prefixes}
@@ -183,7 +143,11 @@ def read_pack(directory: Path) -> StoredWeights:
     plain = {name: tensor for name, tensor in tensors.items() if name not in packed}
     types = dict.fromkeys(unpacked, f"int{bits}") | {name: _type_name(t.dtype) for name, t in plain.items()}
     values = unpacked | {name: tensor.float() for name, tensor in plain.items()}
-    return StoredWeights(values, types, frozenset(unpacked))
+    return StoredWeights(
+        {rename(name): value for name, value in values.items()},
+        {rename(name): kind for name, kind in types.items()},
+        frozenset(rename(name) for name in unpacked),
+    )
 
 
 def _type_name(dtype: torch.dtype) -> str:
