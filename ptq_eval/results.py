@@ -10,6 +10,7 @@ import pandas as pd
 from ptq_eval.errors import UserError
 from ptq_eval.jobs import expand_jobs
 from ptq_eval.quant import INT, METHOD_OPTIONS, granularity, later_option_defaults, number_format
+from ptq_eval.quant.stored import ARTIFACT
 from ptq_eval.spec import Study
 from ptq_eval.store import Store
 
@@ -144,7 +145,7 @@ def summary_table(results: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
             "N": rows.nonembedding_params,
             "D": rows.tokens.map(lambda v: "unknown" if v != v else f"{v:.0f}"),
             "D/N": rows.tokens_per_param.map(_ratio),
-            "method": rows.method,
+            "method": method_labels(rows),
             "bits": rows.bits.astype(int),
             "granularity": rows.granularity,
             **{column: rows[column] for column in varying(rows)},
@@ -157,6 +158,15 @@ def summary_table(results: pd.DataFrame, metric: str = "loss") -> pd.DataFrame:
             "coverage": [coverage_label(f, left) for f, left in zip(rows.coverage, rows.left_out_params, strict=True)],
         }
     )
+
+
+def method_labels(rows: pd.DataFrame) -> pd.Series:
+    """Each row's method as a table shows it: a quantized file by its type and its own name for its
+    quantization (`gguf Q4_K_M`), a simulated config by its method."""
+    if "quantized_as" not in rows:
+        return rows.method
+    files = rows.method == ARTIFACT
+    return rows.method.where(~files, rows.artifact_type.astype(str) + " " + rows.quantized_as.astype(str))
 
 
 def coverage_label(fraction: float, left_out_params: float) -> str:

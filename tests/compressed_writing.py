@@ -27,8 +27,10 @@ def write_compressed(model: torch.nn.Module, tokenizer, out: Path, bits: int = 4
     with torch.no_grad():
         for module in model.modules():
             if hasattr(module, "weight_scale"):
-                groups = module.weight.reshape(module.weight.shape[0], -1, group_size)
-                scale, zero = calculate_qparams(groups.amin(dim=2), groups.amax(dim=2), arguments)
+                groups = module.weight.split(group_size, dim=1)  # the last one shorter where g does not divide
+                low = torch.stack([group.amin(dim=1) for group in groups], dim=1)
+                high = torch.stack([group.amax(dim=1) for group in groups], dim=1)
+                scale, zero = calculate_qparams(low, high, arguments)
                 module.weight_scale.copy_(scale)
                 module.weight_zero_point.copy_(zero)
     compressor = ModelCompressor.from_pretrained_model(model, quantization_format="pack-quantized")
