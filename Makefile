@@ -7,7 +7,7 @@ LADDER := tasks/ladders/demo
 
 .PHONY: install test demo demo-llama ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
 	demo-lm-eval demo-sequential demo-shared-hessians demo-ray demo-formats bench-formats ladder-wide bench-eval bench-fit bench-fit-speed bench-scale bench stress \
-	gpu-check gpu-check-prepare bench-gptq-shared bench-kld demo-methods bench-awq bench-rotation
+	gpu-check gpu-check-prepare bench-gptq-shared bench-kld demo-methods bench-awq bench-rotation bench-artifacts
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -166,6 +166,11 @@ bench-eval: $(STAMP)
 bench-kld: $(STAMP)
 	nice -n 10 $(BIN)/python tests/bench/kld.py --out reports/bench/kld.md
 
+# Quantized files (GGUF by the gguf package, compressed-tensors by its package, a GPTQ export) read back and
+# paired with their bases beside the simulation of the same config -> reports/bench/artifacts.md
+bench-artifacts: $(STAMP)
+	nice -n 10 $(BIN)/python tests/bench/artifacts.py --out reports/bench/artifacts.md
+
 # Bias and 95%-interval coverage of the fitter on synthetic data whose high-bit CIs reach zero, censored vs
 # excluded (48 s on the 2-core machine with the batched fitter, 2026-12-06; 47 min before) -> reports/bench/fit_recovery.md
 bench-fit: $(STAMP)
@@ -191,7 +196,7 @@ stress: $(STAMP)
 	$(BIN)/python tests/bench/stress.py --kills 12
 
 # Every benchmark (peers in throwaway venvs): speed and agreement tables under reports/bench/
-bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-awq bench-rotation bench-gptq-shared bench-formats bench-fit bench-fit-speed bench-kld bench-scale
+bench: bench-eval bench-gptq bench-gptq-llmcompressor bench-awq bench-rotation bench-gptq-shared bench-formats bench-fit bench-fit-speed bench-kld bench-scale bench-artifacts
 
 # The GPU path in one command (about 9 minutes on one H100/H200 by estimate, under the device's 10-minute call;
 # run it first whenever a CUDA machine is at hand): CUDA tests, RTN/GPTQ weights CPU vs CUDA, GPTQ's fused column

@@ -106,3 +106,30 @@ def test_gptq_lands_on_points_the_file_stores(name):
     identity = gptq_weight(w.clone(), torch.eye(w.shape[1]), config).weight
     simulated = quantize_tensor(w, fmt.bits, 32, True, name)
     assert (identity != simulated).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
+def test_a_width_without_blocks_of_32_is_kept_in_float16_as_llama_cpp_keeps_it(method):
+    """The demo Llama's 88-wide down projection has no blocks of 32: llama.cpp stores it in F16; so does every
+    method, and its layer report says why."""
+    import transformers
+
+    from ptq_eval.quant import quantize
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=88, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config)
+    downs = {name: module.weight.detach().clone() for name, module in model.named_modules()
+             if name.endswith("down_proj")}  # fmt: skip
+    quant = QuantConfig(method=method, format="q4_0", bits=4, group_size=32)
+    calibration = torch.randint(0, config.vocab_size, (8, 32), generator=torch.Generator().manual_seed(0))
+    report = quantize(model, quant, calibration=None if method == "rtn" else calibration)
+    layers = {layer.name: layer for layer in report.layers}
+    modules = dict(model.named_modules())
+    for name, original in downs.items():
+        assert torch.equal(modules[name].weight, original.half().float())
+        assert layers[name].fallback == "kept in F16, as llama.cpp stores it: width 88 is no multiple of 32"
+    assert all(layers[name].fallback is None for name in layers if name not in downs)

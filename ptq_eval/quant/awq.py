@@ -43,6 +43,7 @@ from ptq_eval.quant.awq_objective import ModuleObjective, ParentCalls
 from ptq_eval.quant.base import LayerReport, QuantConfig, QuantReport, WeightMatrix, register
 from ptq_eval.quant.blocks import calibrate
 from ptq_eval.quant.folding import fold_targets
+from ptq_eval.quant.formats import number_format
 from ptq_eval.quant.grid import PER_CHANNEL, PER_TENSOR
 from ptq_eval.quant.rotation import ROTATION_OPTIONS, Rotation, RotationOptions, rotation_for
 from ptq_eval.quant.rtn import onto_grid, relative_error, rtn_result
@@ -281,7 +282,7 @@ def quantize_awq(
     def quantize_group(group: list[WeightMatrix], statistics: dict[str, InputMagnitudes]) -> None:
         for members in equal_input_sets(group, statistics):
             statistic = statistics[members[0].name]
-            if statistic.samples == 0:
+            if statistic.samples == 0 or number_format(config.format).kept_whole(members[0].shape[1]):
                 for weight in members:
                     quantized, layer = rtn_result(weight, config, fallback=NO_INPUT)
                     weight.write(quantized)

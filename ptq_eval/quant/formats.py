@@ -178,6 +178,8 @@ def quantize_tensor(
     check_bits(bits)
     fmt.check(bits, group_size, symmetric)
     fmt.check_dtype(bits, symmetric, weight.dtype)
+    if fmt.kept_whole(weight.shape[-1]):
+        return fmt.stored_whole(weight)
     tensor_scale = fmt.tensor_scale(weight, weight.dtype)
     if group_size == PER_TENSOR:
         return (

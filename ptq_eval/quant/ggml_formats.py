@@ -11,9 +11,10 @@ d before it is stored, and the weights are the levels times the stored (float16)
   (1/d) + ½)), w ≈ q·d + m (two roundings, as llama.cpp de-quantizes).
 
 Only float32 holds these weights exactly (a float16 scale times a level needs up to 16 significant bits), so
-other dtypes are refused. llama.cpp stores a matrix whose width is not a multiple of 32 in another type; here,
-as for MX formats, a row's last block is shorter. GPTQ rounds onto `fit`'s grid: the same points (levels times
-the stored d) reached by nearest rounding; the `_1` formats' q·d + m is not a grid its column loop holds.
+other dtypes are refused. A matrix whose width is not a multiple of 32 has no such blocks: llama.cpp stores it
+in F16, and so does the simulation (every method; its layer report says so). GPTQ rounds onto `fit`'s grid:
+the same points (levels times the stored d) reached by nearest rounding; the `_1` formats' q·d + m is not a grid
+its column loop holds.
 Bits per weight are the file's: 4.5 (q4_0), 5.0 (q4_1), 5.5 (q5_0), 6.0 (q5_1), 8.5 (q8_0).
 """
 
@@ -67,6 +68,14 @@ class GGMLFormat(NumberFormat):
     def bits_per_weight(self, bits: int, group_size: int, symmetric: bool) -> float:
         stored = GGML_SCALE_BITS * (2 if self.stored_minimum else 1)
         return bits + stored / GGML_BLOCK
+
+    def kept_whole(self, columns: int) -> str | None:
+        if columns % GGML_BLOCK:
+            return f"kept in F16, as llama.cpp stores it: width {columns} is no multiple of {GGML_BLOCK}"
+        return None
+
+    def stored_whole(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.to(torch.float16).to(weight.dtype)
 
 
 @dataclass(frozen=True)

@@ -106,11 +106,12 @@ def _solve_set(
             grids = None if grids is None else tuple(t.to("cpu") for t in grids)
         solved[config][weight.name] = (quantized, grids, layer)
 
-    if hessian.samples == 0:
-        for config, weight in itertools.product(configs, members):
-            keep(config, weight, _rtn_fallback(weight, config))
-        return solved
-    for _, shared in itertools.groupby(sorted(configs, key=lambda c: str(_loop_key(c))), key=_loop_key):
+    columns = members[0].shape[1]
+    whole = [config for config in configs if number_format(config.format).kept_whole(columns)]
+    for config, weight in itertools.product(configs if hessian.samples == 0 else whole, members):
+        keep(config, weight, _rtn_fallback(weight, config))  # no inputs seen, or a width the format keeps whole
+    solving = [] if hessian.samples == 0 else [config for config in configs if config not in whole]
+    for _, shared in itertools.groupby(sorted(solving, key=lambda c: str(_loop_key(c))), key=_loop_key):
         shared = list(shared)
         rotation = rotation_for(shared[0], hessian.matrix.shape[0])
         inputs, hessian_seen = stored, hessian.matrix

@@ -55,6 +55,14 @@ class NumberFormat:
         """The scaling law's P: element bits plus the group's scale spread over the group (see `formats.py`)."""
         return bits + (GROUP_SCALE_BITS / group_size if group_size > 0 else 0.0)
 
+    def kept_whole(self, columns: int) -> str | None:
+        """Why the format's own tools store a matrix this wide unquantized (None: they quantize it)."""
+        return None
+
+    def stored_whole(self, weight: torch.Tensor) -> torch.Tensor:
+        """A matrix the format keeps unquantized, as its tools store it."""
+        return weight
+
     def tensor_scale(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
         """A scale the whole matrix shares (fixed before any group is fitted), or None."""
         return None

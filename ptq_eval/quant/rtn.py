@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ptq_eval.quant.base import LayerReport, QuantConfig, QuantReport, WeightMatrix, register
-from ptq_eval.quant.formats import quantize_tensor
+from ptq_eval.quant.formats import number_format, quantize_tensor
 from ptq_eval.quant.rotation import ROTATION_OPTIONS, RotationOptions, rotation_for
 
 
@@ -29,7 +29,7 @@ def onto_grid(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
 def round_to_nearest(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     """The [out, in] weight rounded onto the config's grid, Q(W) or, rotated, Q(W·Rᵀ)·R; in the weight's dtype."""
     rotation = rotation_for(config, weight.shape[1])
-    if rotation is None:
+    if rotation is None or number_format(config.format).kept_whole(weight.shape[1]):
         return onto_grid(weight, config)
     return rotation.restore(onto_grid(rotation.rotate(weight).to(weight.dtype), config)).to(weight.dtype)
 
@@ -38,9 +38,11 @@ def round_to_nearest(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
 def rtn_result(
     weight: WeightMatrix, config: QuantConfig, fallback: str | None = None
 ) -> tuple[torch.Tensor, LayerReport]:
-    """One matrix rounded to nearest (not written), and its report."""
+    """One matrix rounded to nearest (not written), and its report (`fallback`: why it was, if instead of
+    another method; a format that keeps a matrix of its width whole says so)."""
     original = weight.read()
     quantized = round_to_nearest(original, config)
+    fallback = number_format(config.format).kept_whole(weight.shape[1]) or fallback
     return quantized, LayerReport(weight.name, weight.shape, relative_error(original, quantized), fallback=fallback)
 
 

@@ -4,13 +4,14 @@ same config (`make bench-artifacts` → reports/bench/artifacts.md).
 For every checkpoint of a ladder (the demo Llama ladder; stories260K-hf when ../shared/data has it) five files
 are written by the tools that make them: GGUF Q8_0, Q4_0 and Q5_1 by the `gguf` package's quantizer (llama.cpp's
 reference rounding, its layout: `tests/gguf_writing.py`, embeddings and head kept in F32), a compressed-tensors
-int4 group-32 checkpoint by the compressed-tensors package (its own scales from each group's min and max:
-`tests/compressed_writing.py`), and a packed GPTQ int4 group-32 checkpoint by `ptq-eval export`. One study pairs
-each with its base beside the simulation of the same config (RTN onto q8_0, q4_0, q5_1; RTN and GPTQ onto int4
-groups of 32) on the same windows, and reports, per file type: how many of the matrices the file stores in the
-type (llama.cpp keeps a matrix whose width is no multiple of 32 in F16, and so does the writer), how many of
-those weights equal the simulation's bit for bit and the largest difference, and δ (loss, nats/token) of the
-file and of the simulation with the largest gap between them beside the simulation's CI.
+int4 per-channel checkpoint by the compressed-tensors package (its own scales from each row's min and max:
+`tests/compressed_writing.py`; it refuses groups of 32 on the demo Llama's 88-wide matrices), and a packed GPTQ
+int4 group-32 checkpoint by `ptq-eval export`. One study pairs each with its base beside the simulation of the
+same config (RTN onto q8_0, q4_0, q5_1; RTN onto int4 per channel; GPTQ onto int4 groups of 32) on the same
+windows, and reports, per file type: how many of the matrices the file stores in the type (llama.cpp keeps a
+matrix whose width is no multiple of 32 in F16, and so does the writer), how many of those weights equal the
+simulation's bit for bit and the largest difference, and δ (loss, nats/token) of the file and of the
+simulation with the largest gap between them beside the simulation's CI.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from compressed_writing import write_compressed  # noqa: E402
 from gguf_writing import write_gguf  # noqa: E402
 
 from ptq_eval.artifacts import describe, stored_weights  # noqa: E402
+from ptq_eval.errors import UserError  # noqa: E402
 from ptq_eval.export import export_gptq  # noqa: E402
 from ptq_eval.quant import QuantConfig, quantize  # noqa: E402
 from ptq_eval.quant.calibration import calibration_tokens  # noqa: E402
@@ -49,7 +51,7 @@ KINDS = {  # file type → (simulated config as a study writes it, the same as a
     "gguf Q8_0": {"method": "rtn", "format": "q8_0"},
     "gguf Q4_0": {"method": "rtn", "format": "q4_0"},
     "gguf Q5_1": {"method": "rtn", "format": "q5_1"},
-    "compressed-tensors int4 g32": {"method": "rtn", "bits": 4, "group_size": GROUP},
+    "compressed-tensors int4 per channel": {"method": "rtn", "bits": 4, "group_size": -1},
     "GPTQ pack int4 g32 (ptq-eval export)": {"method": "gptq", "bits": 4, "group_size": GROUP},
 }
 
@@ -61,17 +63,20 @@ def _config(entry: dict) -> QuantConfig:
     return QuantConfig(method=method, format=fmt, bits=bits, group_size=fields.pop("group_size", GROUP))
 
 
-def write_files(checkpoint: Path, out: Path) -> dict[str, Path]:
-    """The five files of one checkpoint."""
+def write_files(checkpoint: Path, out: Path) -> dict[str, Path | str]:
+    """The five files of one checkpoint (or why a tool could not write one)."""
     load = lambda: transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)  # noqa: E731
     tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
     out.mkdir(parents=True, exist_ok=True)
-    files = {kind: write_gguf(load(), tokenizer, out / f"{kind[5:]}.gguf", kind[5:])
-             for kind in KINDS if kind.startswith("gguf")}  # fmt: skip
-    files["compressed-tensors int4 g32"] = write_compressed(load(), tokenizer, out / "ct-int4-g32", 4, GROUP)
-    gptq = QuantConfig(method="gptq", bits=4, group_size=GROUP)
-    export_gptq(str(checkpoint), out / "gptq-int4-g32", gptq, CALIBRATION)
-    files["GPTQ pack int4 g32 (ptq-eval export)"] = out / "gptq-int4-g32"
+    files: dict[str, Path | str] = {kind: write_gguf(load(), tokenizer, out / f"{kind[5:]}.gguf", kind[5:])
+                                    for kind in KINDS if kind.startswith("gguf")}  # fmt: skip
+    files["compressed-tensors int4 per channel"] = write_compressed(load(), tokenizer, out / "ct-int4-channel", 4, -1)
+    try:
+        export_gptq(str(checkpoint), out / "gptq-int4-g32", QuantConfig(method="gptq", bits=4, group_size=GROUP),
+                    CALIBRATION)  # fmt: skip
+        files["GPTQ pack int4 g32 (ptq-eval export)"] = out / "gptq-int4-g32"
+    except UserError as error:  # 4-bit codes pack 8 to a word: a 20-wide matrix has no packed form
+        files["GPTQ pack int4 g32 (ptq-eval export)"] = str(error)
     return files
 
 
@@ -106,7 +111,8 @@ def run_ladder(name: str, checkpoints: list[Path], work: Path, tokens: int) -> t
     files = {checkpoint: write_files(checkpoint, work / name / checkpoint.name / checkpoint.parent.name)
              for checkpoint in checkpoints}  # fmt: skip
     quant = [dict(entry) for entry in KINDS.values()]
-    quant += [{"artifact": {str(c): str(files[c][kind]) for c in checkpoints}} for kind in KINDS]
+    written = {kind: [c for c in checkpoints if isinstance(files[c][kind], Path)] for kind in KINDS}
+    quant += [{"artifact": {str(c): str(files[c][kind]) for c in written[kind]}} for kind in KINDS if written[kind]]
     study = {"name": f"artifacts-{name}", "ladder": [str(c) for c in checkpoints], "quant": quant,
              "calibration": CALIBRATION,
              "evals": [{"kind": "perplexity", "corpus": "stdlib-python", "split": "validation", "tokens": tokens,
@@ -124,6 +130,10 @@ def run_ladder(name: str, checkpoints: list[Path], work: Path, tokens: int) -> t
         gaps, within, agreement = [], 0, np.zeros(4)
         largest = 0.0
         for checkpoint in checkpoints:
+            if not isinstance(files[checkpoint][kind], Path):
+                detail.append(f"| {checkpoint.parent.name}/{checkpoint.name} | {kind} | not written: "
+                              f"{files[checkpoint][kind]} |||||||")  # fmt: skip
+                continue
             rows = loss[loss.checkpoint == str(checkpoint)]
             real = rows[rows.artifact == str(files[checkpoint][kind])].iloc[0]
             simulated = rows[(rows.method == config.method) & (rows.artifact == "") & (rows.format == config.format)
@@ -135,20 +145,22 @@ def run_ladder(name: str, checkpoints: list[Path], work: Path, tokens: int) -> t
             agreement += (shared, total, count, same)
             largest = max(largest, most)
             interval = f"{simulated.delta:.5f} [{simulated.delta_ci_low:.5f}, {simulated.delta_ci_high:.5f}]"
+            identical = f"{same / count:.4%}" if count else "—"
             cells = [
                 f"{checkpoint.parent.name}/{checkpoint.name}",
                 kind,
                 f"{real.bits_per_weight:.3f}",
                 f"{shared}/{total}",
-                f"{same / count:.4%}",
+                identical,
                 interval,
                 f"{real.delta:.5f}",
                 f"{gap:+.2e}",
             ]
             detail.append("| " + " | ".join(cells) + " |")
         shared, total, count, same = agreement
-        summary.append(f"| {name} | {kind} | {int(shared)}/{int(total)} | {same / count:.4%} | {largest:.3g} | "
-                       f"{max(gaps):.2e} | {within}/{len(checkpoints)} |")  # fmt: skip
+        identical = f"{same / count:.4%}" if count else "—"
+        summary.append(f"| {name} | {kind} | {int(shared)}/{int(total)} | {identical} | {largest:.3g} | "
+                       f"{max(gaps):.2e} | {within}/{len(gaps)} |")  # fmt: skip
     return summary, detail
 
 
