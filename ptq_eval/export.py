@@ -1,4 +1,5 @@
-"""Export a checkpoint quantized by our GPTQ as a real packed GPTQ checkpoint.
+"""Export a checkpoint quantized by our GPTQ as a real packed GPTQ checkpoint (its grids fitted on the float16
+scales it stores: `scale_dtype: float16`, so the file equals that simulation).
 
 The layout is the common GPTQ one (`checkpoint_format: gptq`): per quantized Linear,
 `qweight` (int32, 32/bits codes per word along the input dimension), `qzeros` (zero
@@ -14,6 +15,7 @@ refused before any work. Tied input/output embeddings are written once (transfor
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -76,8 +78,12 @@ def export_gptq(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
 ) -> dict:
-    """Quantize with our GPTQ and write a packed checkpoint; returns its quantization_config."""
+    """Quantize with our GPTQ and write a packed checkpoint; returns its quantization_config. The pack stores
+    float16 scales, so the grids are fitted on float16 scales (`scale_dtype: float16`): the file holds exactly
+    the weights a study simulates for the config with that option."""
     check_packable_format(config.format)
+    if config.scale_dtype != "float16":
+        config = replace(config, options=dict(config.options) | {"scale_dtype": "float16"})
     if config.method != "gptq":
         raise UserError(f"export supports method gptq only, not {config.method!r}")
     if config.rotation != "none":

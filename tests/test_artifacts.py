@@ -225,11 +225,13 @@ def test_one_file_for_a_ladder_of_several_asks_for_a_mapping(demo_files, tmp_pat
 
 
 def test_a_gptq_export_reads_back_as_its_simulation_with_float16_scales(tmp_path):
+    """The pack stores float16 scales; GPTQ with scale_dtype: float16 fits its grids on them, so the file holds
+    exactly the simulated weights (the float32-scale simulation differs by the scales' rounding)."""
     from ptq_eval.export import export_gptq
+    from ptq_eval.quant.calibration import calibration_tokens
 
     calibration = {"corpus": "stdlib-python", "split": "train", "samples": 8, "seq_len": 64, "seed": 0}
-    config = QuantConfig(method="gptq", bits=4, group_size=32)
-    export_gptq(str(DEMO / "tpp20"), tmp_path / "pack", config, calibration)
+    export_gptq(str(DEMO / "tpp20"), tmp_path / "pack", QuantConfig(method="gptq", bits=4, group_size=32), calibration)
     artifact = describe(str(tmp_path / "pack"))
     assert (artifact.artifact_type, artifact.bits, artifact.group_size, artifact.format) == ("gptq", 4, 32, "int")
     # per [out, in] matrix: 4-bit codes, a float16 scale and a 4-bit zero per 32 weights, an int32 g_idx per column
@@ -239,7 +241,13 @@ def test_a_gptq_export_reads_back_as_its_simulation_with_float16_scales(tmp_path
     model, tokenizer = _load(DEMO / "tpp20")
     check_base(artifact, str(DEMO / "tpp20"), tokenizer)
     stored = stored_weights(artifact, model)
+    tokens = calibration_tokens(tokenizer, "stdlib-python", "train", 8, 64, 0)
+    config = QuantConfig(method="gptq", bits=4, group_size=32, options={"scale_dtype": "float16"})
+    quantize(model, config, calibration=tokens)
     assert len(stored.quantized) == 8
+    for name, parameter in model.named_parameters():
+        if name in stored.quantized:
+            assert torch.equal(stored.tensors[name], parameter.detach()), name
 
 
 @pytest.mark.parametrize(("budget", "code", "decision"), [(0.05, 0, "PASS"), (1e-5, 1, "FAIL")])

@@ -133,3 +133,21 @@ def test_a_width_without_blocks_of_32_is_kept_in_float16_as_llama_cpp_keeps_it(m
         assert torch.equal(modules[name].weight, original.half().float())
         assert layers[name].fallback == "kept in F16, as llama.cpp stores it: width 88 is no multiple of 32"
     assert all(layers[name].fallback is None for name in layers if name not in downs)
+
+
+def test_scale_dtype_stores_an_integer_grid_s_scales_as_packs_do_and_nothing_else():
+    w = weights()
+    for name in ("float16", "bfloat16"):
+        dtype = getattr(torch, name)
+        for symmetric in (True, False):
+            grid = number_format("int", name).fit(w.reshape(-1, 32), 4, symmetric, torch.float32, None)
+            assert torch.equal(grid.scale, grid.scale.to(dtype).float()) and (grid.scale > 0).all()
+            levels = quantize_tensor(w, 4, 32, symmetric, "int", name).reshape(-1, 32) / grid.scale + grid.zero
+            assert torch.equal(levels, levels.round())  # the weights lie on the stored scale's grid
+    assert not torch.equal(quantize_tensor(w, 4, 32, True, "int", "float16"), quantize_tensor(w, 4, 32, True, "int"))
+    with pytest.raises(FormatError, match="format q4_0 fixes how its scales are stored; scale_dtype=float16"):
+        QuantConfig(method="rtn", format="q4_0", bits=4, group_size=32, options={"scale_dtype": "float16"})
+    plain = QuantConfig(method="gptq", bits=4, group_size=32)
+    assert "scale_dtype" not in plain.as_dict()  # keys of earlier studies hold
+    packed = QuantConfig(method="gptq", bits=4, group_size=32, options={"scale_dtype": "float16"})
+    assert packed.as_dict() == plain.as_dict() | {"scale_dtype": "float16"}

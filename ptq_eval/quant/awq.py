@@ -45,14 +45,15 @@ from ptq_eval.quant.blocks import calibrate
 from ptq_eval.quant.folding import fold_targets
 from ptq_eval.quant.formats import number_format
 from ptq_eval.quant.grid import PER_CHANNEL, PER_TENSOR
-from ptq_eval.quant.rotation import ROTATION_OPTIONS, Rotation, RotationOptions, rotation_for
+from ptq_eval.quant.rotation import Rotation, rotation_for
 from ptq_eval.quant.rtn import onto_grid, relative_error, rtn_result
+from ptq_eval.quant.shared_options import SHARED_OPTIONS, SharedOptions
 from ptq_eval.quant.statistics import NO_INPUT, Hessian, check_inputs_reached, equal_input_sets, output_error
 
 SMALLEST_SCALE = 1e-4
 
 
-class AWQOptions(RotationOptions):
+class AWQOptions(SharedOptions):
     """AWQ's options and their defaults: how many α in [0, 1], duo scaling (on, as AutoAWQ and llm-compressor),
     where the inputs come from (`sequential`: block, each block's from the quantized blocks before it, as GPTQ;
     none, one pass over the full-precision model, as AutoAWQ and llm-compressor), what scores a candidate
@@ -256,7 +257,7 @@ def _quantize_set(
     return layers
 
 
-@register("awq", options=AWQOptions, needs_calibration=True, later_options=ROTATION_OPTIONS)
+@register("awq", options=AWQOptions, needs_calibration=True, later_options=SHARED_OPTIONS)
 def quantize_awq(
     model: torch.nn.Module,
     weights: list[WeightMatrix],

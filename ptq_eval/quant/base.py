@@ -128,7 +128,7 @@ class QuantConfig:
         method = method_named(self.method)
         object.__setattr__(self, "options", method.validate_options(dict(self.options)))
         check_bits(self.bits)
-        fmt = number_format(self.format)
+        fmt = number_format(self.format, dict(self.options).get("scale_dtype", "float32"))
         if fmt.read_only and not method.reads_file:
             raise FormatError(f"format {fmt.name} names what a quantized file holds; give the file (artifact: PATH)")
         fmt.check(self.bits, self.group_size, self.symmetric)

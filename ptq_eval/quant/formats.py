@@ -29,7 +29,7 @@ over a whole row (under 0.02 bits at 1,024 columns).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -64,7 +64,7 @@ class IntFormat(NumberFormat):
         return bits + ((GROUP_SCALE_BITS + zero_point) / group_size if group_size > 0 else 0.0)
 
     def fit(self, x, bits, symmetric, dtype, tensor_scale=None) -> Grid:
-        return fit_grid(x, bits, symmetric, dtype)
+        return fit_grid(x, bits, symmetric, dtype, getattr(torch, self.scale_dtype))
 
 
 def _amax(x: torch.Tensor) -> torch.Tensor:
@@ -163,18 +163,35 @@ FORMATS: dict[str, NumberFormat] = {
 }
 
 
-def number_format(name: str) -> NumberFormat:
+SCALE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def number_format(name: str, scale_dtype: str = "float32") -> NumberFormat:
+    """The format by name, its chosen scales stored in `scale_dtype` (integer grids only: every other format
+    fixes how its scales are stored)."""
     if name not in FORMATS:
         raise FormatError(f"format {name!r} is not known; accepted: {', '.join(FORMATS)}")
-    return FORMATS[name]
+    if scale_dtype == "float32":
+        return FORMATS[name]
+    if scale_dtype not in SCALE_DTYPES:
+        raise FormatError(f"scale_dtype {scale_dtype!r} is not known; accepted: {', '.join(SCALE_DTYPES)}")
+    if name != "int":
+        raise FormatError(f"format {name} fixes how its scales are stored; scale_dtype={scale_dtype} means nothing")
+    return replace(FORMATS[name], scale_dtype=scale_dtype)
 
 
 def quantize_tensor(
-    weight: torch.Tensor, bits: int, group_size: int = PER_CHANNEL, symmetric: bool = True, format: str = "int"
+    weight: torch.Tensor,
+    bits: int,
+    group_size: int = PER_CHANNEL,
+    symmetric: bool = True,
+    format: str = "int",
+    scale_dtype: str = "float32",
 ) -> torch.Tensor:
     """Round-to-nearest onto the format's grid; de-quantized weights in weight's dtype and shape (exact in it).
-    Groups: -1 one per row, 0 one for the tensor, g one per g columns of a row (the last holds what is left)."""
-    fmt = number_format(format)
+    Groups: -1 one per row, 0 one for the tensor, g one per g columns of a row (the last holds what is left).
+    `scale_dtype`: the dtype an integer grid's scales are stored in."""
+    fmt = number_format(format, scale_dtype)
     check_bits(bits)
     fmt.check(bits, group_size, symmetric)
     fmt.check_dtype(bits, symmetric, weight.dtype)

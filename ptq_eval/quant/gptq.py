@@ -28,14 +28,15 @@ from ptq_eval.quant.blocks import calibrate, fingerprint
 from ptq_eval.quant.formats import FormatError, number_format
 from ptq_eval.quant.gptq_columns import loop_warnings
 from ptq_eval.quant.gptq_solve import gptq_solve, solve_key
-from ptq_eval.quant.rotation import ROTATION_OPTIONS, RotationOptions, rotation_for
+from ptq_eval.quant.rotation import rotation_for
 from ptq_eval.quant.rtn import relative_error, round_to_nearest, rtn_result
+from ptq_eval.quant.shared_options import SHARED_OPTIONS, SharedOptions
 from ptq_eval.quant.statistics import NO_INPUT, Hessian, check_inputs_reached, equal_input_sets, output_error
 
 SEQUENTIAL = ("block", "layer", "none")
 
 
-class GPTQOptions(RotationOptions):
+class GPTQOptions(SharedOptions):
     """GPTQ's options and their defaults (the reference GPTQ's): act-order (columns by descending Hessian
     diagonal), static groups (grids fitted before the loop), dampening (a fraction of the mean diagonal), the
     lazy-update block, and what each matrix's inputs come from (`quant/blocks.py`); the rotation every method
@@ -156,7 +157,7 @@ def _apply(weights: list[WeightMatrix], solved: dict[str, Solved], report: Quant
     "gptq",
     options=GPTQOptions,
     needs_calibration=True,
-    later_options=("sequential", *ROTATION_OPTIONS),
+    later_options=("sequential", *SHARED_OPTIONS),
     check=check_groups_fit_the_format,
 )
 def quantize_gptq(

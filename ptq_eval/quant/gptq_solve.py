@@ -53,7 +53,7 @@ class _Part:
     group_of_position: list[int] = field(default_factory=list)
 
     def fit(self, weight: torch.Tensor) -> Grid:
-        config, fmt = self.config, number_format(self.config.format)
+        config, fmt = self.config, number_format(self.config.format, self.config.scale_dtype)
         if config.group_size == PER_TENSOR:
             weight = weight.reshape(1, -1)
         return fmt.fit(weight, config.bits, config.symmetric, self.dtype, self.tensor_scale)

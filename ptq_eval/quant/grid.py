@@ -125,9 +125,16 @@ def exact_scale(scale: torch.Tensor, level_bits: int, dtype: torch.dtype) -> tor
     return scale
 
 
-def fit_grid(x: torch.Tensor, bits: int, symmetric: bool, dtype: torch.dtype = torch.float32) -> Grid:
+def fit_grid(
+    x: torch.Tensor,
+    bits: int,
+    symmetric: bool,
+    dtype: torch.dtype = torch.float32,
+    scale_dtype: torch.dtype = torch.float32,
+) -> Grid:
     """Fit one grid per row of x ([rows, k]) from its range; its points exact in `dtype` when that is half
-    precision (see the module's docstring)."""
+    precision (see the module's docstring); its scale rounded to `scale_dtype` first where a packed checkpoint
+    stores it so (to nearest; never below that dtype's smallest normal), the zero point chosen for that scale."""
     check_bits(bits)
     maxq = 2**bits - 1
     x = x.float()
@@ -140,6 +147,9 @@ def fit_grid(x: torch.Tensor, bits: int, symmetric: bool, dtype: torch.dtype = t
     low = torch.where(flat, torch.full_like(low, -1.0), low)
     high = torch.where(flat, torch.ones_like(high), high)
     scale = (high - low) / torch.full_like(high, maxq)  # a tensor divisor: true division on every device
+    if scale_dtype != torch.float32:
+        smallest = torch.full_like(scale, torch.finfo(scale_dtype).tiny)
+        scale = torch.maximum(scale.to(scale_dtype).float(), smallest)
     check_dtype(bits, symmetric, dtype)
     scale = exact_scale(scale, level_bits(bits, symmetric), dtype)
     if symmetric:

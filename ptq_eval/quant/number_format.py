@@ -22,7 +22,8 @@ class NumberFormat:
     """A grid rule. `bits` and `group`: what the format fixes (None: the config chooses); `elements`: the float
     values its points are scaled from (None: integer levels); `stored_minimum`: its points are q·d + m, a stored
     minimum m rather than an integer zero point (a grid GPTQ's column loop does not hold); `read_only`: it names
-    what a quantized file holds and is never simulated."""
+    what a quantized file holds and is never simulated; `scale_dtype`: the dtype its chosen scales are stored in
+    (`int` only: float32 as computed, or float16 / bfloat16 as packed checkpoints store them)."""
 
     name: str
     bits: int | None = None
@@ -30,6 +31,7 @@ class NumberFormat:
     elements: FloatElements | None = None
     stored_minimum: bool = False
     read_only: bool = False
+    scale_dtype: str = "float32"
 
     def check(self, bits: int, group_size: int, symmetric: bool) -> None:
         """Refuse what means nothing for this format, naming what it accepts."""

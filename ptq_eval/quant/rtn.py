@@ -7,11 +7,12 @@ import torch
 
 from ptq_eval.quant.base import LayerReport, QuantConfig, QuantReport, WeightMatrix, register
 from ptq_eval.quant.formats import number_format, quantize_tensor
-from ptq_eval.quant.rotation import ROTATION_OPTIONS, RotationOptions, rotation_for
+from ptq_eval.quant.rotation import rotation_for
+from ptq_eval.quant.shared_options import SHARED_OPTIONS, SharedOptions
 
 
-class RTNOptions(RotationOptions):
-    """RTN's options: only the rotation every method shares."""
+class RTNOptions(SharedOptions):
+    """RTN's options: only those every method shares (rotation, scale dtype)."""
 
 
 def relative_error(original: torch.Tensor, quantized: torch.Tensor) -> float:
@@ -23,7 +24,7 @@ def relative_error(original: torch.Tensor, quantized: torch.Tensor) -> float:
 
 def onto_grid(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     """Q(W): the [out, in] weight rounded onto the config's grid as it stands (no rotation), in its dtype."""
-    return quantize_tensor(weight, config.bits, config.group_size, config.symmetric, config.format)
+    return quantize_tensor(weight, config.bits, config.group_size, config.symmetric, config.format, config.scale_dtype)
 
 
 def round_to_nearest(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
@@ -53,6 +54,6 @@ def rtn_matrix(weight: WeightMatrix, config: QuantConfig) -> LayerReport:
     return report
 
 
-@register("rtn", options=RTNOptions, later_options=ROTATION_OPTIONS)
+@register("rtn", options=RTNOptions, later_options=SHARED_OPTIONS)
 def quantize_rtn(model: torch.nn.Module, weights: list[WeightMatrix], config: QuantConfig, **_unused) -> QuantReport:
     return QuantReport(config, [rtn_matrix(weight, config) for weight in weights])

@@ -7,11 +7,12 @@ reference rounding, its layout: `tests/gguf_writing.py`, embeddings and head kep
 int4 per-channel checkpoint by the compressed-tensors package (its own scales from each row's min and max:
 `tests/compressed_writing.py`; it refuses groups of 32 on the demo Llama's 88-wide matrices), and a packed GPTQ
 int4 group-32 checkpoint by `ptq-eval export`. One study pairs each with its base beside the simulation of the
-same config (RTN onto q8_0, q4_0, q5_1; RTN onto int4 per channel; GPTQ onto int4 groups of 32) on the same
-windows, and reports, per file type: how many of the matrices the file stores in the type (llama.cpp keeps a
-matrix whose width is no multiple of 32 in F16, and so does the writer), how many of those weights equal the
-simulation's bit for bit and the largest difference, and δ (loss, nats/token) of the file and of the
-simulation with the largest gap between them beside the simulation's CI.
+same config (RTN onto q8_0, q4_0, q5_1; RTN onto int4 per channel; GPTQ onto int4 groups of 32 with the
+float16 scales the pack stores, `scale_dtype: float16`) on the same windows, and reports, per file type: how
+many of the matrices the file stores in the type (llama.cpp keeps a matrix whose width is no multiple of 32 in
+F16, and so do the writer and the simulation), how many of the weights equal the simulation's bit for bit and
+the largest difference, and δ (loss, nats/token) of the file and of the simulation with the largest gap
+between them beside the simulation's CI.
 """
 
 from __future__ import annotations
@@ -52,7 +53,12 @@ KINDS = {  # file type → (simulated config as a study writes it, the same as a
     "gguf Q4_0": {"method": "rtn", "format": "q4_0"},
     "gguf Q5_1": {"method": "rtn", "format": "q5_1"},
     "compressed-tensors int4 per channel": {"method": "rtn", "bits": 4, "group_size": -1},
-    "GPTQ pack int4 g32 (ptq-eval export)": {"method": "gptq", "bits": 4, "group_size": GROUP},
+    "GPTQ pack int4 g32 (ptq-eval export)": {
+        "method": "gptq",
+        "bits": 4,
+        "group_size": GROUP,
+        "scale_dtype": "float16",
+    },  # fmt: skip
 }
 
 
@@ -60,7 +66,8 @@ def _config(entry: dict) -> QuantConfig:
     fields = dict(entry)
     method, fmt = fields.pop("method"), fields.pop("format", "int")
     bits = fields.pop("bits", {"q8_0": 8, "q4_0": 4, "q5_1": 5}.get(fmt))
-    return QuantConfig(method=method, format=fmt, bits=bits, group_size=fields.pop("group_size", GROUP))
+    group = fields.pop("group_size", GROUP)
+    return QuantConfig(method=method, format=fmt, bits=bits, group_size=group, options=fields)
 
 
 def write_files(checkpoint: Path, out: Path) -> dict[str, Path | str]:
@@ -81,8 +88,8 @@ def write_files(checkpoint: Path, out: Path) -> dict[str, Path | str]:
 
 
 def weight_agreement(checkpoint: Path, path: Path, config: QuantConfig) -> tuple[int, int, int, int, float]:
-    """(matrices the file stores quantized, matrices quantized by the config, their weights, identical ones,
-    largest |Δw|) between the file and the simulation of `config`."""
+    """(matrices the file stores in its type, matrices the config quantizes, their weights, the weights equal in
+    the file and the simulation of `config`, the largest |Δw|)."""
     base = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     stored = stored_weights(describe(str(path)), base)
     simulated = copy.deepcopy(base)
@@ -98,7 +105,7 @@ def weight_agreement(checkpoint: Path, path: Path, config: QuantConfig) -> tuple
     shared = [name for name in names if name in stored.quantized]
     count = identical = 0
     largest = 0.0
-    for name in shared:
+    for name in names:
         file_value, simulated_value = stored.tensors[name], parameters[name].detach()
         count += file_value.numel()
         identical += int((file_value == simulated_value).sum())
@@ -137,7 +144,8 @@ def run_ladder(name: str, checkpoints: list[Path], work: Path, tokens: int) -> t
             rows = loss[loss.checkpoint == str(checkpoint)]
             real = rows[rows.artifact == str(files[checkpoint][kind])].iloc[0]
             simulated = rows[(rows.method == config.method) & (rows.artifact == "") & (rows.format == config.format)
-                             & (rows.bits == config.bits) & (rows.group_size == config.group_size)].iloc[0]  # fmt: skip
+                             & (rows.bits == config.bits) & (rows.group_size == config.group_size)
+                             & (rows.scale_dtype == config.scale_dtype)].iloc[0]  # fmt: skip
             gap = real.delta - simulated.delta
             gaps.append(abs(gap))
             within += int(simulated.delta_ci_low <= real.delta <= simulated.delta_ci_high)
@@ -195,7 +203,7 @@ def main() -> None:
         f"torch {torch.__version__}, {args.tokens} eval tokens (stdlib-python validation, windows of 128), "
         f"{seconds:.0f} s in all. Command: `make bench-artifacts`.",
         "",
-        "| ladder | file | matrices stored in the type / quantized by the config | identical weights (of those) | "
+        "| ladder | file | matrices stored in the type / quantized by the config | identical weights | "
         "largest |Δw| | largest |δ file − δ simulated| | δ file within the simulation's 95% CI |",
         "|---|---|---|---|---|---|---|",
         *summary,
