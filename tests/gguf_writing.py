@@ -44,6 +44,17 @@ def write_gguf(
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     writer.add_head_count_kv(kv_heads)
     writer.add_file_type(gguf.LlamaFileType[f"MOSTLY_{type_name}"])
+    writer.add_context_length(config.max_position_embeddings)  # what a loader builds the model's config from
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_vocab_size(config.vocab_size)
+    if arch == "llama":
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        writer.add_rope_dimension_count(head_dim)
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+        writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
     vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(vocabulary)

@@ -101,6 +101,20 @@ def test_llama_s_reordered_query_and_key_rows_are_put_back(tiny_llama, tmp_path)
         assert torch.equal(stored.tensors[name], expected), name
 
 
+@pytest.mark.parametrize("kind", ["Q4_0", "Q8_0"])
+def test_transformers_own_gguf_loader_reads_the_same_weights(tiny_llama, tmp_path, kind):
+    """A peer's reading of the same file (transformers de-quantizes GGUF with the gguf package and undoes the
+    row reordering itself): every parameter equal to ours."""
+    model, tokenizer = _load(tiny_llama)
+    write_gguf(model, tokenizer, tmp_path / "m.gguf", kind)
+    peer = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32)
+    stored = stored_weights(describe(str(tmp_path / "m.gguf")), model)
+    theirs = dict(peer.named_parameters())
+    assert stored.tensors.keys() == theirs.keys()
+    for name, value in stored.tensors.items():
+        assert torch.equal(value, theirs[name].detach()), name
+
+
 @pytest.mark.skipif(not STORIES.is_dir(), reason="stories260K-hf is not in ../shared/data")
 def test_stories260k_reads_back_as_its_simulation_f16_fallbacks_included(tmp_path):
     """Its 172-wide down projections have no blocks of 32: llama.cpp stores them in F16, and so do the file and
