@@ -330,3 +330,11 @@ def test_a_compressed_checkpoint_that_quantizes_activations_is_refused_by_name(t
     (path / "config.json").write_text(json.dumps(config))
     capsys.readouterr()  # the writer's progress
     _refused(tmp_path, [{"artifact": str(path)}], [str(DEMO / "tpp20")], "quantizes activations too", capsys)
+
+
+def test_the_shipped_file_policy_passes_the_demo_q4_0_file(demo_files, tmp_path, capsys):
+    """tasks/release-policy-file.yaml on the most over-trained n25k checkpoint's Q4_0 file, as the README shows."""
+    policy = DEMO.parent.parent.parent / "release-policy-file.yaml"
+    arguments = ["gate", str(DEMO / "tpp320"), "--artifact", str(demo_files["tpp320-Q4_0"]), "--policy", str(policy)]
+    assert main([*arguments, "--store", str(tmp_path / "gate.sqlite"), "--out", str(tmp_path / "v.json")]) == 0
+    assert "PASS — `tpp320` as `" in capsys.readouterr().out

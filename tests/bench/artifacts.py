@@ -165,6 +165,9 @@ def run_ladder(name: str, checkpoints: list[Path], work: Path, tokens: int) -> t
                 f"{gap:+.2e}",
             ]
             detail.append("| " + " | ".join(cells) + " |")
+        if not gaps:
+            summary.append(f"| {name} | {kind} | no checkpoint's file could be written |||||")
+            continue
         shared, total, count, same = agreement
         identical = f"{same / count:.4%}" if count else "—"
         summary.append(f"| {name} | {kind} | {int(shared)}/{int(total)} | {identical} | {largest:.3g} | "
