@@ -12,7 +12,9 @@ float16 scales the pack stores, `scale_dtype: float16`) on the same windows, and
 many of the matrices the file stores in the type (llama.cpp keeps a matrix whose width is no multiple of 32 in
 F16, and so do the writer and the simulation), how many of the weights equal the simulation's bit for bit and
 the largest difference, and δ (loss, nats/token) of the file and of the simulation with the largest gap
-between them beside the simulation's CI.
+between them beside the simulation's CI. Two more rows set a file beside what a user without the exact option
+would simulate: the GPTQ pack beside GPTQ with float32 scales (the default), the Q4_0 file beside the plain
+integer grid in groups of 32 (float32 scale, round-half-even, its own zero point).
 """
 
 from __future__ import annotations
@@ -60,6 +62,17 @@ KINDS = {  # file type → (simulated config as a study writes it, the same as a
         "scale_dtype": "float16",
     },  # fmt: skip
 }
+
+
+# what else each file is set beside: the simulation a user without the exact option would run
+CONTRASTS = [
+    ("GPTQ pack int4 g32 (ptq-eval export)", {"method": "gptq", "bits": 4, "group_size": GROUP}),
+    ("gguf Q4_0", {"method": "rtn", "bits": 4, "group_size": GROUP}),
+]
+
+
+def _label(entry: dict) -> str:
+    return " ".join(f"{key}: {value}" for key, value in entry.items())
 
 
 def _config(entry: dict) -> QuantConfig:
@@ -117,7 +130,7 @@ def run_ladder(name: str, checkpoints: list[Path], work: Path, tokens: int) -> t
     """The summary rows and per-checkpoint rows of one ladder."""
     files = {checkpoint: write_files(checkpoint, work / name / checkpoint.name / checkpoint.parent.name)
              for checkpoint in checkpoints}  # fmt: skip
-    quant = [dict(entry) for entry in KINDS.values()]
+    quant = [dict(entry) for entry in KINDS.values()] + [dict(entry) for _, entry in CONTRASTS]
     written = {kind: [c for c in checkpoints if isinstance(files[c][kind], Path)] for kind in KINDS}
     quant += [{"artifact": {str(c): str(files[c][kind]) for c in written[kind]}} for kind in KINDS if written[kind]]
     study = {"name": f"artifacts-{name}", "ladder": [str(c) for c in checkpoints], "quant": quant,
@@ -132,13 +145,13 @@ def run_ladder(name: str, checkpoints: list[Path], work: Path, tokens: int) -> t
         results = study_results(loaded, store)
     loss = results[results.metric == "loss"]
     summary, detail = [], []
-    for kind, entry in KINDS.items():
+    for kind, entry in [*KINDS.items(), *CONTRASTS]:
         config = _config(entry)
         gaps, within, agreement = [], 0, np.zeros(4)
         largest = 0.0
         for checkpoint in checkpoints:
             if not isinstance(files[checkpoint][kind], Path):
-                detail.append(f"| {checkpoint.parent.name}/{checkpoint.name} | {kind} | not written: "
+                detail.append(f"| {checkpoint.parent.name}/{checkpoint.name} | {kind} | {_label(entry)} | not written: "
                               f"{files[checkpoint][kind]} |||||||")  # fmt: skip
                 continue
             rows = loss[loss.checkpoint == str(checkpoint)]
@@ -157,6 +170,7 @@ def run_ladder(name: str, checkpoints: list[Path], work: Path, tokens: int) -> t
             cells = [
                 f"{checkpoint.parent.name}/{checkpoint.name}",
                 kind,
+                _label(entry),
                 f"{real.bits_per_weight:.3f}",
                 f"{shared}/{total}",
                 identical,
@@ -166,12 +180,13 @@ def run_ladder(name: str, checkpoints: list[Path], work: Path, tokens: int) -> t
             ]
             detail.append("| " + " | ".join(cells) + " |")
         if not gaps:
-            summary.append(f"| {name} | {kind} | no checkpoint's file could be written |||||")
+            summary.append(f"| {name} | {kind} | {_label(entry)} | no checkpoint's file could be written |||||")
             continue
         shared, total, count, same = agreement
         identical = f"{same / count:.4%}" if count else "—"
-        summary.append(f"| {name} | {kind} | {int(shared)}/{int(total)} | {identical} | {largest:.3g} | "
-                       f"{max(gaps):.2e} | {within}/{len(gaps)} |")  # fmt: skip
+        cells = [name, kind, _label(entry), f"{int(shared)}/{int(total)}", identical, f"{largest:.3g}",
+                 f"{max(gaps):.2e}", f"{within}/{len(gaps)}"]  # fmt: skip
+        summary.append("| " + " | ".join(cells) + " |")
     return summary, detail
 
 
@@ -206,16 +221,16 @@ def main() -> None:
         f"torch {torch.__version__}, {args.tokens} eval tokens (stdlib-python validation, windows of 128), "
         f"{seconds:.0f} s in all. Command: `make bench-artifacts`.",
         "",
-        "| ladder | file | matrices stored in the type / quantized by the config | identical weights | "
+        "| ladder | file | simulated as | matrices stored in the type / quantized by the config | identical weights | "
         "largest |Δw| | largest |δ file − δ simulated| | δ file within the simulation's 95% CI |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
         *summary,
         "",
         "Per checkpoint (δ: loss, nats/token; P: the file's bits per weight):",
         "",
-        "| checkpoint | file | P | matrices in the type | identical weights | δ simulated [95% CI] | δ file | file − "
-        "simulated |",
-        "|---|---|---|---|---|---|---|---|",
+        "| checkpoint | file | simulated as | P | matrices in the type | identical weights | δ simulated [95% CI] | "
+        "δ file | file − simulated |",
+        "|---|---|---|---|---|---|---|---|---|",
         *detail,
         "",
     ]
