@@ -152,6 +152,9 @@ def test_a_ladder_of_files_pairs_each_with_its_base_and_equals_the_simulation(de
         assert real.quant_value == simulated.quant_value and real.delta == simulated.delta
         assert real.bits_per_weight == 4.5 and real.quantized_as == "Q4_0" and real.artifact_type == "gguf"
     assert set(results[results.method == "artifact"].artifact) == set(files.values())
+    assert main(["report", str(study), "--store", str(store), "--out", str(tmp_path / "report")]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "4-bit gguf Q4_0 group32" in report  # a file is named by its type and its own name
     capsys.readouterr()
     assert main(["run", str(study), "--store", str(store)]) == 0  # the same files: nothing computed again
     assert "4/4 jobs already in the store" in capsys.readouterr().err

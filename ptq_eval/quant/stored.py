@@ -25,6 +25,9 @@ class ArtifactOptions(BaseModel):
     quantized_as: str  # the file's own name for its quantization: a GGUF file type (Q4_K_M), a scheme (W4A16)
 
 
+ARTIFACT_OPTIONS = tuple(ArtifactOptions.model_fields)
+
+
 @dataclass(frozen=True)
 class StoredWeights:
     """A file's weights de-quantized to float32 under its base model's parameter names, and how it stores each

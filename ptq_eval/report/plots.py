@@ -14,7 +14,9 @@ from matplotlib.figure import Figure as MplFigure
 
 from ptq_eval.fit import LawFit
 from ptq_eval.quant import INT, METHOD_OPTIONS
+from ptq_eval.quant.stored import ARTIFACT, ARTIFACT_OPTIONS
 from ptq_eval.report.document import Figure
+from ptq_eval.results import method_labels
 
 CONFIG = ["method", "format", "group_size", "symmetric"]
 DPI = 100
@@ -51,8 +53,11 @@ def quant_configs(loss: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     configs = []
     for _, rows in loss.groupby(config + options, sort=True, dropna=False):
         first = rows.iloc[0]
-        shown = "".join(f" {c}={first[c]}" for c in options if pd.notna(first[c]))
         label = config_label(first.method, first.granularity, bool(first.symmetric), first.get("format", INT))
+        named = ()
+        if first.method == ARTIFACT:  # a file by its type and its own name for its quantization
+            label, named = f"{method_labels(rows.iloc[:1]).iloc[0]} {first.granularity}", ARTIFACT_OPTIONS
+        shown = "".join(f" {c}={first[c]}" for c in options if pd.notna(first[c]) and c not in named)
         configs.append((label + shown, rows))
     return configs
 

@@ -222,7 +222,7 @@ def main() -> None:
         f"{seconds:.0f} s in all. Command: `make bench-artifacts`.",
         "",
         "| ladder | file | simulated as | matrices stored in the type / quantized by the config | identical weights | "
-        "largest |Δw| | largest |δ file − δ simulated| | δ file within the simulation's 95% CI |",
+        "largest \\|Δw\\| | largest \\|δ file − δ simulated\\| | δ file within the simulation's 95% CI |",
         "|---|---|---|---|---|---|---|---|",
         *summary,
         "",
