@@ -5,6 +5,7 @@ config, its δ in a study, and the bad files that stop a run before anything is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 import transformers
 import yaml
 
-from ptq_eval.artifacts import check_base, describe, stored_weights
+from ptq_eval.artifacts import ArtifactError, check_base, describe, stored_weights
 from ptq_eval.cli import main
 from ptq_eval.errors import EXIT_INPUT
 from ptq_eval.quant import QuantConfig, quantize
@@ -228,7 +229,8 @@ def test_pickle_files_and_pickle_only_packs_are_never_read(tmp_path, capsys):
     [
         ([{"method": "rtn", "format": "gguf", "bits": 4}], "format gguf is read from files only"),
         ([{"method": "artifact", "bits": 4}], "method artifact reads a quantized file"),
-        ([{"artifact": "no/such/file.gguf"}], "no such file or directory"),
+        ([{"artifact": "no/such/file.gguf"}], "no such local file; on the hub: no/such: revision .main. is not in"),
+        ([{"artifact": "nowhere.gguf"}], "no such file or directory, nor a hub reference"),
     ],
 )
 def test_what_only_a_file_can_say_is_refused_in_a_grid(tmp_path, quant, message):
@@ -341,3 +343,48 @@ def test_the_shipped_file_policy_passes_the_demo_q4_0_file(demo_files, tmp_path,
     arguments = ["gate", str(DEMO / "tpp320"), "--artifact", str(demo_files["tpp320-Q4_0"]), "--policy", str(policy)]
     assert main([*arguments, "--store", str(tmp_path / "gate.sqlite"), "--out", str(tmp_path / "v.json")]) == 0
     assert "PASS — `tpp320` as `" in capsys.readouterr().out
+
+
+def _hub_cache(cache: Path, repo: str, files: dict[str, Path]) -> str:
+    """A hub cache entry for `repo` at main holding `files` (name → local file or directory); its commit."""
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, source in files.items():
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, snapshot / name)
+    return commit
+
+
+def test_hub_artifacts_are_read_at_their_commit_from_the_cache(demo_files, tmp_path, monkeypatch):
+    """org/name/FILE.gguf@main and org/name@main (a GPTQ pack), offline from the cache: described like local files,
+    identified by their commit; a repository holding no such file is one clear error."""
+    import huggingface_hub
+
+    from ptq_eval.artifacts import artifact_digest
+    from ptq_eval.export import export_gptq
+
+    export_gptq(str(DEMO / "tpp20"), tmp_path / "pack", QuantConfig(method="gptq", bits=4, group_size=32),
+                {"corpus": "stdlib-python", "split": "train", "samples": 8, "seq_len": 64, "seed": 0})  # fmt: skip
+    cache = tmp_path / "hub"
+    gguf_commit = _hub_cache(cache, "org/demo-GGUF", {"demo-Q4_0.gguf": demo_files["tpp20-Q4_0"]})
+    pack = tmp_path / "pack"
+    pack_commit = _hub_cache(cache, "org/demo-GPTQ", {p.name: p for p in pack.iterdir()})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    local = describe(str(demo_files["tpp20-Q4_0"]))
+    hub = describe("org/demo-GGUF/demo-Q4_0.gguf@main")
+    assert (hub.quantized_as, hub.bits_per_weight, hub.types) == (
+        local.quantized_as,
+        local.bits_per_weight,
+        local.types,
+    )
+    assert hub.commit == gguf_commit and artifact_digest(hub) == f"git:{gguf_commit}:demo-Q4_0.gguf"
+    packed = describe("org/demo-GPTQ@main")
+    assert (packed.artifact_type, packed.commit) == ("gptq", pack_commit)
+    model, tokenizer = _load(DEMO / "tpp20")
+    check_base(packed, str(DEMO / "tpp20"), tokenizer)
+    assert len(stored_weights(packed, model).quantized) == 8
+    with pytest.raises(ArtifactError, match="no such local file; on the hub: .*Q8_0.gguf not found"):
+        describe("org/demo-GGUF/demo-Q8_0.gguf@main")

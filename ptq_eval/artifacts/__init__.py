@@ -2,11 +2,12 @@
 GPTQ checkpoint (`gptq_pack.py`) or a compressed-tensors checkpoint (`compressed.py`). `describe` reads what a
 file says of itself (when a study is validated), `check_base` holds it to its base before any model loads
 (architecture, every parameter's shape, the tokenizer), `stored_weights` de-quantizes it for the worker. Local
-files only; pickle is never read."""
+paths, or hub references (`hub.py`); pickle is never read."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,7 +19,9 @@ from ptq_eval.artifacts.compressed import METHOD as COMPRESSED
 from ptq_eval.artifacts.compressed import compressed_shapes, describe_compressed, read_compressed
 from ptq_eval.artifacts.gguf_file import DERIVED, describe_gguf, gguf_names, gguf_shapes, gguf_vocabulary, read_gguf
 from ptq_eval.artifacts.gptq_pack import describe_pack, pack_shapes, read_pack
+from ptq_eval.artifacts.hub import fetch, parse_hub
 from ptq_eval.artifacts.names import stored_to_model
+from ptq_eval.errors import UserError
 from ptq_eval.quant.stored import StoredWeights
 
 GGUF_MAGIC = b"GGUF"
@@ -29,25 +32,40 @@ __all__ = ["Artifact", "ArtifactError", "artifact_digest", "check_base", "descri
 def describe(reference: str) -> Artifact:
     """What the file at `reference` (a .gguf file, or a quantized checkpoint's directory) says of itself."""
     path = Path(reference)
+    if path.exists():
+        return _described(path, reference)
+    found = parse_hub(reference)
+    if found is None:
+        raise ArtifactError(
+            f"artifact {reference!r}: no such file or directory, nor a hub reference (org/name[@revision] for a "
+            "quantized checkpoint, org/name/FILE.gguf[@revision] for a GGUF file)"
+        )
+    try:
+        path, commit = fetch(found)
+    except UserError as error:
+        raise ArtifactError(f"artifact {reference!r}: no such local file; on the hub: {error}") from None
+    return replace(_described(path, reference), commit=commit)
+
+
+def _described(path: Path, reference: str) -> Artifact:
+    """What a local file or checkpoint directory says of itself."""
     if path.is_dir():
         method = checkpoint_settings(path)["quantization_config"].get("quant_method")
         return describe_compressed(path, reference) if method == COMPRESSED else describe_pack(path, reference)
-    if path.is_file():
-        if path.suffix in PICKLE_SUFFIXES:
-            raise ArtifactError(f"{reference}: a pickle file ({path.suffix}), which ptq-eval never loads")
-        with path.open("rb") as handle:
-            magic = handle.read(len(GGUF_MAGIC))
-        if magic != GGUF_MAGIC:
-            raise ArtifactError(f"{reference}: not a GGUF file (it starts {magic!r}, not {GGUF_MAGIC!r})")
-        return describe_gguf(path, reference)
-    raise ArtifactError(
-        f"artifact {reference!r}: no such file or directory (a .gguf file or a GPTQ pack's directory; hub "
-        "artifacts are not downloaded here: download it and give its path)"
-    )
+    if path.suffix in PICKLE_SUFFIXES:
+        raise ArtifactError(f"{reference}: a pickle file ({path.suffix}), which ptq-eval never loads")
+    with path.open("rb") as handle:
+        magic = handle.read(len(GGUF_MAGIC))
+    if magic != GGUF_MAGIC:
+        raise ArtifactError(f"{reference}: not a GGUF file (it starts {magic!r}, not {GGUF_MAGIC!r})")
+    return describe_gguf(path, reference)
 
 
 def artifact_digest(artifact: Artifact) -> str:
-    """sha256 of the artifact's files (a GPTQ pack: config.json and its safetensors)."""
+    """The commit a hub artifact was fetched at, or sha256 of a local artifact's files (a checkpoint directory:
+    config.json and its safetensors)."""
+    if artifact.commit is not None:
+        return f"git:{artifact.commit}:{artifact.path.name if artifact.path.is_file() else ''}"
     if artifact.path.is_dir():
         return file_digest([artifact.path / "config.json", *sorted(artifact.path.glob("*.safetensors"))])
     return file_digest([artifact.path])

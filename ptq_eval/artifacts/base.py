@@ -33,6 +33,7 @@ class Artifact:
     symmetric: bool
     bits_per_weight: float
     types: tuple[tuple[str, int], ...]
+    commit: str | None = None  # the hub commit it was fetched at (None: a local path)
 
     def describe(self) -> str:
         mix = ", ".join(f"{kind}×{count}" for kind, count in self.types)
