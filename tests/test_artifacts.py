@@ -28,7 +28,8 @@ gguf = pytest.importorskip("gguf")
 from gguf_writing import write_gguf  # noqa: E402  (needs gguf)
 
 DEMO = Path(__file__).resolve().parent.parent / "tasks" / "ladders" / "demo" / "n25k"
-LLAMA_TOKENIZER = DEMO.parent.parent / "demo-llama" / "n9k" / "tpp20"
+LLAMA_LADDER = DEMO.parent.parent / "demo-llama"
+LLAMA_TOKENIZER = LLAMA_LADDER / "n9k" / "tpp20"
 STORIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "models" / "stories260K-hf"
 EVAL = {"kind": "perplexity", "corpus": "stdlib-python", "split": "validation", "tokens": 4096, "seq_len": 128}
 
@@ -116,15 +117,19 @@ def test_transformers_own_gguf_loader_reads_the_same_weights(tiny_llama, tmp_pat
         assert torch.equal(value, theirs[name].detach()), name
 
 
-@pytest.mark.skipif(not STORIES.is_dir(), reason="stories260K-hf is not in ../shared/data")
-def test_stories260k_reads_back_as_its_simulation_f16_fallbacks_included(tmp_path):
-    """Its 172-wide down projections have no blocks of 32: llama.cpp stores them in F16, and so do the file and
-    the simulation of q4_0; every other matrix is Q4_0, Llama's reordered rows put back."""
-    model, tokenizer = _load(STORIES)
-    path = write_gguf(model, tokenizer, tmp_path / "stories-q4_0.gguf", "Q4_0")
+@pytest.mark.parametrize("checkpoint", [LLAMA_LADDER / "n23k" / "tpp80", STORIES], ids=["demo-llama", "stories260K"])
+def test_trained_llamas_read_back_as_their_simulation_f16_fallbacks_included(tmp_path, checkpoint):
+    """The demo Llama's 88-wide and stories260K's 172-wide down projections have no blocks of 32: llama.cpp
+    stores them in F16, and so do the file and the simulation of q4_0; every other matrix is Q4_0, Llama's
+    reordered rows put back."""
+    if not checkpoint.is_dir():
+        pytest.skip(f"{checkpoint} is not here (../shared/data)")
+    model, tokenizer = _load(checkpoint)
+    path = write_gguf(model, tokenizer, tmp_path / "q4_0.gguf", "Q4_0")
     artifact = describe(str(path))
-    assert artifact.format == "gguf" and artifact.quantized_as == "Q4_0" and dict(artifact.types)["F16"] == 5
-    check_base(artifact, str(STORIES), tokenizer)
+    layers = model.config.num_hidden_layers
+    assert artifact.format == "gguf" and artifact.quantized_as == "Q4_0" and dict(artifact.types)["F16"] == layers
+    check_base(artifact, str(checkpoint), tokenizer)
     stored = stored_weights(artifact, model)
     assert {stored.types[name] for name in stored.tensors if name.endswith("down_proj.weight")} == {"F16"}
     quantize(model, QuantConfig(method="rtn", format="q4_0", bits=4, group_size=32))
