@@ -7,7 +7,7 @@ LADDER := tasks/ladders/demo
 
 .PHONY: install test demo demo-llama ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
 	demo-lm-eval demo-sequential demo-shared-hessians demo-ray demo-formats bench-formats ladder-wide bench-eval bench-fit bench-fit-speed bench-scale bench stress \
-	gpu-check gpu-check-prepare bench-gptq-shared bench-kld demo-methods bench-awq bench-rotation bench-artifacts
+	gpu-check gpu-check-prepare bench-gptq-shared bench-kld demo-methods bench-awq bench-rotation bench-artifacts bench-llama-cpp
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -165,6 +165,23 @@ bench-eval: $(STAMP)
 # cost with and without them (2 threads) -> reports/bench/kld.md
 bench-kld: $(STAMP)
 	nice -n 10 $(BIN)/python tests/bench/kld.py --out reports/bench/kld.md
+
+# llama.cpp's own quantizer (built from the source llama-cpp-python 0.3.36 vendors: a throwaway build, never a
+# dependency) against the simulation of its types -> reports/bench/llama_cpp.md
+LLAMA_CPP := .bench-llama-cpp
+LLAMA_CPP_VERSION := 0.3.36
+$(LLAMA_CPP)/build/bin/llama-quantize:
+	mkdir -p $(LLAMA_CPP)
+	$(BIN)/pip download --quiet --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(LLAMA_CPP)
+	tar xzf $(LLAMA_CPP)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_CPP)
+	cmake -S $(LLAMA_CPP)/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp -B $(LLAMA_CPP)/build \
+		-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
+		-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF
+	cmake --build $(LLAMA_CPP)/build --target llama-quantize -j2
+
+bench-llama-cpp: $(STAMP) $(LLAMA_CPP)/build/bin/llama-quantize
+	nice -n 10 $(BIN)/python tests/bench/llama_cpp_peer.py --quantize $(LLAMA_CPP)/build/bin/llama-quantize \
+		--out reports/bench/llama_cpp.md
 
 # Quantized files (GGUF by the gguf package, compressed-tensors by its package, a GPTQ export) read back and
 # paired with their bases beside the simulation of the same config -> reports/bench/artifacts.md

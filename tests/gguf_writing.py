@@ -29,7 +29,8 @@ def write_gguf(
     quantize_embeddings: bool = False,
     architecture: str | None = None,
 ) -> Path:
-    """Write `model` as a GGUF file of `type_name` (Q4_0, Q8_0, ...; what the gguf package can quantize)."""
+    """Write `model` as a GGUF file of `type_name` (Q4_0, Q8_0, ...; what the gguf package can quantize; F32 for
+    llama.cpp's own quantizer to start from)."""
     import gguf
 
     config = model.config
@@ -43,7 +44,8 @@ def write_gguf(
     writer.add_head_count(config.num_attention_heads)
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     writer.add_head_count_kv(kv_heads)
-    writer.add_file_type(gguf.LlamaFileType[f"MOSTLY_{type_name}"])
+    file_type = f"MOSTLY_{type_name}" if f"MOSTLY_{type_name}" in gguf.LlamaFileType.__members__ else "ALL_F32"
+    writer.add_file_type(gguf.LlamaFileType[file_type])
     writer.add_context_length(config.max_position_embeddings)  # what a loader builds the model's config from
     writer.add_embedding_length(config.hidden_size)
     writer.add_feed_forward_length(config.intermediate_size)
