@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 
 
-def write_compressed(model: torch.nn.Module, tokenizer, out: Path, bits: int = 4, group_size: int = 32) -> Path:
+def write_compressed(
+    model: torch.nn.Module, tokenizer, out: Path, bits: int = 4, group_size: int = 32, symmetric: bool = True
+) -> Path:
     """Save `model` as a weight-only int (`pack-quantized`) compressed-tensors checkpoint, in groups of
     `group_size` columns or (-1) per output channel."""
     from compressed_tensors.compressors import ModelCompressor
@@ -22,9 +24,11 @@ def write_compressed(model: torch.nn.Module, tokenizer, out: Path, bits: int = 4
     from compressed_tensors.quantization.utils import calculate_qparams
 
     if group_size == -1:  # one scale per output channel (the package refuses groups that do not divide a width)
-        arguments = QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="channel")
+        arguments = QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, strategy="channel")
     else:
-        arguments = QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="group", group_size=group_size)
+        arguments = QuantizationArgs(
+            num_bits=bits, type="int", symmetric=symmetric, strategy="group", group_size=group_size
+        )
     scheme = QuantizationScheme(targets=["Linear"], weights=arguments)
     head = [name for name, module in model.named_modules() if module is model.get_output_embeddings()]
     apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}, ignore=head))

@@ -328,6 +328,22 @@ def test_a_compressed_tensors_checkpoint_reads_back_as_its_simulation(tmp_path):
         assert torch.equal(stored.tensors[name], expected), name
 
 
+def test_an_asymmetric_compressed_tensors_checkpoint_reads_back_as_the_asymmetric_grid(tmp_path):
+    """Zero points stored beside the scales: the same points as ptq-eval's asymmetric integer grid."""
+    pytest.importorskip("compressed_tensors")
+    from compressed_writing import write_compressed
+
+    model, tokenizer = _load(DEMO / "tpp20")
+    write_compressed(model, tokenizer, tmp_path / "asym", bits=4, group_size=32, symmetric=False)
+    artifact = describe(str(tmp_path / "asym"))
+    assert not artifact.symmetric and artifact.bits_per_weight > 4 + 32 / 32  # zero points stored too
+    base, _ = _load(DEMO / "tpp20")
+    stored = stored_weights(artifact, base)
+    for name, parameter in base.named_parameters():
+        if name in stored.quantized:
+            assert torch.equal(stored.tensors[name], quantize_tensor(parameter.detach(), 4, 32, False, "int")), name
+
+
 def test_a_compressed_checkpoint_that_quantizes_activations_is_refused_by_name(tmp_path, capsys):
     pytest.importorskip("compressed_tensors")
     from compressed_writing import write_compressed
