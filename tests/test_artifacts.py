@@ -409,3 +409,13 @@ def test_hub_artifacts_are_read_at_their_commit_from_the_cache(demo_files, tmp_p
     assert len(stored_weights(packed, model).quantized) == 8
     with pytest.raises(ArtifactError, match="no such local file; on the hub: .*Q8_0.gguf not found"):
         describe("org/demo-GGUF/demo-Q8_0.gguf@main")
+
+
+def test_the_python_api_pairs_a_file_with_a_model_held_in_memory(demo_files):
+    import ptq_eval
+
+    model, tokenizer = _load(DEMO / "tpp20")
+    quant = [{"method": "rtn", "format": "q4_0"}, {"artifact": str(demo_files["tpp20-Q4_0"])}]
+    results = ptq_eval.evaluate(model, tokenizer, quant=quant, evals=[EVAL])
+    loss = results[results.metric == "loss"].set_index("method")
+    assert loss.loc["artifact"].delta == loss.loc["rtn"].delta and loss.loc["artifact"].quantized_as == "Q4_0"

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from ptq_eval import in_memory
 from ptq_eval.artifacts.base import Artifact, ArtifactError, file_digest
 from ptq_eval.artifacts.checkpoint_files import PICKLE_SUFFIXES, checkpoint_settings
 from ptq_eval.artifacts.compressed import METHOD as COMPRESSED
@@ -135,7 +136,13 @@ def _file_shapes(artifact: Artifact, model: torch.nn.Module) -> dict[str, tuple[
 def check_base(artifact: Artifact, base: str, tokenizer, revision: str | None = None) -> None:
     """Refuse an artifact that is not a quantization of `base`: another architecture, a parameter missing or of
     another shape, another tokenizer; the error names the first mismatch."""
-    config = transformers.AutoConfig.from_pretrained(base, revision=revision)
+    if in_memory.is_held(base):  # a model given to the Python API: its own config
+        config = in_memory.held(base).model.config
+    else:
+        try:
+            config = transformers.AutoConfig.from_pretrained(base, revision=revision)
+        except (OSError, ValueError) as error:
+            raise ArtifactError(f"{artifact.reference}: cannot read its base {base}'s config ({error})") from None
     if config.model_type not in artifact.architectures:
         raise ArtifactError(
             f"{artifact.reference} is a {' or '.join(artifact.architectures)} model; its base {base} is "
