@@ -12,7 +12,7 @@ from pathlib import Path
 from ptq_eval.artifacts import Artifact
 from ptq_eval.evals.kinds import EvalKind
 from ptq_eval.quant import QuantConfig
-from ptq_eval.spec import Calibration, FamilyLadder, LadderEntry, Study, StudyError, artifact_config
+from ptq_eval.spec import ArtifactEntry, Calibration, FamilyLadder, LadderEntry, Study, StudyError, artifact_config
 
 
 @dataclass(frozen=True)
@@ -86,26 +86,37 @@ def checkpoints(study: Study) -> list[CheckpointSpec]:
     return list(dict.fromkeys(expanded))
 
 
+def _points(
+    study: Study, ladder: list[CheckpointSpec]
+) -> dict[CheckpointSpec, list[tuple[QuantConfig, Artifact | None]]]:
+    """Each checkpoint's (config, file) points in the order the study's quant entries give them: a grid's configs
+    (each once across grids), an artifact entry's file for its base."""
+    by_reference = {checkpoint.reference: checkpoint for checkpoint in ladder}
+    points: dict[CheckpointSpec, list] = {checkpoint: [] for checkpoint in ladder}
+    seen: set[QuantConfig] = set()
+    for entry in study.quant:
+        if isinstance(entry, ArtifactEntry):
+            try:
+                pairs = entry.pairs(list(by_reference))
+            except ValueError as error:
+                raise StudyError(f"quant: {error}") from None
+            for base, artifact in pairs:
+                points[by_reference[base]].append((artifact_config(artifact), artifact))
+            continue
+        fresh = [config for config in dict.fromkeys(entry.configs()) if config not in seen]
+        seen.update(fresh)
+        for checkpoint in ladder:
+            points[checkpoint] += [(config, None) for config in fresh]
+    return points
+
+
 def expand_jobs(study: Study) -> list[Job]:
     """Every quantized job of the study (each implies its full-precision baseline): each config of the grids on
-    every checkpoint, each artifact on its base."""
-    configs = list(dict.fromkeys(config for grid in study.grids() for config in grid.configs()))
+    every checkpoint, each artifact on its base, per checkpoint in the order of the quant entries."""
     ladder = checkpoints(study)
-    files: dict[CheckpointSpec, list[Artifact]] = {}
-    by_reference = {checkpoint.reference: checkpoint for checkpoint in ladder}
-    for entry in study.artifacts():
-        try:
-            pairs = entry.pairs(list(by_reference))
-        except ValueError as error:
-            raise StudyError(f"quant: {error}") from None
-        for base, artifact in pairs:
-            files.setdefault(by_reference[base], []).append(artifact)
     jobs = []
-    for checkpoint in ladder:
-        for config in configs:
-            jobs += [Job(checkpoint, config, evaluation, study.dtype, study.seed, study.exclude, study.calibration)
-                     for evaluation in study.evals]  # fmt: skip
-        for artifact in files.get(checkpoint, []):
-            jobs += [Job(checkpoint, artifact_config(artifact), evaluation, study.dtype, study.seed, study.exclude,
-                         artifact=artifact) for evaluation in study.evals]  # fmt: skip
+    for checkpoint, points in _points(study, ladder).items():
+        for config, artifact in points:
+            jobs += [Job(checkpoint, config, evaluation, study.dtype, study.seed, study.exclude, study.calibration,
+                         artifact) for evaluation in study.evals]  # fmt: skip
     return jobs

@@ -18,6 +18,7 @@ import yaml
 from ptq_eval.artifacts import ArtifactError, check_base, describe, stored_weights
 from ptq_eval.cli import main
 from ptq_eval.errors import EXIT_INPUT
+from ptq_eval.jobs import expand_jobs
 from ptq_eval.quant import QuantConfig, quantize
 from ptq_eval.quant.formats import quantize_tensor
 from ptq_eval.results import study_results
@@ -419,3 +420,27 @@ def test_the_python_api_pairs_a_file_with_a_model_held_in_memory(demo_files):
     results = ptq_eval.evaluate(model, tokenizer, quant=quant, evals=[EVAL])
     loss = results[results.metric == "loss"].set_index("method")
     assert loss.loc["artifact"].delta == loss.loc["rtn"].delta and loss.loc["artifact"].quantized_as == "Q4_0"
+
+
+def test_a_file_that_quantizes_the_embeddings_is_measured_so_and_leaves_the_next_config_pristine(tmp_path):
+    """llama.cpp's default quantizes token_embd too: the file's job uses its embeddings and says so; the config
+    scored after it on the same loaded checkpoint (quant entries run in their order) sees the checkpoint's own
+    embeddings again."""
+    model, tokenizer = _load(DEMO / "tpp20")
+    everything = write_gguf(model, tokenizer, tmp_path / "all-q8.gguf", "Q8_0", quantize_embeddings=True)
+    ladder = [str(DEMO / "tpp20")]
+    simulated = {"method": "rtn", "format": "q8_0"}
+    both = _study(tmp_path, [{"artifact": str(everything)}, simulated], ladder, "both")
+    alone = _study(tmp_path, [simulated], ladder, "alone")
+    assert [job.quant.method for job in expand_jobs(load_study(both))] == ["artifact", "rtn"]
+    for study in (both, alone):
+        assert main(["run", str(study), "--store", str(tmp_path / f"{study.stem}.sqlite")]) == 0
+    with Store(tmp_path / "both.sqlite") as store:
+        loss = study_results(load_study(both), store).query("metric == 'loss'").set_index("method")
+        jobs = store.frame().query("metric == 'loss'").set_index("method")
+    with Store(tmp_path / "alone.sqlite") as store:
+        reference = study_results(load_study(alone), store).query("metric == 'loss'")
+    assert loss.loc["rtn"].quant_value == reference.quant_value.iloc[0]
+    assert loss.loc["artifact"].quant_value != loss.loc["rtn"].quant_value  # its embeddings are Q8_0 too
+    warnings = json.loads(jobs.loc["artifact"].provenance)["quant_report"]["warnings"]
+    assert any("gpt_neox.embed_in.weight (Q8_0)" in warning for warning in warnings)
