@@ -9,7 +9,17 @@ import itertools
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from ptq_eval.artifacts import Artifact, describe
 from ptq_eval.corpus import STDLIB
@@ -195,26 +205,26 @@ class QuantGrid(BaseModel):
 class ArtifactEntry(Strict):
     """A quantized file as the quantized side of a pair: one path (a ladder of one checkpoint, its base), or a
     mapping base checkpoint → path (a ladder of files, e.g. one GGUF per D/N). What each file is (type, bits,
-    group size, bits per weight) is read from it now, before any work."""
+    group size, bits per weight) is read from it once, now, before any work."""
 
     artifact: str | dict[str, str]
+    _described: dict[str, Artifact] = PrivateAttr(default_factory=dict)  # file → what it says of itself
 
-    @field_validator("artifact")
-    @classmethod
-    def _readable(cls, artifact):
-        for path in list(artifact.values()) if isinstance(artifact, dict) else [artifact]:
+    @model_validator(mode="after")
+    def _readable(self):
+        for path in self.files():
             try:
-                describe(path)
+                self._described[path] = describe(path)
             except UserError as error:
                 raise ValueError(str(error)) from None
-        return artifact
+        return self
 
     def files(self) -> list[str]:
         return list(self.artifact.values()) if isinstance(self.artifact, dict) else [self.artifact]
 
     def configs(self) -> list[QuantConfig]:
         """The configs its files stand for (a release policy's configs, as a grid's)."""
-        return list(dict.fromkeys(artifact_config(describe(path)) for path in self.files()))
+        return list(dict.fromkeys(artifact_config(self._described[path]) for path in self.files()))
 
     def pairs(self, checkpoints: list[str]) -> list[tuple[str, Artifact]]:
         """(base checkpoint, artifact) for each file; a file's base must be a checkpoint of the ladder."""
@@ -224,13 +234,13 @@ class ArtifactEntry(Strict):
                     f"artifact {self.artifact} is one file but the ladder has {len(checkpoints)} checkpoints: give a "
                     "mapping, base checkpoint: file"
                 )
-            return [(checkpoints[0], describe(self.artifact))]
+            return [(checkpoints[0], self._described[self.artifact])]
         for base in self.artifact:
             if base not in checkpoints:
                 raise ValueError(
                     f"artifact base {base!r} is not a checkpoint of the ladder; it has: {', '.join(checkpoints)}"
                 )
-        return [(base, describe(path)) for base, path in self.artifact.items()]
+        return [(base, self._described[path]) for base, path in self.artifact.items()]
 
 
 def artifact_config(artifact: Artifact) -> QuantConfig:

@@ -133,9 +133,10 @@ class _CheckpointRun:
     def restore(self) -> None:
         for weight, pristine in zip(self.weights, self.pristine, strict=True):
             weight.write(pristine)
-        parameters = dict(self.loaded.model.named_parameters())
-        for name, pristine in self.pristine_others.items():
-            parameters[name].copy_(pristine)
+        if self.pristine_others:
+            parameters = dict(self.loaded.model.named_parameters())
+            for name, pristine in self.pristine_others.items():
+                parameters[name].copy_(pristine)
 
     def read_artifact(self, artifact: Artifact):
         """The artifact's weights, with a pristine copy kept of every other parameter it will write."""
