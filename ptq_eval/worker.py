@@ -22,6 +22,7 @@ from ptq_eval.identity import tokenizer_identity
 from ptq_eval.jobs import CheckpointSpec, Job
 from ptq_eval.quant import QuantConfig, QuantError, quantizable_weights, quantize
 from ptq_eval.quant.calibration import calibration_tokens
+from ptq_eval.quant.run_time import rounding_at_run_time
 from ptq_eval.spec import Study
 from ptq_eval.store import MetricRow
 from ptq_eval.version import __version__
@@ -183,9 +184,20 @@ class _CheckpointRun:
         if report.warnings:
             report_facts["warnings"] = report.warnings
         label = f"{self.loaded.facts.name} {config.method} {config.bits}b {config.granularity}"
+        if not config.rounds_weights:
+            label = f"{self.loaded.facts.name} weights {config.method}"
+        label += "".join(f" {name} {p.label}" for name, p in (("A", config.activations), ("KV", config.kv_cache)) if p)
         if artifact is not None:
             report_facts["artifact"] = {"reference": artifact.reference, "types": dict(artifact.types)}
             label = f"{self.loaded.facts.name} {artifact.artifact_type} {artifact.quantized_as}"
+        with rounding_at_run_time(self.loaded.model, config, self.weights, calibration) as run_time:
+            if run_time:
+                report_facts["run_time"] = run_time
+            yield from self._scored(jobs, baselines, report, report_facts, label)
+
+    def _scored(
+        self, jobs: list[Job], baselines: dict[str, Scored], report, report_facts: dict, label: str
+    ) -> Iterator[Finished]:
         for job in jobs:
             baseline = baselines[job.baseline().key]
             scored, seconds = self.score(job.eval, baseline)

@@ -3,7 +3,7 @@
 A method registers itself (`base.register`) with its options' schema; a number format is one entry of
 `formats.FORMATS`. Outside `quant/`, code names neither: it reads `METHOD_OPTIONS` and `FORMATS`."""
 
-from ptq_eval.quant import awq, gptq, rtn, stored  # noqa: F401  (each registers its method)
+from ptq_eval.quant import awq, gptq, keep, rtn, stored  # noqa: F401  (each registers its method)
 from ptq_eval.quant.base import (
     DEFAULT_EXCLUDE,
     INT,

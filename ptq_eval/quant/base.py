@@ -30,6 +30,7 @@ from ptq_eval.errors import UserError
 from ptq_eval.quant.formats import number_format
 from ptq_eval.quant.grid import PER_CHANNEL, PER_TENSOR, check_bits
 from ptq_eval.quant.number_format import FormatError
+from ptq_eval.quant.precision import ACTIVATIONS, KV_CACHE, Precision
 
 DEFAULT_EXCLUDE = ("lm_head", "embed_out")
 EXPERT_INDEX = r"\.experts\.\d+(?=\.|$)"  # an expert's index in a ModuleList named experts
@@ -60,6 +61,7 @@ class Method:
     later_options: tuple[str, ...] = ()
     check: Callable[[QuantConfig], None] | None = None  # rules tying the options to the format
     reads_file: bool = False  # its weights are read from a quantized file (`stored=`), not computed
+    rounds_weights: bool = True  # False: the weights stay as they are (a config of activations or KV alone)
 
     def default(self, option: str) -> object:
         return self.options.model_fields[option].default
@@ -115,7 +117,9 @@ def granularity(group_size: int) -> str:
 @dataclass(frozen=True, kw_only=True)
 class QuantConfig:
     """One point of the quantization grid of a study: a method with its options (a mapping, every option kept
-    with its default filled in), the number format and what it leaves open (bits, group size, symmetry)."""
+    with its default filled in), the number format and what it leaves open (bits, group size, symmetry); and what
+    it rounds as the model runs, if anything: its matrices' inputs (`activations`) and the keys and values
+    attention reads (`kv_cache`), `quant/precision.py`."""
 
     method: str
     bits: int
@@ -123,9 +127,18 @@ class QuantConfig:
     group_size: int = PER_CHANNEL
     symmetric: bool = True
     options: tuple[tuple[str, object], ...] | Mapping[str, object] = ()
+    activations: Precision | None = None
+    kv_cache: Precision | None = None
 
     def __post_init__(self) -> None:
         method = method_named(self.method)
+        for component, precision in ((ACTIVATIONS, self.activations), (KV_CACHE, self.kv_cache)):
+            if precision is not None and precision.component != component:
+                raise QuantError(f"{component}: given a precision of {precision.component}")
+        if not method.rounds_weights and self.activations is None and self.kv_cache is None:
+            raise QuantError(f"method {self.method} keeps the weights as they are: give activations or kv_cache")
+        if method.reads_file and (self.activations is not None or self.kv_cache is not None):
+            raise QuantError("a quantized file's activation or KV precision is not simulated: give the file alone")
         object.__setattr__(self, "options", method.validate_options(dict(self.options)))
         check_bits(self.bits)
         fmt = number_format(self.format, dict(self.options).get("scale_dtype", "float32"))
@@ -148,7 +161,13 @@ class QuantConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return METHODS[self.method].needs_calibration
+        """The method calibrates, or an activation or KV precision takes static (calibrated) scales."""
+        static = any(p is not None and not p.dynamic for p in (self.activations, self.kv_cache))
+        return METHODS[self.method].needs_calibration or static
+
+    @property
+    def rounds_weights(self) -> bool:
+        return METHODS[self.method].rounds_weights
 
     @property
     def reads_file(self) -> bool:
@@ -161,7 +180,8 @@ class QuantConfig:
 
     def as_dict(self) -> dict:
         """The config as its job key reads it: the format only when not `int`; the method's options (an option
-        added later only off its default), so a method's keys depend on its own options alone."""
+        added later only off its default), so a method's keys depend on its own options alone; activations and
+        KV cache only when given (keys of weights alone are what they were)."""
         fields = {"method": self.method, "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric}
         if self.format != INT:
             fields["format"] = self.format
@@ -169,6 +189,9 @@ class QuantConfig:
         for option, value in self.options:
             if option not in method.later_options or value != method.default(option):
                 fields[option] = value
+        for component, precision in ((ACTIVATIONS, self.activations), (KV_CACHE, self.kv_cache)):
+            if precision is not None:
+                fields[component] = precision.as_dict()
         return fields
 
 
@@ -398,6 +421,7 @@ def register(
     later_options: tuple[str, ...] = (),
     check: Callable[[QuantConfig], None] | None = None,
     reads_file: bool = False,
+    rounds_weights: bool = True,
 ) -> Callable[[Callable[..., QuantReport]], Callable[..., QuantReport]]:
     """Make a method reachable as `quantize(..., QuantConfig(method=name, ...))`, with its options' schema.
 
@@ -408,7 +432,7 @@ def register(
     """
 
     def add(run: Callable[..., QuantReport]) -> Callable[..., QuantReport]:
-        METHODS[name] = Method(name, run, options, needs_calibration, later_options, check, reads_file)
+        METHODS[name] = Method(name, run, options, needs_calibration, later_options, check, reads_file, rounds_weights)
         return run
 
     return add
@@ -450,6 +474,10 @@ def quantize(
     if method.reads_file != (stored is not None):
         raise QuantError(f"method {config.method} {'needs' if method.reads_file else 'takes no'} stored weights")
     started = time.perf_counter()
+    if not method.rounds_weights:
+        report = method.run(model, found.selected, config)
+        report.coverage = Coverage(0, 0, found.nonembedding_params, defaults=found.defaults)
+        return report
     if method.reads_file:
         report = method.run(model, found.selected, config, stored=stored)
     else:

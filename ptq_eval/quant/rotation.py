@@ -50,7 +50,7 @@ def _powers_of_two(width: int) -> int:
     return width & -width
 
 
-def _walsh_hadamard(x: torch.Tensor) -> torch.Tensor:
+def walsh_hadamard(x: torch.Tensor) -> torch.Tensor:
     """The normalized Walsh–Hadamard transform (Sylvester order: symmetric, its own inverse) of x's last axis."""
     p, step = x.shape[-1], 1
     lead = x.shape[:-1]
@@ -74,7 +74,7 @@ class _Piece:
         """R·x for every row x of rows ([..., n])."""
         m = self.odd.shape[0]
         x = (rows * self.signs).reshape(*rows.shape[:-1], m, self.order)
-        x = _walsh_hadamard(x)
+        x = walsh_hadamard(x)
         return (self.odd @ x).reshape(rows.shape) if m > 1 else x.reshape(rows.shape)
 
     def undo(self, rows: torch.Tensor) -> torch.Tensor:
@@ -82,7 +82,7 @@ class _Piece:
         m = self.odd.shape[0]
         x = rows.reshape(*rows.shape[:-1], m, self.order)
         x = self.odd.T @ x if m > 1 else x
-        return _walsh_hadamard(x).reshape(rows.shape) * self.signs
+        return walsh_hadamard(x).reshape(rows.shape) * self.signs
 
 
 def _piece(width: int, seed: int, offset: int) -> _Piece:

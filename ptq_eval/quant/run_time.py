@@ -1,0 +1,85 @@
+"""What a config rounds as the model runs, beside its weights: its matrices' inputs (`activation_rounding.py`)
+and the keys and values attention reads (`kv_rounding.py`), installed for the time its evals score.
+
+Order: a probe pass first (a family whose attention the KV rounding cannot reach is refused before any work),
+then, for static precisions, one pass over the calibration windows with the weights already rounded and nothing
+else, keeping each matrix input's and each attention layer's range; then the rounding is installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import torch
+
+from ptq_eval.quant.activation_rounding import input_modules, observed_inputs, rounded_inputs
+from ptq_eval.quant.base import QuantConfig, QuantError, WeightMatrix
+from ptq_eval.quant.kv_rounding import KVRounder, RangeObserver, attention_hooked
+
+CALIBRATION_BATCH = 8  # calibration windows per forward pass of the range pass
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def attention_layers(model: torch.nn.Module) -> int:
+    """How many attention modules a probe pass hands their keys and values to the KV rounding; none is an error
+    naming the family."""
+    seen: set[int] = set()
+    with attention_hooked(model, lambda module, key, value, added: seen.add(id(module))):
+        model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=_device(model)), use_cache=False)
+    if not seen:
+        raise QuantError(
+            f"{type(model).__name__}: its attention does not go through transformers' attention interface, so its "
+            "keys and values cannot be rounded inside attention; KV-cache precision is not simulated for it"
+        )
+    return len(seen)
+
+
+@torch.inference_mode()
+def _calibrate(model, modules, config: QuantConfig, calibration: torch.Tensor):
+    """Each matrix input's range and each attention layer's key and value ranges over the calibration windows."""
+    observer = RangeObserver(config.kv_cache) if config.kv_cache is not None else None
+    with ExitStack() as stack:
+        inputs = stack.enter_context(observed_inputs(modules if config.activations is not None else {}))
+        if observer is not None:
+            stack.enter_context(attention_hooked(model, observer))
+        for start in range(0, len(calibration), CALIBRATION_BATCH):
+            model(input_ids=calibration[start : start + CALIBRATION_BATCH].to(_device(model)), use_cache=False)
+    return inputs, observer.ranges if observer is not None else None
+
+
+def _static(config: QuantConfig) -> bool:
+    return any(p is not None and not p.dynamic for p in (config.activations, config.kv_cache))
+
+
+@contextmanager
+def rounding_at_run_time(
+    model: torch.nn.Module, config: QuantConfig, weights: list[WeightMatrix], calibration: torch.Tensor | None
+) -> Iterator[dict]:
+    """Within the block the model rounds what the config says as it runs; yields what was hooked (facts kept
+    with the job's report). A config of weights alone installs nothing."""
+    if config.activations is None and config.kv_cache is None:
+        yield {}
+        return
+    modules = input_modules(weights) if config.activations is not None else {}
+    facts: dict = {}
+    if config.kv_cache is not None:
+        facts["kv_cache"] = {"precision": config.kv_cache.label, "attention_layers": attention_layers(model)}
+    if config.activations is not None:
+        facts["activations"] = {"precision": config.activations.label, "matrices": len(modules)}
+    input_ranges, kv_ranges = None, None
+    if _static(config):
+        if calibration is None:
+            raise QuantError(f"{config.method}: static activation or KV scales need the calibration windows")
+        input_ranges, kv_ranges = _calibrate(model, modules, config, calibration)
+        facts["calibration_windows"] = len(calibration)
+    with ExitStack() as stack:
+        if config.activations is not None:
+            stack.enter_context(rounded_inputs(modules, config.activations, input_ranges))
+        if config.kv_cache is not None:
+            stack.enter_context(attention_hooked(model, KVRounder(config.kv_cache, kv_ranges)))
+        yield facts
