@@ -60,8 +60,8 @@ for _base, _name in WRAPPED.items():
 
 
 def _configs(model: torch.nn.Module) -> list[PretrainedConfig]:
-    found = {id(m.config): m.config for m in model.modules() if isinstance(getattr(m, "config", None), PretrainedConfig)}
-    return list(found.values())
+    configs = [getattr(module, "config", None) for module in model.modules()]
+    return list({id(c): c for c in configs if isinstance(c, PretrainedConfig)}.values())
 
 
 @contextmanager
@@ -116,9 +116,10 @@ class RangeObserver:
                 rows = rows.reshape(1, -1)
             found += [rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True)]
         seen = self.ranges.get(id(module))
-        self.ranges[id(module)] = found if seen is None else [
-            torch.minimum(a, b) if i % 2 == 0 else torch.maximum(a, b) for i, (a, b) in enumerate(zip(seen, found))
-        ]  # fmt: skip
+        if seen is not None:
+            pairs = enumerate(zip(seen, found, strict=True))
+            found = [(torch.minimum if i % 2 == 0 else torch.maximum)(a, b) for i, (a, b) in pairs]
+        self.ranges[id(module)] = found
 
 
 class KVRounder:
