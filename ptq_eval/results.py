@@ -9,7 +9,8 @@ import pandas as pd
 
 from ptq_eval.errors import UserError
 from ptq_eval.jobs import expand_jobs
-from ptq_eval.quant import INT, METHOD_OPTIONS, granularity, later_option_defaults, number_format
+from ptq_eval.quant import INT, METHOD_OPTIONS, METHODS, granularity, later_option_defaults, number_format
+from ptq_eval.quant.precision import BITS_COLUMNS, PRECISION_COLUMNS, stored_precision
 from ptq_eval.quant.stored import ARTIFACT
 from ptq_eval.spec import Study
 from ptq_eval.store import Store
@@ -53,9 +54,9 @@ OUTPUT_FORMATS = ("csv", "json", "md")
 # job's time
 NUMERIC = ["params", "nonembedding_params", "tokens", "tokens_per_param", "fp_value", "quant_value", "delta",
            "delta_ci_low", "delta_ci_high"]  # fmt: skip
-EXTRA = ["granularity", *METHOD_OPTIONS, "artifact", "schedule", "decay_done", "seconds"]
+EXTRA = ["granularity", *METHOD_OPTIONS, *PRECISION_COLUMNS, "artifact", "schedule", "decay_done", "seconds"]
 # config fields a printed table shows only where they vary (CSV and JSON always carry them)
-VARYING = ["format", "symmetric", *METHOD_OPTIONS, "eval", "schedule"]
+VARYING = ["format", "symmetric", *METHOD_OPTIONS, "activations", "kv_cache", "eval", "schedule"]
 
 
 def coverage_columns(provenance: str) -> dict:
@@ -64,6 +65,20 @@ def coverage_columns(provenance: str) -> dict:
     if coverage is None:
         return dict.fromkeys(COVERAGE, math.nan)
     return {column: coverage[key] for column, key in COVERAGE.items()}
+
+
+def _precision_columns(frame: pd.DataFrame) -> None:
+    """What a row rounds besides weights: `activations`, `kv_cache` (their kind, e.g. `int token asym`; empty:
+    not rounded) and `activation_bits`, `kv_bits` (bits per value). A config that keeps its weights (method fp)
+    holds in bits and bits_per_weight those of what it rounds, the law's P (`QuantConfig.rounded`)."""
+    for component, bits in BITS_COLUMNS.items():
+        stored = frame[component] if component in frame else pd.Series(None, index=frame.index, dtype=object)
+        found = stored.map(lambda value, c=component: stored_precision(c, value))
+        frame[component] = found.map(lambda p: p.kind if p is not None else "")
+        frame[bits] = found.map(lambda p: p.bits_per_value if p is not None else math.nan).astype(float)
+    keeps = frame.method.map(lambda name: name in METHODS and not METHODS[name].rounds_weights).astype(bool)
+    rounded = frame.activation_bits.where(frame.activations != "", frame.kv_bits)
+    frame["bits_per_weight"] = frame.bits_per_weight.where(~keeps, rounded)
 
 
 def study_results(study: Study, store: Store) -> pd.DataFrame:
@@ -87,6 +102,7 @@ def study_results(study: Study, store: Store) -> pd.DataFrame:
     )
     recorded = frame["bits_per_weight"] if "bits_per_weight" in frame else pd.Series(math.nan, index=frame.index)
     frame["bits_per_weight"] = recorded.astype(float).fillna(counted)  # an artifact's job records its file's
+    _precision_columns(frame)
     frame["artifact"] = frame["artifact"].fillna("") if "artifact" in frame else ""
     schedules = frame["schedule"] if "schedule" in frame else pd.Series([{}] * len(frame), index=frame.index)
     schedules = schedules.map(lambda facts: facts if isinstance(facts, dict) else {})

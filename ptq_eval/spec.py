@@ -29,6 +29,8 @@ from ptq_eval.evals.kinds import EVAL_KINDS
 from ptq_eval.families import get_family, hub_revisions, ladder_revisions, pick
 from ptq_eval.quant import DEFAULT_EXCLUDE, FORMATS, INT, METHODS, QuantConfig, number_format
 from ptq_eval.quant.grid import MAX_BITS, MIN_BITS, PER_CHANNEL
+from ptq_eval.quant.keep import KEEP
+from ptq_eval.quant.precision import ACTIVATIONS, KV_CACHE, SCHEMES, precisions
 from ptq_eval.quant.stored import ARTIFACT
 from ptq_eval.schema import Strict
 from ptq_eval.yaml_files import read_yaml
@@ -107,26 +109,39 @@ def _as_list(value):
 
 
 class QuantGrid(BaseModel):
-    """Methods × formats × bits × group sizes × symmetry, scalars or lists; any other key is an option of the
-    method (its schema in `quant/`). Bits and group size may be left out where every format fixes them."""
+    """Methods × formats × bits × group sizes × symmetry × activation precisions × KV-cache precisions, scalars or
+    lists; any other key is an option of the method (its schema in `quant/`). Bits and group size may be left
+    out where every format fixes them. `scheme` (W8A8, W4A8, FP8_DYNAMIC, NVFP4) gives the weights' grid and the
+    activations' precision as llm-compressor's presets do. Without a method, `activations` or `kv_cache` alone
+    keep the weights as they are (method fp)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    method: str
+    method: str | None = None
     format: str | list[str] = INT
     bits: int | list[int] | None = None
     group_size: int | list[int] | None = None
     symmetric: bool | list[bool] = True
+    scheme: str | None = None
+    activations: str | dict | list | None = None
+    kv_cache: str | dict | list | None = None
 
     @field_validator("method")
     @classmethod
-    def _known_method(cls, method: str) -> str:
+    def _known_method(cls, method: str | None) -> str | None:
         simulated = [name for name, m in METHODS.items() if not m.reads_file]
         if method in METHODS and METHODS[method].reads_file:
             raise ValueError(f"method {method} reads a quantized file: write {{artifact: PATH}} instead of a grid")
-        if method not in METHODS:
+        if method is not None and method not in METHODS:
             raise ValueError(f"{method!r} is not a method; accepted: {', '.join(simulated)} (or artifact: PATH)")
         return method
+
+    @field_validator("scheme")
+    @classmethod
+    def _known_scheme(cls, scheme: str | None) -> str | None:
+        if scheme is not None and scheme not in SCHEMES:
+            raise ValueError(f"{scheme!r} is not a scheme; accepted: {', '.join(SCHEMES)}")
+        return scheme
 
     @field_validator("format")
     @classmethod
@@ -159,21 +174,43 @@ class QuantGrid(BaseModel):
                 )
         return group_size
 
+    @property
+    def method_name(self) -> str:
+        """The method, `fp` (weights as they are) where only activations or the KV cache are given."""
+        return self.method or KEEP
+
+    def _weights(self) -> set[str]:
+        """The weight grid's fields the document gives."""
+        return {"format", "bits", "group_size", "symmetric"} & self.model_fields_set
+
     @model_validator(mode="after")
     def _configs_mean_something(self):
-        method = METHODS[self.method]
+        if self.method is None and self.activations is None and self.kv_cache is None:
+            raise ValueError(
+                "give a method (e.g. method: rtn), or activations or kv_cache alone to keep the weights as they are"
+                + (f" (scheme {self.scheme} sets the grid a method rounds the weights onto)" if self.scheme else "")
+            )
+        if self.method_name == KEEP and (self._weights() or self.scheme):
+            given = ", ".join(sorted(self._weights() | ({"scheme"} if self.scheme else set())))
+            raise ValueError(f"{given}: the weights stay as they are (method fp); give a method to round them")
+        if self.scheme is not None and (self._weights() - {"symmetric"} or self.activations is not None):
+            given = ", ".join(
+                sorted((self._weights() - {"symmetric"}) | ({ACTIVATIONS} if self.activations else set()))
+            )
+            raise ValueError(f"scheme {self.scheme} fixes the weights' grid and the activations; {given} means nothing")
+        method = METHODS[self.method_name]
         for key in self.model_extra or {}:
             if key not in method.options.model_fields:
                 options = ", ".join(method.options.model_fields) or "none"
                 owners = [m.name for m in METHODS.values() if key in m.options.model_fields]
                 if owners:
-                    raise ValueError(f"{key} applies to method {' and '.join(owners)} only, not {self.method}")
+                    raise ValueError(f"{key} applies to method {' and '.join(owners)} only, not {self.method_name}")
                 raise ValueError(
                     f"{key}: unknown key; a quant grid takes {', '.join(QuantGrid.model_fields)} and the options "
-                    f"of method {self.method} ({options})"
+                    f"of method {self.method_name} ({options})"
                 )
         for fmt in _as_list(self.format):
-            if self.bits is None and FORMATS[fmt].bits is None:
+            if self.bits is None and FORMATS[fmt].bits is None and self.scheme is None and method.rounds_weights:
                 raise ValueError(f"format {fmt} needs bits (e.g. bits: 4)")
         try:
             self.configs()
@@ -181,25 +218,52 @@ class QuantGrid(BaseModel):
             raise ValueError(str(error)) from None
         return self
 
-    def configs(self) -> list[QuantConfig]:
-        options = dict(self.model_extra or {})
-        configs = []
+    def _weight_grids(self) -> list[tuple[str, int, int, bool]]:
+        """(format, bits, group size, symmetric) of each weight grid."""
+        if self.scheme is not None:
+            fixed = SCHEMES[self.scheme][0]
+            fmt = FORMATS[fixed["format"]]
+            bits, group = fixed.get("bits", fmt.bits), fixed.get("group_size", fmt.group or PER_CHANNEL)
+            return [(fmt.name, bits, group, symmetric) for symmetric in _as_list(self.symmetric)]
+        grids = []
         for fmt in _as_list(self.format):
             fixed = FORMATS[fmt]
             bit_widths = _as_list(self.bits) if self.bits is not None else [fixed.bits]
             groups = _as_list(self.group_size) if self.group_size is not None else [fixed.group or PER_CHANNEL]
-            for bits, group, symmetric in itertools.product(bit_widths, groups, _as_list(self.symmetric)):
-                configs.append(
-                    QuantConfig(
-                        method=self.method,
-                        format=fmt,
-                        bits=bits,
-                        group_size=group,
-                        symmetric=symmetric,
-                        options=options,
-                    )
-                )
-        return configs
+            grids += [(fmt, *point) for point in itertools.product(bit_widths, groups, _as_list(self.symmetric))]
+        return grids
+
+    def configs(self) -> list[QuantConfig]:
+        options = dict(self.model_extra or {})
+        written = SCHEMES[self.scheme][1] if self.scheme is not None else self.activations
+        activations = precisions(ACTIVATIONS, written) if written is not None else [None]
+        kv_caches = precisions(KV_CACHE, self.kv_cache) if self.kv_cache is not None else [None]
+        if not METHODS[self.method_name].rounds_weights:  # the weights' fields hold what it rounds instead
+            return [
+                QuantConfig(
+                    method=self.method_name,
+                    bits=(activation or kv_cache).bits,
+                    activations=activation,
+                    kv_cache=kv_cache,
+                )  # fmt: skip
+                for activation in activations
+                for kv_cache in kv_caches
+            ]
+        return [
+            QuantConfig(
+                method=self.method_name,
+                format=fmt,
+                bits=bits,
+                group_size=group,
+                symmetric=symmetric,
+                options=options,
+                activations=activation,
+                kv_cache=kv_cache,
+            )  # fmt: skip
+            for fmt, bits, group, symmetric in self._weight_grids()
+            for activation in activations
+            for kv_cache in kv_caches
+        ]
 
 
 class ArtifactEntry(Strict):
@@ -330,7 +394,12 @@ class Study(Strict):
         for grid in self.grids():
             for config in grid.configs():
                 try:
-                    number_format(config.format).check_dtype(config.bits, config.symmetric, getattr(torch, self.dtype))
+                    dtype = getattr(torch, self.dtype)
+                    if config.rounds_weights:
+                        number_format(config.format).check_dtype(config.bits, config.symmetric, dtype)
+                    for precision in (config.activations, config.kv_cache):
+                        if precision is not None:
+                            precision.check_dtype(dtype)
                 except UserError as error:
                     raise ValueError(f"quant: {error}") from None
         return self

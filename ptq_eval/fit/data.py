@@ -24,7 +24,8 @@ import pandas as pd
 from ptq_eval.errors import UserError
 from ptq_eval.evals.metrics import FITTED_METRICS, bare_name, facts_of
 from ptq_eval.fit.laws import Points
-from ptq_eval.quant import INT, METHOD_OPTIONS, number_format
+from ptq_eval.quant import INT, METHOD_OPTIONS, METHODS, QuantConfig, number_format
+from ptq_eval.quant.precision import ACTIVATIONS, BITS_COLUMNS, KV_CACHE, PRECISION_COLUMNS
 
 KEY_FIELDS = ("eval", "metric", "method", "format", "group_size", "symmetric")
 UNKNOWN_D = "tokens seen (D) unknown for this checkpoint"
@@ -70,17 +71,24 @@ class FitKey:
     symmetric: bool | None = None
     options: tuple[tuple[str, object], ...] = ()
     format: str | None = None  # last, so keys written positionally before formats still read the same
+    # What the rows round besides weights, every precision column but the one the law's P reads (None: any;
+    # (): weights alone, nothing else rounded); see `precision_key`.
+    precisions: tuple[tuple[str, object], ...] | None = None
 
     def head(self) -> dict:
-        """The key as table columns (`options` as text, only when there are some)."""
+        """The key as table columns (`options` and `rounds` as text, only when there are some)."""
         options = " ".join(f"{name}={value}" for name, value in self.options)
-        return {name: getattr(self, name) for name in KEY_FIELDS} | ({"options": options} if options else {})
+        rounds = " ".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+                          for name, value in self.precisions or () if value not in ("", None))  # fmt: skip
+        head = {name: getattr(self, name) for name in KEY_FIELDS} | ({"options": options} if options else {})
+        return head | ({"rounds": rounds} if rounds else {})
 
     def label(self) -> str:
         return " ".join(str(v) for v in self.head().values() if v is not None)
 
     def record(self) -> dict:
-        return {name: getattr(self, name) for name in KEY_FIELDS} | {"options": dict(self.options)}
+        record = {name: getattr(self, name) for name in KEY_FIELDS} | {"options": dict(self.options)}
+        return record | ({"precisions": dict(self.precisions)} if self.precisions else {})
 
     def resolve(self, rows: pd.DataFrame) -> FitKey:
         """The key with every field it leaves open filled from `rows` (which hold one value of each)."""
@@ -99,6 +107,11 @@ class FitKey:
         for name, value in self.options:
             if name in results:
                 mask &= results[name] == value
+        if self.precisions is not None:
+            for name, value in (dict(self.precisions) or dict.fromkeys(PRECISION_COLUMNS)).items():
+                column = results[name] if name in results else pd.Series(None, index=results.index, dtype=object)
+                empty = column.isna() | (column.astype(str) == "")
+                mask &= empty if value in ("", None) else column == value
         return mask
 
 
@@ -128,7 +141,7 @@ def stack(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _config_columns(results: pd.DataFrame) -> list[str]:
-    return [c for c in (*KEY_FIELDS, *METHOD_OPTIONS) if c in results]
+    return [c for c in (*KEY_FIELDS, *METHOD_OPTIONS, ACTIVATIONS, KV_CACHE) if c in results]
 
 
 def fit_keys(results: pd.DataFrame, where: FitKey = ANY) -> tuple[list[FitKey], list[str]]:
@@ -165,14 +178,52 @@ def _one_loss_each(metrics: list[str]) -> list[tuple[str, list[str]]]:
     return [(first, rest) for first, *rest in chosen]
 
 
+def precision_key(values: dict, axis: str | None) -> tuple[tuple[str, object], ...]:
+    """A fit key's precisions: every precision column but `axis` (the one its P reads; None: the weights'), empty
+    values as "" and None; () where nothing but weights is rounded."""
+
+    def read(column: str) -> object:
+        value = values.get(column)
+        if value is None or value != value or value == "":
+            return None if column in BITS_COLUMNS.values() else ""
+        return value
+
+    given = tuple((c, read(c)) for c in PRECISION_COLUMNS if c != axis)
+    return () if axis is None and all(v in ("", None) for _, v in given) else given
+
+
+def config_precisions(config: QuantConfig) -> tuple[tuple[str, object], ...]:
+    """The precisions of the fit key a config's results are fitted under (what `fit_keys` finds for its rows)."""
+    values = {}
+    for component, precision in ((ACTIVATIONS, config.activations), (KV_CACHE, config.kv_cache)):
+        if precision is not None:
+            values |= {component: precision.kind, BITS_COLUMNS[component]: precision.bits_per_value}
+    rounded = config.rounded
+    return precision_key(values, BITS_COLUMNS[rounded.component] if rounded is not None else None)
+
+
+def _axes(rows: pd.DataFrame) -> pd.Series:
+    """The precision column each row's P reads: "" for its weights; for a config keeping its weights, its
+    activations' bits where it rounds them, else its KV cache's."""
+    keeps = rows.method.map(lambda name: name in METHODS and not METHODS[name].rounds_weights).astype(bool)
+    activations = rows[ACTIVATIONS].fillna("").astype(str) != "" if ACTIVATIONS in rows else False
+    axis = pd.Series("", index=rows.index, dtype=object)
+    axis[keeps] = BITS_COLUMNS[KV_CACHE]
+    axis[keeps & activations] = BITS_COLUMNS[ACTIVATIONS]
+    return axis
+
+
 def _metric_keys(rows: pd.DataFrame, columns: list[str]) -> list[FitKey]:
     base = [c for c in columns if c in KEY_FIELDS]
     keys = []
-    for values, group in rows.groupby(columns, dropna=False, sort=True):
-        found = {c: _python(v) for c, v in zip(columns, values, strict=True)}
-        siblings = rows[(rows[base] == group[base].iloc[0]).all(axis=1)]
-        varying = [c for c in METHOD_OPTIONS if c in found and siblings[c].nunique(dropna=False) > 1]
-        keys.append(FitKey(**{c: found[c] for c in base}, options=tuple((c, found[c]) for c in varying)))
+    for axis, part in rows.groupby(_axes(rows), sort=False):
+        extra = [c for c in PRECISION_COLUMNS if c in part and c != axis and c not in columns]
+        for values, group in part.groupby(columns + extra, dropna=False, sort=True):
+            found = {c: _python(v) for c, v in zip(columns + extra, values, strict=True)}  # NaN: none
+            siblings = rows[(rows[base] == group[base].iloc[0]).all(axis=1)]
+            varying = [c for c in METHOD_OPTIONS if c in found and siblings[c].nunique(dropna=False) > 1]
+            keys.append(FitKey(**{c: found[c] for c in base}, options=tuple((c, found[c]) for c in varying),
+                               precisions=precision_key(found, axis or None)))  # fmt: skip
     return keys
 
 

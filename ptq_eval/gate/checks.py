@@ -39,7 +39,7 @@ from ptq_eval.evals.metrics import metric_matches
 from ptq_eval.evals.paired import difference_ci
 from ptq_eval.fit import Estimate, FitError, FitKey, FitOptions, LawFit, fit_delta, predict_delta
 from ptq_eval.fit.breaks import break_support
-from ptq_eval.fit.data import formats
+from ptq_eval.fit.data import config_precisions, formats
 from ptq_eval.fit.laws import BROKEN_LAWS
 from ptq_eval.gate.policy import Budget, Policy, PolicyError, reference, release_configs
 from ptq_eval.quant import QuantConfig
@@ -75,6 +75,7 @@ def fit_key(config: QuantConfig, eval_name: str, metric: str) -> FitKey:
         group_size=config.group_size,
         symmetric=config.symmetric,
         options=config.options,
+        precisions=config_precisions(config),
     )
 
 
@@ -261,6 +262,7 @@ def _measured(
         & (formats(results) == config.format)
         & (results.group_size == config.group_size)
         & (results.symmetric == config.symmetric)
+        & FitKey(precisions=config_precisions(config)).matches(results)
         & (results["eval"] == eval_name)
         & results.metric.map(lambda stored: metric_matches(stored, budget.metric)).astype(bool)
     ]

@@ -135,8 +135,11 @@ class QuantConfig:
         for component, precision in ((ACTIVATIONS, self.activations), (KV_CACHE, self.kv_cache)):
             if precision is not None and precision.component != component:
                 raise QuantError(f"{component}: given a precision of {precision.component}")
-        if not method.rounds_weights and self.activations is None and self.kv_cache is None:
-            raise QuantError(f"method {self.method} keeps the weights as they are: give activations or kv_cache")
+        if not method.rounds_weights:
+            if self.activations is None and self.kv_cache is None:
+                raise QuantError(f"method {self.method} keeps the weights as they are: give activations or kv_cache")
+            if self.bits != self.rounded.bits:
+                raise QuantError(f"method {self.method}: bits are those of the {self.rounded.component} it rounds")
         if method.reads_file and (self.activations is not None or self.kv_cache is not None):
             raise QuantError("a quantized file's activation or KV precision is not simulated: give the file alone")
         object.__setattr__(self, "options", method.validate_options(dict(self.options)))
@@ -174,8 +177,17 @@ class QuantConfig:
         return METHODS[self.method].reads_file
 
     @property
+    def rounded(self) -> Precision | None:
+        """What a config that keeps its weights rounds, whose bits are the law's P: its activations, else its KV
+        cache (None where the config rounds its weights)."""
+        return None if self.rounds_weights else self.activations or self.kv_cache
+
+    @property
     def bits_per_weight(self) -> float:
-        """The scaling law's P for this config (`quant/formats.py` says how the scales are counted)."""
+        """The scaling law's P for this config (`quant/formats.py` says how the scales are counted); for a config
+        that keeps its weights, that of what it rounds (`rounded`)."""
+        if self.rounded is not None:
+            return self.rounded.bits_per_value
         return number_format(self.format).bits_per_weight(self.bits, self.group_size, self.symmetric)
 
     def as_dict(self) -> dict:

@@ -31,6 +31,8 @@ from ptq_eval.schema import Strict
 ACTIVATIONS, KV_CACHE = "activations", "kv_cache"
 COMPONENTS = (ACTIVATIONS, KV_CACHE)
 PER = ("token", "head", "tensor")
+BITS_COLUMNS = {ACTIVATIONS: "activation_bits", KV_CACHE: "kv_bits"}  # results: each component's bits per value
+PRECISION_COLUMNS = (ACTIVATIONS, BITS_COLUMNS[ACTIVATIONS], KV_CACHE, BITS_COLUMNS[KV_CACHE])
 # presets by the names vLLM, llm-compressor and llama.cpp give them
 PRESETS = {
     ACTIVATIONS: {
@@ -173,10 +175,17 @@ def precisions(component: str, written: object) -> list[Precision]:
     if bits is None:
         raise PrecisionError(f"{component}: format {options.format} needs bits (e.g. bits: 8)")
     fields = options.model_dump(exclude={"bits", "dynamic", "group_size"})
+    if "per" not in options.model_fields_set and options.format == "nvfp4":
+        fields["per"] = "tensor"  # its only granularity: a calibrated global scale, dynamic blocks
     return [
         Precision(component=component, bits=b, group_size=PER_CHANNEL if group is None else group, **fields)
         for b in (bits if isinstance(bits, list) else [bits])
     ]
+
+
+def stored_precision(component: str, stored: object) -> Precision | None:
+    """A job description's precision as stored (None where it has none)."""
+    return Precision(component=component, **stored) if isinstance(stored, dict) else None
 
 
 def round_per_token(x: torch.Tensor, precision: Precision) -> torch.Tensor:
