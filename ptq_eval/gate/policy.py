@@ -143,7 +143,8 @@ def release_configs(grids: list[QuantItem]) -> list[QuantConfig]:
 
 
 def _config_key(config: QuantConfig) -> tuple:
-    return config.method, config.format, config.bits, config.group_size, config.symmetric, config.activations, config.kv_cache
+    weights = config.method, config.format, config.bits, config.group_size, config.symmetric
+    return *weights, config.activations, config.kv_cache
 
 
 def artifact_policy(policy: Policy, artifact: str) -> Policy:
