@@ -7,7 +7,7 @@ LADDER := tasks/ladders/demo
 
 .PHONY: install test demo demo-llama ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
 	demo-lm-eval demo-sequential demo-shared-hessians demo-ray demo-formats bench-formats ladder-wide bench-eval bench-fit bench-fit-speed bench-scale bench stress \
-	gpu-check gpu-check-prepare bench-gptq-shared bench-kld demo-methods bench-awq bench-rotation bench-artifacts bench-llama-cpp
+	gpu-check gpu-check-prepare bench-gptq-shared bench-kld demo-methods bench-awq bench-rotation bench-artifacts bench-llama-cpp demo-kv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,15 @@ demo-methods: $(STAMP)
 	$(BIN)/ptq-eval report tasks/demo-methods.yaml --store runs/demo.sqlite --out reports/demo-methods
 	$(BIN)/ptq-eval run tasks/demo-methods-llama.yaml --store runs/demo-llama.sqlite --report-dir reports/demo-methods-llama
 	$(BIN)/ptq-eval report tasks/demo-methods-llama.yaml --store runs/demo-llama.sqlite --out reports/demo-methods-llama
+
+# KV cache alone (int 8/4/3 asymmetric per token, fp8 per layer), activations alone (int 8/6/4 per token), W8A8
+# and W4A8 (RTN), RTN weights alone, on the GPT-NeoX and the Llama demo ladders: each component's law with P its
+# own bits, whose damage grows fastest with D/N -> reports/demo-kv/, reports/demo-kv-llama/
+demo-kv: $(STAMP)
+	$(BIN)/ptq-eval run tasks/demo-kv.yaml --store runs/demo-kv.sqlite --report-dir reports/demo-kv
+	$(BIN)/ptq-eval report tasks/demo-kv.yaml --store runs/demo-kv.sqlite --out reports/demo-kv
+	$(BIN)/ptq-eval run tasks/demo-kv-llama.yaml --store runs/demo-kv-llama.sqlite --report-dir reports/demo-kv-llama
+	$(BIN)/ptq-eval report tasks/demo-kv-llama.yaml --store runs/demo-kv-llama.sqlite --out reports/demo-kv-llama
 
 # The demo study on a local Ray instance (2 CPUs: one checkpoint group per CPU), into its own store
 demo-ray: $(STAMP)

@@ -13,18 +13,30 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure as MplFigure
 
 from ptq_eval.fit import LawFit
-from ptq_eval.quant import INT, METHOD_OPTIONS
+from ptq_eval.quant import INT, METHOD_OPTIONS, METHODS
 from ptq_eval.quant.stored import ARTIFACT, ARTIFACT_OPTIONS
 from ptq_eval.report.document import Figure
 from ptq_eval.results import method_labels
 
-CONFIG = ["method", "format", "group_size", "symmetric"]
+CONFIG = ["method", "format", "group_size", "symmetric", "activations", "kv_cache"]
 DPI = 100
 
 
 def config_label(method: str, granularity: str, symmetric: bool = True, format: str = INT) -> str:
     shown = granularity if format == INT else f"{format} {granularity}"
     return f"{method} {shown}" + ("" if symmetric else " asym")
+
+
+def precision_label(row: pd.Series, weights: str) -> str:
+    """A config's label with what it rounds besides weights, e.g. `rtn channel + A int token 8b`; for a config
+    keeping its weights (method fp) the weights are left out and what it rounds carries no bits (they are P)."""
+    keeps = row.method in METHODS and not METHODS[row.method].rounds_weights
+    parts = [] if keeps else [weights]
+    for column, shown, bits in (("activations", "A", "activation_bits"), ("kv_cache", "KV", "kv_bits")):
+        if isinstance(row.get(column), str) and row[column]:
+            axis = keeps and not (column == "kv_cache" and parts)  # fp: its first rounded component is P
+            parts.append(f"{shown} {row[column]}" + ("" if axis else f" {row[bits]:g}b"))
+    return " + ".join(parts)
 
 
 def size_label(params: float) -> str:
@@ -57,6 +69,7 @@ def quant_configs(loss: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         named = ()
         if first.method == ARTIFACT:  # a file by its type and its own name for its quantization
             label, named = f"{method_labels(rows.iloc[:1]).iloc[0]} {first.granularity}", ARTIFACT_OPTIONS
+        label = precision_label(first, label)
         shown = "".join(f" {c}={first[c]}" for c in options if pd.notna(first[c]) and c not in named)
         configs.append((label + shown, rows))
     return configs

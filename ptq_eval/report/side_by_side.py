@@ -11,7 +11,7 @@ import pandas as pd
 from ptq_eval.fit import LawFit
 from ptq_eval.fit.breaks import break_support
 from ptq_eval.fit.laws import BROKEN_LAWS
-from ptq_eval.quant import METHOD_OPTIONS
+from ptq_eval.quant import INT, METHOD_OPTIONS
 from ptq_eval.report import plots
 from ptq_eval.report.document import Section, Table
 
@@ -178,3 +178,69 @@ def methods_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Sectio
         least = min(found)
         paragraphs.append(f"At D/N {ratio:g}, {label}: {least[1]} loses least (δ {least[0]:.3g}).")
     return Section("Methods", paragraphs, [Table("Methods side by side", pd.DataFrame(rows))])
+
+
+def _component(row: pd.Series) -> str:
+    """What a config rounds, by component: weights, activations, KV cache, or several joined with +."""
+    parts = [] if plots.precision_label(row, "weights").startswith(("A ", "KV ")) else ["weights"]
+    parts += [name for column, name in (("activations", "activations"), ("kv_cache", "KV cache"))
+              if isinstance(row.get(column), str) and row[column]]  # fmt: skip
+    return " + ".join(parts)
+
+
+def components_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Section | None:
+    """One row per fitted config of one loss, by what it rounds (weights, activations, KV cache): P, δ at the most
+    over-trained point of the largest model, γ_D with its interval; whose damage grows fastest with D/N. None
+    unless the study rounds activations or the KV cache."""
+    rounds = [c for c in ("activations", "kv_cache") if c in loss and (loss[c].fillna("") != "").any()]
+    if not rounds:
+        return None
+    largest = loss[loss.nonembedding_params == loss.nonembedding_params.max()]
+    ratio = largest.tokens_per_param.max()
+    rows, growth = [], {}
+    for key in dict.fromkeys(fit.key for fit in fits):
+        own = loss[key.matches(loss)]
+        if own.empty:
+            continue
+        first = own.iloc[0]
+        grid = plots.config_label(first.method, first.granularity, bool(first.symmetric), first.get("format", INT))
+        name, component = plots.precision_label(first, grid), _component(first)
+        widths = sorted(own.bits_per_weight.unique())
+        gamma, law = _gamma_d(fits, own, float(widths[0]))
+        lowest = own[own.bits_per_weight == widths[0]]
+        point = lowest[(lowest.nonembedding_params == largest.nonembedding_params.iloc[0])
+                       & (lowest.tokens_per_param == ratio)]  # fmt: skip
+        rows.append({
+            "rounds": component, "config": name, "P (bits per value)": ", ".join(f"{w:g}" for w in widths),
+            f"δ at D/N {ratio:g}, lowest P [95% CI]": "" if point.empty else _interval(
+                point.iloc[0].delta, point.iloc[0].delta_ci_low, point.iloc[0].delta_ci_high),
+            "γ_D [95% CI]": _interval(*gamma), "γ_D from": law,
+        })  # fmt: skip
+        if not math.isnan(gamma[0]):
+            growth[f"{component}: {name}"] = gamma
+    paragraphs = [
+        f"Each component's law fitted on its own: a config keeping its weights (fp) is fitted with P the bits of "
+        f"what it rounds (activations, else the KV cache); a config rounding weights with P its bits per weight, "
+        f"its activation and KV precisions held in the key. δ is {unit} at the largest model's most over-trained "
+        f"checkpoint (D/N {ratio:g}) at the config's lowest P; γ_D: δ ∝ D^γ_D at fixed N and P."
+    ]
+    if growth:
+        ranked = sorted(growth.items(), key=lambda item: -item[1][0])
+        name, (_, low, _) = ranked[0]
+        behind = [other for other, (_, _, high) in ranked[1:] if math.isnan(low) or math.isnan(high) or high >= low]
+        verdict = (f"its interval overlaps those of {', '.join(behind)}: at 95% the data do not order them"
+                   if behind else "its interval lies above every other's")  # fmt: skip
+        listed = "; ".join(f"{other} {_interval(*gamma)}" for other, gamma in ranked)
+        paragraphs.append(f"Damage grows fastest with D/N: {name} (γ_D: {listed}); {verdict}.")
+    return Section(
+        "Weights, activations and KV cache", paragraphs, [Table("Components side by side", pd.DataFrame(rows))]
+    )
+
+
+def weights_alone(loss: pd.DataFrame) -> pd.Series:
+    """Rows of configs that round nothing but weights (formats and methods compare those)."""
+    alone = pd.Series(True, index=loss.index)
+    for column in ("activations", "kv_cache"):
+        if column in loss:
+            alone &= loss[column].fillna("") == ""
+    return alone

@@ -36,7 +36,7 @@ from ptq_eval.jobs import expand_jobs
 from ptq_eval.quant import INT, METHOD_OPTIONS, METHODS, granularity
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
-from ptq_eval.report.side_by_side import formats_section, methods_section
+from ptq_eval.report.side_by_side import components_section, formats_section, methods_section, weights_alone
 from ptq_eval.results import beside_delta, coverage_label, study_results, summary_table
 from ptq_eval.spec import Study
 from ptq_eval.store import Store
@@ -151,8 +151,10 @@ def _fits_sections(results: pd.DataFrame, losses: dict, skipped: list[str], opti
     )
     loss_key, loss = next(iter(losses.items()))
     unit = nats_label(loss_key[1])
-    compared = [section for section in (formats_section(loss, fitted.fits, unit), methods_section(loss, fitted.fits,
-                unit)) if section is not None]  # fmt: skip
+    weights = loss[weights_alone(loss)]
+    sections = (formats_section(weights, fitted.fits, unit), methods_section(weights, fitted.fits, unit),
+                components_section(loss, fitted.fits, unit))  # fmt: skip
+    compared = [section for section in sections if section is not None]
     return [fits, *([phase] if phase else []), *compared, forecasts], kumar
 
 
