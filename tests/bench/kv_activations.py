@@ -19,7 +19,9 @@ torchao -> reports/bench/kv_activations.md.
    from this script's own keys and values. fp8 e4m3 per tensor: scale = amax / 448, x̂ = scale ·
    float8_e4m3fn(clamp(x / scale, ±448)) by torch's own cast. Models: the GPT-NeoX demo checkpoints
    n25k/tpp320 and n100k/tpp320, the Llama demo checkpoint n23k/tpp320 (GQA, 4 query heads to 2 KV heads),
-   and a random Llama from `LlamaConfig` (GQA 8 to 2, head_dim 16, seed 0, random tokens).
+   a random Llama from `LlamaConfig` (GQA 8 to 2, head_dim 16, seed 0, random tokens), and a random Mistral of
+   the same shape with a sliding window of 32 (its cache keeps the last 31 positions, views of each pass's
+   keys: the in-place rounding must reach them).
 2. KV cache, whole model: mean loss (nats per token) on windows of 128 of the stdlib validation split, in
    full precision, under ptq-eval's KV rounding, and with this script's rounding applied to every layer by
    replacing each attention module's forward with its own (the module's projections, the model's RoPE
@@ -47,7 +49,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging as hf_logging
 
@@ -78,6 +87,7 @@ LAYER_PRECISIONS = {  # what part 1 checks: label -> the kv_cache a study would 
 MODEL_PRECISIONS = ("int4 asym, per token", "int3 asym, per token", "int8 asym, per token",
                     "fp8 e4m3, per tensor (static)")  # fmt: skip
 E4M3_MAX = 448.0
+SLIDING_WINDOW = 32
 
 
 # ---------------------------------------------------------------------------------------------- the models
@@ -108,6 +118,15 @@ def random_llama() -> Subject:
                          num_attention_heads=8, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
                          attn_implementation="sdpa")  # fmt: skip
     return Subject("random Llama (GQA 8→2, head_dim 16)", LlamaForCausalLM(config).eval(), None)
+
+
+def random_mistral() -> Subject:
+    """Sliding-window attention: its cache keeps only the last window − 1 positions (views of each pass's keys)."""
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                           num_attention_heads=8, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                           sliding_window=SLIDING_WINDOW, attn_implementation="sdpa")  # fmt: skip
+    return Subject(f"random Mistral (GQA 8→2, sliding window {SLIDING_WINDOW})", MistralForCausalLM(config).eval(), None)
 
 
 _STREAMS: dict[str, torch.Tensor] = {}
@@ -148,7 +167,7 @@ def qkv(family: str, module: torch.nn.Module, hidden: torch.Tensor, position_emb
     if family == "gpt_neox":
         shape = (*hidden.shape[:-1], -1, 3 * module.head_size)
         query, key, value = module.query_key_value(hidden).view(shape).transpose(1, 2).chunk(3, dim=-1)
-    elif family == "llama":
+    elif family in ("llama", "mistral"):
         shape = (*hidden.shape[:-1], -1, module.head_dim)
         query, key, value = (p(hidden).view(shape).transpose(1, 2) for p in (module.q_proj, module.k_proj, module.v_proj))
     else:
@@ -239,6 +258,27 @@ class Rounding:
         return (q - zero) * scale
 
 
+    def control(self, x: torch.Tensor, low: torch.Tensor | None = None, high: torch.Tensor | None = None):
+        """A nearby convention, to show what the comparison resolves: asymmetric grids on [min, max] without
+        0 (x̂ = lo + scale·q, as KIVI writes it); symmetric ones on ±(2^(b−1) − 1) steps of max|x| / (2^(b−1) −
+        1) (the restricted range); fp8 per tensor scaled by the evaluated keys' own max instead of the
+        calibrated one."""
+        if self.kind == "fp8":
+            return self(x, *self.range_of(x))
+        if low is None:
+            low, high = self.range_of(x)
+        x, low, high = x.float(), low.float(), high.float()
+        if self.symmetric:
+            steps = 2 ** (self.bits - 1) - 1
+            scale = torch.maximum(low.abs(), high.abs()) / steps
+            scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+            return torch.clamp(torch.round(x / scale), -steps, steps) * scale
+        levels = 2**self.bits - 1
+        scale = (high - low) / levels
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        return low + scale * torch.clamp(torch.round((x - low) / scale), 0, levels)
+
+
 @torch.inference_mode()
 def own_ranges(subject: Subject, rounding: Rounding, windows: torch.Tensor) -> list[list[torch.Tensor]] | None:
     """Static precisions: per layer [key low, key high, value low, value high] over the calibration windows, from
@@ -299,8 +339,11 @@ def layer_rows(subject: Subject, windows: int) -> list[dict]:
     cache, inputs = run_passes(subject, tokens)  # full precision: the extraction itself
     own = own_keys_values(subject, inputs)
     extraction = all(
-        torch.equal(layer.keys, k) and torch.equal(layer.values, v) for layer, (k, v) in zip(cache.layers, own)
+        torch.equal(layer.keys, k[..., -layer.keys.shape[-2] :, :])
+        and torch.equal(layer.values, v[..., -layer.values.shape[-2] :, :])
+        for layer, (k, v) in zip(cache.layers, own, strict=True)
     )
+    kept = [layer.keys.shape[-2] for layer in cache.layers]
     rows, calibration_windows = [], calibration(subject)
     for label, written in LAYER_PRECISIONS.items():
         rounding = Rounding.of(written)
@@ -310,18 +353,20 @@ def layer_rows(subject: Subject, windows: int) -> list[dict]:
         with rounding_at_run_time(subject.model, config, weights, static):
             cache, inputs = run_passes(subject, tokens)
         own = own_keys_values(subject, inputs)
-        equal, largest, differ, values, error = True, 0.0, 0, 0, 0.0
+        equal, largest, differ, values, error, control = True, 0.0, 0, 0, 0.0, 0
         for index, (layer, (key, value)) in enumerate(zip(cache.layers, own, strict=True)):
             low = ranges[index] if ranges else [None] * 4
             for theirs, x, lo, hi in ((layer.keys, key, *low[:2]), (layer.values, value, *low[2:])):
-                mine = rounding(x, lo, hi)
+                mine = rounding(x, lo, hi)[..., -theirs.shape[-2] :, :]  # a sliding window keeps the last ones
+                nearby = rounding.control(x, lo, hi)[..., -theirs.shape[-2] :, :]
                 equal &= torch.equal(theirs, mine)
                 largest = max(largest, float((theirs - mine).abs().max()))
                 differ, values = differ + int((theirs != mine).sum()), values + mine.numel()
-                error = max(error, float((mine - x).norm() / x.norm()))
+                control += int((theirs != nearby).sum())
+                error = max(error, float((rounding(x, lo, hi) - x).norm() / x.norm()))
         rows.append({"model": subject.label, "precision": label, "layers": len(own), "values": values,
                      "extraction": extraction, "equal": equal, "differ": differ, "max_abs": largest,
-                     "rel_error": error})  # fmt: skip
+                     "rel_error": error, "control": control, "kept": kept})  # fmt: skip
     return rows
 
 
@@ -484,17 +529,20 @@ def report(layers, models, torchao, args, seconds: float) -> str:
         "",
         "*extraction*: this script's keys and values, unrounded, equal the full-precision cache's. *equal*: the "
         "rounded cache equals this script's rounding of its own keys and values (torch.equal, keys and values "
-        "of every layer). *rel. error*: the rounding's ‖x̂ − x‖ / ‖x‖, largest over layers, keys and values.",
+        "of every layer; a sliding-window cache: the positions it keeps). *rel. error*: the rounding's ‖x̂ − x‖ / "
+        "‖x‖, largest over layers, keys and values. *control*: values of the cache that differ from a nearby "
+        "convention (`Rounding.control`: asymmetric on [min, max] without 0; symmetric on ±(2^(b−1) − 1) steps; "
+        "fp8 scaled by the evaluated keys' own max), to show the comparison tells conventions apart.",
         "",
-        "| model | KV precision | layers | values | extraction | equal | values that differ | max abs difference "
-        "| rel. error |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | KV precision | positions cached | values | extraction | equal | values that differ | max abs "
+        "difference | rel. error | control: values that differ |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in layers:
         lines.append(
-            f"| {r['model']} | {r['precision']} | {r['layers']} | {r['values']:,} | "
+            f"| {r['model']} | {r['precision']} | {'/'.join(map(str, r['kept']))} | {r['values']:,} | "
             f"{'yes' if r['extraction'] else 'NO'} | {'yes' if r['equal'] else 'NO'} | {r['differ']:,} | "
-            f"{r['max_abs']:.3g} | {r['rel_error']:.3g} |"
+            f"{r['max_abs']:.3g} | {r['rel_error']:.3g} | {r['control']:,} |"
         )
     lines += [
         "",
@@ -562,7 +610,7 @@ def report(layers, models, torchao, args, seconds: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("reports/bench/kv_activations.md"))
-    parser.add_argument("--tokens", type=int, default=32768, help="scored tokens of sections 2 and 3")
+    parser.add_argument("--tokens", type=int, default=65536, help="scored tokens of sections 2 and 3")
     parser.add_argument("--layer-windows", type=int, default=4, help="sequences of section 1")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -572,7 +620,7 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     started = time.perf_counter()
     subjects = [checkpoint(NEOX_SMALL, "GPT-NeoX demo n25k/tpp320"), checkpoint(NEOX_LARGE, "GPT-NeoX demo n100k/tpp320"),
-                checkpoint(LLAMA, "Llama demo n23k/tpp320 (GQA 4→2)"), random_llama()]  # fmt: skip
+                checkpoint(LLAMA, "Llama demo n23k/tpp320 (GQA 4→2)"), random_llama(), random_mistral()]  # fmt: skip
     layers = [row for subject in subjects for row in layer_rows(subject, args.layer_windows)]
     print(f"section 1 done ({time.perf_counter() - started:.0f} s)", flush=True)
     models = [row for subject in (subjects[0], subjects[2]) for row in model_rows(subject, args.tokens)]
