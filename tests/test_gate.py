@@ -479,3 +479,30 @@ def test_top1_agreement_counts_its_drop_as_damage():
     disagreed = decide(rules, "m", results(row("m", -0.2, -0.25, -0.15, metric="top1_agree", fp=1.0)))
     assert decisions(agreed) == ["pass"] and agreed.checks[0].quantity == "drop"
     assert decisions(disagreed) == ["fail"] and disagreed.checks[0].value == pytest.approx(0.2)
+
+
+def test_a_kv_cache_release_is_judged_and_forecast_on_its_own_rows_and_law(tmp_path):
+    # The fit source holds the KV cache's rows (int asymmetric per token, P its bits) beside weight-only RTN and
+    # fp8 KV rows at the same bits, each 10x the damage: the forecast reads only the release config's rows.
+    simulated = simulate_results(KUMAR, KUMAR_TRUE, (3e4, 1e5, 3e5), (10, 40, 160), (3, 4, 6), noise=0.02)
+    kv = simulated.assign(method="fp", eval=EVAL, kv_cache="int token asym", kv_bits=simulated.bits.astype(float))
+    louder = kv.assign(delta=kv.delta * 10, delta_ci_low=0.0, delta_ci_high=kv.delta * 20)
+    others = [louder.assign(method="rtn", kv_cache="", kv_bits=math.nan), louder.assign(kv_cache="fp8_e4m3 token")]
+    path = tmp_path / "ladder.csv"
+    columns = [*COLUMNS, "activations", "activation_bits", "kv_cache", "kv_bits"]
+    pd.concat([kv, *others]).reindex(columns=columns).to_csv(path, index=False)
+    truth = kumar_delta(FACTS["nonembedding_params"], 640, 4)
+    rules = parse_policy({
+        "name": "release", "quant": [{"kv_cache": {"format": "int", "bits": 4, "symmetric": False}}],
+        "evals": [{"kind": "perplexity", "tokens": 4096, "seq_len": 32}],
+        "budgets": [{"kind": "absolute", "max": 0.01},
+                    {"kind": "forecast", "tokens_per_param": 640, "fit": str(path), "max": 2 * truth, "resamples": 30}],
+    })  # fmt: skip
+    fits = fit_forecasts(rules, tmp_path / "unused.sqlite")
+    measured = row("m", 0.004, 0.002, 0.006) | {"method": "fp", "kv_cache": "int token asym", "kv_bits": 4.0}
+    weights_only = row("m", 0.5, 0.4, 0.6)  # RTN 4-bit alone, same bits: never judged for the KV config
+    table = pd.DataFrame([measured, weights_only], columns=columns)
+    verdict = decide(rules, "m", table, fits)
+    assert decisions(verdict) == ["pass", "pass"]
+    assert verdict.checks[0].value == pytest.approx(0.004)
+    assert verdict.checks[1].value == pytest.approx(truth, rel=0.1)

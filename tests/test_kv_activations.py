@@ -164,16 +164,18 @@ def test_presets_name_their_ecosystem_settings():
 
 
 def test_fits_key_on_what_is_rounded_with_p_from_that_component():
-    configs = [*QuantGrid(kv_cache={"format": "int", "bits": [8, 4], "symmetric": False}).configs(),
-               *QuantGrid(method="rtn", bits=[4, 8]).configs(), *QuantGrid(method="rtn", scheme="W8A8").configs()]  # fmt: skip
+    grids = [{"kv_cache": {"format": "int", "bits": [8, 4], "symmetric": False}}, {"method": "rtn", "bits": [4, 8]},
+             {"method": "rtn", "scheme": "W8A8"}]  # fmt: skip
+    configs = [config for grid in grids for config in QuantGrid(**grid).configs()]
     rows = []
     for config in configs:
-        kv, act = config.kv_cache, config.activations
+        found = {"activations": "", "activation_bits": float("nan"), "kv_cache": "", "kv_bits": float("nan")}
+        for precision, column in ((config.activations, "activation_bits"), (config.kv_cache, "kv_bits")):
+            if precision is not None:
+                found |= {precision.component: precision.kind, column: precision.bits_per_value}
         rows.append({"eval": "ppl", "metric": "loss", "method": config.method, "format": config.format,
                      "group_size": config.group_size, "symmetric": config.symmetric, "bits": config.bits,
-                     "bits_per_weight": config.bits_per_weight, "activations": act.kind if act else "",
-                     "activation_bits": act.bits_per_value if act else float("nan"),
-                     "kv_cache": kv.kind if kv else "", "kv_bits": kv.bits_per_value if kv else float("nan")})  # fmt: skip
+                     "bits_per_weight": config.bits_per_weight} | found)  # fmt: skip
     frame = pd.DataFrame(rows)
     keys, _ = fit_keys(frame)
     assert len(keys) == 3  # KV int asym (P: kv bits 8, 4), RTN alone (4, 8), W8A8 apart from RTN alone

@@ -52,8 +52,8 @@ def test_a_good_study_expands_into_jobs_with_stable_keys(tmp_path):
         ({"quant": [{"method": "rtn", "bits": 4, "group_size": -5}]}, "quant[0].group_size: -5 is not accepted"),
         (
             {"quant": [{"method": "rtn", "bits": 4, "groupsize": 32}]},
-            "quant[0]: groupsize: unknown key; a quant grid takes method, format, bits, group_size, symmetric, scheme, activations, kv_cache and the "
-            "options of method rtn (rotation, rotation_seed, scale_dtype)",
+            "quant[0]: groupsize: unknown key; a quant grid takes method, format, bits, group_size, symmetric, "
+            "scheme, activations, kv_cache and the options of method rtn (rotation, rotation_seed, scale_dtype)",
         ),
         ({"evals": [{"kind": "perplexity", "tokens": -1}]}, "evals[0].tokens: Input should be greater than 0"),
         (

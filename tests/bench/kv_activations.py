@@ -33,7 +33,11 @@ torchao -> reports/bench/kv_activations.md.
    channel, symmetric; int8 per-token symmetric activations, dynamic), on the same windows, each δ with a
    paired bootstrap CI and the difference of the two δ's with its own paired CI (ptq-eval's loss minus
    torchao's, windows resampled in pairs). Their grids are compared value for value first: every quantized
-   weight matrix, and every quantized matrix's input on 8 windows.
+   weight matrix, and every quantized matrix's input on 8 windows; and a model with torchao's de-quantized
+   values multiplied in float32 splits the difference of the δ's into grid ties and integer matmul.
+4. llama.cpp's KV types (`kv_cache: q8_0`, `q4_0`, blocks of 32 along each head vector) on heads of 16 and 8
+   (the demo ladders) and of 32 (a random Llama): is the cache rounded, or only cast to float16? (A finding:
+   the narrow heads are only cast; the report says why.)
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging as hf_logging
 
 from ptq_eval.corpus import load_corpus, token_stream
+from ptq_eval.errors import UserError
 from ptq_eval.evals.paired import paired_metrics
 from ptq_eval.evals.perplexity import loss_metrics, window_losses
 from ptq_eval.evals.windows import make_windows
@@ -112,12 +117,13 @@ def checkpoint(path: str, label: str) -> Subject:
     return Subject(label, model, AutoTokenizer.from_pretrained(path))
 
 
-def random_llama() -> Subject:
+def random_llama(heads: int = 8, head_dim: int = 16) -> Subject:
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=8, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-                         attn_implementation="sdpa")  # fmt: skip
-    return Subject("random Llama (GQA 8→2, head_dim 16)", LlamaForCausalLM(config).eval(), None)
+                         num_attention_heads=heads, num_key_value_heads=2, head_dim=head_dim,
+                         max_position_embeddings=256, attn_implementation="sdpa")  # fmt: skip
+    label = f"random Llama (GQA {heads}→2, head_dim {head_dim})"
+    return Subject(label, LlamaForCausalLM(config).eval(), None)
 
 
 def random_mistral() -> Subject:
@@ -126,7 +132,8 @@ def random_mistral() -> Subject:
     config = MistralConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                            num_attention_heads=8, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
                            sliding_window=SLIDING_WINDOW, attn_implementation="sdpa")  # fmt: skip
-    return Subject(f"random Mistral (GQA 8→2, sliding window {SLIDING_WINDOW})", MistralForCausalLM(config).eval(), None)
+    label = f"random Mistral (GQA 8→2, sliding window {SLIDING_WINDOW})"
+    return Subject(label, MistralForCausalLM(config).eval(), None)
 
 
 _STREAMS: dict[str, torch.Tensor] = {}
@@ -169,7 +176,8 @@ def qkv(family: str, module: torch.nn.Module, hidden: torch.Tensor, position_emb
         query, key, value = module.query_key_value(hidden).view(shape).transpose(1, 2).chunk(3, dim=-1)
     elif family in ("llama", "mistral"):
         shape = (*hidden.shape[:-1], -1, module.head_dim)
-        query, key, value = (p(hidden).view(shape).transpose(1, 2) for p in (module.q_proj, module.k_proj, module.v_proj))
+        projections = (module.q_proj, module.k_proj, module.v_proj)
+        query, key, value = (p(hidden).view(shape).transpose(1, 2) for p in projections)
     else:
         raise ValueError(f"no extraction for {family}")
     query, key = _rope(module)(query, key, cos, sin)
@@ -257,7 +265,6 @@ class Rounding:
         q = torch.clamp(torch.round(x / scale) + zero, 0, levels)
         return (q - zero) * scale
 
-
     def control(self, x: torch.Tensor, low: torch.Tensor | None = None, high: torch.Tensor | None = None):
         """A nearby convention, to show what the comparison resolves: asymmetric grids on [min, max] without
         0 (x̂ = lo + scale·q, as KIVI writes it); symmetric ones on ±(2^(b−1) − 1) steps of max|x| / (2^(b−1) −
@@ -297,9 +304,10 @@ def own_ranges(subject: Subject, rounding: Rounding, windows: torch.Tensor) -> l
         for hidden, pe in passes:
             _, key, value = qkv(subject.family, module, hidden, pe)
             found = [*rounding.range_of(key), *rounding.range_of(value)]
-            seen = found if seen is None else [
-                (torch.minimum if i % 2 == 0 else torch.maximum)(a, b) for i, (a, b) in enumerate(zip(seen, found))
-            ]  # fmt: skip
+            if seen is not None:  # lows by minimum, highs by maximum
+                pairs = enumerate(zip(seen, found, strict=True))
+                found = [(torch.minimum if i % 2 == 0 else torch.maximum)(a, b) for i, (a, b) in pairs]
+            seen = found
         ranges.append(seen)
     return ranges
 
@@ -418,7 +426,8 @@ def model_rows(subject: Subject, tokens: int) -> list[dict]:
     for label in MODEL_PRECISIONS:
         written = LAYER_PRECISIONS[label]
         config = kv_config(written)
-        with rounding_at_run_time(subject.model, config, weights, calibration_windows if config.needs_calibration else None):
+        static = calibration_windows if config.needs_calibration else None
+        with rounding_at_run_time(subject.model, config, weights, static):
             theirs = window_losses(subject.model, windows)
         rounding = Rounding.of(written)
         with OwnKV(subject, rounding, own_ranges(subject, rounding, calibration_windows)):
@@ -462,44 +471,99 @@ def torchao_rows(subject: Subject, tokens: int) -> dict:
     theirs_losses = window_losses(theirs, windows)
 
     # the grids, value for value: every weight matrix; every quantized matrix's input on 8 windows
-    weight = {"values": 0, "differ": 0, "steps": 0.0, "scales_differ": 0, "rows": 0}
+    weight = {"values": 0, "differ": 0, "ties": 0, "steps": 0.0, "scales_differ": 0, "rows": 0, "levels": [0, 0]}
+    originals = dict(subject.model.named_modules())
     for w in our_weights:
         stored = modules[w.name].weight
-        original = dict(subject.model.named_modules())[w.name].weight.detach().float()
+        original = originals[w.name].weight.detach().float()
         ours_w, theirs_w = w.read().detach().float(), stored.dequantize(torch.float32)
-        scale = original.abs().amax(dim=1, keepdim=True) / 127.5  # the grid both state: amax / 127.5
+        amax = original.abs().amax(dim=1, keepdim=True)
+        scale = amax / 127.5  # the grid both state: max|w| / 127.5
+        differ = ours_w != theirs_w
         weight["values"] += ours_w.numel()
-        weight["differ"] += int((ours_w != theirs_w).sum())
+        weight["differ"] += int(differ.sum())
+        weight["ties"] += int((differ & (original == -amax)).sum())
         weight["steps"] = max(weight["steps"], float(((ours_w - theirs_w).abs() / scale).max()))
         weight["scales_differ"] += int((stored.scale.reshape(-1, 1) != scale).sum())
         weight["rows"] += scale.numel()
-        levels = stored.qdata
-        weight.setdefault("levels", [int(levels.min()), int(levels.max())])
-        weight["levels"] = [min(weight["levels"][0], int(levels.min())), max(weight["levels"][1], int(levels.max()))]
+        low, high = weight["levels"]
+        weight["levels"] = [min(low, int(stored.qdata.min())), max(high, int(stored.qdata.max()))]
     seen: list[torch.Tensor] = []
-    probes = [dict(subject.model.named_modules())[name] for name in names]
+    probes = [originals[name] for name in names]
     handles = [m.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone())) for m in probes]
     with torch.inference_mode():
         first = windows.starts[:8].tolist()
         subject.model(input_ids=torch.stack([windows.tokens[s : s + SEQ_LEN] for s in first]), use_cache=False)
     for handle in handles:
         handle.remove()
-    act = {"values": 0, "differ": 0, "steps": 0.0}
+    act = {"values": 0, "differ": 0, "ties": 0, "steps": 0.0}
     for x in seen:
         ours_x = round_per_token(x, activations)
         theirs_x = Int8Tensor.from_hp(x, PerRow()).dequantize(torch.float32)
-        step = x.abs().amax(-1, keepdim=True) / 127.5
+        amax = x.abs().amax(-1, keepdim=True)
+        differ = ours_x != theirs_x
         act["values"] += x.numel()
-        act["differ"] += int((ours_x != theirs_x).sum())
-        act["steps"] = max(act["steps"], float(((ours_x - theirs_x).abs() / step).max()))
+        act["differ"] += int(differ.sum())
+        act["ties"] += int((differ & (x == -amax)).sum())
+        act["steps"] = max(act["steps"], float(((ours_x - theirs_x).abs() / (amax / 127.5)).max()))
 
-    fp_loss = loss_metrics(fp)[:1]
-    ours_paired = paired_metrics(fp_loss, loss_metrics(ours_losses)[:1])[0]
-    theirs_paired = paired_metrics(fp_loss, loss_metrics(theirs_losses)[:1])[0]
-    between = paired_metrics(loss_metrics(theirs_losses)[:1], loss_metrics(ours_losses)[:1])[0]
-    return {"model": subject.label, "tokens": fp.tokens, "fp": mean_loss(fp), "ours": ours_paired,
-            "theirs": theirs_paired, "between": between, "weight": weight, "act": act,
+    # torchao's values multiplied in float32: its de-quantized weights, its de-quantized activations (a
+    # pre-hook); what is left between it and torchao is the int32 matmul, between it and ptq-eval the grid ties
+    mixed = copy.deepcopy(subject.model)
+    mixed_modules = dict(mixed.named_modules())
+    with torch.no_grad():
+        for name in names:
+            mixed_modules[name].weight.copy_(modules[name].weight.dequantize(torch.float32))
+
+    def torchao_input(module, args):
+        return (Int8Tensor.from_hp(args[0], PerRow()).dequantize(args[0].dtype), *args[1:])
+
+    handles = [mixed_modules[name].register_forward_pre_hook(torchao_input) for name in names]
+    mixed_losses = window_losses(mixed, windows)
+    for handle in handles:
+        handle.remove()
+
+    def paired(a, b):  # δ = b − a, windows resampled in pairs
+        return paired_metrics(loss_metrics(a)[:1], loss_metrics(b)[:1])[0]
+
+    return {"model": subject.label, "tokens": fp.tokens, "fp": mean_loss(fp), "ours": paired(fp, ours_losses),
+            "theirs": paired(fp, theirs_losses), "mixed": paired(fp, mixed_losses),
+            "between": paired(theirs_losses, ours_losses), "ties": paired(mixed_losses, ours_losses),
+            "matmul": paired(theirs_losses, mixed_losses), "weight": weight, "act": act,
             "matrices": len(names)}  # fmt: skip
+
+
+# ------------------------------------------------------------------- 4. llama.cpp's KV types on narrow heads
+
+
+@torch.inference_mode()
+def ggml_rows(subject: Subject, windows: int) -> list[dict]:
+    """kv_cache q8_0 / q4_0 (blocks of 32 along each head vector): is the cache rounded, or only cast to float16
+    (what ptq-eval's formats do with a width that is no multiple of 32: llama.cpp keeps such a *weight* F16)?"""
+    found = make_windows(text(subject, "validation"), SEQ_LEN, windows * SEQ_LEN)
+    tokens = torch.stack([found.tokens[s : s + SEQ_LEN] for s in found.starts.tolist()])
+    rows = []
+    for preset in ("q8_0", "q4_0"):
+        config = kv_config(preset)
+        row = {"model": subject.label, "head_dim": None, "preset": preset, "windows": windows,
+               "p": config.kv_cache.bits_per_value, "cast": None, "rel_error": None, "refused": None}  # fmt: skip
+        try:
+            with rounding_at_run_time(subject.model, config, quantizable_weights(subject.model), None):
+                inputs = Inputs(subject.attention_modules())  # each layer's own input in this run (as section 1)
+                try:
+                    cache = _cache(subject.model(input_ids=tokens, use_cache=True))
+                finally:
+                    inputs.remove()
+        except UserError as error:  # a fixed ptq-eval may refuse what llama.cpp refuses
+            rows.append(row | {"refused": str(error).splitlines()[0]})
+            continue
+        cast, error = True, 0.0
+        for layer, (key, value) in zip(cache.layers, own_keys_values(subject, inputs), strict=True):
+            for theirs, x in ((layer.keys, key), (layer.values, value)):
+                cast &= torch.equal(theirs, x.half().float())
+                error = max(error, float((theirs - x).norm() / x.norm()))
+        rows.append(row | {"head_dim": cache.layers[0].keys.shape[-1], "cast": cast, "rel_error": error})
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -509,7 +573,86 @@ def _ci(low: float, high: float) -> str:
     return f"[{low:+.2e}, {high:+.2e}]"
 
 
-def report(layers, models, torchao, args, seconds: float) -> str:
+def ggml_report(rows: list[dict]) -> list[str]:
+    cast = [r for r in rows if r["cast"]]
+    title = "a finding: on heads narrower than 32 they are only cast to float16" if cast else "rounded or refused"
+    lines = [
+        "",
+        f"## 4. llama.cpp's KV types (q8_0, q4_0): {title}",
+        "",
+        f"One prefill pass over {rows[0]['windows']} windows of {SEQ_LEN} (use_cache=True), every layer's keys and "
+        "values. *cache = float16 cast*: the rounded cache equals the keys and values this script computes from "
+        "each layer's input in that run (as in section 1), cast to float16 and back, bit for bit. *P*: the bits "
+        "per value the config records (its law's P).",
+        "",
+        "| model | head_dim | kv_cache | P recorded | cache = float16 cast | rel. error ‖x̂ − x‖ / ‖x‖ |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["refused"]:
+            lines.append(f"| {r['model']} | | {r['preset']} | {r['p']:g} | refused: {r['refused']} | |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['head_dim']} | {r['preset']} | {r['p']:g} | {'yes' if r['cast'] else 'no'} | "
+            f"{r['rel_error']:.2g} |"
+        )
+    if cast:
+        widths = sorted({r["head_dim"] for r in cast})
+        lines += [
+            "",
+            f"On heads of {', '.join(map(str, widths))} the cache is not rounded at all: `round_per_token` hands "
+            "each head vector to `quantize_tensor` with the format's block of 32, and for a width that is no "
+            "multiple of 32 the GGML formats' `kept_whole` / `stored_whole` (`quant/ggml_formats.py`, meant for "
+            "weight matrices, which llama.cpp's quantizer keeps in F16) return the values cast to float16. So "
+            "`kv_cache: q4_0` or `q8_0` on the demo ladders (head_dim 8 to 16) measures a float16 cache while its "
+            "results say q4_0 with P = 4.5, and nothing refuses it or records it. llama.cpp itself refuses such a "
+            'cache when the context is created ("K cache type q4_0 with block size 32 does not divide '
+            'n_embd_head_k=…"). The same fallback reaches `activations: {format: q8_0}` on a matrix input that is '
+            "no multiple of 32 wide (the Llama demo's down_proj, 88 wide): cast to float16, which is at least "
+            "what llama.cpp does beside a weight it keeps in F16.",
+        ]
+    return lines
+
+
+def summary(layers, models, torchao, ggml) -> list[str]:
+    equal = sum(r["equal"] for r in layers)
+    identical = sum(r["equal"] for r in models)
+    gap = max(abs(r["delta_theirs"] - r["delta_mine"]) for r in models)
+    lines = [
+        "## Summary",
+        "",
+        f"- KV cache, layer by layer: {equal} of {len(layers)} (model, precision) cases bit-identical to this "
+        f"script's own rounding (every layer, keys and values, prefill + chunk + decode through the cache; "
+        f"{len({r['model'] for r in layers})} models, {len(LAYER_PRECISIONS)} precisions).",
+        f"- KV cache, whole model: {identical} of {len(models)} losses identical window by window to this "
+        f"script's own attention forward; largest |δ ptq-eval − δ own| = {gap:.1e} nats.",
+    ]
+    if torchao is not None:
+        parts = [
+            f"{r['model']}: δ ptq-eval − δ torchao = {r['between'].delta:+.1e} "
+            f"{_ci(r['between'].ci_low, r['between'].ci_high)} nats (δ's {r['ours'].delta:+.1e} and "
+            f"{r['theirs'].delta:+.1e})"
+            for r in torchao
+        ]
+        only_ties = all(r[k]["differ"] == r[k]["ties"] for r in torchao for k in ("weight", "act"))
+        where = "only at a row's −max|x| tie" if only_ties else "NOT only at a row's −max|x| tie (section 3)"
+        lines.append(
+            "- W8A8 beside torchao's Int8DynamicActivationInt8WeightConfig: the same grid (scale max|x| / 127.5, "
+            f"levels −128..127); values differ {where}; {'; '.join(parts)}."
+        )
+    else:
+        lines.append("- W8A8 beside torchao: skipped (torchao is not importable here).")
+    cast = [r for r in ggml if r["cast"]]
+    if cast:
+        widths = ", ".join(map(str, sorted({r["head_dim"] for r in cast})))
+        lines.append(
+            f"- Bug: `kv_cache: q8_0` / `q4_0` on heads of {widths} "
+            "(no multiple of 32) leave the cache in float16, unrefused, recorded as q8_0 / q4_0 (section 4)."
+        )
+    return lines + [""]
+
+
+def report(layers, models, torchao, ggml, args, seconds: float) -> str:
     versions = f"torch {torch.__version__}, transformers {__import__('transformers').__version__}"
     if torchao is not None:
         from importlib.metadata import version
@@ -521,9 +664,10 @@ def report(layers, models, torchao, args, seconds: float) -> str:
         f"`python tests/bench/kv_activations.py {' '.join(args.argv)}` on a 2-core CPU ({platform.machine()}, "
         f"{torch.get_num_threads()} threads), {versions}, {date.today()}; {seconds:.0f} s in all. What is measured "
         "and how: the module docstring of tests/bench/kv_activations.py. Reproduce: `make bench-kv` (a throwaway "
-        "venv `.venv-bench-formats` with torchao 0.18.0; all three sections) or `.venv/bin/python "
-        "tests/bench/kv_activations.py --out PATH` (sections 1 and 2; no torchao).",
+        "venv `.venv-bench-formats` with torchao 0.18.0; every section) or `.venv/bin/python "
+        "tests/bench/kv_activations.py --out PATH` (no torchao: section 3 skipped).",
         "",
+        *summary(layers, models, torchao, ggml),
         f"## 1. KV cache, layer by layer ({args.layer_windows} sequences of {sum(PASSES)} positions in passes of "
         f"{' + '.join(map(str, PASSES))}, use_cache=True; every layer)",
         "",
@@ -565,46 +709,61 @@ def report(layers, models, torchao, args, seconds: float) -> str:
     lines += ["", "## 3. W8A8: ptq-eval's simulation beside torchao's Int8DynamicActivationInt8WeightConfig", ""]
     if torchao is None:
         lines.append("Skipped: torchao is not importable in this venv (run `make bench-kv`).")
-    else:
-        lines += [
-            "The grids. ptq-eval (`quant/grid.py`, symmetric): scale = 2·max|w| / 255 per output channel, levels "
-            "0..255 around the zero point 128, i.e. q − 128 in −128..127; activations the same per token. torchao "
-            "0.18 (`Int8Tensor.from_hp` → `choose_qparams_affine`, MappingType.SYMMETRIC, int8 bounds −128..127, "
-            "`reduce_range=False`): scale = max|x| / ((127 − (−128)) / 2) = max|x| / 127.5, zero point 0, "
-            "q = clamp(round(x · (1 / scale)), −128, 127), scale clamped at float32's eps; the same for weights "
-            "(per row) and activations (per token). The same grid: same scale (2a / 255 and a / 127.5 are the same "
-            "correctly rounded quotient), same levels. What can differ: torchao multiplies by the reciprocal, "
-            "ptq-eval divides (a value one ulp from a rounding tie may land one step apart), and torchao "
-            "multiplies int8 by int8 with int32 accumulation (`torch._int_mm`, exact) then scales, where the "
-            "simulation multiplies the de-quantized float32 values.",
-            "",
-            "| model | matrices | weight values (differ) | weight max diff (steps) | weight scales differ "
-            "| torchao levels | activation values, 8 windows (differ) | activation max diff (steps) |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in torchao:
-            w, a = r["weight"], r["act"]
-            lines.append(
-                f"| {r['model']} | {r['matrices']} | {w['values']:,} ({w['differ']:,}) | {w['steps']:.3g} | "
-                f"{w['scales_differ']} of {w['rows']} | {w['levels'][0]}..{w['levels'][1]} | "
-                f"{a['values']:,} ({a['differ']:,}) | {a['steps']:.3g} |"
-            )
-        lines += [
-            "",
-            f"δ loss (nats per token, windows of {SEQ_LEN}; paired bootstrap 95% CIs, 2,000 resamples of the "
-            "windows).",
-            "",
-            "| model | tokens | fp loss | δ ptq-eval W8A8 | 95% CI | δ torchao | 95% CI | δ ptq-eval − δ torchao "
-            "| 95% CI (paired) |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in torchao:
-            o, t, b = r["ours"], r["theirs"], r["between"]
-            lines.append(
-                f"| {r['model']} | {r['tokens']:,} | {r['fp']:.5f} | {o.delta:+.3e} | {_ci(o.ci_low, o.ci_high)} | "
-                f"{t.delta:+.3e} | {_ci(t.ci_low, t.ci_high)} | {b.delta:+.2e} | {_ci(b.ci_low, b.ci_high)} |"
-            )
-    return "\n".join(lines) + "\n"
+        return "\n".join(lines + ggml_report(ggml)) + "\n"
+    only_ties = all(r[k]["differ"] == r[k]["ties"] for r in torchao for k in ("weight", "act"))
+    ties_sentence = (
+        "Every differing value below is such a value (column *at −max|x|*)."
+        if only_ties
+        else "NOT every differing value below is such a value: compare the columns *differ* and *at −max|x|*."
+    )
+    lines += [
+        "**The grids are the same.** ptq-eval (`quant/grid.py`, symmetric): scale = 2·max|w| / 255 per output "
+        "channel, levels 0..255 around the zero point 128, i.e. q − 128 in −128..127; activations the same per "
+        "token. torchao 0.18 (`Int8Tensor.from_hp` → `choose_qparams_affine`, MappingType.SYMMETRIC, int8 bounds "
+        "−128..127, `reduce_range=False`): scale = max|x| / ((127 − (−128)) / 2) = max|x| / 127.5, zero point 0, "
+        "q = clamp(round(x · (1 / scale)), −128, 127), the scale clamped below at float32's eps; the same for "
+        "weights (per row) and activations (per token). 2a / 255 and a / 127.5 are the same correctly rounded "
+        "quotient, so the scales are bit-identical (column *scales differ*), and both have levels −128..127 "
+        "(not the restricted −127..127, not max|x| / 127). What can differ is one value per row: a row's "
+        "largest |x|, when it is negative, sits on the tie −127.5 steps; ptq-eval divides (x / s), torchao "
+        "multiplies by the reciprocal (x · (1 / s)), and the two can land a float32 ulp either side of the tie, "
+        "so one rounds to −128 and the other to −127 (ptq-eval itself gets −127 on rows where its own quotient "
+        f"falls just inside). {ties_sentence} torchao also multiplies int8 by int8 with int32 accumulation "
+        "(`torch._int_mm`, exact) and then scales, where the simulation multiplies the de-quantized float32 "
+        "values.",
+        "",
+        "| model | matrices | weight values | differ | at −max\\|w\\| | max diff (steps) | scales differ | "
+        "torchao levels | activation values (8 windows) | differ | at −max\\|x\\| | max diff (steps) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in torchao:
+        w, a = r["weight"], r["act"]
+        lines.append(
+            f"| {r['model']} | {r['matrices']} | {w['values']:,} | {w['differ']:,} | {w['ties']:,} | "
+            f"{w['steps']:.3g} | {w['scales_differ']} of {w['rows']} | {w['levels'][0]}..{w['levels'][1]} | "
+            f"{a['values']:,} | {a['differ']:,} | {a['ties']:,} | {a['steps']:.3g} |"
+        )
+    lines += [
+        "",
+        f"δ loss (nats per token, windows of {SEQ_LEN}; paired bootstrap 95% CIs, 2,000 resamples of the windows). "
+        "*torchao values, float matmul*: torchao's de-quantized weights and activations multiplied in float32 "
+        "(ptq-eval's way): it splits δ ptq-eval − δ torchao into the ties above (ptq-eval − it) and the int32 "
+        "matmul (it − torchao); each difference is paired (the same windows resampled for both), fp cancels.",
+        "",
+        "| model | tokens | fp loss | δ ptq-eval W8A8 [95% CI] | δ torchao [95% CI] | δ torchao values, float "
+        "matmul | δ ptq-eval − δ torchao [paired 95% CI] | ties: ptq-eval − float-matmul torchao | int32 "
+        "matmul: float-matmul torchao − torchao |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in torchao:
+        o, t, m, b, ties, mm = (r[k] for k in ("ours", "theirs", "mixed", "between", "ties", "matmul"))
+        lines.append(
+            f"| {r['model']} | {r['tokens']:,} | {r['fp']:.5f} | {o.delta:+.3e} {_ci(o.ci_low, o.ci_high)} | "
+            f"{t.delta:+.3e} {_ci(t.ci_low, t.ci_high)} | {m.delta:+.3e} | {b.delta:+.2e} "
+            f"{_ci(b.ci_low, b.ci_high)} | {ties.delta:+.2e} {_ci(ties.ci_low, ties.ci_high)} | "
+            f"{mm.delta:+.2e} {_ci(mm.ci_low, mm.ci_high)} |"
+        )
+    return "\n".join(lines + ggml_report(ggml)) + "\n"
 
 
 def main() -> None:
@@ -619,8 +778,13 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     started = time.perf_counter()
-    subjects = [checkpoint(NEOX_SMALL, "GPT-NeoX demo n25k/tpp320"), checkpoint(NEOX_LARGE, "GPT-NeoX demo n100k/tpp320"),
-                checkpoint(LLAMA, "Llama demo n23k/tpp320 (GQA 4→2)"), random_llama(), random_mistral()]  # fmt: skip
+    subjects = [
+        checkpoint(NEOX_SMALL, "GPT-NeoX demo n25k/tpp320"),
+        checkpoint(NEOX_LARGE, "GPT-NeoX demo n100k/tpp320"),
+        checkpoint(LLAMA, "Llama demo n23k/tpp320 (GQA 4→2)"),
+        random_llama(),
+        random_mistral(),
+    ]
     layers = [row for subject in subjects for row in layer_rows(subject, args.layer_windows)]
     print(f"section 1 done ({time.perf_counter() - started:.0f} s)", flush=True)
     models = [row for subject in (subjects[0], subjects[2]) for row in model_rows(subject, args.tokens)]
@@ -632,7 +796,9 @@ def main() -> None:
         torchao_found = None
     else:
         torchao_found = [torchao_rows(subject, args.tokens) for subject in (subjects[0], subjects[2])]
-    text_out = report(layers, models, torchao_found, args, time.perf_counter() - started)
+    narrow = [subjects[0], subjects[2], random_llama(heads=4, head_dim=32)]
+    ggml = [row for subject in narrow for row in ggml_rows(subject, args.layer_windows)]
+    text_out = report(layers, models, torchao_found, ggml, args, time.perf_counter() - started)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text_out)
     print(text_out)
