@@ -47,6 +47,14 @@ def job_of(grid: dict):
         ({"method": "awq", "bits": 3, "group_size": 32, "rotation": "hadamard"}, "ef9a5aab95bba74ff7380769"),
         ({"method": "rtn", "bits": 4, "rotation": "hadamard"}, "e268356e97e1de675524433a"),
         ({"method": "gptq", "bits": 4, "rotation": "hadamard", "rotation_seed": 3}, "65739f5db91df378fb3eb3f5"),
+        # pinned when activation and KV-cache precision came (2026-12-07); the keys above did not move
+        ({"kv_cache": "int4"}, "eb1ba94b98088065b6fb80c1"),
+        ({"kv_cache": "fp8"}, "7a8aa8d8d066d8b9cf69d1c4"),
+        ({"kv_cache": {"format": "int", "bits": 4, "per": "head", "hadamard": True}}, "05c76aba0f8febc8aecb3a09"),
+        ({"activations": "int8"}, "64d7c3a80614e81533fd8a7e"),
+        ({"method": "rtn", "scheme": "W8A8"}, "b5f22fe656201a34ef007dfb"),
+        ({"method": "gptq", "scheme": "W4A8"}, "c669696c3609661715077562"),
+        ({"method": "rtn", "bits": 4, "kv_cache": "q8_0"}, "afdfd95ce890e17d79634f78"),
     ],
 )
 def test_job_keys_are_the_ones_stores_already_hold(grid, key):
