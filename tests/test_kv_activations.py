@@ -143,6 +143,14 @@ def test_shared_contexts_read_rounded_keys_as_each_request_read_alone_does(famil
     assert max(abs(a - b) for (a, _), (b, _) in zip(alone, plain, strict=True)) > 1e-3  # the rounding is seen
 
 
+def test_a_block_format_that_would_leave_heads_or_inputs_unrounded_is_refused():
+    model = build("llama")  # heads of 8 values, inputs of 32 and 40: no multiple of q8_0's blocks of 32 (40)
+    with pytest.raises(QuantError, match="kv_cache q8_0 token cannot round heads of 8 values"):
+        logits(model, kv_config("q8_0"))
+    with pytest.raises(QuantError, match="down_proj: activations q8_0 token cannot round inputs of 40 values"):
+        logits(model, QuantGrid(activations={"format": "q8_0"}).configs()[0])
+
+
 def test_static_scales_need_calibration_and_weights_stay_untouched_by_method_fp():
     model = build("llama")
     config = kv_config("fp8")

@@ -15,7 +15,9 @@ import torch
 
 from ptq_eval.quant.activation_rounding import input_modules, observed_inputs, rounded_inputs
 from ptq_eval.quant.base import QuantConfig, QuantError, WeightMatrix
+from ptq_eval.quant.formats import number_format
 from ptq_eval.quant.kv_rounding import KVRounder, RangeObserver, attention_hooked
+from ptq_eval.quant.precision import Precision
 
 CALIBRATION_BATCH = 8  # calibration windows per forward pass of the range pass
 
@@ -25,18 +27,36 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.inference_mode()
-def attention_layers(model: torch.nn.Module) -> int:
-    """How many attention modules a probe pass hands their keys and values to the KV rounding; none is an error
-    naming the family."""
-    seen: set[int] = set()
-    with attention_hooked(model, lambda module, key, value, added: seen.add(id(module))):
+def attention_layers(model: torch.nn.Module, precision: Precision) -> int:
+    """How many attention modules a probe pass hands their keys and values to the KV rounding; none, or heads
+    the format would keep unrounded, is an error naming the family."""
+    widths: dict[int, int] = {}
+    with attention_hooked(model, lambda module, key, value, added: widths.update({id(module): key.shape[-1]})):
         model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=_device(model)), use_cache=False)
-    if not seen:
+    if not widths:
         raise QuantError(
             f"{type(model).__name__}: its attention does not go through transformers' attention interface, so its "
             "keys and values cannot be rounded inside attention; KV-cache precision is not simulated for it"
         )
-    return len(seen)
+    for width in set(widths.values()):
+        kept = number_format(precision.format).kept_whole(width)
+        if kept:  # llama.cpp refuses such a cache when it creates the context
+            raise QuantError(
+                f"{type(model).__name__}: kv_cache {precision.label} cannot round heads of {width} values ({kept}); "
+                "llama.cpp refuses such a cache too"
+            )
+    return len(widths)
+
+
+def _check_widths(weights: list[WeightMatrix], precision: Precision) -> None:
+    """Inputs the format would keep unrounded are refused (never measured as rounded)."""
+    for weight in weights:
+        kept = number_format(precision.format).kept_whole(weight.shape[1])
+        if kept:
+            raise QuantError(
+                f"{weight.name}: activations {precision.label} cannot round inputs of {weight.shape[1]} values "
+                f"({kept}); exclude the matrix or choose another format"
+            )
 
 
 @torch.inference_mode()
@@ -68,8 +88,10 @@ def rounding_at_run_time(
     modules = input_modules(weights) if config.activations is not None else {}
     facts: dict = {}
     if config.kv_cache is not None:
-        facts["kv_cache"] = {"precision": config.kv_cache.label, "attention_layers": attention_layers(model)}
+        layers = attention_layers(model, config.kv_cache)
+        facts["kv_cache"] = {"precision": config.kv_cache.label, "attention_layers": layers}
     if config.activations is not None:
+        _check_widths(weights, config.activations)
         facts["activations"] = {"precision": config.activations.label, "matrices": len(modules)}
     input_ranges, kv_ranges = None, None
     if _static(config):
