@@ -7,7 +7,7 @@ LADDER := tasks/ladders/demo
 
 .PHONY: install test demo demo-llama ladder lint clean bench-gptq bench-gptq-llmcompressor fit gate report report-check compare \
 	demo-lm-eval demo-sequential demo-shared-hessians demo-ray demo-formats bench-formats ladder-wide bench-eval bench-fit bench-fit-speed bench-scale bench stress \
-	gpu-check gpu-check-prepare bench-gptq-shared bench-kld demo-methods bench-awq bench-rotation bench-artifacts bench-llama-cpp demo-kv
+	gpu-check gpu-check-prepare bench-gptq-shared bench-kld demo-methods bench-awq bench-rotation bench-artifacts bench-llama-cpp demo-kv bench-kv bench-kv-cost
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -134,6 +134,20 @@ bench-gptq:
 	$(BENCH_GPTQ_VENV)/bin/pip install --quiet torch==2.13.0
 	$(BENCH_GPTQ_VENV)/bin/pip install --quiet gptqmodel==7.6.0 -e .
 	GPTQMODEL_CPU_WORKERS=2 $(BENCH_GPTQ_VENV)/bin/python tests/bench/gptq_peers.py --out reports/bench/gptq.md
+
+# KV-cache and activation rounding against the script's own arithmetic (every layer through the cache, whole-model
+# loss) and W8A8 against torchao's Int8DynamicActivationInt8WeightConfig, in bench-formats' throwaway torchao venv
+# (under a minute on the 2-core CPU when idle) -> reports/bench/kv_activations.md
+bench-kv:
+	$(PYTHON) -m venv $(BENCH_FORMATS_VENV)
+	$(BENCH_FORMATS_VENV)/bin/pip install --quiet torch==2.13.0
+	$(BENCH_FORMATS_VENV)/bin/pip install --quiet torchao==0.18.0 -e .
+	nice -n 10 $(BENCH_FORMATS_VENV)/bin/python tests/bench/kv_activations.py --out reports/bench/kv_activations.md
+
+# What rounding activations and the KV cache as the model runs adds to a perplexity eval (Pythia-14m's shape,
+# 2 threads) -> reports/bench/kv_cost.md
+bench-kv-cost: $(STAMP)
+	nice -n 10 $(BIN)/python tests/bench/kv_cost.py --out reports/bench/kv_cost.md
 
 # Our GPTQ beside llm-compressor 0.14.0.1 (a throwaway venv: it pins transformers <= 5.17, so it is never a
 # project dependency) -> reports/bench/gptq_llmcompressor.md

@@ -42,8 +42,8 @@ def attention_layers(model: torch.nn.Module, precision: Precision) -> int:
         kept = number_format(precision.format).kept_whole(width)
         if kept:  # llama.cpp refuses such a cache when it creates the context
             raise QuantError(
-                f"{type(model).__name__}: kv_cache {precision.label} cannot round heads of {width} values ({kept}); "
-                "llama.cpp refuses such a cache too"
+                f"{type(model).__name__}: kv_cache {precision.label} cannot round heads of {width} values: the "
+                f"format keeps such widths unrounded ({kept}); llama.cpp refuses such a cache too"
             )
     return len(widths)
 
@@ -54,8 +54,8 @@ def _check_widths(weights: list[WeightMatrix], precision: Precision) -> None:
         kept = number_format(precision.format).kept_whole(weight.shape[1])
         if kept:
             raise QuantError(
-                f"{weight.name}: activations {precision.label} cannot round inputs of {weight.shape[1]} values "
-                f"({kept}); exclude the matrix or choose another format"
+                f"{weight.name}: activations {precision.label} cannot round inputs of {weight.shape[1]} values: the "
+                f"format keeps such widths unrounded ({kept}); exclude the matrix or choose another format"
             )
 
 

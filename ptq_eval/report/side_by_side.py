@@ -217,7 +217,7 @@ def components_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Sec
             "γ_D [95% CI]": _interval(*gamma), "γ_D from": law,
         })  # fmt: skip
         if not math.isnan(gamma[0]):
-            growth[f"{component}: {name}"] = gamma
+            growth[name if component != "weights" else f"weights {name}"] = gamma
     paragraphs = [
         f"Each component's law fitted on its own: a config keeping its weights (fp) is fitted with P the bits of "
         f"what it rounds (activations, else the KV cache); a config rounding weights with P its bits per weight, "
