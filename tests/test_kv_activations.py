@@ -127,6 +127,34 @@ def test_prefill_keys_and_values_are_rounded_after_rope_as_a_direct_reimplementa
     assert torch.equal(cache.layers[0].values, _asymmetric_int(values, 4))
 
 
+def test_a_kv_rounded_loss_differs_from_full_precision_by_what_a_direct_reimplementation_gives(monkeypatch):
+    import torch.nn.functional as F
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    model = build("llama")
+    config = kv_config({"format": "int", "bits": 4, "symmetric": False})
+
+    def loss(found: torch.Tensor) -> float:
+        return float(F.cross_entropy(found[:, :-1].flatten(0, 1), IDS[:, 1:].flatten()))
+
+    fp, ours = loss(logits(model)), loss(logits(model, config))
+
+    def own_attention(self, hidden_states, position_embeddings, **_):  # every layer, written out here
+        shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        queries, keys, values = (proj(hidden_states).view(shape).transpose(1, 2)
+                                 for proj in (self.q_proj, self.k_proj, self.v_proj))  # fmt: skip
+        queries, keys = apply_rotary_pos_emb(queries, keys, *position_embeddings)
+        keys, values = (_asymmetric_int(x, 4).repeat_interleave(self.num_key_value_groups, 1) for x in (keys, values))
+        out = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, scale=self.scaling)
+        return self.o_proj(out.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)), None
+
+    for layer in model.model.layers:
+        monkeypatch.setattr(layer.self_attn, "forward", own_attention.__get__(layer.self_attn))
+    direct = loss(logits(model))
+    assert abs(ours - fp) > 1e-4  # the rounding is seen (δ ≈ 5.6e-4 on this random model)
+    assert abs((ours - fp) - (direct - fp)) < 1e-6
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])
 def test_shared_contexts_read_rounded_keys_as_each_request_read_alone_does(family):
     from ptq_eval.quant.run_time import rounding_at_run_time
