@@ -313,6 +313,7 @@ def artifact_config(artifact: Artifact) -> QuantConfig:
         method=ARTIFACT, bits=artifact.bits, format=artifact.format, group_size=artifact.group_size,
         symmetric=artifact.symmetric,
         options={"artifact_type": artifact.artifact_type, "quantized_as": artifact.quantized_as},
+        activations=artifact.activations,
     )  # fmt: skip
 
 

@@ -190,7 +190,10 @@ class _CheckpointRun:
         if artifact is not None:
             report_facts["artifact"] = {"reference": artifact.reference, "types": dict(artifact.types)}
             label = f"{self.loaded.facts.name} {artifact.artifact_type} {artifact.quantized_as}"
-        with rounding_at_run_time(self.loaded.model, config, self.weights, calibration) as run_time:
+        rounded = self.weights  # a file's kernels round the inputs of the matrices it quantized
+        if stored is not None:
+            rounded = [weight for weight in self.weights if f"{weight.name}.{weight.parameter}" in stored.quantized]
+        with rounding_at_run_time(self.loaded.model, config, rounded, calibration) as run_time:
             if run_time:
                 report_facts["run_time"] = run_time
             yield from self._scored(jobs, baselines, report, report_facts, label)

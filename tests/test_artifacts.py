@@ -345,18 +345,54 @@ def test_an_asymmetric_compressed_tensors_checkpoint_reads_back_as_the_asymmetri
             assert torch.equal(stored.tensors[name], quantize_tensor(parameter.detach(), 4, 32, False, "int")), name
 
 
-def test_a_compressed_checkpoint_that_quantizes_activations_is_refused_by_name(tmp_path, capsys):
+def _with_input_activations(path: Path, arguments: dict) -> Path:
+    config = json.loads((path / "config.json").read_text())
+    config["quantization_config"]["config_groups"]["group_0"]["input_activations"] = arguments
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_a_w8a8_compressed_checkpoint_is_measured_with_its_dynamic_activations_as_its_simulation(tmp_path, capsys):
+    """llm-compressor's W8A8 (int8 activations, a dynamic scale per token): the file's weights and the activations
+    its kernels round, equal to the simulated config, number for number."""
     pytest.importorskip("compressed_tensors")
     from compressed_writing import write_compressed
 
     model, tokenizer = _load(DEMO / "tpp20")
     path = write_compressed(model, tokenizer, tmp_path / "w8a8", bits=8)
-    config = json.loads((path / "config.json").read_text())
-    group = config["quantization_config"]["config_groups"]["group_0"]
-    group["input_activations"] = {"num_bits": 8, "type": "int", "strategy": "token", "dynamic": True}
-    (path / "config.json").write_text(json.dumps(config))
+    _with_input_activations(path, {"num_bits": 8, "type": "int", "strategy": "token", "dynamic": True,
+                                   "symmetric": True})  # fmt: skip
     capsys.readouterr()  # the writer's progress
-    _refused(tmp_path, [{"artifact": str(path)}], [str(DEMO / "tpp20")], "quantizes activations too", capsys)
+    simulated = {"method": "rtn", "bits": 8, "group_size": 32, "activations": "int8"}
+    study = _study(tmp_path, [simulated, {"artifact": str(path)}, {"method": "rtn", "bits": 8, "group_size": 32}],
+                   [str(DEMO / "tpp20")])  # fmt: skip
+    store = tmp_path / "store.sqlite"
+    assert main(["run", str(study), "--store", str(store)]) == 0
+    results = study_results(load_study(study), Store(store))
+    loss = results[results.metric == "loss"]
+    simulation, real = loss[(loss.method == "rtn") & (loss.activations != "")], loss[loss.method == "artifact"]
+    weights_alone = loss[(loss.method == "rtn") & (loss.activations == "")]
+    assert real.quant_value.item() == simulation.quant_value.item() != weights_alone.quant_value.item()
+    assert real.activations.item() == "int token" and real.activation_bits.item() == 8
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"num_bits": 8, "type": "int", "strategy": "tensor", "dynamic": False}, "static scales stored in the file"),
+        ({"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": True}, "accepted: int or fp8"),
+    ],
+)
+def test_a_compressed_checkpoint_with_activations_it_cannot_simulate_is_refused_by_name(
+    tmp_path, capsys, arguments, message
+):
+    pytest.importorskip("compressed_tensors")
+    from compressed_writing import write_compressed
+
+    model, tokenizer = _load(DEMO / "tpp20")
+    path = _with_input_activations(write_compressed(model, tokenizer, tmp_path / "w8a8", bits=8), arguments)
+    capsys.readouterr()  # the writer's progress
+    _refused(tmp_path, [{"artifact": str(path)}], [str(DEMO / "tpp20")], message, capsys)
 
 
 def test_the_shipped_file_policy_passes_the_demo_q4_0_file(demo_files, tmp_path, capsys):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptq_eval.errors import UserError
+from ptq_eval.quant.precision import Precision
 
 
 class ArtifactError(UserError):
@@ -20,7 +21,8 @@ class Artifact:
     `bits`: the element bits of the type holding most of its matrices; `bits_per_weight`: what its matrices
     (embeddings and output head aside) cost as stored, scales and minimums included, the laws' P; `format`: a
     format ptq-eval simulates where the file is all of one (`q4_0`, `int`), else the layout's name; `types`:
-    how many of those matrices each storage type holds."""
+    how many of those matrices each storage type holds; `activations`: how its kernels round the inputs of the
+    matrices it quantizes (None: they do not)."""
 
     reference: str
     path: Path
@@ -34,11 +36,13 @@ class Artifact:
     bits_per_weight: float
     types: tuple[tuple[str, int], ...]
     commit: str | None = None  # the hub commit it was fetched at (None: a local path)
+    activations: Precision | None = None
 
     def describe(self) -> str:
         mix = ", ".join(f"{kind}×{count}" for kind, count in self.types)
         cost = f"{self.bits_per_weight:.3g} bits/weight"
-        return f"{self.reference} ({self.artifact_type} {self.quantized_as}: {mix}; {cost})"
+        inputs = f"; activations {self.activations.label}" if self.activations else ""
+        return f"{self.reference} ({self.artifact_type} {self.quantized_as}: {mix}; {cost}{inputs})"
 
 
 def file_digest(paths: list[Path]) -> str:

@@ -1,7 +1,9 @@
 """compressed-tensors checkpoints (llm-compressor's output, vLLM's native format): what their quantization_config
 says, and their weights de-quantized by the compressed-tensors package itself, through transformers' loader
-(`run_compressed=False`). Weight-only schemes are read; a checkpoint that also quantizes activations or the KV
-cache is refused by name: ptq-eval would measure its weights alone and call it the file."""
+(`run_compressed=False`). Weight-only schemes are read, and schemes whose input activations are dynamic (W8A8,
+FP8_DYNAMIC: a scale per token, computed as they pass), which ptq-eval rounds as the file's kernels would
+(`quant/activation_rounding.py`); static activation scales (stored in the file), output activations and a KV-cache
+scheme are refused by name: ptq-eval would measure something else and call it the file."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ptq_eval.artifacts.checkpoint_files import (
     stored_bits,
     tensor_headers,
 )
+from ptq_eval.quant.precision import ACTIVATIONS, Precision, PrecisionError
 from ptq_eval.quant.stored import StoredWeights
 
 METHOD = "compressed-tensors"
@@ -32,31 +35,55 @@ FORMATS = {("int", "pack-quantized"): "int", ("int", "naive-quantized"): "int",
            ("float", "nvfp4-pack-quantized"): "nvfp4", ("float", "mxfp4-pack-quantized"): "mxfp4"}  # fmt: skip
 
 
-def _scheme(directory: Path, settings: dict) -> tuple[dict, str]:
-    """The weight arguments and compression format of the checkpoint's one config group."""
+ACTIVATION_FORMATS = {("int", None): "int", ("float", 8): "fp8_e4m3"}  # (type, bits or None: any) → format
+
+
+def _activations(directory: Path, name: str, arguments: dict) -> Precision:
+    """The file's input activations as the precision ptq-eval rounds them: dynamic per token (or per group of a
+    token) only; static scales are stored in the file, and re-calibrating them would measure another model."""
+    kind, bits, strategy = arguments.get("type"), int(arguments["num_bits"]), arguments.get("strategy")
+    fmt = ACTIVATION_FORMATS.get((kind, None)) or ACTIVATION_FORMATS.get((kind, bits))
+    if arguments.get("dynamic") is not True or strategy not in ("token", "group") or fmt is None:
+        raise ArtifactError(
+            f"{directory}: config group {name}: input activations {kind}{bits} {strategy}, dynamic="
+            f"{arguments.get('dynamic')} are not read; accepted: int or fp8 with dynamic scales per token or group "
+            "(W8A8, FP8_DYNAMIC); static scales stored in the file are not simulated"
+        )
+    group = int(arguments.get("group_size") or -1) if strategy == "group" else -1
+    try:
+        return Precision(component=ACTIVATIONS, format=fmt, bits=bits, group_size=group,
+                         symmetric=bool(arguments.get("symmetric", True)))  # fmt: skip
+    except PrecisionError as error:
+        raise ArtifactError(f"{directory}: config group {name}: input activations: {error}") from None
+
+
+def _scheme(directory: Path, settings: dict) -> tuple[dict, str, Precision | None]:
+    """The weight arguments and compression format of the checkpoint's one config group, and its input
+    activations' precision (None: not quantized)."""
     groups = settings.get("config_groups") or {}
     if len(groups) != 1:
         raise ArtifactError(f"{directory}: {len(groups)} config groups; one scheme per checkpoint is read here")
     ((name, group),) = groups.items()
-    for key, what in (("input_activations", "activations"), ("output_activations", "outputs")):
-        if group.get(key):
-            raise ArtifactError(
-                f"{directory}: config group {name} quantizes {what} too; ptq-eval measures weight quantization "
-                "only and would report this file's weights as the file"
-            )
+    if group.get("output_activations"):
+        raise ArtifactError(f"{directory}: config group {name} quantizes outputs too; ptq-eval does not simulate it")
     if settings.get("kv_cache_scheme"):
-        raise ArtifactError(f"{directory}: it quantizes the KV cache too; ptq-eval measures weights only")
+        raise ArtifactError(
+            f"{directory}: it quantizes the KV cache with scales stored in the file, which ptq-eval does not read; "
+            "give the file without its kv_cache_scheme and the study a kv_cache setting"
+        )
     weights = group.get("weights")
     if not weights:
         raise ArtifactError(f"{directory}: config group {name} quantizes no weights")
-    return weights, group.get("format") or settings.get("format")
+    activations = group.get("input_activations")
+    precision = _activations(directory, name, activations) if activations else None
+    return weights, group.get("format") or settings.get("format"), precision
 
 
 def describe_compressed(directory: Path, reference: str) -> Artifact:
     """What a compressed-tensors checkpoint says of itself; bits per weight from its stored tensors."""
     config = checkpoint_settings(directory)
     settings = config["quantization_config"]
-    weights, layout = _scheme(directory, settings)
+    weights, layout, activations = _scheme(directory, settings)
     kind, bits, strategy = weights.get("type"), int(weights["num_bits"]), weights.get("strategy")
     if (kind, layout) not in FORMATS:
         raise ArtifactError(
@@ -82,7 +109,7 @@ def describe_compressed(directory: Path, reference: str) -> Artifact:
         reference=reference, path=directory, artifact_type=METHOD, quantized_as=layout,
         architectures=(str(config.get("model_type")),), bits=bits, group_size=int(group),
         format=FORMATS[(kind, layout)], symmetric=bool(weights.get("symmetric", True)),
-        bits_per_weight=stored / weights_count, types=((label, len(prefixes)),),
+        bits_per_weight=stored / weights_count, types=((label, len(prefixes)),), activations=activations,
     )  # fmt: skip
 
 
@@ -113,7 +140,7 @@ def read_compressed(directory: Path, names: list[str], rename: Callable[[str], s
     parameters = dict(model.named_parameters())
     headers = tensor_headers(safetensors_files(directory))
     quantized = {rename(f"{name.rsplit('.', 1)[0]}.weight") for name in headers if name.endswith(".weight_scale")}
-    weights, _ = _scheme(directory, checkpoint_settings(directory)["quantization_config"])
+    weights, _, _ = _scheme(directory, checkpoint_settings(directory)["quantization_config"])
     stored_types = {rename(name): dtype for name, (dtype, _) in headers.items()}
     label = f"{weights.get('type')}{weights['num_bits']}"
     values = {name: parameters[name].detach().float() for name in names}

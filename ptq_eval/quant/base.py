@@ -140,8 +140,8 @@ class QuantConfig:
                 raise QuantError(f"method {self.method} keeps the weights as they are: give activations or kv_cache")
             if self.bits != self.rounded.bits:
                 raise QuantError(f"method {self.method}: bits are those of the {self.rounded.component} it rounds")
-        if method.reads_file and (self.activations is not None or self.kv_cache is not None):
-            raise QuantError("a quantized file's activation or KV precision is not simulated: give the file alone")
+        if method.reads_file and self.kv_cache is not None:
+            raise QuantError("a quantized file's KV-cache precision is not simulated: give the file alone")
         object.__setattr__(self, "options", method.validate_options(dict(self.options)))
         check_bits(self.bits)
         fmt = number_format(self.format, dict(self.options).get("scale_dtype", "float32"))
