@@ -7,6 +7,7 @@ from pydantic import BaseModel, ValidationError
 
 from ptq_eval.errors import UserError
 from ptq_eval.quant.grid import MAX_BITS, MIN_BITS
+from ptq_eval.quant.precision import SCHEMES
 
 # pydantic's names for the branches of a scalar-or-list union, in an error's key path
 SCALAR_BRANCHES = ("list[int]", "int", "bool", "list[bool]")
@@ -47,6 +48,7 @@ ACCEPTED = {
     "tokens": "a positive integer",
     "samples": "a positive integer",
     "seq_len": "an integer above 1",
+    "scheme": ", ".join(SCHEMES),
 }
 
 

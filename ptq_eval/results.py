@@ -9,7 +9,7 @@ import pandas as pd
 
 from ptq_eval.errors import UserError
 from ptq_eval.jobs import expand_jobs
-from ptq_eval.quant import INT, METHOD_OPTIONS, METHODS, granularity, later_option_defaults, number_format
+from ptq_eval.quant import INT, METHOD_OPTIONS, granularity, later_option_defaults, number_format, rounds_weights
 from ptq_eval.quant.precision import BITS_COLUMNS, PRECISION_COLUMNS, stored_precision
 from ptq_eval.quant.stored import ARTIFACT
 from ptq_eval.spec import Study
@@ -56,7 +56,7 @@ NUMERIC = ["params", "nonembedding_params", "tokens", "tokens_per_param", "fp_va
            "delta_ci_low", "delta_ci_high"]  # fmt: skip
 EXTRA = ["granularity", *METHOD_OPTIONS, *PRECISION_COLUMNS, "artifact", "schedule", "decay_done", "seconds"]
 # config fields a printed table shows only where they vary (CSV and JSON always carry them)
-VARYING = ["format", "symmetric", *METHOD_OPTIONS, "activations", "kv_cache", "eval", "schedule"]
+VARYING = ["format", "symmetric", *METHOD_OPTIONS, *PRECISION_COLUMNS, "eval", "schedule"]
 
 
 def coverage_columns(provenance: str) -> dict:
@@ -76,7 +76,7 @@ def _precision_columns(frame: pd.DataFrame) -> None:
         found = stored.map(lambda value, c=component: stored_precision(c, value))
         frame[component] = found.map(lambda p: p.kind if p is not None else "")
         frame[bits] = found.map(lambda p: p.bits_per_value if p is not None else math.nan).astype(float)
-    keeps = frame.method.map(lambda name: name in METHODS and not METHODS[name].rounds_weights).astype(bool)
+    keeps = ~frame.method.map(rounds_weights).astype(bool)
     rounded = frame.activation_bits.where(frame.activations != "", frame.kv_bits)
     frame["bits_per_weight"] = frame.bits_per_weight.where(~keeps, rounded)
 

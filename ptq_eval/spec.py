@@ -27,9 +27,8 @@ from ptq_eval.documents import validate_document
 from ptq_eval.errors import UserError
 from ptq_eval.evals.kinds import EVAL_KINDS
 from ptq_eval.families import get_family, hub_revisions, ladder_revisions, pick
-from ptq_eval.quant import DEFAULT_EXCLUDE, FORMATS, INT, METHODS, QuantConfig, number_format
+from ptq_eval.quant import DEFAULT_EXCLUDE, FORMATS, INT, KEEP, METHODS, QuantConfig, number_format
 from ptq_eval.quant.grid import MAX_BITS, MIN_BITS, PER_CHANNEL
-from ptq_eval.quant.keep import KEEP
 from ptq_eval.quant.precision import ACTIVATIONS, KV_CACHE, SCHEMES, precisions
 from ptq_eval.quant.stored import ARTIFACT
 from ptq_eval.schema import Strict
@@ -123,8 +122,8 @@ class QuantGrid(BaseModel):
     group_size: int | list[int] | None = None
     symmetric: bool | list[bool] = True
     scheme: str | None = None
-    activations: str | dict | list | None = None
-    kv_cache: str | dict | list | None = None
+    activations: object = None  # a preset, a mapping or a list of them (`quant/precision.py` reads and words them)
+    kv_cache: object = None
 
     @field_validator("method")
     @classmethod

@@ -499,7 +499,10 @@ def test_a_kv_cache_release_is_judged_and_forecast_on_its_own_rows_and_law(tmp_p
                     {"kind": "forecast", "tokens_per_param": 640, "fit": str(path), "max": 2 * truth, "resamples": 30}],
     })  # fmt: skip
     fits = fit_forecasts(rules, tmp_path / "unused.sqlite")
-    measured = row("m", 0.004, 0.002, 0.006) | {"method": "fp", "kv_cache": "int token asym", "kv_bits": 4.0}
+    # a config keeping its weights rounds none: its weight coverage (0) says nothing of it under min_coverage
+    rules = rules.model_copy(update={"min_coverage": 0.9})
+    measured = row("m", 0.004, 0.002, 0.006, fraction=0.0, matrices=0, params=0)
+    measured |= {"method": "fp", "kv_cache": "int token asym", "kv_bits": 4.0}
     weights_only = row("m", 0.5, 0.4, 0.6)  # RTN 4-bit alone, same bits: never judged for the KV config
     table = pd.DataFrame([measured, weights_only], columns=columns)
     verdict = decide(rules, "m", table, fits)

@@ -61,6 +61,9 @@ def test_weight_configs_keep_their_keys_and_precisions_enter_only_when_given():
         ({"kv_cache": {"format": "int", "bits": 4, "per": "tensor", "group_size": 32}}, "applies to per: token"),
         ({"kv_cache": {"format": "gguf", "bits": 4}}, "not a number format it can round to"),
         ({"method": "rtn", "bits": 4, "scheme": "W9A9"}, "accepted: W8A8, W4A8, FP8_DYNAMIC, NVFP4"),
+        ({"method": "rtn", "bits": 4, "rotation": "hadamard", "activations": "int8"}, "rotates the weights alone"),
+        ({"kv_cache": 5}, "5 is neither a preset"),
+        ({"kv_cache": {"format": "fp9"}}, "'fp9' is not a number format it can round to; accepted: int,"),
     ],
 )
 def test_combinations_that_mean_nothing_are_refused_by_name(grid, message):
@@ -171,12 +174,36 @@ def test_shared_contexts_read_rounded_keys_as_each_request_read_alone_does(famil
     assert max(abs(a - b) for (a, _), (b, _) in zip(alone, plain, strict=True)) > 1e-3  # the rounding is seen
 
 
-def test_a_block_format_that_would_leave_heads_or_inputs_unrounded_is_refused():
-    model = build("llama")  # heads of 8 values, inputs of 32 and 40: no multiple of q8_0's blocks of 32 (40)
-    with pytest.raises(QuantError, match="kv_cache q8_0 token cannot round heads of 8 values"):
-        logits(model, kv_config("q8_0"))
-    with pytest.raises(QuantError, match="down_proj: activations q8_0 token cannot round inputs of 40 values"):
-        logits(model, QuantGrid(activations={"format": "q8_0"}).configs()[0])
+@pytest.mark.parametrize(
+    ("component", "written", "message"),
+    [
+        ("kv_cache", "q8_0", "kv_cache q8_0 token cannot round heads of 8 values: the format keeps such widths"),
+        ("activations", {"format": "q8_0"}, "down_proj: activations q8_0 token cannot round inputs of 40 values"),
+        ("activations", "nvfp4", "down_proj: activations nvfp4 tensor cannot round inputs of 40 values: its groups"),
+        ("kv_cache", {"format": "int", "bits": 4, "group_size": 16}, "heads of 8 values: its groups of 16 do not"),
+    ],
+)
+def test_a_precision_that_would_leave_heads_or_inputs_unrounded_is_refused_before_any_pass(component, written, message):
+    model = build("llama")  # heads of 8 values, inputs of 32 and 40 (down_proj)
+    with pytest.raises(QuantError, match=message):
+        logits(model, QuantGrid(**{component: written}).configs()[0], IDS)
+
+
+def test_attention_layers_that_keep_keys_without_the_interface_are_refused(monkeypatch):
+    model = build("llama")
+    attention = model.model.layers[1].self_attn
+
+    def cached_but_not_through_the_interface(hidden_states, cache=None, past_key_values=None, **_):
+        shape = (*hidden_states.shape[:-1], -1, attention.head_dim)
+        keys, values = (p(hidden_states).view(shape).transpose(1, 2) for p in (attention.k_proj, attention.v_proj))
+        for kept in (cache, past_key_values):  # (its name in transformers 5, and before)
+            if kept is not None:
+                kept.update(keys, values, attention.layer_idx)
+        return hidden_states * 0, None
+
+    monkeypatch.setattr(attention, "forward", cached_but_not_through_the_interface)
+    with pytest.raises(QuantError, match="3 layers keep keys and values but only 2 go through"):
+        logits(model, kv_config())
 
 
 def test_static_scales_need_calibration_and_weights_stay_untouched_by_method_fp():

@@ -272,3 +272,17 @@ def test_cli_budgets_and_sizes_must_be_positive(study_store, capsys):
         assert stopped.value.code == 3 and "expected a finite number > 0" in capsys.readouterr().err
     assert main(["fit", yaml_file, "--store", str(path), "--predict", "N=0,D=1e6,P=4"]) == 3
     assert "each a number > 0" in capsys.readouterr().err
+
+
+def test_compare_never_pairs_configs_that_differ_only_in_what_they_round_besides_weights():
+    base = {"checkpoint": "c", "format": "int", "granularity": "channel", "group_size": -1, "symmetric": True,
+            "eval": "ppl", "metric": "loss", "delta_ci_low": 0.0, "delta_ci_high": 1.0}  # fmt: skip
+    rows = [
+        {"method": "fp", "bits": 8, "kv_cache": "int token", "kv_bits": 8.0, "delta": 0.1},
+        {"method": "fp", "bits": 8, "activations": "int token", "activation_bits": 8.0, "delta": 0.6},
+        {"method": "rtn", "bits": 4, "delta": 0.2},
+        {"method": "rtn", "bits": 4, "kv_cache": "int token", "kv_bits": 4.0, "delta": 0.9},
+    ]
+    side = pd.DataFrame([base | row for row in rows])
+    table = compare_results(side, side.assign(delta=side.delta + 0.01))
+    assert len(table) == 4 and (table.difference.round(6) == 0.01).all()

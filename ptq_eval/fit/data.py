@@ -24,7 +24,7 @@ import pandas as pd
 from ptq_eval.errors import UserError
 from ptq_eval.evals.metrics import FITTED_METRICS, bare_name, facts_of
 from ptq_eval.fit.laws import Points
-from ptq_eval.quant import INT, METHOD_OPTIONS, METHODS, QuantConfig, number_format
+from ptq_eval.quant import INT, METHOD_OPTIONS, QuantConfig, number_format, rounds_weights
 from ptq_eval.quant.precision import ACTIVATIONS, BITS_COLUMNS, KV_CACHE, PRECISION_COLUMNS
 
 KEY_FIELDS = ("eval", "metric", "method", "format", "group_size", "symmetric")
@@ -205,7 +205,7 @@ def config_precisions(config: QuantConfig) -> tuple[tuple[str, object], ...]:
 def _axes(rows: pd.DataFrame) -> pd.Series:
     """The precision column each row's P reads: "" for its weights; for a config keeping its weights, its
     activations' bits where it rounds them, else its KV cache's."""
-    keeps = rows.method.map(lambda name: name in METHODS and not METHODS[name].rounds_weights).astype(bool)
+    keeps = ~rows.method.map(rounds_weights).astype(bool)
     activations = rows[ACTIVATIONS].fillna("").astype(str) != "" if ACTIVATIONS in rows else False
     axis = pd.Series("", index=rows.index, dtype=object)
     axis[keeps] = BITS_COLUMNS[KV_CACHE]

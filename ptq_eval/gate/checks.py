@@ -42,7 +42,7 @@ from ptq_eval.fit.breaks import break_support
 from ptq_eval.fit.data import config_precisions, formats
 from ptq_eval.fit.laws import BROKEN_LAWS
 from ptq_eval.gate.policy import Budget, Policy, PolicyError, reference, release_configs
-from ptq_eval.quant import QuantConfig
+from ptq_eval.quant import QuantConfig, rounds_weights
 from ptq_eval.results import study_results
 from ptq_eval.spec import StudyError, load_study
 from ptq_eval.store import Store, json_ready
@@ -232,7 +232,10 @@ def judge(estimate: Estimate, limit: float, uncertainty: str) -> tuple[str, str]
 
 
 def coverage_shortfall(row: pd.Series, min_coverage: float | None) -> str | None:
-    """Why a result's coverage is too low to decide on (None when it is enough)."""
+    """Why a result's coverage is too low to decide on (None when it is enough; a config keeping its weights
+    rounds none, so their coverage says nothing of it)."""
+    if not rounds_weights(row.get("method")):
+        return None
     fraction, left_out = row.get("coverage", math.nan), row.get("left_out_params", math.nan)
     if not math.isfinite(fraction):
         return "no coverage recorded for this result (stored by an older ptq-eval): re-run it in a new store"

@@ -21,9 +21,11 @@ from ptq_eval.quant.base import (
     option_names,
     quantizable_weights,
     quantize,
+    rounds_weights,
     survey,
 )
 from ptq_eval.quant.formats import FORMATS, number_format
+from ptq_eval.quant.keep import KEEP
 from ptq_eval.quant.number_format import FormatError
 
 METHOD_OPTIONS = option_names()  # every registered method's options: results columns, fit and report keys
@@ -32,6 +34,7 @@ __all__ = [
     "DEFAULT_EXCLUDE",
     "FORMATS",
     "INT",
+    "KEEP",
     "METHODS",
     "METHOD_OPTIONS",
     "Coverage",
@@ -49,5 +52,6 @@ __all__ = [
     "option_names",
     "quantizable_weights",
     "quantize",
+    "rounds_weights",
     "survey",
 ]

@@ -25,9 +25,9 @@ def input_modules(weights: list[WeightMatrix]) -> dict[str, torch.nn.Module]:
     return {weight.name: weight.module for weight in weights}
 
 
-def _first(args: tuple) -> torch.Tensor:
+def _first(name: str, args: tuple) -> torch.Tensor:
     if not args or not isinstance(args[0], torch.Tensor):
-        raise QuantError("a hooked matrix was called without its input as the first argument")
+        raise QuantError(f"{name}: called without its input as the first argument; its input cannot be rounded")
     return args[0]
 
 
@@ -37,8 +37,8 @@ def observed_inputs(modules: dict[str, torch.nn.Module]) -> Iterator[dict[str, l
     ranges: dict[str, list[torch.Tensor]] = {}
 
     def observer(name: str):
-        def hook(module, args):
-            x = _first(args).detach().float()
+        def hook(module: torch.nn.Module, args: tuple) -> None:
+            x = _first(name, args).detach().float()
             low, high = x.amin().reshape(1, 1), x.amax().reshape(1, 1)
             seen = ranges.get(name)
             ranges[name] = [low, high] if seen is None else [torch.minimum(seen[0], low), torch.maximum(seen[1], high)]
@@ -64,8 +64,8 @@ def rounded_inputs(
         if not precision.dynamic and low is None:
             raise QuantError(f"{name}: no calibrated input range (static activations need calibration)")
 
-        def hook(module, args):
-            x = _first(args)
+        def hook(module: torch.nn.Module, args: tuple) -> tuple:
+            x = _first(name, args)
             if precision.dynamic:
                 rounded = round_per_token(x, precision)
             else:

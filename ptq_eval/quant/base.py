@@ -85,6 +85,11 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
+def rounds_weights(method: object) -> bool:
+    """Whether a method (by name, as results hold it) rounds weights; False for one that keeps them (`fp`)."""
+    return not (method in METHODS and not METHODS[method].rounds_weights)
+
+
 def method_named(name: str) -> Method:
     if name not in METHODS:
         raise QuantError(f"unknown quantization method {name!r}; accepted: {', '.join(METHODS)}")
@@ -139,7 +144,15 @@ class QuantConfig:
             if self.activations is None and self.kv_cache is None:
                 raise QuantError(f"method {self.method} keeps the weights as they are: give activations or kv_cache")
             if self.bits != self.rounded.bits:
-                raise QuantError(f"method {self.method}: bits are those of the {self.rounded.component} it rounds")
+                raise QuantError(
+                    f"method {self.method}: bits={self.bits}, but its bits are those of the {self.rounded.component} "
+                    f"it rounds ({self.rounded.bits})"
+                )
+        if self.activations is not None and dict(self.options).get("rotation", "none") != "none":
+            raise QuantError(
+                f"rotation: {dict(self.options)['rotation']} rotates the weights alone here (Q(W·Rᵀ)·R in the model's "
+                "basis), so rounded activations would see the unrotated inputs; give activations without a rotation"
+            )
         if method.reads_file and self.kv_cache is not None:
             raise QuantError("a quantized file's KV-cache precision is not simulated: give the file alone")
         object.__setattr__(self, "options", method.validate_options(dict(self.options)))
@@ -163,10 +176,14 @@ class QuantConfig:
         return granularity(self.group_size)
 
     @property
+    def static_run_time(self) -> bool:
+        """An activation or KV precision takes static scales, calibrated before its evals score."""
+        return any(p is not None and not p.dynamic for p in (self.activations, self.kv_cache))
+
+    @property
     def needs_calibration(self) -> bool:
         """The method calibrates, or an activation or KV precision takes static (calibrated) scales."""
-        static = any(p is not None and not p.dynamic for p in (self.activations, self.kv_cache))
-        return METHODS[self.method].needs_calibration or static
+        return METHODS[self.method].needs_calibration or self.static_run_time
 
     @property
     def rounds_weights(self) -> bool:

@@ -28,7 +28,7 @@ from ptq_eval.quant.rotation import walsh_hadamard
 WRAPPED = {"sdpa": "ptq_eval_kv_sdpa", "eager": "ptq_eval_kv_eager"}
 # What the wrapper hands each attention module's keys and values to: (module, keys, values, positions added)
 Handler = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, int], None]
-_HANDLERS: list[Handler] = []  # the innermost `attention_hooked` block's handler is the last
+_HANDLERS: dict[int, Handler] = {}  # id(config) of a hooked model -> its handler (each module reads its config)
 
 
 def _inner(module: torch.nn.Module, base: str) -> Callable:
@@ -41,14 +41,17 @@ def _inner(module: torch.nn.Module, base: str) -> Callable:
 
 
 def _wrapper(base: str) -> Callable:
-    def attend(module, query, key, value, attention_mask, **kwargs):
-        if not _HANDLERS:
+    def attend(
+        module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask, **kwargs
+    ):
+        handler = _HANDLERS.get(id(getattr(module, "config", None)))
+        if handler is None:
             raise RuntimeError(f"{WRAPPED[base]} called outside ptq-eval's KV rounding")
         added = query.shape[-2]
         if key.dim() != 4 or key.shape[-2] < added:
             raise QuantError(f"{type(module).__name__}: keys of shape {tuple(key.shape)} are not [batch, heads, "
                              f"positions, head_dim] with at least the query's {added} positions")  # fmt: skip
-        _HANDLERS[-1](module, key, value, added)
+        handler(module, key, value, added)
         return _inner(module, base)(module, query, key, value, attention_mask, **kwargs)
 
     return attend
@@ -69,19 +72,22 @@ def attention_hooked(model: torch.nn.Module, handler: Handler) -> Iterator[None]
     """Within the block, every attention call of the model hands its keys and values to `handler` first."""
     configs = _configs(model)
     before = [config._attn_implementation for config in configs]
-    for config, implementation in zip(configs, before, strict=True):
+    for implementation in before:
         if implementation not in WRAPPED:
             raise QuantError(
                 f"{type(model).__name__}: attention implementation {implementation!r}; KV-cache rounding wraps "
                 f"{' or '.join(WRAPPED)} (load the model with one of them)"
             )
-        config._attn_implementation = WRAPPED[implementation]
-    _HANDLERS.append(handler)
+    if any(id(config) in _HANDLERS for config in configs):
+        raise RuntimeError(f"{type(model).__name__}: its attention is already hooked")
     try:
+        for config, implementation in zip(configs, before, strict=True):
+            _HANDLERS[id(config)] = handler
+            config._attn_implementation = WRAPPED[implementation]
         yield
     finally:
-        _HANDLERS.remove(handler)
         for config, implementation in zip(configs, before, strict=True):
+            _HANDLERS.pop(id(config), None)
             config._attn_implementation = implementation
 
 
@@ -126,7 +132,7 @@ class KVRounder:
     """Rounds the keys and values each pass adds, in place (dynamic per token, or on calibrated static ranges)."""
 
     def __init__(self, precision: Precision, ranges: dict[int, list[torch.Tensor]] | None = None):
-        self.precision, self.ranges, self.modules = precision, ranges or {}, set()
+        self.precision, self.ranges = precision, ranges or {}
 
     def rounded(self, x: torch.Tensor, low: torch.Tensor | None, high: torch.Tensor | None) -> torch.Tensor:
         rotated = _rotated(x, self.precision.hadamard)
@@ -141,10 +147,12 @@ class KVRounder:
         return _rotated(rounded, self.precision.hadamard)
 
     def __call__(self, module: torch.nn.Module, key: torch.Tensor, value: torch.Tensor, added: int) -> None:
-        self.modules.add(id(module))
         ranges = self.ranges.get(id(module), [None] * 4)
         if not self.precision.dynamic and ranges[0] is None:
-            raise QuantError(f"{type(module).__name__}: no calibrated KV range for this attention layer")
+            layer = getattr(module, "layer_idx", "?")
+            raise QuantError(
+                f"{type(module).__name__} (layer {layer}): no calibrated KV range for this attention layer"
+            )
         for x, (low, high) in ((key, ranges[:2]), (value, ranges[2:])):
             part = x[..., -added:, :]
             part.copy_(self.rounded(part, low, high))

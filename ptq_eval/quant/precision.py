@@ -102,7 +102,7 @@ class Precision:
         if self.per == "head" and self.component != KV_CACHE:
             raise PrecisionError(f"{name}per head applies to the KV cache only; accepted: token, tensor")
         if self.hadamard and self.component != KV_CACHE:
-            raise PrecisionError(f"{name}hadamard rotates the KV cache's heads; activations take rotation: hadamard")
+            raise PrecisionError(f"{name}hadamard rotates the KV cache's heads; it means nothing for activations")
         if self.format == "nvfp4" and self.per != "tensor":
             raise PrecisionError(
                 f"{name}nvfp4 takes a calibrated global scale (per: tensor), its blocks' scales dynamic, as "
@@ -119,6 +119,18 @@ class Precision:
     @property
     def dynamic(self) -> bool:
         return self.per == "token"
+
+    def unrounded(self, width: int) -> str | None:
+        """Why values `width` wide cannot be rounded as this precision says (None: they can): a block format
+        would keep them whole, a group or block would span beyond them, a Hadamard needs a power of two."""
+        fmt = number_format(self.format)
+        if fmt.kept_whole(width):
+            return f"the format keeps such widths unrounded ({fmt.kept_whole(width)})"
+        if self.group_size > 0 and width % self.group_size:
+            return f"its groups of {self.group_size} do not divide them"
+        if self.hadamard and width & (width - 1):
+            return "hadamard rotates a power-of-two width only"
+        return None
 
     @property
     def kind(self) -> str:
@@ -158,25 +170,33 @@ def precisions(component: str, written: object) -> list[Precision]:
             raise PrecisionError(f"{component}: {written!r} is not a preset; accepted: {', '.join(presets)}")
         written = presets[written]
     if not isinstance(written, dict):
-        raise PrecisionError(f"{component}: give a preset ({', '.join(PRESETS[component])}) or a mapping")
+        raise PrecisionError(
+            f"{component}: {written!r} is neither a preset ({', '.join(PRESETS[component])}) nor a mapping (format, "
+            "bits, per, group_size, symmetric, dynamic, hadamard), nor a list of them"
+        )
     try:
         options = PrecisionOptions.model_validate(written)
     except ValidationError as error:
         problems = [f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in error.errors()]
         raise PrecisionError(f"{component}: {'; '.join(problems)}") from None
+    if options.format not in FORMATS or FORMATS[options.format].read_only:
+        simulated = ", ".join(n for n, f in FORMATS.items() if not f.read_only)
+        raise PrecisionError(
+            f"{component}: {options.format!r} is not a number format it can round to; accepted: {simulated}"
+        )
+    if "per" not in options.model_fields_set and options.format == "nvfp4":
+        options = options.model_copy(update={"per": "tensor"})  # its one granularity: a calibrated global scale
     if options.dynamic is not None and options.dynamic != (options.per == "token"):
         raise PrecisionError(
             f"{component}: dynamic={str(options.dynamic).lower()} with per {options.per} means nothing: scales are "
             "dynamic per token, static (calibrated) per head or tensor"
         )
-    fmt = FORMATS.get(options.format)
-    group = options.group_size if options.group_size is not None else (fmt.group if fmt and fmt.group else None)
-    bits = options.bits if options.bits is not None else (fmt.bits if fmt else None)
+    fmt = FORMATS[options.format]
+    group = options.group_size if options.group_size is not None else fmt.group
+    bits = options.bits if options.bits is not None else fmt.bits
     if bits is None:
         raise PrecisionError(f"{component}: format {options.format} needs bits (e.g. bits: 8)")
     fields = options.model_dump(exclude={"bits", "dynamic", "group_size"})
-    if "per" not in options.model_fields_set and options.format == "nvfp4":
-        fields["per"] = "tensor"  # its only granularity: a calibrated global scale, dynamic blocks
     return [
         Precision(component=component, bits=b, group_size=PER_CHANNEL if group is None else group, **fields)
         for b in (bits if isinstance(bits, list) else [bits])

@@ -8,6 +8,7 @@ else, keeping each matrix input's and each attention layer's range; then the rou
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -15,7 +16,6 @@ import torch
 
 from ptq_eval.quant.activation_rounding import input_modules, observed_inputs, rounded_inputs
 from ptq_eval.quant.base import QuantConfig, QuantError, WeightMatrix
-from ptq_eval.quant.formats import number_format
 from ptq_eval.quant.kv_rounding import KVRounder, RangeObserver, attention_hooked
 from ptq_eval.quant.precision import Precision
 
@@ -26,54 +26,66 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _cached_layers(cache: object) -> int | None:
+    """How many layers of a probe pass's cache hold keys (None: no cache to count)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return None
+    return sum(isinstance(getattr(layer, "keys", None), torch.Tensor) and layer.keys.numel() > 0 for layer in layers)
+
+
 @torch.inference_mode()
 def attention_layers(model: torch.nn.Module, precision: Precision) -> int:
-    """How many attention modules a probe pass hands their keys and values to the KV rounding; none, or heads
-    the format would keep unrounded, is an error naming the family."""
+    """How many attention layers a probe pass hands their keys and values to the KV rounding; none, fewer than
+    its cache holds, or heads the precision cannot round (`Precision.unrounded`) is an error naming the family."""
     widths: dict[int, int] = {}
     with attention_hooked(model, lambda module, key, value, added: widths.update({id(module): key.shape[-1]})):
-        model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=_device(model)), use_cache=False)
+        output = model(input_ids=torch.zeros((1, 2), dtype=torch.long, device=_device(model)), use_cache=True)
+    name = type(model).__name__
     if not widths:
         raise QuantError(
-            f"{type(model).__name__}: its attention does not go through transformers' attention interface, so its "
-            "keys and values cannot be rounded inside attention; KV-cache precision is not simulated for it"
+            f"{name}: its attention does not go through transformers' attention interface, so its keys and values "
+            "cannot be rounded inside attention; KV-cache precision is not simulated for it"
         )
-    for width in set(widths.values()):
-        kept = number_format(precision.format).kept_whole(width)
-        if kept:  # llama.cpp refuses such a cache when it creates the context
-            raise QuantError(
-                f"{type(model).__name__}: kv_cache {precision.label} cannot round heads of {width} values: the "
-                f"format keeps such widths unrounded ({kept}); llama.cpp refuses such a cache too"
-            )
+    cached = _cached_layers(getattr(output, "cache", None) or getattr(output, "past_key_values", None))
+    if cached is not None and cached > len(widths):
+        raise QuantError(
+            f"{name}: {cached} layers keep keys and values but only {len(widths)} go through transformers' attention "
+            "interface; the others could not be rounded, so KV-cache precision is not simulated for it"
+        )
+    for width in sorted(set(widths.values())):
+        why = precision.unrounded(width)
+        if why:  # llama.cpp refuses a cache its blocks do not fit when it creates the context
+            raise QuantError(f"{name}: kv_cache {precision.label} cannot round heads of {width} values: {why}")
     return len(widths)
 
 
 def _check_widths(weights: list[WeightMatrix], precision: Precision) -> None:
-    """Inputs the format would keep unrounded are refused (never measured as rounded)."""
+    """Inputs the precision cannot round (`Precision.unrounded`) are refused (never measured as rounded)."""
     for weight in weights:
-        kept = number_format(precision.format).kept_whole(weight.shape[1])
-        if kept:
+        why = precision.unrounded(weight.shape[1])
+        if why:
             raise QuantError(
-                f"{weight.name}: activations {precision.label} cannot round inputs of {weight.shape[1]} values: the "
-                f"format keeps such widths unrounded ({kept}); exclude the matrix or choose another format"
+                f"{weight.name}: activations {precision.label} cannot round inputs of {weight.shape[1]} values: "
+                f"{why}; exclude the matrix or choose another precision"
             )
 
 
 @torch.inference_mode()
-def _calibrate(model, modules, config: QuantConfig, calibration: torch.Tensor):
+def _calibrate(
+    model: torch.nn.Module, modules: dict[str, torch.nn.Module], config: QuantConfig, calibration: torch.Tensor
+) -> tuple[dict[str, list[torch.Tensor]], dict[int, list[torch.Tensor]] | None]:
     """Each matrix input's range and each attention layer's key and value ranges over the calibration windows."""
-    observer = RangeObserver(config.kv_cache) if config.kv_cache is not None else None
+    static = {name: p for name, p in (("activations", config.activations), ("kv_cache", config.kv_cache))
+              if p is not None and not p.dynamic}  # fmt: skip
+    observer = RangeObserver(config.kv_cache) if "kv_cache" in static else None
     with ExitStack() as stack:
-        inputs = stack.enter_context(observed_inputs(modules if config.activations is not None else {}))
+        inputs = stack.enter_context(observed_inputs(modules if "activations" in static else {}))
         if observer is not None:
             stack.enter_context(attention_hooked(model, observer))
         for start in range(0, len(calibration), CALIBRATION_BATCH):
             model(input_ids=calibration[start : start + CALIBRATION_BATCH].to(_device(model)), use_cache=False)
     return inputs, observer.ranges if observer is not None else None
-
-
-def _static(config: QuantConfig) -> bool:
-    return any(p is not None and not p.dynamic for p in (config.activations, config.kv_cache))
 
 
 @contextmanager
@@ -94,11 +106,12 @@ def rounding_at_run_time(
         _check_widths(weights, config.activations)
         facts["activations"] = {"precision": config.activations.label, "matrices": len(modules)}
     input_ranges, kv_ranges = None, None
-    if _static(config):
+    if config.static_run_time:
         if calibration is None:
             raise QuantError(f"{config.method}: static activation or KV scales need the calibration windows")
+        started = time.perf_counter()
         input_ranges, kv_ranges = _calibrate(model, modules, config, calibration)
-        facts["calibration_windows"] = len(calibration)
+        facts |= {"calibration_windows": len(calibration), "calibration_seconds": time.perf_counter() - started}
     with ExitStack() as stack:
         if config.activations is not None:
             stack.enter_context(rounded_inputs(modules, config.activations, input_ranges))

@@ -7,6 +7,7 @@ import pandas as pd
 from ptq_eval.errors import UserError
 from ptq_eval.evals.paired import difference_ci
 from ptq_eval.quant import METHOD_OPTIONS
+from ptq_eval.quant.precision import PRECISION_COLUMNS
 from ptq_eval.report import plots
 from ptq_eval.report.document import Document, Section, Table
 from ptq_eval.results import varying
@@ -28,11 +29,13 @@ def compare_results(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     """One row per config both sides measured: each δ with its CI, the difference B − A, its CI and whether it
     is significant (the CI excludes zero). Checkpoints are matched by name unless each side has only one."""
     single = a.checkpoint.nunique() == 1 and b.checkpoint.nunique() == 1
-    options = [c for c in METHOD_OPTIONS if c in a and c in b]  # a method's variants are never paired across
+    # a method's variants, and what a config rounds besides weights, are never paired across
+    options = [c for c in (*METHOD_OPTIONS, *PRECISION_COLUMNS) if c in a and c in b]
     config = [c for c in CONFIG if c in a and c in b]  # a results CSV from before formats has no format
     keys = [*config, *options] if single else ["checkpoint", *config, *options]
     columns = keys + ["delta", "delta_ci_low", "delta_ci_high"]
-    a, b = (side.astype(dict.fromkeys(options, object)) for side in (a, b))  # an RTN-only side holds float NaN
+    # an RTN-only side holds float NaN; a precision column "" or NaN where nothing is rounded: one "" for both
+    a, b = (side.astype(dict.fromkeys(options, object)).fillna(dict.fromkeys(PRECISION_COLUMNS, "")) for side in (a, b))
     joined = a[columns].merge(b[columns], on=keys, suffixes=("_a", "_b"))
     if joined.empty:
         raise UserError(
@@ -70,7 +73,8 @@ def compare_document(table: pd.DataFrame, labels: tuple[str, str]) -> Document:
     )
     redundant = (table.metric == "perplexity") & table["eval"].isin(table["eval"][table.metric == "loss"])
     plotted = table[~redundant]  # perplexity is exp(loss): its panel would repeat the loss panel
-    same = [c for c in ("format", "symmetric", *METHOD_OPTIONS) if c in table and c not in varying(table)]
+    fields = ("format", "symmetric", *METHOD_OPTIONS, *PRECISION_COLUMNS)
+    same = [c for c in fields if c in table and c not in varying(table)]
     shown = table.drop(columns=["granularity", *same])  # a config field is shown where it tells rows apart
     if (shown.checkpoint == "").all():
         shown = shown.drop(columns="checkpoint")

@@ -13,7 +13,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure as MplFigure
 
 from ptq_eval.fit import LawFit
-from ptq_eval.quant import INT, METHOD_OPTIONS, METHODS
+from ptq_eval.quant import INT, METHOD_OPTIONS, rounds_weights
 from ptq_eval.quant.stored import ARTIFACT, ARTIFACT_OPTIONS
 from ptq_eval.report.document import Figure
 from ptq_eval.results import method_labels
@@ -30,7 +30,7 @@ def config_label(method: str, granularity: str, symmetric: bool = True, format: 
 def precision_label(row: pd.Series, weights: str) -> str:
     """A config's label with what it rounds besides weights, e.g. `rtn channel + A int token 8b`; for a config
     keeping its weights (method fp) the weights are left out and what it rounds carries no bits (they are P)."""
-    keeps = row.method in METHODS and not METHODS[row.method].rounds_weights
+    keeps = not rounds_weights(row.method)
     parts = [] if keeps else [weights]
     for column, shown, bits in (("activations", "A", "activation_bits"), ("kv_cache", "KV", "kv_bits")):
         if isinstance(row.get(column), str) and row[column]:

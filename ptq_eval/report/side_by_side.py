@@ -11,7 +11,7 @@ import pandas as pd
 from ptq_eval.fit import LawFit
 from ptq_eval.fit.breaks import break_support
 from ptq_eval.fit.laws import BROKEN_LAWS
-from ptq_eval.quant import INT, METHOD_OPTIONS
+from ptq_eval.quant import INT, METHOD_OPTIONS, rounds_weights
 from ptq_eval.report import plots
 from ptq_eval.report.document import Section, Table
 
@@ -182,7 +182,7 @@ def methods_section(loss: pd.DataFrame, fits: list[LawFit], unit: str) -> Sectio
 
 def _component(row: pd.Series) -> str:
     """What a config rounds, by component: weights, activations, KV cache, or several joined with +."""
-    parts = [] if plots.precision_label(row, "weights").startswith(("A ", "KV ")) else ["weights"]
+    parts = ["weights"] if rounds_weights(row.method) else []
     parts += [name for column, name in (("activations", "activations"), ("kv_cache", "KV cache"))
               if isinstance(row.get(column), str) and row[column]]  # fmt: skip
     return " + ".join(parts)
