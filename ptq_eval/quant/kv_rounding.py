@@ -7,7 +7,9 @@ wrapper of `sdpa` and of `eager` under our own names and point the model's confi
 scored. The wrapper rounds the positions this pass added (the last `query_len` ones) in place: where a cache
 keeps them, it is the cache's own tensor that is rounded, so a later pass that reads on from it (the lm-eval
 backend's shared contexts) reads rounded keys and values, each rounded once. A family whose attention does not
-go through the interface is refused by name (a probe pass must reach the wrapper).
+go through the interface is refused by name (a probe pass must reach the wrapper, from every layer its cache
+keeps). The positions a pass added are the last ones of what the cache hands attention, as transformers'
+dynamic caches do (our scorers use no other; a static cache writing at `cache_position` would need its own rule).
 """
 
 from __future__ import annotations
