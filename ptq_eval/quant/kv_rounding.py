@@ -100,13 +100,9 @@ def _rows(x: torch.Tensor, per: str) -> torch.Tensor:
 
 
 def _rotated(x: torch.Tensor, hadamard: bool) -> torch.Tensor:
-    """x in the Walsh–Hadamard basis of each head (its own inverse), or as it is."""
-    if not hadamard:
-        return x
-    width = x.shape[-1]
-    if width & (width - 1):
-        raise QuantError(f"hadamard rotates heads of a power-of-two dimension; this model's heads have {width}")
-    return walsh_hadamard(x.float()).to(x.dtype)
+    """x in the Walsh–Hadamard basis of each head (its own inverse), or as it is (power-of-two heads: the probe
+    in `run_time.py` refuses others before any pass)."""
+    return walsh_hadamard(x.float()).to(x.dtype) if hadamard else x
 
 
 class RangeObserver:

@@ -63,6 +63,12 @@ class PrecisionError(UserError):
     """An activation or KV-cache precision that means nothing; the message says what would."""
 
 
+def _check_format(component: str, name: str) -> None:
+    if name not in FORMATS or FORMATS[name].read_only:
+        simulated = ", ".join(n for n, f in FORMATS.items() if not f.read_only)
+        raise PrecisionError(f"{component}: {name!r} is not a number format it can round to; accepted: {simulated}")
+
+
 class PrecisionOptions(Strict):
     """A precision as a study writes it (`bits` may list several, one config each)."""
 
@@ -91,9 +97,7 @@ class Precision:
         name = f"{self.component}: "
         if self.component not in COMPONENTS:
             raise PrecisionError(f"{self.component!r} is not a component; accepted: {', '.join(COMPONENTS)}")
-        if self.format not in FORMATS or FORMATS[self.format].read_only:
-            simulated = ", ".join(n for n, f in FORMATS.items() if not f.read_only)
-            raise PrecisionError(f"{name}{self.format!r} is not a number format it can round to; accepted: {simulated}")
+        _check_format(self.component, self.format)
         if self.per not in PER:
             raise PrecisionError(f"{name}per {self.per!r} is not accepted; accepted: {', '.join(PER)}")
         fmt = FORMATS[self.format]
@@ -179,11 +183,7 @@ def precisions(component: str, written: object) -> list[Precision]:
     except ValidationError as error:
         problems = [f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in error.errors()]
         raise PrecisionError(f"{component}: {'; '.join(problems)}") from None
-    if options.format not in FORMATS or FORMATS[options.format].read_only:
-        simulated = ", ".join(n for n, f in FORMATS.items() if not f.read_only)
-        raise PrecisionError(
-            f"{component}: {options.format!r} is not a number format it can round to; accepted: {simulated}"
-        )
+    _check_format(component, options.format)  # before its bits: an unknown format's error names the formats
     if "per" not in options.model_fields_set and options.format == "nvfp4":
         options = options.model_copy(update={"per": "tensor"})  # its one granularity: a calibrated global scale
     if options.dynamic is not None and options.dynamic != (options.per == "token"):
