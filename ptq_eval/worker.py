@@ -20,7 +20,7 @@ from ptq_eval.evals.kinds import CheckpointView, EvalKind, Scored
 from ptq_eval.evals.paired import paired_metrics
 from ptq_eval.identity import tokenizer_identity
 from ptq_eval.jobs import CheckpointSpec, Job
-from ptq_eval.quant import QuantConfig, QuantError, quantizable_weights, quantize
+from ptq_eval.quant import QuantConfig, QuantError, QuantReport, quantizable_weights, quantize
 from ptq_eval.quant.calibration import calibration_tokens
 from ptq_eval.quant.run_time import rounding_at_run_time
 from ptq_eval.spec import Study
@@ -199,7 +199,7 @@ class _CheckpointRun:
             yield from self._scored(jobs, baselines, report, report_facts, label)
 
     def _scored(
-        self, jobs: list[Job], baselines: dict[str, Scored], report, report_facts: dict, label: str
+        self, jobs: list[Job], baselines: dict[str, Scored], report: QuantReport, report_facts: dict, label: str
     ) -> Iterator[Finished]:
         for job in jobs:
             baseline = baselines[job.baseline().key]
